@@ -1,0 +1,260 @@
+//! Copy options: nbdcopy's long option names, their defaults, and parsing of
+//! values (including nbdcopy's human sizes such as "1M" and "256k").
+
+use crate::error::{Error, Result};
+
+/// Largest READ/WRITE payload the NBD protocol guarantees (32 MiB).
+pub const MAX_REQUEST_SIZE: u64 = 32 << 20;
+/// Smallest accepted request size.
+pub const MIN_REQUEST_SIZE: u64 = 512;
+
+/// Every option of a copy job.  `Default` gives nbdcopy's defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Maximum NBD connections per side (multi-conn); default 4.
+    pub connections: u32,
+    /// Maximum requests in flight per connection; default 64.
+    pub requests: u32,
+    /// Maximum bytes of one READ/WRITE; default 256 KiB.
+    pub request_size: u64,
+    /// Maximum bytes in flight per connection; default 16 MiB.
+    pub queue_size: u64,
+    /// Zero-detection block size; None = default (4096 or the destination's
+    /// preferred block size if larger); Some(0) = off.
+    pub sparse: Option<u64>,
+    /// Worker threads; 0 = number of cores.
+    pub threads: u32,
+    /// Create a fully allocated destination.
+    pub allocated: bool,
+    /// The destination already reads as zeroes.
+    pub destination_is_zero: bool,
+    /// Flush the destination at the end.
+    pub flush: bool,
+    /// Ignore source extent information.
+    pub no_extents: bool,
+    /// One request at a time, in order.
+    pub synchronous: bool,
+    /// Print debugging information on stderr.
+    pub verbose: bool,
+    /// Give up when no I/O completes for this many seconds (0 = never).
+    pub timeout_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            connections: 4,
+            requests: 64,
+            request_size: 256 << 10,
+            queue_size: 16 << 20,
+            sparse: None,
+            threads: 0,
+            allocated: false,
+            destination_is_zero: false,
+            flush: false,
+            no_extents: false,
+            synchronous: false,
+            verbose: false,
+            timeout_secs: 60,
+        }
+    }
+}
+
+/// The option names `Config::set` accepts, for messages and `--help`.
+pub const OPTION_NAMES: &[&str] = &[
+    "allocated",
+    "connections",
+    "destination-is-zero",
+    "target-is-zero",
+    "flush",
+    "no-extents",
+    "queue-size",
+    "request-size",
+    "requests",
+    "sparse",
+    "synchronous",
+    "threads",
+    "timeout",
+    "verbose",
+];
+
+impl Config {
+    /// Sets option `name` (nbdcopy's long option without the dashes) from
+    /// its text form.  Flags take None, "1" or "0" (also "true"/"false").
+    pub fn set(&mut self, name: &str, value: Option<&str>) -> Result<()> {
+        match name {
+            "allocated" => self.allocated = parse_flag(name, value)?,
+            "destination-is-zero" | "target-is-zero" => {
+                self.destination_is_zero = parse_flag(name, value)?
+            }
+            "flush" => self.flush = parse_flag(name, value)?,
+            "no-extents" => self.no_extents = parse_flag(name, value)?,
+            "synchronous" => self.synchronous = parse_flag(name, value)?,
+            "verbose" => self.verbose = parse_flag(name, value)?,
+            "connections" => {
+                self.connections = parse_u32_in(name, need(name, value)?, 1, 64)?;
+            }
+            "requests" => self.requests = parse_u32_in(name, need(name, value)?, 1, 1024)?,
+            "threads" => self.threads = parse_u32_in(name, need(name, value)?, 0, 256)?,
+            "timeout" => {
+                self.timeout_secs = parse_u32_in(name, need(name, value)?, 0, 86400)? as u64
+            }
+            "request-size" => {
+                let v = parse_size(need(name, value)?).map_err(|e| bad(name, value, &e))?;
+                if !(MIN_REQUEST_SIZE..=MAX_REQUEST_SIZE).contains(&v) || !v.is_power_of_two() {
+                    return Err(bad(
+                        name,
+                        value,
+                        "must be a power of 2 between 512 and 32M",
+                    ));
+                }
+                self.request_size = v;
+            }
+            "queue-size" => {
+                let v = parse_size(need(name, value)?).map_err(|e| bad(name, value, &e))?;
+                if !(MIN_REQUEST_SIZE..=(1 << 40)).contains(&v) {
+                    return Err(bad(name, value, "must be between 512 and 1T"));
+                }
+                self.queue_size = v;
+            }
+            "sparse" => {
+                let v = parse_size(need(name, value)?).map_err(|e| bad(name, value, &e))?;
+                if v != 0 && (v < 512 || v > MAX_REQUEST_SIZE || !v.is_power_of_two()) {
+                    return Err(bad(
+                        name,
+                        value,
+                        "must be 0 (off) or a power of 2 between 512 and 32M",
+                    ));
+                }
+                self.sparse = Some(v);
+            }
+            _ => {
+                return Err(Error::invalid(format!(
+                    "unknown option \"{name}\" (known: {})",
+                    OPTION_NAMES.join(", ")
+                )))
+            }
+        }
+        Ok(())
+    }
+}
+
+fn bad(name: &str, value: Option<&str>, why: &str) -> Error {
+    Error::invalid(format!(
+        "bad value \"{}\" for option \"{name}\": {why}",
+        value.unwrap_or("")
+    ))
+}
+
+fn need<'a>(name: &str, value: Option<&'a str>) -> Result<&'a str> {
+    value.ok_or_else(|| Error::invalid(format!("option \"{name}\" needs a value")))
+}
+
+fn parse_flag(name: &str, value: Option<&str>) -> Result<bool> {
+    match value {
+        None | Some("1") | Some("true") | Some("yes") | Some("on") => Ok(true),
+        Some("0") | Some("false") | Some("no") | Some("off") => Ok(false),
+        Some(_) => Err(bad(name, value, "expected 1 or 0")),
+    }
+}
+
+fn parse_u32_in(name: &str, s: &str, min: u32, max: u32) -> Result<u32> {
+    let v: u32 = s
+        .trim()
+        .parse()
+        .map_err(|_| bad(name, Some(s), "not a number"))?;
+    if v < min || v > max {
+        return Err(bad(
+            name,
+            Some(s),
+            &format!("must be between {min} and {max}"),
+        ));
+    }
+    Ok(v)
+}
+
+/// Parses a size the way nbdcopy does: a decimal number with an optional
+/// suffix b/k/M/G/T/P/E (powers of 1024; case-insensitive, optional
+/// trailing "B", "iB").
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let digits = t.bytes().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 {
+        return Err("not a size".into());
+    }
+    let n: u64 = t[..digits].parse().map_err(|_| "number too large")?;
+    let suffix = t[digits..].trim_start();
+    let shift = match suffix.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "s" => 9,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        "p" | "pb" | "pib" => 50,
+        "e" | "eb" | "eib" => 60,
+        _ => return Err(format!("unknown size suffix \"{suffix}\"")),
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| "size too large".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(parse_size("512"), Ok(512));
+        assert_eq!(parse_size("2s"), Ok(1024));
+        assert_eq!(parse_size("256k"), Ok(256 << 10));
+        assert_eq!(parse_size("256K"), Ok(256 << 10));
+        assert_eq!(parse_size("1M"), Ok(1 << 20));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("1T"), Ok(1 << 40));
+        assert_eq!(parse_size("1E"), Ok(1 << 60));
+        assert!(parse_size("16E").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("1X").is_err());
+        assert!(parse_size("-1").is_err());
+    }
+
+    #[test]
+    fn set_options() {
+        let mut c = Config::default();
+        c.set("request-size", Some("1M")).unwrap();
+        assert_eq!(c.request_size, 1 << 20);
+        c.set("connections", Some("2")).unwrap();
+        assert_eq!(c.connections, 2);
+        c.set("flush", None).unwrap();
+        assert!(c.flush);
+        c.set("flush", Some("0")).unwrap();
+        assert!(!c.flush);
+        c.set("target-is-zero", Some("1")).unwrap();
+        assert!(c.destination_is_zero);
+        c.set("sparse", Some("0")).unwrap();
+        assert_eq!(c.sparse, Some(0));
+        c.set("threads", Some("0")).unwrap();
+        assert_eq!(c.threads, 0);
+    }
+
+    #[test]
+    fn bad_options_say_which() {
+        let mut c = Config::default();
+        let e = c.set("bogus", Some("1")).unwrap_err();
+        assert!(e.msg.contains("unknown option \"bogus\""), "{}", e.msg);
+        let e = c.set("request-size", Some("33M")).unwrap_err();
+        assert!(e.msg.contains("request-size") && e.msg.contains("33M"));
+        let e = c.set("request-size", Some("1000")).unwrap_err();
+        assert!(e.msg.contains("power of 2"));
+        let e = c.set("connections", Some("0")).unwrap_err();
+        assert!(e.msg.contains("connections"));
+        let e = c.set("connections", None).unwrap_err();
+        assert!(e.msg.contains("needs a value"));
+        let e = c.set("flush", Some("maybe")).unwrap_err();
+        assert_eq!(e.errno, libc::EINVAL);
+        assert_eq!(c, Config::default(), "failed sets change nothing");
+    }
+}

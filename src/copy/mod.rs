@@ -1,0 +1,300 @@
+//! The copy job: opening both ends, checking sizes, splitting the work
+//! into lanes and worker threads, progress reporting and the final result.
+
+pub mod buf;
+pub mod nbdconn;
+pub mod stats;
+pub mod worker;
+
+use crate::config::Config;
+use crate::endpoint::file::FileKind;
+use crate::endpoint::{Endpoint, Side, Spec};
+use crate::error::{Error, Result};
+use stats::Shared;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+use worker::{DstIo, Lane, LaneParams, SrcIo};
+
+/// Hands out the source's byte range in large pieces to lanes.
+pub struct WorkQueue {
+    next: AtomicU64,
+    end: u64,
+    piece: u64,
+}
+
+impl WorkQueue {
+    pub fn new(size: u64, piece: u64) -> WorkQueue {
+        WorkQueue {
+            next: AtomicU64::new(0),
+            end: size,
+            piece: piece.max(1),
+        }
+    }
+
+    /// The next [start, end) piece, or None when everything is handed out.
+    pub fn claim(&self) -> Option<(u64, u64)> {
+        let start = self.next.fetch_add(self.piece, Relaxed);
+        if start >= self.end {
+            return None;
+        }
+        Some((start, (start + self.piece).min(self.end)))
+    }
+}
+
+/// An opened copy job (`struct nbdcpy`).
+pub struct Job {
+    src_spec: Spec,
+    dst_spec: Spec,
+    src: Endpoint,
+    dst: Endpoint,
+    cfg: Config,
+    shared: Arc<Shared>,
+    ran: bool,
+}
+
+impl Job {
+    /// Opens both ends, negotiates, and checks that the copy can work.
+    pub fn open(src_spec: Spec, dst_spec: Spec, cfg: Config) -> Result<Job> {
+        let src = Endpoint::open(&src_spec, Side::Source, &cfg)?;
+        let dst = Endpoint::open(&dst_spec, Side::Destination, &cfg)?;
+        if let Endpoint::Nbd(n) = &dst {
+            if n.info.read_only() {
+                return Err(Error::new(
+                    libc::EROFS,
+                    format!("destination {dst_spec}: the NBD server export is read-only"),
+                ));
+            }
+        }
+        // A destination of fixed size must hold the whole source.
+        let fixed_dst = match &dst {
+            Endpoint::Nbd(_) => true,
+            Endpoint::File(f) => f.kind == FileKind::Block,
+            Endpoint::Null => false,
+        };
+        if let (true, Some(s), Some(d)) = (fixed_dst, src.size(), dst.size()) {
+            if d < s {
+                return Err(Error::new(
+                    libc::ENOSPC,
+                    format!(
+                        "destination {dst_spec} ({d} bytes) is smaller than source {src_spec} \
+                         ({s} bytes)"
+                    ),
+                ));
+            }
+        }
+        let shared = Arc::new(Shared::new());
+        shared.size.store(src.size().unwrap_or(0), Relaxed);
+        Ok(Job {
+            src_spec,
+            dst_spec,
+            src,
+            dst,
+            cfg,
+            shared,
+            ran: false,
+        })
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Copies everything.  `progress` is called on this thread every
+    /// `interval` and once at the end; returning false cancels.
+    pub fn run(
+        &mut self,
+        interval: Duration,
+        progress: &mut dyn FnMut(&Shared) -> bool,
+    ) -> Result<()> {
+        if self.ran {
+            return Err(Error::new(
+                libc::EALREADY,
+                "nbdcpy_run: this handle has already run",
+            ));
+        }
+        self.ran = true;
+        self.shared.start_clock();
+        let r = self.run_inner(interval, progress);
+        self.shared.stop_clock();
+        let r = match r {
+            Err(e) => Err(e),
+            Ok(()) => match self.shared.take_error() {
+                Some(e) => Err(e),
+                None if self.shared.cancel.load(Relaxed) => Err(Error::cancelled()),
+                None => Ok(()),
+            },
+        };
+        if r.is_ok() {
+            progress(&self.shared);
+        }
+        self.close_endpoints();
+        r
+    }
+
+    fn close_endpoints(&mut self) {
+        for ep in [&mut self.src, &mut self.dst] {
+            if let Endpoint::Nbd(n) = ep {
+                n.disconnect();
+            }
+        }
+    }
+
+    fn run_inner(
+        &mut self,
+        interval: Duration,
+        progress: &mut dyn FnMut(&Shared) -> bool,
+    ) -> Result<()> {
+        let cfg = &self.cfg;
+        let src_size = self.src.size();
+        let src_stream = src_size.is_none();
+        // Regular-file destinations are truncated and extended: they then
+        // read as zeroes (like nbdcopy).
+        if let Endpoint::File(f) = &mut self.dst {
+            f.prepare_dest(src_size)
+                .map_err(|e| e.context(format!("destination {}", self.dst_spec)))?;
+        }
+        let dst_stream = matches!(&self.dst, Endpoint::File(f) if f.is_stream());
+
+        // Lanes: one per connection pair; streams and --synchronous use one.
+        let mut lanes_n = cfg
+            .connections
+            .min(self.src.max_connections())
+            .min(self.dst.max_connections())
+            .max(1);
+        if src_stream || dst_stream || cfg.synchronous {
+            lanes_n = 1;
+        }
+        if let Some(s) = src_size {
+            // No point in more lanes than requests' worth of work.
+            let reqs = s.div_ceil(cfg.request_size).max(1);
+            lanes_n = lanes_n.min(reqs.min(u32::MAX as u64) as u32);
+        }
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1);
+        let threads = if cfg.threads == 0 { cores } else { cfg.threads };
+        let workers_n = threads.min(lanes_n).max(1) as usize;
+
+        let request_size = self.effective_request_size();
+        let requests = if cfg.synchronous {
+            1
+        } else {
+            (cfg.requests as u64)
+                .min((cfg.queue_size / request_size).max(1))
+                .max(1) as usize
+        };
+        let params = LaneParams {
+            request_size,
+            requests,
+            dst_size: match &self.dst {
+                Endpoint::Nbd(n) => Some(n.info.size),
+                Endpoint::File(f) if f.kind == FileKind::Block => f.size,
+                _ => None,
+            },
+            flush: cfg.flush,
+            timeout: (cfg.timeout_secs > 0).then(|| Duration::from_secs(cfg.timeout_secs)),
+            verbose: cfg.verbose,
+        };
+
+        let mut lanes = Vec::with_capacity(lanes_n as usize);
+        for i in 0..lanes_n as usize {
+            let src = match &mut self.src {
+                Endpoint::File(f) => SrcIo::File {
+                    fd: f.fd.as_raw_fd(),
+                    stream: f.is_stream(),
+                    name: self.src_spec.to_string(),
+                },
+                Endpoint::Nbd(n) => SrcIo::Nbd(Box::new(
+                    n.lane_conn(i, &params)
+                        .map_err(|e| e.context(format!("source {}", self.src_spec)))?,
+                )),
+                Endpoint::Null => unreachable!("null: is refused as a source at open"),
+            };
+            let dst = match &mut self.dst {
+                Endpoint::Null => DstIo::Null,
+                Endpoint::File(f) => DstIo::File {
+                    fd: f.fd.as_raw_fd(),
+                    stream: f.is_stream(),
+                    name: self.dst_spec.to_string(),
+                },
+                Endpoint::Nbd(n) => DstIo::Nbd(Box::new(
+                    n.lane_conn(i, &params)
+                        .map_err(|e| e.context(format!("destination {}", self.dst_spec)))?,
+                )),
+            };
+            lanes.push(Lane::new(src, dst, params.clone()));
+        }
+        self.shared.connections.store(lanes_n as u64, Relaxed);
+        if cfg.verbose {
+            eprintln!(
+                "nbdcpy: {} -> {}: size {}, {} lane(s) on {} thread(s), {} requests of {} bytes",
+                self.src_spec,
+                self.dst_spec,
+                src_size.map_or("unknown (stream)".into(), |s| s.to_string()),
+                lanes_n,
+                workers_n,
+                requests,
+                request_size
+            );
+        }
+
+        // Large pieces, but enough of them to keep every lane busy.
+        let size = src_size.unwrap_or(u64::MAX);
+        let piece = if src_stream {
+            u64::MAX
+        } else {
+            let per = size / (lanes_n as u64 * 4).max(1);
+            per.clamp(request_size, 128 << 20) / request_size * request_size
+        };
+        let q = WorkQueue::new(size, piece);
+
+        let mut per_worker: Vec<Vec<Lane>> = (0..workers_n).map(|_| Vec::new()).collect();
+        for (i, lane) in lanes.into_iter().enumerate() {
+            per_worker[i % workers_n].push(lane);
+        }
+        let shared = &*self.shared;
+        let running = AtomicUsize::new(workers_n);
+        std::thread::scope(|s| {
+            for lanes in per_worker {
+                let q = &q;
+                let running = &running;
+                std::thread::Builder::new()
+                    .name("nbdcpy-worker".into())
+                    .spawn_scoped(s, move || {
+                        // A panic in a worker becomes an error, never an abort.
+                        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            worker::run_worker(lanes, q, shared)
+                        }));
+                        if r.is_err() {
+                            shared.fail(Error::new(libc::EIO, "internal error: worker panicked"));
+                        }
+                        running.fetch_sub(1, Relaxed);
+                    })
+                    .map_err(|e| Error::os("cannot start worker thread", e))?;
+            }
+            while running.load(Relaxed) > 0 {
+                std::thread::sleep(interval.min(Duration::from_millis(20)));
+                if !progress(shared) {
+                    shared.cancel.store(true, Relaxed);
+                }
+            }
+            Ok::<(), Error>(())
+        })?;
+        Ok(())
+    }
+
+    /// request-size clamped to what both ends accept.
+    fn effective_request_size(&self) -> u64 {
+        let mut rs = self.cfg.request_size;
+        for ep in [&self.src, &self.dst] {
+            if let Endpoint::Nbd(n) = ep {
+                rs = rs.min(n.info.block_size.max_payload as u64);
+                let min = n.info.block_size.min.max(1) as u64;
+                rs = (rs / min * min).max(min);
+            }
+        }
+        rs.max(1)
+    }
+}

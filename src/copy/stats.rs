@@ -1,0 +1,87 @@
+//! Shared job state: live counters (read by `nbdcpy_stats` from any
+//! thread), the cancel flag and the first error.
+
+use crate::error::Error;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::Instant;
+
+#[derive(Default)]
+pub struct Shared {
+    /// Bytes to copy (0 until known for a stream source).
+    pub size: AtomicU64,
+    /// Bytes whose destination write (or skip) has completed.
+    pub bytes_done: AtomicU64,
+    /// Bytes written as data.
+    pub bytes_copied: AtomicU64,
+    /// Bytes written as zeroes or holes.
+    pub bytes_zeroed: AtomicU64,
+    /// Bytes left alone because the destination already reads as zero.
+    pub bytes_skipped: AtomicU64,
+    /// NBD requests and file operations issued.
+    pub requests: AtomicU64,
+    /// Payload bytes copied in user space (the zero-copy claim, checked).
+    pub bytes_memcpy: AtomicU64,
+    /// io_uring_enter calls made by the workers.
+    pub ring_enters: AtomicU64,
+    /// Connections per side actually used.
+    pub connections: AtomicU64,
+    start: Mutex<Option<Instant>>,
+    end_ns: AtomicU64,
+    finished: AtomicBool,
+    pub cancel: AtomicBool,
+    failed: AtomicBool,
+    error: Mutex<Option<Error>>,
+}
+
+impl Shared {
+    pub fn new() -> Shared {
+        Shared::default()
+    }
+
+    pub fn start_clock(&self) {
+        if let Ok(mut s) = self.start.lock() {
+            *s = Some(Instant::now());
+        }
+    }
+
+    pub fn stop_clock(&self) {
+        let ns = self.elapsed_ns();
+        self.end_ns.store(ns, Relaxed);
+        self.finished.store(true, Relaxed);
+    }
+
+    pub fn elapsed_ns(&self) -> u64 {
+        if self.finished.load(Relaxed) {
+            return self.end_ns.load(Relaxed);
+        }
+        match self.start.lock().ok().and_then(|s| *s) {
+            Some(t) => t.elapsed().as_nanos().min(u64::MAX as u128) as u64,
+            None => 0,
+        }
+    }
+
+    /// Records the first error; later ones are dropped (they are usually
+    /// consequences of the first).
+    pub fn fail(&self, e: Error) {
+        if let Ok(mut g) = self.error.lock() {
+            if g.is_none() {
+                *g = Some(e);
+            }
+        }
+        self.failed.store(true, Relaxed);
+    }
+
+    /// True once the job must stop: failed or cancelled.
+    pub fn stopping(&self) -> bool {
+        self.failed.load(Relaxed) || self.cancel.load(Relaxed)
+    }
+
+    pub fn take_error(&self) -> Option<Error> {
+        self.error.lock().ok().and_then(|mut g| g.take())
+    }
+
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+}

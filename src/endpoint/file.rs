@@ -1,0 +1,173 @@
+//! Local endpoints: regular files, block devices, and streams (stdin,
+//! stdout, pipes, character devices).
+
+use super::Side;
+use crate::error::{Error, Result};
+use std::fs::{File, OpenOptions};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    Regular,
+    Block,
+    /// Not seekable (pipe, socket, tty, character device): read or written
+    /// strictly in order.
+    Stream,
+}
+
+pub struct LocalFile {
+    pub fd: OwnedFd,
+    pub kind: FileKind,
+    /// Size for regular files and block devices; None for streams.
+    pub size: Option<u64>,
+    /// The name for messages.
+    pub name: String,
+}
+
+impl LocalFile {
+    pub fn is_stream(&self) -> bool {
+        self.kind == FileKind::Stream
+    }
+
+    /// Opens a path as source (read-only) or destination (write-only,
+    /// created if missing; regular files are truncated by `prepare_dest`).
+    pub fn open(path: &str, side: Side) -> Result<LocalFile> {
+        let mut oo = OpenOptions::new();
+        match side {
+            Side::Source => oo.read(true),
+            Side::Destination => oo.write(true).create(true).mode(0o644),
+        };
+        oo.custom_flags(libc::O_CLOEXEC);
+        let file = oo.open(path).map_err(|e| Error::os("open", e))?;
+        Self::from_file(file, path.to_string())
+    }
+
+    /// stdin for a source, stdout for a destination (duplicated, so closing
+    /// the endpoint does not close the process's stdio).
+    pub fn stdio(side: Side) -> Result<LocalFile> {
+        let fd: RawFd = match side {
+            Side::Source => 0,
+            Side::Destination => 1,
+        };
+        // SAFETY: F_DUPFD_CLOEXEC has no memory arguments; the result is a
+        // new descriptor that we own.
+        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+        if dup < 0 {
+            return Err(Error::os(
+                if side == Side::Source {
+                    "stdin"
+                } else {
+                    "stdout"
+                },
+                std::io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: dup is a fresh descriptor owned by nobody else.
+        let file = unsafe { File::from_raw_fd(dup) };
+        let mut f = Self::from_file(file, "-".into())?;
+        // "-" is always streamed in order, like nbdcopy, even when the shell
+        // redirected it to a regular file (which may be in append mode).
+        f.kind = FileKind::Stream;
+        f.size = None;
+        Ok(f)
+    }
+
+    fn from_file(file: File, name: String) -> Result<LocalFile> {
+        let md = file.metadata().map_err(|e| Error::os("stat", e))?;
+        let ft = md.file_type();
+        let (kind, size) = if ft.is_file() {
+            (FileKind::Regular, Some(md.len()))
+        } else if ft.is_block_device() {
+            (FileKind::Block, Some(block_device_size(file.as_raw_fd())?))
+        } else if ft.is_dir() {
+            return Err(Error::new(libc::EISDIR, "is a directory"));
+        } else {
+            (FileKind::Stream, None)
+        };
+        Ok(LocalFile {
+            fd: file.into(),
+            kind,
+            size,
+            name,
+        })
+    }
+
+    /// Makes a regular-file destination exactly `size` bytes of zeroes (as
+    /// nbdcopy does: truncate to 0, then extend).  Returns whether the
+    /// destination now reads as zeroes.
+    pub fn prepare_dest(&mut self, size: Option<u64>) -> Result<bool> {
+        if self.kind != FileKind::Regular {
+            return Ok(false);
+        }
+        let fd = self.fd.as_raw_fd();
+        // SAFETY: ftruncate takes no memory arguments.
+        if unsafe { libc::ftruncate(fd, 0) } != 0 {
+            return Err(Error::os("truncate", std::io::Error::last_os_error()));
+        }
+        if let Some(size) = size {
+            let len = libc::off_t::try_from(size)
+                .map_err(|_| Error::new(libc::EFBIG, "size too large for a file"))?;
+            // SAFETY: as above.
+            if unsafe { libc::ftruncate(fd, len) } != 0 {
+                return Err(Error::os(
+                    format!("extend to {size} bytes"),
+                    std::io::Error::last_os_error(),
+                ));
+            }
+            self.size = Some(size);
+        }
+        Ok(true)
+    }
+}
+
+/// Size of a block device in bytes (BLKGETSIZE64).
+fn block_device_size(fd: RawFd) -> Result<u64> {
+    let mut size: u64 = 0;
+    // BLKGETSIZE64 = _IOR(0x12, 114, size_t)
+    const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+    // SAFETY: the ioctl writes one u64 into `size`, which lives for the call.
+    let r = unsafe { libc::ioctl(fd, BLKGETSIZE64 as _, &mut size as *mut u64) };
+    if r != 0 {
+        return Err(Error::os(
+            "block device size (BLKGETSIZE64)",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regular_file_source_and_dest() {
+        let dir = std::env::temp_dir().join(format!("nbdcpy-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("a");
+        std::fs::write(&p, vec![7u8; 5000]).unwrap();
+        let f = LocalFile::open(p.to_str().unwrap(), Side::Source).unwrap();
+        assert_eq!(f.kind, FileKind::Regular);
+        assert_eq!(f.size, Some(5000));
+        let mut d = LocalFile::open(p.to_str().unwrap(), Side::Destination).unwrap();
+        assert!(d.prepare_dest(Some(1234)).unwrap());
+        assert_eq!(std::fs::read(&p).unwrap(), vec![0u8; 1234]);
+        let e = LocalFile::open(dir.join("missing").to_str().unwrap(), Side::Source)
+            .err()
+            .unwrap();
+        assert_eq!(e.errno, libc::ENOENT);
+        let e = LocalFile::open(dir.to_str().unwrap(), Side::Source)
+            .err()
+            .unwrap();
+        assert_eq!(e.errno, libc::EISDIR);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn dev_null_is_a_stream() {
+        let f = LocalFile::open("/dev/null", Side::Destination).unwrap();
+        assert_eq!(f.kind, FileKind::Stream);
+        assert_eq!(f.size, None);
+    }
+}

@@ -1,0 +1,116 @@
+//! What can be a source or a destination: parsing the user's words
+//! (`-`, `null:`, a path, an NBD URI, a server command) and opening them.
+
+pub mod file;
+pub mod nbd;
+pub mod subprocess;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use std::fmt;
+
+/// Which end of the copy an endpoint is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Source,
+    Destination,
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Source => "source",
+            Side::Destination => "destination",
+        })
+    }
+}
+
+/// An endpoint as the user named it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Spec {
+    /// `null:` (destination only): discard everything.
+    Null,
+    /// `-`: stdin (source) or stdout (destination), streamed in order.
+    Stdio,
+    /// A file or block device path.
+    Path(String),
+    /// An NBD URI.
+    Uri(String),
+    /// `[ CMD ARGS ... ]`: an NBD server run by socket activation.
+    Command(Vec<String>),
+}
+
+impl Spec {
+    /// Classifies the user's word for an endpoint.
+    pub fn parse(word: &str) -> Spec {
+        if word == "null:" {
+            Spec::Null
+        } else if word == "-" {
+            Spec::Stdio
+        } else if crate::proto::uri::is_nbd_uri(word) {
+            Spec::Uri(word.to_string())
+        } else {
+            Spec::Path(word.to_string())
+        }
+    }
+}
+
+impl fmt::Display for Spec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Spec::Null => f.write_str("null:"),
+            Spec::Stdio => f.write_str("-"),
+            Spec::Path(p) | Spec::Uri(p) => f.write_str(p),
+            Spec::Command(argv) => write!(f, "[ {} ]", argv.join(" ")),
+        }
+    }
+}
+
+/// An opened endpoint.
+pub enum Endpoint {
+    Null,
+    File(file::LocalFile),
+    Nbd(nbd::NbdEndpoint),
+}
+
+impl Endpoint {
+    /// Opens (and for NBD, connects and negotiates) one endpoint.
+    pub fn open(spec: &Spec, side: Side, cfg: &Config) -> Result<Endpoint> {
+        let ctx = |e: Error| e.context(format!("{side} {spec}"));
+        match spec {
+            Spec::Null if side == Side::Source => Err(Error::invalid(format!(
+                "{side} null: can only be used as the destination"
+            ))),
+            Spec::Null => Ok(Endpoint::Null),
+            Spec::Stdio => file::LocalFile::stdio(side).map(Endpoint::File).map_err(ctx),
+            Spec::Path(p) => file::LocalFile::open(p, side)
+                .map(Endpoint::File)
+                .map_err(ctx),
+            Spec::Uri(u) => nbd::NbdEndpoint::connect_uri(u, side, cfg)
+                .map(Endpoint::Nbd)
+                .map_err(ctx),
+            Spec::Command(argv) => nbd::NbdEndpoint::spawn(argv, side, cfg)
+                .map(Endpoint::Nbd)
+                .map_err(ctx),
+        }
+    }
+
+    /// Size in bytes, or None for streams and null:.
+    pub fn size(&self) -> Option<u64> {
+        match self {
+            Endpoint::Null => None,
+            Endpoint::File(f) => f.size,
+            Endpoint::Nbd(n) => Some(n.info.size),
+        }
+    }
+
+    /// How many connections/lanes this endpoint allows (files: unlimited).
+    pub fn max_connections(&self) -> u32 {
+        match self {
+            Endpoint::Null => u32::MAX,
+            Endpoint::File(f) if f.is_stream() => 1,
+            Endpoint::File(_) => u32::MAX,
+            Endpoint::Nbd(n) => n.max_connections(),
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! The library's error type: an errno value plus a message naming the
+//! endpoint, offset and cause.
+
+use std::fmt;
+
+/// An error from any layer, carried to the C API as (errno, message).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    /// A positive errno value (EINVAL, EIO, ECANCELED, ...).
+    pub errno: i32,
+    /// Human-readable, complete message (endpoint, offset, cause).
+    pub msg: String,
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn new(errno: i32, msg: impl Into<String>) -> Self {
+        Error {
+            errno,
+            msg: msg.into(),
+        }
+    }
+
+    /// EINVAL with a message: bad argument, option or value.
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Error::new(libc::EINVAL, msg)
+    }
+
+    /// From an OS error, prefixed by `what` (e.g. "source: open disk.img").
+    pub fn os(what: impl fmt::Display, e: std::io::Error) -> Self {
+        let errno = e.raw_os_error().unwrap_or(libc::EIO);
+        Error::new(errno, format!("{what}: {}", strip_os_suffix(&e)))
+    }
+
+    /// From a negative io_uring result (-errno).
+    pub fn from_res(what: impl fmt::Display, res: i32) -> Self {
+        Error::os(what, std::io::Error::from_raw_os_error(-res))
+    }
+
+    /// Prefixes the message with more context ("source nbd+unix://...: ").
+    pub fn context(mut self, ctx: impl fmt::Display) -> Self {
+        self.msg = format!("{ctx}: {}", self.msg);
+        self
+    }
+
+    pub fn cancelled() -> Self {
+        Error::new(libc::ECANCELED, "copy cancelled")
+    }
+}
+
+/// `std::io::Error`'s Display adds " (os error N)"; users do not need it.
+fn strip_os_suffix(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
+
+impl std::error::Error for Error {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn os_error_keeps_errno_and_drops_suffix() {
+        let e = Error::os(
+            "source: open x",
+            std::io::Error::from_raw_os_error(libc::ENOENT),
+        );
+        assert_eq!(e.errno, libc::ENOENT);
+        assert_eq!(e.msg, "source: open x: No such file or directory");
+        let e = e.context("nbdcpy");
+        assert!(e.msg.starts_with("nbdcpy: source: open x"));
+    }
+}

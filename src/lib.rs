@@ -1,0 +1,16 @@
+//! nbdcpy: a fast NBD disk image copier on io_uring, with a C API.
+//!
+//! Layers (dependencies point down): `ffi` (C ABI) -> `copy` (the job and
+//! its io_uring workers) -> `endpoint` (what can be copied from/to) ->
+//! `ring` (io_uring primitives) and `proto` (sans-I/O NBD).
+
+pub mod config;
+pub mod copy;
+pub mod endpoint;
+pub mod error;
+pub mod ffi;
+pub mod proto;
+pub mod ring;
+
+pub use config::Config;
+pub use error::{Error, Result};
