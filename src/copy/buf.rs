@@ -113,6 +113,11 @@ impl BlockPool {
         }
     }
 
+    /// References held on block `id`.
+    pub fn refs(&self, id: u32) -> u32 {
+        self.refs[id as usize]
+    }
+
     pub fn ptr(&self, id: u32) -> *mut u8 {
         self.blocks[id as usize].ptr()
     }

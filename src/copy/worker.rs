@@ -237,6 +237,7 @@ pub fn run_worker(mut lanes: Vec<Lane>, q: &WorkQueue, shared: &Shared) {
         q,
         shared,
         cqes: Vec::with_capacity(256),
+        events: Vec::with_capacity(64),
         last_progress: Instant::now(),
     };
     if let Err(e) = w.run(&mut lanes) {
@@ -246,6 +247,16 @@ pub fn run_worker(mut lanes: Vec<Lane>, q: &WorkQueue, shared: &Shared) {
     // they use (in `lanes`) are dropped.
     let clean = w.ring.drain(Duration::from_secs(10), &mut |_, _| {});
     Shared::add(&shared.ring_enters, w.ring.enters);
+    if clean {
+        for lane in &mut lanes {
+            if let SrcIo::Nbd(c) = &mut lane.src {
+                c.finish();
+            }
+            if let DstIo::Nbd(c) = &mut lane.dst {
+                c.finish();
+            }
+        }
+    }
     ring = w.ring;
     if !clean {
         // The kernel may still use these buffers: never free them.
@@ -263,6 +274,7 @@ struct Worker<'a> {
     q: &'a WorkQueue,
     shared: &'a Shared,
     cqes: Vec<(u64, i32, u32)>,
+    events: Vec<RecvEvent>,
     last_progress: Instant,
 }
 
@@ -429,23 +441,28 @@ impl Worker<'_> {
                 let SrcIo::Nbd(c) = &mut lane.src else {
                     return Err(Error::new(libc::EIO, "bad completion"));
                 };
-                let mut events = Vec::new();
-                c.complete(&mut self.ring, ud(li, K_SRC_NBD, 0), idx, res, flags, &mut events)?;
-                for ev in events {
+                let mut events = std::mem::take(&mut self.events);
+                events.clear();
+                let r = c.complete(&mut self.ring, ud(li, K_SRC_NBD, 0), idx, res, flags, &mut events);
+                Shared::add(&self.shared.bytes_memcpy, std::mem::take(&mut c.memcpy));
+                for ev in events.drain(..) {
                     self.src_event(li, lane, ev)?;
                 }
-                Ok(())
+                self.events = events;
+                r
             }
             K_DST_NBD => {
                 let DstIo::Nbd(c) = &mut lane.dst else {
                     return Err(Error::new(libc::EIO, "bad completion"));
                 };
-                let mut events = Vec::new();
-                c.complete(&mut self.ring, ud(li, K_DST_NBD, 0), idx, res, flags, &mut events)?;
-                for ev in events {
+                let mut events = std::mem::take(&mut self.events);
+                events.clear();
+                let r = c.complete(&mut self.ring, ud(li, K_DST_NBD, 0), idx, res, flags, &mut events);
+                for ev in events.drain(..) {
                     self.dst_event(li, lane, ev)?;
                 }
-                Ok(())
+                self.events = events;
+                r
             }
             _ => Err(Error::new(libc::EIO, format!("unknown completion kind {kind}"))),
         }
@@ -551,11 +568,7 @@ impl Worker<'_> {
             DstIo::Nbd(c) => {
                 lane.slots[si as usize].parts += 1;
                 Shared::add(&self.shared.requests, 1);
-                let src_pool = match &mut lane.src {
-                    SrcIo::Nbd(s) => Some(s.pool_handle()),
-                    SrcIo::File { .. } => None,
-                };
-                c.queue_write(si, offset, ptr, len, room, block.zip(src_pool))
+                c.queue_write(si, offset, ptr, len, room, block)
             }
             DstIo::File { fd, stream, .. } => {
                 let (fd, stream) = (*fd, *stream);
@@ -706,7 +719,11 @@ impl Worker<'_> {
                     unsafe { self.ring.push(&e) }?;
                 }
             }
-            DstIo::Nbd(c) => c.queue_flush()?,
+            DstIo::Nbd(c) => {
+                if !c.queue_flush()? {
+                    lane.flushed = true; // the server cannot flush
+                }
+            }
         }
         Ok(())
     }
@@ -727,7 +744,12 @@ impl Worker<'_> {
                 s.read_done = true;
                 self.part_done(lane, slot, 0)
             }
-            RecvEvent::WriteDone { .. } | RecvEvent::Flushed => Ok(()),
+            RecvEvent::WriteDone { .. } | RecvEvent::Flushed | RecvEvent::Release { .. } => {
+                Err(Error::new(
+                    libc::EIO,
+                    "internal error: write event on a source connection",
+                ))
+            }
         }
     }
 
@@ -744,6 +766,12 @@ impl Worker<'_> {
             }
             RecvEvent::Flushed => {
                 lane.flushed = true;
+                Ok(())
+            }
+            RecvEvent::Release { block } => {
+                if let SrcIo::Nbd(c) = &mut lane.src {
+                    c.release(block);
+                }
                 Ok(())
             }
             RecvEvent::Data { .. } | RecvEvent::Hole { .. } | RecvEvent::ReadDone { .. } => Err(

@@ -1,15 +1,355 @@
-//! TEMPORARY stand-in.
+//! NBD endpoints: connecting (unix, TCP, vsock, or a socket-activated
+//! subprocess), the blocking handshake driven through `proto::handshake`,
+//! and the extra connections used for multi-conn.
+
+use super::subprocess::ServerProcess;
 use super::Side;
 use crate::config::Config;
 use crate::copy::nbdconn::NbdConn;
 use crate::copy::worker::LaneParams;
 use crate::error::{Error, Result};
+use crate::proto::handshake::{Handshake, HandshakeOptions};
+use crate::proto::uri::{self, Transport};
 use crate::proto::Negotiated;
-pub struct NbdEndpoint { pub info: Negotiated }
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+/// How long one handshake may take before the server is declared dead.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct NbdEndpoint {
+    /// What the first connection negotiated; later ones must match.
+    pub info: Negotiated,
+    /// For messages: the URI or the command.
+    pub name: String,
+    transport: Transport,
+    export: String,
+    side: Side,
+    /// Connected, negotiated sockets; [0] is the first connection.
+    socks: Vec<Option<OwnedFd>>,
+    server: Option<ServerProcess>,
+    want_meta: bool,
+}
+
 impl NbdEndpoint {
-    pub fn connect_uri(_u: &str, _s: Side, _c: &Config) -> Result<Self> { Err(Error::invalid("NBD not yet")) }
-    pub fn spawn(_a: &[String], _s: Side, _c: &Config) -> Result<Self> { Err(Error::invalid("NBD not yet")) }
-    pub fn max_connections(&self) -> u32 { 1 }
-    pub fn lane_conn(&mut self, _i: usize, _p: &LaneParams) -> Result<NbdConn> { Err(Error::invalid("x")) }
-    pub fn disconnect(&mut self) {}
+    pub fn connect_uri(u: &str, side: Side, cfg: &Config) -> Result<NbdEndpoint> {
+        let parsed = uri::parse(u).map_err(|e| Error::invalid(e.to_string()))?;
+        if parsed.tls {
+            return Err(Error::new(
+                libc::ENOTSUP,
+                "TLS (nbds://) is not supported yet",
+            ));
+        }
+        Self::new(parsed.transport, parsed.export_name, u.to_string(), side, cfg, None)
+    }
+
+    pub fn spawn(argv: &[String], side: Side, cfg: &Config) -> Result<NbdEndpoint> {
+        let server = ServerProcess::spawn(argv).map_err(|e| {
+            Error::os(format!("cannot run {}", argv.first().map_or("", |s| s)), e)
+        })?;
+        let transport = Transport::Unix {
+            path: server.socket_path().to_string_lossy().into_owned(),
+        };
+        let name = format!("[ {} ]", argv.join(" "));
+        Self::new(transport, String::new(), name, side, cfg, Some(server))
+    }
+
+    fn new(
+        transport: Transport,
+        export: String,
+        name: String,
+        side: Side,
+        cfg: &Config,
+        server: Option<ServerProcess>,
+    ) -> Result<NbdEndpoint> {
+        // Block status is only asked of a source, and only when used.
+        let want_meta = side == Side::Source && !cfg.no_extents;
+        let (sock, info) = connect_one(&transport, &export, want_meta)?;
+        if info.size > i64::MAX as u64 {
+            return Err(Error::new(
+                libc::EOVERFLOW,
+                format!("export size {} is too large", info.size),
+            ));
+        }
+        Ok(NbdEndpoint {
+            info,
+            name,
+            transport,
+            export,
+            side,
+            socks: vec![Some(sock)],
+            server,
+            want_meta,
+        })
+    }
+
+    /// Connections this endpoint allows: 1 unless the server advertises
+    /// multi-conn (and servers run as subprocesses get one, like nbdcopy:
+    /// qemu-nbd accepts one client by default).
+    pub fn max_connections(&self) -> u32 {
+        if self.info.can_multi_conn() && self.server.is_none() {
+            u32::MAX
+        } else {
+            1
+        }
+    }
+
+    /// The connection for lane `i`: the first one, or a new one whose
+    /// negotiation must agree with the first.
+    pub fn lane_conn(&mut self, i: usize, p: &LaneParams) -> Result<NbdConn> {
+        while self.socks.len() <= i {
+            let (sock, info) = connect_one(&self.transport, &self.export, self.want_meta)?;
+            if info.size != self.info.size
+                || info.mode != self.info.mode
+                || info.tflags != self.info.tflags
+            {
+                return Err(Error::new(
+                    libc::EPROTO,
+                    format!(
+                        "connection {} negotiated differently from the first (size {} vs {})",
+                        self.socks.len() + 1,
+                        info.size,
+                        self.info.size
+                    ),
+                ));
+            }
+            self.socks.push(Some(sock));
+        }
+        let fd = self.socks[i]
+            .as_ref()
+            .map(|s| s.as_raw_fd())
+            .ok_or_else(|| Error::new(libc::EBADF, "connection already closed"))?;
+        Ok(NbdConn::new(
+            fd,
+            format!("{} {}", self.side, self.name),
+            self.info.clone(),
+            p,
+        ))
+    }
+
+    /// Closes every connection and stops the server subprocess.
+    pub fn disconnect(&mut self) {
+        for s in &mut self.socks {
+            if let Some(fd) = s.take() {
+                // SAFETY: shutdown takes no memory arguments; fd is open.
+                unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
+                drop(fd);
+            }
+        }
+        if let Some(mut s) = self.server.take() {
+            s.kill();
+        }
+    }
+}
+
+impl Drop for NbdEndpoint {
+    fn drop(&mut self) {
+        self.disconnect();
+    }
+}
+
+/// Connects one socket and runs the handshake on it.
+fn connect_one(t: &Transport, export: &str, want_meta: bool) -> Result<(OwnedFd, Negotiated)> {
+    let fd = connect_socket(t)?;
+    set_timeouts(fd.as_raw_fd(), Some(HANDSHAKE_TIMEOUT));
+    let info = handshake(fd.as_raw_fd(), export, want_meta)?;
+    set_timeouts(fd.as_raw_fd(), None);
+    tune_socket(fd.as_raw_fd(), t);
+    Ok((fd, info))
+}
+
+fn connect_socket(t: &Transport) -> Result<OwnedFd> {
+    match t {
+        Transport::Unix { path } => {
+            let s = UnixStream::connect(path)
+                .map_err(|e| Error::os(format!("connect to unix socket {path}"), e))?;
+            // SAFETY: into_raw_fd hands over ownership of an open socket.
+            Ok(unsafe { OwnedFd::from_raw_fd(s.into_raw_fd()) })
+        }
+        Transport::Tcp { host, port } => {
+            use std::net::{TcpStream, ToSocketAddrs};
+            let h = host.trim_start_matches('[').trim_end_matches(']');
+            let addrs: Vec<_> = (h, *port)
+                .to_socket_addrs()
+                .map_err(|e| Error::os(format!("resolve {host}"), e))?
+                .collect();
+            let mut last = None;
+            for a in addrs {
+                match TcpStream::connect_timeout(&a, HANDSHAKE_TIMEOUT) {
+                    Ok(s) => {
+                        let _ = s.set_nodelay(true);
+                        // SAFETY: as above.
+                        return Ok(unsafe { OwnedFd::from_raw_fd(s.into_raw_fd()) });
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(match last {
+                Some(e) => Error::os(format!("connect to {host}:{port}"), e),
+                None => Error::new(libc::EHOSTUNREACH, format!("{host}: no address")),
+            })
+        }
+        Transport::Vsock { cid, port } => connect_vsock(*cid, *port),
+    }
+}
+
+fn connect_vsock(cid: u32, port: u32) -> Result<OwnedFd> {
+    // SAFETY: socket() takes no memory arguments.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(Error::os("vsock socket", std::io::Error::last_os_error()));
+    }
+    // SAFETY: fd is a fresh socket we own.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_vm is plain data; all-zero is a valid value.
+    let mut sa: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    sa.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    sa.svm_cid = cid;
+    sa.svm_port = port;
+    // SAFETY: sa is a valid sockaddr_vm of the given length.
+    let r = unsafe {
+        libc::connect(
+            fd,
+            &sa as *const libc::sockaddr_vm as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(Error::os(
+            format!("connect to vsock {cid}:{port}"),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(owned)
+}
+
+fn set_timeouts(fd: RawFd, t: Option<Duration>) {
+    let tv = match t {
+        Some(d) => libc::timeval {
+            tv_sec: d.as_secs() as libc::time_t,
+            tv_usec: d.subsec_micros() as libc::suseconds_t,
+        },
+        None => libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        },
+    };
+    for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
+        // SAFETY: tv is a valid timeval for the duration of the call.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                &tv as *const libc::timeval as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+    }
+}
+
+/// Larger socket buffers let one receive pull many replies.
+fn tune_socket(fd: RawFd, t: &Transport) {
+    let size: libc::c_int = 4 << 20;
+    for opt in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
+        // SAFETY: size is a valid c_int for the duration of the call.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                &size as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+    }
+    if matches!(t, Transport::Tcp { .. }) {
+        let one: libc::c_int = 1;
+        // SAFETY: as above.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                &one as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+    }
+}
+
+/// Drives the sans-I/O handshake over a blocking socket.
+fn handshake(fd: RawFd, export: &str, want_meta: bool) -> Result<Negotiated> {
+    // SAFETY: we borrow fd for the handshake only; ManuallyDrop keeps the
+    // UnixStream wrapper from closing it (the caller owns it).
+    let mut s = std::mem::ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(fd) });
+    let mut hs = Handshake::new(HandshakeOptions {
+        export_name: export.to_string(),
+        extended_headers: true,
+        structured_replies: true,
+        meta_context: want_meta.then(|| "base:allocation".to_string()),
+        request_block_size: true,
+        tls: false,
+    });
+    let mut buf = vec![0u8; 64 << 10];
+    let mut have = 0usize;
+    loop {
+        while !hs.output().is_empty() {
+            let n = s.write(hs.output()).map_err(|e| io_err("handshake: send", e))?;
+            hs.consume_output(n);
+        }
+        if hs.is_done() {
+            break;
+        }
+        // Feed what we have; read more only when the machine needs it.
+        let used = hs
+            .feed(&buf[..have])
+            .map_err(|e| Error::new(libc::EPROTO, format!("handshake: {e}")))?;
+        buf.copy_within(used..have, 0);
+        have -= used;
+        if hs.is_done() || !hs.output().is_empty() {
+            continue;
+        }
+        if used > 0 && have > 0 {
+            continue;
+        }
+        if have == buf.len() {
+            return Err(Error::new(libc::EPROTO, "handshake: server reply too large"));
+        }
+        let n = s
+            .read(&mut buf[have..])
+            .map_err(|e| io_err("handshake: receive", e))?;
+        if n == 0 {
+            return Err(Error::new(
+                libc::ECONNRESET,
+                "handshake: server closed the connection",
+            ));
+        }
+        have += n;
+    }
+    if have > 0 {
+        return Err(Error::new(
+            libc::EPROTO,
+            "handshake: server sent data after the negotiation ended",
+        ));
+    }
+    hs.result()
+        .cloned()
+        .ok_or_else(|| Error::new(libc::EPROTO, "handshake ended without a result"))
+}
+
+fn io_err(what: &str, e: std::io::Error) -> Error {
+    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
+        Error::new(
+            libc::ETIMEDOUT,
+            format!(
+                "{what}: server did not answer within {} seconds",
+                HANDSHAKE_TIMEOUT.as_secs()
+            ),
+        )
+    } else {
+        Error::os(what, e)
+    }
 }
