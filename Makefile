@@ -41,7 +41,7 @@ cli: lib
 	  -L$(B) -lnbdcpy
 
 # Everything CI runs.  Installs its test servers first.
-check: test-deps check-style cli check-header check-rust check-c
+check: test-deps check-style cli check-header check-rust check-c check-install
 	@echo "make check: all passed"
 
 check-style:
@@ -60,6 +60,23 @@ check-rust:
 
 check-c: cli
 	$(MAKE) -C c-tests check B=$(CURDIR)/$(B)
+
+# Stage an install, then build a program against it with pkg-config.
+check-install: cli
+	@set -e; st=$$(mktemp -d); trap 'rm -rf $$st' EXIT; \
+	$(MAKE) -s install DESTDIR=$$st PREFIX=/usr LIBDIR=/usr/lib/x86_64-linux-gnu; \
+	test -L $$st/usr/lib/x86_64-linux-gnu/libnbdcpy.so.0; \
+	test -L $$st/usr/lib/x86_64-linux-gnu/libnbdcpy.so; \
+	readelf -d $$st/usr/lib/x86_64-linux-gnu/libnbdcpy.so.$(VERSION) | grep -q 'SONAME.*libnbdcpy.so.0'; \
+	bad=$$(nm -D --defined-only $$st/usr/lib/x86_64-linux-gnu/libnbdcpy.so.$(VERSION) | \
+	  awk '$$3 !~ /^nbdcpy_/ && $$3 !~ /^NBDCPY_/ {print $$3}'); \
+	[ -z "$$bad" ] || { echo "unexpected exported symbols: $$bad"; exit 1; }; \
+	export PKG_CONFIG_SYSROOT_DIR=$$st PKG_CONFIG_LIBDIR=$$st/usr/lib/x86_64-linux-gnu/pkgconfig; \
+	$(CC) $(WARN) -o $$st/smoke c-tests/install-smoke.c $$(pkg-config --cflags --libs nbdcpy); \
+	LD_LIBRARY_PATH=$$st/usr/lib/x86_64-linux-gnu $$st/smoke; \
+	$$st/usr/bin/nbdcpy --version >/dev/null 2>&1 || \
+	  LD_LIBRARY_PATH=$$st/usr/lib/x86_64-linux-gnu $$st/usr/bin/nbdcpy --version; \
+	echo "check-install: OK"
 
 check-valgrind: cli
 	$(MAKE) -C c-tests check-valgrind B=$(CURDIR)/$(B)

@@ -151,8 +151,10 @@ impl Job {
         let src_stream = src_size.is_none();
         // Regular-file destinations are truncated and extended: they then
         // read as zeroes (like nbdcopy).
+        let mut dst_is_zero = cfg.destination_is_zero;
         if let Endpoint::File(f) = &mut self.dst {
-            f.prepare_dest(src_size)
+            dst_is_zero |= f
+                .prepare_dest(src_size)
                 .map_err(|e| e.context(format!("destination {}", self.dst_spec)))?;
         }
         let dst_stream = matches!(&self.dst, Endpoint::File(f) if f.is_stream());
@@ -166,15 +168,20 @@ impl Job {
         if src_stream || dst_stream || cfg.synchronous {
             lanes_n = 1;
         }
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1);
+        let threads = if cfg.threads == 0 { cores } else { cfg.threads };
+        let any_nbd = matches!(self.src, Endpoint::Nbd(_)) || matches!(self.dst, Endpoint::Nbd(_));
+        if !any_nbd {
+            // Local copies: lanes only buy parallelism, one per thread.
+            lanes_n = lanes_n.min(threads);
+        }
         if let Some(s) = src_size {
             // No point in more lanes than requests' worth of work.
             let reqs = s.div_ceil(cfg.request_size).max(1);
             lanes_n = lanes_n.min(reqs.min(u32::MAX as u64) as u32);
         }
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get() as u32)
-            .unwrap_or(1);
-        let threads = if cfg.threads == 0 { cores } else { cfg.threads };
         let workers_n = threads.min(lanes_n).max(1) as usize;
 
         let request_size = self.effective_request_size();
@@ -196,6 +203,10 @@ impl Job {
             flush: cfg.flush,
             timeout: (cfg.timeout_secs > 0).then(|| Duration::from_secs(cfg.timeout_secs)),
             verbose: cfg.verbose,
+            sparse: self.sparse_block(),
+            allocated: cfg.allocated,
+            dst_is_zero,
+            extents: !cfg.no_extents,
         };
 
         let mut lanes = Vec::with_capacity(lanes_n as usize);
@@ -283,6 +294,18 @@ impl Job {
             Ok::<(), Error>(())
         })?;
         Ok(())
+    }
+
+    /// Zero-detection block size: the option, else 4096 or the
+    /// destination's preferred block size if larger (like nbdcopy).
+    fn sparse_block(&self) -> u64 {
+        match self.cfg.sparse {
+            Some(v) => v,
+            None => match &self.dst {
+                Endpoint::Nbd(n) => (n.info.block_size.preferred as u64).max(4096),
+                _ => 4096,
+            },
+        }
     }
 
     /// request-size clamped to what both ends accept.

@@ -34,7 +34,7 @@ pub enum RecvEvent {
     /// The READ for `slot` completed successfully.
     ReadDone { slot: u32 },
     /// A WRITE (or zeroing) for `slot` was acknowledged.
-    WriteDone { slot: u32, len: u32, zero: bool },
+    WriteDone { slot: u32, len: u64, zero: bool },
     /// FLUSH acknowledged.
     Flushed,
     /// A send referring to the other side's receive block finished.
@@ -52,7 +52,7 @@ enum Kind {
 struct Pending {
     slot: u32,
     offset: u64,
-    len: u32,
+    len: u64,
     kind: Kind,
 }
 
@@ -101,7 +101,6 @@ pub struct NbdConn {
     pub name: String,
     fd: RawFd,
     info: Negotiated,
-    hdr_len: usize,
     parser: ReplyParser,
     next_seq: u64,
     reqs: HashMap<u64, Pending>,
@@ -134,7 +133,6 @@ unsafe impl Send for NbdConn {}
 
 impl NbdConn {
     pub fn new(fd: RawFd, name: String, info: Negotiated, p: &LaneParams) -> NbdConn {
-        let hdr_len = request::header_len(info.mode);
         // The largest message we accept: a READ reply of one request, or a
         // generous bound for replies without payload (error messages).
         let max_msg = (p.request_size as usize).max(64 << 10) + 64;
@@ -146,7 +144,6 @@ impl NbdConn {
             fd,
             parser: ReplyParser::new(&info),
             info,
-            hdr_len,
             next_seq: 1,
             reqs: HashMap::new(),
             queue: Vec::new(),
@@ -217,7 +214,7 @@ impl NbdConn {
             Pending {
                 slot,
                 offset,
-                len: len as u32,
+                len,
                 kind: Kind::Read,
             },
         )?;
@@ -251,7 +248,7 @@ impl NbdConn {
             Pending {
                 slot,
                 offset,
-                len,
+                len: len as u64,
                 kind: Kind::Write,
             },
         )?;
@@ -282,44 +279,60 @@ impl NbdConn {
     }
 
     /// Queues making [offset, offset+len) read as zeroes: WRITE_ZEROES
-    /// when the server has it, else a WRITE of zeroes.
-    pub fn queue_zero(&mut self, slot: u32, offset: u64, len: u32) -> Result<()> {
-        let p = Pending {
-            slot,
-            offset,
-            len,
-            kind: Kind::Zero,
-        };
-        if self.info.can_write_zeroes() {
-            let req = Request {
-                cmd: consts::NBD_CMD_WRITE_ZEROES,
-                flags: 0,
-                cookie: self.cookie(slot),
-                offset,
-                length: len as u64,
-            };
-            self.register(&req, p)?;
-            self.push_hdr(&req);
+    /// (with NO_HOLE when `allocated`) when the server has it, else WRITEs
+    /// of zeroes.  Returns how many requests it took.
+    pub fn queue_zero(&mut self, slot: u32, offset: u64, len: u64, allocated: bool) -> Result<u32> {
+        let wz = self.info.can_write_zeroes();
+        // Compact requests carry 32-bit lengths; keep pieces aligned.
+        let max = if wz {
+            1 << 30
         } else {
-            let req = Request {
-                cmd: consts::NBD_CMD_WRITE,
-                flags: 0,
-                cookie: self.cookie(slot),
-                offset,
-                length: len as u64,
+            (self.info.block_size.max_payload as u64).min(32 << 20)
+        };
+        let mut n = 0;
+        let mut at = offset;
+        let end = offset + len;
+        while at < end {
+            let piece = (end - at).min(max);
+            let p = Pending {
+                slot,
+                offset: at,
+                len: piece,
+                kind: Kind::Zero,
             };
-            self.register(&req, p)?;
-            let mut buf = [0u8; 32];
-            let n = request::encode(self.info.mode, &req, &mut buf);
-            self.queue.push(SendItem::HdrData {
-                buf,
-                hlen: n as u8,
-                ptr: zero_buffer(len as usize),
-                len: len as usize,
-                block: None,
-            });
+            if wz {
+                let req = Request {
+                    cmd: consts::NBD_CMD_WRITE_ZEROES,
+                    flags: if allocated { consts::NBD_CMD_FLAG_NO_HOLE } else { 0 },
+                    cookie: self.cookie(slot),
+                    offset: at,
+                    length: piece,
+                };
+                self.register(&req, p)?;
+                self.push_hdr(&req);
+            } else {
+                let req = Request {
+                    cmd: consts::NBD_CMD_WRITE,
+                    flags: 0,
+                    cookie: self.cookie(slot),
+                    offset: at,
+                    length: piece,
+                };
+                self.register(&req, p)?;
+                let mut buf = [0u8; 32];
+                let hn = request::encode(self.info.mode, &req, &mut buf);
+                self.queue.push(SendItem::HdrData {
+                    buf,
+                    hlen: hn as u8,
+                    ptr: zero_buffer(piece as usize),
+                    len: piece as usize,
+                    block: None,
+                });
+            }
+            at += piece;
+            n += 1;
         }
-        Ok(())
+        Ok(n)
     }
 
     /// Queues FLUSH; Ok(false) when the server cannot flush (nothing to do).
@@ -350,6 +363,11 @@ impl NbdConn {
     /// Drops a reference to one of this connection's receive blocks.
     pub fn release(&mut self, block: u32) {
         self.pool.release(block);
+    }
+
+    /// Takes one more reference to one of this connection's receive blocks.
+    pub fn hold(&mut self, block: u32) {
+        self.pool.hold(block);
     }
 
     /// Starts a send of everything queued, if none is in flight.

@@ -1,6 +1,11 @@
 //! One worker thread: an io_uring event loop driving one or more lanes
 //! (a source connection/file paired with a destination one) until the
 //! work queue is empty, then flushing and draining.
+//!
+//! Work is claimed in large ranges and cut into pieces: data pieces are
+//! read (at most request-size) and written, zero pieces (holes found in
+//! the source's extents) are zeroed or skipped without reading.  Data that
+//! turns out to be all zeroes in `sparse`-sized blocks is zeroed too.
 
 use super::buf::AlignedBuf;
 use super::nbdconn::{NbdConn, RecvEvent};
@@ -9,7 +14,7 @@ use super::WorkQueue;
 use crate::error::{Error, Result};
 use crate::ring::Ring;
 use io_uring::{opcode, types};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
@@ -17,6 +22,9 @@ use std::time::{Duration, Instant};
 /// Bytes reserved in front of every file-read buffer, so an NBD WRITE
 /// header can be written just before the data and both sent as one slice.
 pub const HEADER_ROOM: usize = 64;
+
+/// Largest zero piece handed to one zeroing operation.
+const ZERO_PIECE: u64 = 1 << 30;
 
 /// What a lane reads from.
 pub enum SrcIo {
@@ -51,13 +59,27 @@ pub struct LaneParams {
     pub flush: bool,
     pub timeout: Option<Duration>,
     pub verbose: bool,
+    /// Zero-detection block size (0: off).
+    pub sparse: u64,
+    /// Zeroes must be allocated on the destination (no holes).
+    pub allocated: bool,
+    /// The destination already reads as zeroes: zero ranges are skipped.
+    pub dst_is_zero: bool,
+    /// Ask the source where its data is (SEEK_DATA/SEEK_HOLE, BLOCK_STATUS).
+    pub extents: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Piece {
+    Data(u64, u64),
+    Zero(u64, u64),
 }
 
 struct Slot {
     offset: u64,
-    len: u32,
+    len: u64,
     /// Bytes read so far (file sources; handles short reads).
-    filled: u32,
+    filled: u64,
     /// File-source buffer: HEADER_ROOM + request_size bytes.
     buf: Option<AlignedBuf>,
     /// Destination operations still outstanding for this slot.
@@ -67,15 +89,35 @@ struct Slot {
     busy: bool,
 }
 
-/// A destination write (or zero) in flight.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OpKind {
+    /// Write `len` bytes from `ptr`.
+    Write,
+    /// Write zeroes from the shared zero buffer.
+    WriteZeroes,
+    /// fallocate(mode) over the range.
+    Fallocate(i32),
+}
+
+/// A destination file operation in flight.
 struct WriteOp {
     slot: u32,
     offset: u64,
     ptr: *mut u8,
-    len: u32,
-    done: u32,
+    len: u64,
+    done: u64,
+    kind: OpKind,
     /// Receive block holding the data (NBD sources).
     block: Option<u32>,
+}
+
+/// How a regular-file or block-device destination is zeroed; degrades
+/// when the kernel or filesystem refuses a mode.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ZeroMode {
+    PunchHole,
+    ZeroRange,
+    Write,
 }
 
 pub struct Lane {
@@ -86,20 +128,29 @@ pub struct Lane {
     free_slots: Vec<u32>,
     ops: Vec<WriteOp>,
     free_ops: Vec<u32>,
-    /// Current claimed work range [cur, end).
-    cur: u64,
-    end: u64,
+    /// The rest of the claimed range as (offset, length, reads-as-zero).
+    extents: VecDeque<(u64, u64, bool)>,
     /// No more work to claim.
     exhausted: bool,
-    /// Stream source: one read in flight at a time.
+    /// Stream source: position, and one read in flight at a time.
+    stream_pos: u64,
     stream_reading: bool,
     /// Stream destination: writes queued in offset order, one in flight.
     out_next: u64,
     out_queue: BTreeMap<u64, u32>,
     out_busy: bool,
+    zero_mode: ZeroMode,
     flushed: bool,
     flushing: bool,
+    /// Reused scratch space for zero-detection runs.
+    runs: Vec<(usize, usize, bool)>,
 }
+
+// SAFETY: the raw pointers in a lane (WriteOp::ptr) point into buffers the
+// lane itself owns (slot buffers, receive blocks) or into the static zero
+// buffer; they move with the lane to its worker thread and are only used
+// there.
+unsafe impl Send for Lane {}
 
 const K_SRC_READ: u64 = 1;
 const K_DST_WRITE: u64 = 2;
@@ -117,12 +168,6 @@ fn un_ud(u: u64) -> (usize, u64, u64) {
     ((u >> 56) as usize, (u >> 48) & 0xff, u & ((1 << 48) - 1))
 }
 
-// SAFETY: the raw pointers in a lane (WriteOp::ptr) point into buffers the
-// lane itself owns (slot buffers, receive blocks) or into the static zero
-// buffer; they move with the lane to its worker thread and are only used
-// there.
-unsafe impl Send for Lane {}
-
 impl Lane {
     pub fn new(src: SrcIo, dst: DstIo, p: LaneParams) -> Lane {
         let file_src = matches!(src, SrcIo::File { .. });
@@ -132,16 +177,17 @@ impl Lane {
                 offset: 0,
                 len: 0,
                 filled: 0,
-                buf: if file_src {
-                    Some(AlignedBuf::new(HEADER_ROOM + p.request_size as usize))
-                } else {
-                    None
-                },
+                buf: file_src.then(|| AlignedBuf::new(HEADER_ROOM + p.request_size as usize)),
                 parts: 0,
                 read_done: false,
                 busy: false,
             })
             .collect();
+        let zero_mode = if p.allocated {
+            ZeroMode::ZeroRange
+        } else {
+            ZeroMode::PunchHole
+        };
         Lane {
             src,
             dst,
@@ -149,15 +195,17 @@ impl Lane {
             free_slots: (0..n as u32).rev().collect(),
             ops: Vec::new(),
             free_ops: Vec::new(),
-            cur: 0,
-            end: 0,
+            extents: VecDeque::new(),
             exhausted: false,
+            stream_pos: 0,
             stream_reading: false,
             out_next: 0,
             out_queue: BTreeMap::new(),
             out_busy: false,
+            zero_mode,
             flushed: false,
             flushing: false,
+            runs: Vec::new(),
             p,
         }
     }
@@ -190,42 +238,136 @@ impl Lane {
         self.exhausted && self.busy_slots() == 0 && (!self.p.flush || self.flushed)
     }
 
-    /// Claims the next request-sized piece of work.
-    fn claim(&mut self, q: &WorkQueue) -> Option<(u64, u64)> {
+    /// Claims the next piece of work: a data piece of at most
+    /// request-size, or a zero piece.
+    fn claim(&mut self, q: &WorkQueue) -> Option<Piece> {
         if self.exhausted {
             return None;
         }
         if self.src_is_stream() {
-            // Streams are read in order by one lane; the length is what the
-            // read returns.
+            // Streams are read in order; the length is what a read returns.
             if self.stream_reading {
                 return None;
             }
-            return Some((self.cur, self.p.request_size));
+            return Some(Piece::Data(self.stream_pos, self.p.request_size));
         }
-        if self.cur >= self.end {
-            match q.claim() {
-                Some((a, b)) => {
-                    self.cur = a;
-                    self.end = b;
+        loop {
+            if let Some(front) = self.extents.front_mut() {
+                let (off, len, zero) = *front;
+                let take = if zero {
+                    len.min(ZERO_PIECE)
+                } else {
+                    len.min(self.p.request_size)
+                };
+                if take == len {
+                    self.extents.pop_front();
+                } else {
+                    front.0 += take;
+                    front.1 -= take;
                 }
+                return Some(if zero {
+                    Piece::Zero(off, take)
+                } else {
+                    Piece::Data(off, take)
+                });
+            }
+            match q.claim() {
+                Some((a, b)) => self.load_extents(a, b),
                 None => {
                     self.exhausted = true;
                     return None;
                 }
             }
         }
-        let len = (self.end - self.cur).min(self.p.request_size);
-        let off = self.cur;
-        self.cur += len;
-        Some((off, len))
+    }
+
+    /// Fills `extents` for [a, b): from the source's own knowledge where
+    /// it has some, else one data extent.
+    fn load_extents(&mut self, a: u64, b: u64) {
+        if let (true, SrcIo::File { fd, .. }) = (self.p.extents, &self.src) {
+            file_extents(*fd, a, b, &mut self.extents);
+        } else {
+            self.extents.push_back((a, b - a, false));
+        }
+    }
+}
+
+/// Data and hole extents of [a, b) of a file, by SEEK_DATA/SEEK_HOLE.
+/// Anything the kernel cannot answer counts as data.
+fn file_extents(fd: RawFd, a: u64, b: u64, out: &mut VecDeque<(u64, u64, bool)>) {
+    let mut push = |off: u64, len: u64, zero: bool| {
+        if len == 0 {
+            return;
+        }
+        match out.back_mut() {
+            Some(last) if last.2 == zero && last.0 + last.1 == off => last.1 += len,
+            _ => out.push_back((off, len, zero)),
+        }
+    };
+    let mut pos = a;
+    while pos < b {
+        // SAFETY: lseek takes no memory arguments.  The file position is
+        // never used for I/O (every read has an explicit offset).
+        let data = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = std::io::Error::last_os_error().raw_os_error();
+            push(pos, b - pos, e == Some(libc::ENXIO));
+            return;
+        }
+        let data = (data as u64).clamp(pos, b);
+        push(pos, data - pos, true);
+        if data >= b {
+            return;
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
+        let hole = if hole < 0 {
+            b
+        } else {
+            (hole as u64).clamp(data + 1, b)
+        };
+        push(data, hole - data, false);
+        pos = hole;
+    }
+}
+
+/// True when every byte is zero; stops at the first non-zero word.
+pub(crate) fn is_zero(b: &[u8]) -> bool {
+    let mut chunks = b.chunks_exact(64);
+    for c in &mut chunks {
+        let mut acc = 0u64;
+        for w in c.chunks_exact(8) {
+            acc |= u64::from_ne_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+        }
+        if acc != 0 {
+            return false;
+        }
+    }
+    chunks.remainder().iter().all(|&x| x == 0)
+}
+
+/// Splits `data` (at absolute offset `off`) into runs of data and of
+/// zero blocks of `sparse` bytes aligned to absolute offsets.
+fn zero_runs(data: &[u8], off: u64, sparse: u64, runs: &mut Vec<(usize, usize, bool)>) {
+    runs.clear();
+    let len = data.len();
+    let mut i = 0usize;
+    while i < len {
+        let blk_end = (((off + i as u64) / sparse + 1) * sparse - off) as usize;
+        let end = blk_end.min(len);
+        let z = is_zero(&data[i..end]);
+        match runs.last_mut() {
+            Some(r) if r.2 == z => r.1 = end,
+            _ => runs.push((i, end, z)),
+        }
+        i = end;
     }
 }
 
 /// Runs lanes on this thread's ring until they finish, fail or are cancelled.
 pub fn run_worker(mut lanes: Vec<Lane>, q: &WorkQueue, shared: &Shared) {
     let entries = lanes.iter().map(|l| l.slots.len() * 2 + 8).sum::<usize>();
-    let mut ring = match Ring::new(entries as u32) {
+    let ring = match Ring::new(entries as u32) {
         Ok(r) => r,
         Err(e) => {
             shared.fail(e);
@@ -247,25 +389,23 @@ pub fn run_worker(mut lanes: Vec<Lane>, q: &WorkQueue, shared: &Shared) {
     // they use (in `lanes`) are dropped.
     let clean = w.ring.drain(Duration::from_secs(10), &mut |_, _| {});
     Shared::add(&shared.ring_enters, w.ring.enters);
-    if clean {
-        for lane in &mut lanes {
-            if let SrcIo::Nbd(c) = &mut lane.src {
-                c.finish();
-            }
-            if let DstIo::Nbd(c) = &mut lane.dst {
-                c.finish();
-            }
-        }
-    }
-    ring = w.ring;
     if !clean {
         // The kernel may still use these buffers: never free them.
         std::mem::forget(lanes);
-        std::mem::forget(ring);
+        std::mem::forget(w.ring);
         shared.fail(Error::new(
             libc::EIO,
             "I/O operations did not finish after cancellation",
         ));
+        return;
+    }
+    for lane in &mut lanes {
+        if let SrcIo::Nbd(c) = &mut lane.src {
+            c.finish();
+        }
+        if let DstIo::Nbd(c) = &mut lane.dst {
+            c.finish();
+        }
     }
 }
 
@@ -321,20 +461,7 @@ impl Worker<'_> {
             self.cqes.clear();
             self.ring.reap(&mut self.cqes);
             if self.cqes.is_empty() {
-                if let Some(t) = lanes.first().and_then(|l| l.p.timeout) {
-                    if self.ring.in_flight() > 0 && self.last_progress.elapsed() > t {
-                        return Err(Error::new(
-                            libc::ETIMEDOUT,
-                            format!(
-                                "no I/O completed for {} seconds: source {} or destination {} \
-                                 is not responding",
-                                t.as_secs(),
-                                lanes[0].src_name(),
-                                lanes[0].dst_name()
-                            ),
-                        ));
-                    }
-                }
+                self.check_timeout(lanes)?;
                 continue;
             }
             self.last_progress = Instant::now();
@@ -350,7 +477,27 @@ impl Worker<'_> {
         }
     }
 
-    /// Issues source reads into free slots.
+    fn check_timeout(&self, lanes: &[Lane]) -> Result<()> {
+        let Some(t) = lanes.first().and_then(|l| l.p.timeout) else {
+            return Ok(());
+        };
+        if self.ring.in_flight() > 0 && self.last_progress.elapsed() > t {
+            return Err(Error::new(
+                libc::ETIMEDOUT,
+                format!(
+                    "no I/O completed for {} seconds: source {} or destination {} is not \
+                     responding",
+                    t.as_secs(),
+                    lanes[0].src_name(),
+                    lanes[0].dst_name()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Starts work on free slots: reads for data pieces, zeroing for
+    /// zero pieces.
     fn fill(&mut self, li: usize, lane: &mut Lane) -> Result<()> {
         while let Some(&si) = lane.free_slots.last() {
             if let SrcIo::Nbd(c) = &lane.src {
@@ -358,30 +505,35 @@ impl Worker<'_> {
                     break;
                 }
             }
-            let Some((off, len)) = lane.claim(self.q) else {
+            let Some(piece) = lane.claim(self.q) else {
                 break;
             };
             lane.free_slots.pop();
+            let (off, len) = match piece {
+                Piece::Data(o, l) | Piece::Zero(o, l) => (o, l),
+            };
             let slot = &mut lane.slots[si as usize];
             slot.offset = off;
-            slot.len = len as u32;
+            slot.len = len;
             slot.filled = 0;
             slot.parts = 0;
             slot.read_done = false;
             slot.busy = true;
+            if let Piece::Zero(..) = piece {
+                slot.read_done = true;
+                self.dst_zero(li, lane, si, off, len)?;
+                continue;
+            }
             Shared::add(&self.shared.requests, 1);
             match &mut lane.src {
                 SrcIo::File { fd, stream, .. } => {
-                    if *stream {
+                    let (fd, stream) = (*fd, *stream);
+                    if stream {
                         lane.stream_reading = true;
                     }
-                    let fd = *fd;
-                    let stream = *stream;
                     self.push_file_read(li, lane, si, fd, stream)?;
                 }
-                SrcIo::Nbd(c) => {
-                    c.queue_read(si, off, len)?;
-                }
+                SrcIo::Nbd(c) => c.queue_read(si, off, len)?,
             }
         }
         Ok(())
@@ -395,17 +547,20 @@ impl Worker<'_> {
         fd: RawFd,
         stream: bool,
     ) -> Result<()> {
-        let slot = &mut lane.slots[si as usize];
-        let buf = slot.buf.as_ref().expect("file source slot has a buffer");
+        let slot = &lane.slots[si as usize];
+        let buf = slot
+            .buf
+            .as_ref()
+            .ok_or_else(|| Error::new(libc::EIO, "internal error: slot without buffer"))?;
         let filled = slot.filled as usize;
         // SAFETY: HEADER_ROOM + filled < buffer length (len <= request_size).
         let ptr = unsafe { buf.ptr().add(HEADER_ROOM + filled) };
         let off = if stream {
             u64::MAX
         } else {
-            slot.offset + filled as u64
+            slot.offset + slot.filled
         };
-        let e = opcode::Read::new(types::Fd(fd), ptr, slot.len - slot.filled)
+        let e = opcode::Read::new(types::Fd(fd), ptr, (slot.len - slot.filled) as u32)
             .offset(off)
             .build()
             .user_data(ud(li, K_SRC_READ, si as u64));
@@ -445,11 +600,14 @@ impl Worker<'_> {
                 events.clear();
                 let r = c.complete(&mut self.ring, ud(li, K_SRC_NBD, 0), idx, res, flags, &mut events);
                 Shared::add(&self.shared.bytes_memcpy, std::mem::take(&mut c.memcpy));
+                let mut r2 = Ok(());
                 for ev in events.drain(..) {
-                    self.src_event(li, lane, ev)?;
+                    if r2.is_ok() {
+                        r2 = self.src_event(li, lane, ev);
+                    }
                 }
                 self.events = events;
-                r
+                r.and(r2)
             }
             K_DST_NBD => {
                 let DstIo::Nbd(c) = &mut lane.dst else {
@@ -458,11 +616,14 @@ impl Worker<'_> {
                 let mut events = std::mem::take(&mut self.events);
                 events.clear();
                 let r = c.complete(&mut self.ring, ud(li, K_DST_NBD, 0), idx, res, flags, &mut events);
+                let mut r2 = Ok(());
                 for ev in events.drain(..) {
-                    self.dst_event(li, lane, ev)?;
+                    if r2.is_ok() {
+                        r2 = self.dst_event(lane, ev);
+                    }
                 }
                 self.events = events;
-                r
+                r.and(r2)
             }
             _ => Err(Error::new(libc::EIO, format!("unknown completion kind {kind}"))),
         }
@@ -473,28 +634,30 @@ impl Worker<'_> {
             SrcIo::File { fd, stream, .. } => (*fd, *stream),
             SrcIo::Nbd(_) => return Err(Error::new(libc::EIO, "bad completion")),
         };
-        let at = lane.slots[si as usize].offset + lane.slots[si as usize].filled as u64;
+        let at = lane.slots[si as usize].offset + lane.slots[si as usize].filled;
         if res < 0 {
             return Err(Error::from_res(
                 format!("source {}: read at offset {at}", lane.src_name()),
                 res,
             ));
         }
-        let slot = &mut lane.slots[si as usize];
         if stream {
             lane.stream_reading = false;
+            let slot = &mut lane.slots[si as usize];
             if res == 0 {
                 // End of the stream: its size is now known.
                 slot.busy = false;
                 lane.exhausted = true;
-                self.shared.size.store(lane.cur, Relaxed);
+                self.shared.size.store(lane.stream_pos, Relaxed);
                 lane.free_slots.push(si);
                 return Ok(());
             }
-            slot.len = res as u32;
-            lane.cur += res as u64;
+            slot.len = res as u64;
+            lane.stream_pos += res as u64;
+            // Keep the size current so progress shows something sensible.
+            self.shared.size.fetch_max(lane.stream_pos, Relaxed);
             if let Some(max) = lane.p.dst_size {
-                if lane.cur > max {
+                if lane.stream_pos > max {
                     return Err(Error::new(
                         libc::ENOSPC,
                         format!(
@@ -515,22 +678,98 @@ impl Worker<'_> {
                     ),
                 ));
             }
-            slot.filled += res as u32;
+            let slot = &mut lane.slots[si as usize];
+            slot.filled += res as u64;
             if slot.filled < slot.len {
                 return self.push_file_read(li, lane, si, fd, false);
             }
         }
         let slot = &mut lane.slots[si as usize];
         slot.read_done = true;
-        let ptr = slot.buf.as_ref().expect("buffer").ptr();
+        let ptr = slot.buf.as_ref().map(|b| b.ptr()).unwrap_or(std::ptr::null_mut());
         // SAFETY: HEADER_ROOM is inside the buffer.
         let data = unsafe { ptr.add(HEADER_ROOM) };
         let (off, len) = (slot.offset, slot.len);
-        self.dst_write(li, lane, si, off, data, len, HEADER_ROOM, None)
+        self.dst_data(li, lane, si, off, data, len as usize, HEADER_ROOM, None)
     }
 
-    /// Sends `len` bytes at `ptr` (with `room` writable bytes before it) to
-    /// the destination at `offset`, as one part of slot `si`.
+    /// Data read from the source: zero blocks (with `sparse`) are zeroed,
+    /// the rest written.  `block` carries one reference to a source
+    /// receive block, passed on to the writes.
+    #[allow(clippy::too_many_arguments)]
+    fn dst_data(
+        &mut self,
+        li: usize,
+        lane: &mut Lane,
+        si: u32,
+        off: u64,
+        ptr: *mut u8,
+        len: usize,
+        room: usize,
+        block: Option<u32>,
+    ) -> Result<()> {
+        let sparse = lane.p.sparse;
+        if sparse == 0 || len == 0 {
+            return self.dst_write(li, lane, si, off, ptr, len as u32, room, block);
+        }
+        // SAFETY: ptr..ptr+len is initialised data that the kernel has
+        // finished writing (the read completed) and nothing writes now.
+        let data = unsafe { std::slice::from_raw_parts(ptr, len) };
+        let mut runs = std::mem::take(&mut lane.runs);
+        zero_runs(data, off, sparse, &mut runs);
+        if runs.len() == 1 && !runs[0].2 {
+            lane.runs = runs;
+            return self.dst_write(li, lane, si, off, ptr, len as u32, room, block);
+        }
+        let n_data = runs.iter().filter(|r| !r.2).count();
+        if let (Some(b), SrcIo::Nbd(c)) = (block, &mut lane.src) {
+            // One reference per data run; none if all zero.
+            if n_data == 0 {
+                c.release(b);
+            }
+            for _ in 1..n_data {
+                c.hold(b);
+            }
+        }
+        let mut r = Ok(());
+        let mut prev_zero = room;
+        for &(a, e, z) in &runs {
+            if r.is_err() {
+                break;
+            }
+            let roff = off + a as u64;
+            if z {
+                prev_zero = e - a;
+                r = self.dst_zero(li, lane, si, roff, (e - a) as u64);
+            } else {
+                let room = if a == 0 { room } else { prev_zero };
+                // SAFETY: a < len, inside the data.
+                let p = unsafe { ptr.add(a) };
+                r = self.dst_write(li, lane, si, roff, p, (e - a) as u32, room, block.filter(|_| n_data > 0));
+            }
+        }
+        lane.runs = runs;
+        r
+    }
+
+    fn check_dst_range(lane: &Lane, offset: u64, len: u64) -> Result<()> {
+        if let Some(max) = lane.p.dst_size {
+            if offset.checked_add(len).is_none_or(|end| end > max) {
+                return Err(Error::new(
+                    libc::ENOSPC,
+                    format!(
+                        "destination {}: write at offset {offset} length {len} is past its \
+                         end ({max} bytes)",
+                        lane.dst_name()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `len` bytes at `ptr` (with `room` writable bytes before it)
+    /// to the destination at `offset`, as one part of slot `si`.
     #[allow(clippy::too_many_arguments)]
     fn dst_write(
         &mut self,
@@ -543,66 +782,106 @@ impl Worker<'_> {
         room: usize,
         block: Option<u32>,
     ) -> Result<()> {
-        if let Some(max) = lane.p.dst_size {
-            if offset + len as u64 > max {
-                return Err(Error::new(
-                    libc::ENOSPC,
-                    format!(
-                        "destination {}: write at offset {offset} length {len} is past its end \
-                         ({max} bytes)",
-                        lane.dst_name()
-                    ),
-                ));
-            }
-        }
+        Self::check_dst_range(lane, offset, len as u64)?;
         match &mut lane.dst {
             DstIo::Null => {
-                if let Some(b) = block {
-                    if let SrcIo::Nbd(c) = &mut lane.src {
-                        c.release(b);
-                    }
+                if let (Some(b), SrcIo::Nbd(c)) = (block, &mut lane.src) {
+                    c.release(b);
                 }
                 Shared::add(&self.shared.bytes_copied, len as u64);
-                self.part_done(lane, si, len as u64)
+                self.part_done(lane, si, len as u64);
+                Ok(())
             }
             DstIo::Nbd(c) => {
                 lane.slots[si as usize].parts += 1;
                 Shared::add(&self.shared.requests, 1);
                 c.queue_write(si, offset, ptr, len, room, block)
             }
-            DstIo::File { fd, stream, .. } => {
-                let (fd, stream) = (*fd, *stream);
-                let oi = match lane.free_ops.pop() {
-                    Some(i) => i,
-                    None => {
-                        lane.ops.push(WriteOp {
-                            slot: 0,
-                            offset: 0,
-                            ptr: std::ptr::null_mut(),
-                            len: 0,
-                            done: 0,
-                            block: None,
-                        });
-                        (lane.ops.len() - 1) as u32
-                    }
-                };
-                lane.ops[oi as usize] = WriteOp {
-                    slot: si,
-                    offset,
-                    ptr,
-                    len,
-                    done: 0,
-                    block,
-                };
-                lane.slots[si as usize].parts += 1;
-                Shared::add(&self.shared.requests, 1);
-                if stream {
-                    lane.out_queue.insert(offset, oi);
-                    self.pump_stream_out(li, lane, fd)
-                } else {
-                    self.push_file_write(li, lane, oi, fd, false)
-                }
+            DstIo::File { .. } => {
+                self.file_op(li, lane, si, offset, ptr, len as u64, OpKind::Write, block)
             }
+        }
+    }
+
+    /// Makes [offset, offset+len) of the destination read as zeroes (or
+    /// skips it when the destination is known to be zero), as part of
+    /// slot `si`.
+    fn dst_zero(&mut self, li: usize, lane: &mut Lane, si: u32, offset: u64, len: u64) -> Result<()> {
+        Self::check_dst_range(lane, offset, len)?;
+        if lane.p.dst_is_zero && !lane.p.allocated && !matches!(lane.dst, DstIo::File { stream: true, .. }) {
+            Shared::add(&self.shared.bytes_skipped, len);
+            self.part_done(lane, si, len);
+            return Ok(());
+        }
+        match &mut lane.dst {
+            DstIo::Null => {
+                Shared::add(&self.shared.bytes_zeroed, len);
+                self.part_done(lane, si, len);
+                Ok(())
+            }
+            DstIo::Nbd(c) => {
+                let n = c.queue_zero(si, offset, len, lane.p.allocated)?;
+                lane.slots[si as usize].parts += n;
+                Shared::add(&self.shared.requests, n as u64);
+                Ok(())
+            }
+            DstIo::File { stream, .. } => {
+                let kind = match (*stream, lane.zero_mode) {
+                    (true, _) | (_, ZeroMode::Write) => OpKind::WriteZeroes,
+                    (false, ZeroMode::PunchHole) => OpKind::Fallocate(
+                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    ),
+                    (false, ZeroMode::ZeroRange) => OpKind::Fallocate(
+                        libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+                    ),
+                };
+                self.file_op(li, lane, si, offset, std::ptr::null_mut(), len, kind, None)
+            }
+        }
+    }
+
+    /// Starts one destination file operation as a part of slot `si`.
+    #[allow(clippy::too_many_arguments)]
+    fn file_op(
+        &mut self,
+        li: usize,
+        lane: &mut Lane,
+        si: u32,
+        offset: u64,
+        ptr: *mut u8,
+        len: u64,
+        kind: OpKind,
+        block: Option<u32>,
+    ) -> Result<()> {
+        let DstIo::File { fd, stream, .. } = lane.dst else {
+            return Err(Error::new(libc::EIO, "internal error: not a file"));
+        };
+        let op = WriteOp {
+            slot: si,
+            offset,
+            ptr,
+            len,
+            done: 0,
+            kind,
+            block,
+        };
+        let oi = match lane.free_ops.pop() {
+            Some(i) => {
+                lane.ops[i as usize] = op;
+                i
+            }
+            None => {
+                lane.ops.push(op);
+                (lane.ops.len() - 1) as u32
+            }
+        };
+        lane.slots[si as usize].parts += 1;
+        Shared::add(&self.shared.requests, 1);
+        if stream {
+            lane.out_queue.insert(offset, oi);
+            self.pump_stream_out(li, lane, fd)
+        } else {
+            self.push_file_op(li, lane, oi, fd, false)
         }
     }
 
@@ -612,12 +891,12 @@ impl Worker<'_> {
         }
         if let Some(oi) = lane.out_queue.remove(&lane.out_next) {
             lane.out_busy = true;
-            self.push_file_write(li, lane, oi, fd, true)?;
+            self.push_file_op(li, lane, oi, fd, true)?;
         }
         Ok(())
     }
 
-    fn push_file_write(
+    fn push_file_op(
         &mut self,
         li: usize,
         lane: &mut Lane,
@@ -629,95 +908,132 @@ impl Worker<'_> {
         let off = if stream {
             u64::MAX
         } else {
-            op.offset + op.done as u64
+            op.offset + op.done
         };
-        // SAFETY: done < len, inside the data the op refers to.
-        let ptr = unsafe { op.ptr.add(op.done as usize) };
-        let e = opcode::Write::new(types::Fd(fd), ptr, op.len - op.done)
-            .offset(off)
-            .build()
-            .user_data(ud(li, K_DST_WRITE, oi as u64));
+        let u = ud(li, K_DST_WRITE, oi as u64);
+        let e = match op.kind {
+            OpKind::Write => {
+                // SAFETY: done < len, inside the data the op refers to.
+                let p = unsafe { op.ptr.add(op.done as usize) };
+                opcode::Write::new(types::Fd(fd), p, (op.len - op.done) as u32)
+                    .offset(off)
+                    .build()
+            }
+            OpKind::WriteZeroes => {
+                let n = (op.len - op.done).min(32 << 20) as usize;
+                opcode::Write::new(types::Fd(fd), zero_buffer(n), n as u32)
+                    .offset(off)
+                    .build()
+            }
+            OpKind::Fallocate(mode) => opcode::Fallocate::new(types::Fd(fd), op.len)
+                .offset(op.offset)
+                .mode(mode)
+                .build(),
+        };
         // SAFETY: the data lives in a slot buffer or receive block owned by
         // `lane` and held (slot busy / block reference) until this
-        // operation completes; run_worker drains before dropping lanes.
-        unsafe { self.ring.push(&e) }
+        // operation completes, or in the static zero buffer; run_worker
+        // drains the ring before dropping lanes.
+        unsafe { self.ring.push(&e.user_data(u)) }
     }
 
     fn write_done(&mut self, li: usize, lane: &mut Lane, oi: u32, res: i32) -> Result<()> {
-        let (fd, stream) = match &lane.dst {
-            DstIo::File { fd, stream, .. } => (*fd, *stream),
-            _ => return Err(Error::new(libc::EIO, "bad completion")),
+        let DstIo::File { fd, stream, .. } = lane.dst else {
+            return Err(Error::new(libc::EIO, "bad completion"));
         };
-        let (at, left) = {
+        let (at, left, kind) = {
             let op = &lane.ops[oi as usize];
-            (op.offset + op.done as u64, op.len - op.done)
+            (op.offset + op.done, op.len - op.done, op.kind)
         };
+        if let OpKind::Fallocate(_) = kind {
+            if res == -libc::EOPNOTSUPP || res == -libc::EINVAL || res == -libc::ENODEV {
+                // Not supported here: degrade (punch -> zero range -> write).
+                let next = match lane.zero_mode {
+                    ZeroMode::PunchHole => ZeroMode::ZeroRange,
+                    _ => ZeroMode::Write,
+                };
+                lane.zero_mode = next;
+                let op = &mut lane.ops[oi as usize];
+                op.kind = match next {
+                    ZeroMode::ZeroRange => {
+                        OpKind::Fallocate(libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE)
+                    }
+                    _ => OpKind::WriteZeroes,
+                };
+                return self.push_file_op(li, lane, oi, fd, stream);
+            }
+        }
         if res < 0 {
+            let what = match kind {
+                OpKind::Fallocate(_) => "zeroing",
+                _ => "write",
+            };
             return Err(Error::from_res(
                 format!(
-                    "destination {}: write at offset {at} length {left}",
+                    "destination {}: {what} at offset {at} length {left}",
                     lane.dst_name()
                 ),
                 res,
             ));
         }
-        if res == 0 {
-            return Err(Error::new(
-                libc::EIO,
-                format!(
-                    "destination {}: write at offset {at} made no progress",
-                    lane.dst_name()
-                ),
-            ));
-        }
         let op = &mut lane.ops[oi as usize];
-        op.done += res as u32;
+        match kind {
+            OpKind::Fallocate(_) => op.done = op.len,
+            _ if res == 0 => {
+                return Err(Error::new(
+                    libc::EIO,
+                    format!(
+                        "destination {}: write at offset {at} made no progress",
+                        lane.dst_name()
+                    ),
+                ))
+            }
+            _ => op.done += res as u64,
+        }
         if op.done < op.len {
-            return self.push_file_write(li, lane, oi, fd, stream);
+            return self.push_file_op(li, lane, oi, fd, stream);
         }
         let (si, len, block) = (op.slot, op.len, op.block.take());
         lane.free_ops.push(oi);
-        if let Some(b) = block {
-            if let SrcIo::Nbd(c) = &mut lane.src {
-                c.release(b);
-            }
+        if let (Some(b), SrcIo::Nbd(c)) = (block, &mut lane.src) {
+            c.release(b);
         }
-        Shared::add(&self.shared.bytes_copied, len as u64);
+        if kind == OpKind::Write {
+            Shared::add(&self.shared.bytes_copied, len);
+        } else {
+            Shared::add(&self.shared.bytes_zeroed, len);
+        }
         if stream {
             lane.out_busy = false;
-            lane.out_next += len as u64;
+            lane.out_next += len;
             self.pump_stream_out(li, lane, fd)?;
         }
         lane.slots[si as usize].parts -= 1;
-        self.part_done(lane, si, len as u64)
+        self.part_done(lane, si, len);
+        Ok(())
     }
 
-    /// A part of slot `si` reached the destination; frees the slot when it
-    /// was the last one.
-    fn part_done(&mut self, lane: &mut Lane, si: u32, bytes: u64) -> Result<()> {
+    /// `bytes` of slot `si` reached the destination; frees the slot when
+    /// nothing of it is outstanding any more.
+    fn part_done(&mut self, lane: &mut Lane, si: u32, bytes: u64) {
         Shared::add(&self.shared.bytes_done, bytes);
         let slot = &mut lane.slots[si as usize];
         if slot.parts == 0 && slot.read_done && slot.busy {
             slot.busy = false;
             lane.free_slots.push(si);
         }
-        Ok(())
     }
 
     fn start_flush(&mut self, li: usize, lane: &mut Lane) -> Result<()> {
         lane.flushing = true;
         match &mut lane.dst {
-            DstIo::Null => lane.flushed = true,
-            DstIo::File { fd, stream, .. } => {
-                if *stream {
-                    lane.flushed = true;
-                } else {
-                    let e = opcode::Fsync::new(types::Fd(*fd))
-                        .build()
-                        .user_data(ud(li, K_DST_FSYNC, 0));
-                    // SAFETY: fsync refers to no memory.
-                    unsafe { self.ring.push(&e) }?;
-                }
+            DstIo::Null | DstIo::File { stream: true, .. } => lane.flushed = true,
+            DstIo::File { fd, .. } => {
+                let e = opcode::Fsync::new(types::Fd(*fd))
+                    .build()
+                    .user_data(ud(li, K_DST_FSYNC, 0));
+                // SAFETY: fsync refers to no memory.
+                unsafe { self.ring.push(&e) }?;
             }
             DstIo::Nbd(c) => {
                 if !c.queue_flush()? {
@@ -737,12 +1053,14 @@ impl Worker<'_> {
                 len,
                 room,
                 block,
-            } => self.dst_write(li, lane, slot, offset, ptr, len, room, Some(block)),
-            RecvEvent::Hole { slot, offset, len } => self.dst_zero(li, lane, slot, offset, len),
+            } => self.dst_data(li, lane, slot, offset, ptr, len as usize, room, Some(block)),
+            RecvEvent::Hole { slot, offset, len } => {
+                self.dst_zero(li, lane, slot, offset, len as u64)
+            }
             RecvEvent::ReadDone { slot } => {
-                let s = &mut lane.slots[slot as usize];
-                s.read_done = true;
-                self.part_done(lane, slot, 0)
+                lane.slots[slot as usize].read_done = true;
+                self.part_done(lane, slot, 0);
+                Ok(())
             }
             RecvEvent::WriteDone { .. } | RecvEvent::Flushed | RecvEvent::Release { .. } => {
                 Err(Error::new(
@@ -753,16 +1071,17 @@ impl Worker<'_> {
         }
     }
 
-    fn dst_event(&mut self, _li: usize, lane: &mut Lane, ev: RecvEvent) -> Result<()> {
+    fn dst_event(&mut self, lane: &mut Lane, ev: RecvEvent) -> Result<()> {
         match ev {
             RecvEvent::WriteDone { slot, len, zero } => {
                 if zero {
-                    Shared::add(&self.shared.bytes_zeroed, len as u64);
+                    Shared::add(&self.shared.bytes_zeroed, len);
                 } else {
-                    Shared::add(&self.shared.bytes_copied, len as u64);
+                    Shared::add(&self.shared.bytes_copied, len);
                 }
                 lane.slots[slot as usize].parts -= 1;
-                self.part_done(lane, slot, len as u64)
+                self.part_done(lane, slot, len);
+                Ok(())
             }
             RecvEvent::Flushed => {
                 lane.flushed = true;
@@ -779,27 +1098,6 @@ impl Worker<'_> {
             ),
         }
     }
-
-    /// Makes [offset, offset+len) of the destination read as zeroes.
-    fn dst_zero(&mut self, li: usize, lane: &mut Lane, si: u32, offset: u64, len: u32) -> Result<()> {
-        match &mut lane.dst {
-            DstIo::Null => {
-                Shared::add(&self.shared.bytes_zeroed, len as u64);
-                self.part_done(lane, si, len as u64)
-            }
-            DstIo::Nbd(c) => {
-                lane.slots[si as usize].parts += 1;
-                Shared::add(&self.shared.requests, 1);
-                c.queue_zero(si, offset, len)
-            }
-            DstIo::File { .. } => {
-                // Written as data from a shared zero buffer (sparse-aware
-                // zeroing of files is the sparse work's job).
-                let zero = zero_buffer(len as usize);
-                self.dst_write(li, lane, si, offset, zero, len, 0, None)
-            }
-        }
-    }
 }
 
 /// A process-wide read-only buffer of zeroes, at least `len` bytes long
@@ -807,6 +1105,56 @@ impl Worker<'_> {
 pub(crate) fn zero_buffer(len: usize) -> *mut u8 {
     static ZEROES: once_cell::sync::Lazy<AlignedBuf> =
         once_cell::sync::Lazy::new(|| AlignedBuf::new(32 << 20));
-    assert!(len <= ZEROES.len());
+    assert!(len <= ZEROES.len(), "zero buffer too small");
     ZEROES.ptr()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_scan() {
+        assert!(is_zero(&[]));
+        assert!(is_zero(&[0u8; 4096]));
+        let mut b = vec![0u8; 4097];
+        b[4096] = 1;
+        assert!(!is_zero(&b));
+        b[4096] = 0;
+        b[63] = 1;
+        assert!(!is_zero(&b));
+    }
+
+    #[test]
+    fn runs_are_aligned_to_absolute_offsets() {
+        let mut d = vec![1u8; 16384];
+        d[1024..9216].fill(0); // zero from 1024 to 9216
+        let mut runs = Vec::new();
+        // data starts at absolute offset 3072: blocks end at 4096-3072=1024, 5120, 9216...
+        zero_runs(&d, 3072, 4096, &mut runs);
+        assert_eq!(runs, vec![(0, 1024, false), (1024, 9216, true), (9216, 16384, false)]);
+        zero_runs(&[0u8; 100], 0, 4096, &mut runs);
+        assert_eq!(runs, vec![(0, 100, true)]);
+    }
+
+    #[test]
+    fn file_extents_find_holes() {
+        let p = std::env::temp_dir().join(format!("nbdcpy-ext-{}", std::process::id()));
+        let f = std::fs::File::create(&p).unwrap();
+        f.set_len(8 << 20).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(&[1u8; 4096], 1 << 20).unwrap();
+        f.sync_all().unwrap();
+        use std::os::fd::AsRawFd;
+        let mut out = VecDeque::new();
+        file_extents(f.as_raw_fd(), 0, 8 << 20, &mut out);
+        std::fs::remove_file(&p).unwrap();
+        let total: u64 = out.iter().map(|e| e.1).sum();
+        assert_eq!(total, 8 << 20);
+        // The written block is data; most of the rest is a hole (where
+        // the filesystem supports SEEK_HOLE).
+        assert!(out
+            .iter()
+            .any(|&(o, l, z)| !z && o <= 1 << 20 && o + l >= (1 << 20) + 4096));
+    }
 }

@@ -70,6 +70,10 @@ impl LocalFile {
         // redirected it to a regular file (which may be in append mode).
         f.kind = FileKind::Stream;
         f.size = None;
+        // A bigger pipe means fewer, larger reads and writes (best effort).
+        // SAFETY: F_SETPIPE_SZ takes an integer; it fails harmlessly on
+        // anything that is not a pipe.
+        unsafe { libc::fcntl(f.fd.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
         Ok(f)
     }
 

@@ -1,0 +1,131 @@
+//! Local copies through the library: regular files of awkward sizes,
+//! many lanes and tiny requests, streams and null:.  Verified with `cmp`.
+
+use nbdcpy::copy::Job;
+use nbdcpy::endpoint::Spec;
+use nbdcpy::Config;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("nbdcpy-local-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn random_file(p: &Path, size: usize, seed: u64) {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut v = Vec::with_capacity(size);
+    while v.len() < size {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(size);
+    std::fs::write(p, v).unwrap();
+}
+
+fn cmp(a: &Path, b: &Path) {
+    let st = Command::new("cmp").arg(a).arg(b).status().unwrap();
+    assert!(st.success(), "cmp {} {} differ", a.display(), b.display());
+}
+
+fn copy(src: &str, dst: &str, opts: &[(&str, &str)]) -> nbdcpy::Result<()> {
+    let mut cfg = Config::default();
+    for (k, v) in opts {
+        cfg.set(k, Some(v)).unwrap();
+    }
+    let mut job = Job::open(Spec::parse(src), Spec::parse(dst), cfg)?;
+    job.run(Duration::from_millis(100), &mut |_| true)
+}
+
+#[test]
+fn odd_sizes_file_to_file() {
+    let d = tmpdir("odd");
+    for (i, size) in [0usize, 1, 511, 4097, 262_143, 262_145, 3 << 20, (5 << 20) + 7]
+        .into_iter()
+        .enumerate()
+    {
+        let s = d.join(format!("s{i}"));
+        let t = d.join(format!("t{i}"));
+        random_file(&s, size, i as u64);
+        // The destination held older, larger data: it must end up equal.
+        random_file(&t, size + 12345, 99);
+        copy(s.to_str().unwrap(), t.to_str().unwrap(), &[]).unwrap();
+        cmp(&s, &t);
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn many_lanes_small_requests() {
+    let d = tmpdir("lanes");
+    let s = d.join("s");
+    let t = d.join("t");
+    random_file(&s, (7 << 20) + 333, 7);
+    copy(
+        s.to_str().unwrap(),
+        t.to_str().unwrap(),
+        &[
+            ("request-size", "4k"),
+            ("requests", "3"),
+            ("threads", "4"),
+            ("connections", "4"),
+        ],
+    )
+    .unwrap();
+    cmp(&s, &t);
+    copy(
+        s.to_str().unwrap(),
+        t.to_str().unwrap(),
+        &[("synchronous", "1"), ("flush", "1")],
+    )
+    .unwrap();
+    cmp(&s, &t);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn fifo_source_is_streamed_in_order() {
+    let d = tmpdir("fifo");
+    let s = d.join("s");
+    let f = d.join("fifo");
+    let t = d.join("t");
+    random_file(&s, (3 << 20) + 17, 3);
+    assert!(Command::new("mkfifo").arg(&f).status().unwrap().success());
+    // A writer that delivers the data in small, irregular pieces.
+    let (s2, f2) = (s.clone(), f.clone());
+    let w = std::thread::spawn(move || {
+        use std::io::Write;
+        let data = std::fs::read(&s2).unwrap();
+        let mut out = std::fs::OpenOptions::new().write(true).open(&f2).unwrap();
+        let mut i = 0;
+        let mut step = 1;
+        while i < data.len() {
+            let n = step.min(data.len() - i);
+            out.write_all(&data[i..i + n]).unwrap();
+            i += n;
+            step = (step * 7 + 3) % 100_000 + 1;
+        }
+    });
+    copy(f.to_str().unwrap(), t.to_str().unwrap(), &[]).unwrap();
+    w.join().unwrap();
+    cmp(&s, &t);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn errors_name_the_endpoint() {
+    let d = tmpdir("err");
+    let e = copy(d.join("nope").to_str().unwrap(), "null:", &[])
+        .err()
+        .unwrap();
+    assert_eq!(e.errno, libc::ENOENT);
+    assert!(e.msg.contains("source") && e.msg.contains("nope"), "{}", e.msg);
+    let e = copy("null:", "null:", &[]).err().unwrap();
+    assert_eq!(e.errno, libc::EINVAL);
+    std::fs::remove_dir_all(&d).unwrap();
+}
