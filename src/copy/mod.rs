@@ -253,11 +253,17 @@ impl Job {
 
         // Large pieces, but enough of them to keep every lane busy.
         let size = src_size.unwrap_or(u64::MAX);
+        // Sources that report extents get bigger ranges: one block status
+        // (and one zeroing request) then covers more.
+        let max_piece: u64 = match &self.src {
+            Endpoint::Nbd(n) if !cfg.no_extents && n.info.can_block_status() => 1 << 30,
+            _ => 128 << 20,
+        };
         let piece = if src_stream {
             u64::MAX
         } else {
             let per = size / (lanes_n as u64 * 4).max(1);
-            per.clamp(request_size, 128 << 20) / request_size * request_size
+            per.clamp(request_size, max_piece) / request_size * request_size
         };
         let q = WorkQueue::new(size, piece);
 

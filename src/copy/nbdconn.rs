@@ -39,6 +39,12 @@ pub enum RecvEvent {
     Flushed,
     /// A send referring to the other side's receive block finished.
     Release { block: u32 },
+    /// BLOCK_STATUS answer: extents (offset, length, reads-as-zero) from
+    /// the start of the asked range, clamped to it.
+    Extents { extents: Vec<(u64, u64, bool)> },
+    /// The BLOCK_STATUS for [offset, offset+len) completed (or failed,
+    /// when `ok` is false: the range is then treated as data).
+    StatusDone { offset: u64, len: u64, ok: bool },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -47,6 +53,7 @@ enum Kind {
     Write,
     Zero,
     Flush,
+    Status,
 }
 
 struct Pending {
@@ -335,6 +342,33 @@ impl NbdConn {
         Ok(n)
     }
 
+    /// Whether BLOCK_STATUS (base:allocation) can be asked.
+    pub fn can_block_status(&self) -> bool {
+        self.info.can_block_status()
+    }
+
+    /// Queues BLOCK_STATUS for [offset, offset+len).
+    pub fn queue_block_status(&mut self, offset: u64, len: u64) -> Result<()> {
+        let req = Request {
+            cmd: consts::NBD_CMD_BLOCK_STATUS,
+            flags: 0,
+            cookie: self.cookie(0),
+            offset,
+            length: len,
+        };
+        self.register(
+            &req,
+            Pending {
+                slot: u32::MAX,
+                offset,
+                len,
+                kind: Kind::Status,
+            },
+        )?;
+        self.push_hdr(&req);
+        Ok(())
+    }
+
     /// Queues FLUSH; Ok(false) when the server cannot flush (nothing to do).
     pub fn queue_flush(&mut self) -> Result<bool> {
         if !self.info.can_flush() {
@@ -590,6 +624,16 @@ impl NbdConn {
                                 len: len as u32,
                             });
                         }
+                        Chunk::BlockStatus { extents, .. } => {
+                            events.push(RecvEvent::Extents {
+                                extents: extents
+                                    .iter()
+                                    .map(|e| {
+                                        (e.offset, e.len, e.flags & consts::NBD_STATE_ZERO != 0)
+                                    })
+                                    .collect(),
+                            });
+                        }
                         _ => {}
                     }
                     self.head += len;
@@ -618,8 +662,18 @@ impl NbdConn {
             .reqs
             .remove(&cookie)
             .ok_or_else(|| self.err(format!("reply for unknown cookie {cookie}")))?;
+        if p.kind == Kind::Status {
+            // A failed block status is not fatal: the range is read.
+            events.push(RecvEvent::StatusDone {
+                offset: p.offset,
+                len: p.len,
+                ok: result.is_ok(),
+            });
+            return Ok(());
+        }
         if let Err(e) = result {
             let what = match p.kind {
+                Kind::Status => "BLOCK_STATUS",
                 Kind::Read => "READ",
                 Kind::Write => "WRITE",
                 Kind::Zero => "WRITE_ZEROES",
@@ -645,7 +699,7 @@ impl NbdConn {
                 len: p.len,
                 zero: true,
             },
-            Kind::Flush => RecvEvent::Flushed,
+            Kind::Flush | Kind::Status => RecvEvent::Flushed,
         });
         Ok(())
     }

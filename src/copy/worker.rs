@@ -130,6 +130,9 @@ pub struct Lane {
     free_ops: Vec<u32>,
     /// The rest of the claimed range as (offset, length, reads-as-zero).
     extents: VecDeque<(u64, u64, bool)>,
+    /// Claimed ranges whose BLOCK_STATUS is outstanding: (start, end,
+    /// covered so far).  At most one request is in flight.
+    status: VecDeque<(u64, u64, u64)>,
     /// No more work to claim.
     exhausted: bool,
     /// Stream source: position, and one read in flight at a time.
@@ -196,6 +199,7 @@ impl Lane {
             ops: Vec::new(),
             free_ops: Vec::new(),
             extents: VecDeque::new(),
+            status: VecDeque::new(),
             exhausted: false,
             stream_pos: 0,
             stream_reading: false,
@@ -239,17 +243,18 @@ impl Lane {
     }
 
     /// Claims the next piece of work: a data piece of at most
-    /// request-size, or a zero piece.
-    fn claim(&mut self, q: &WorkQueue) -> Option<Piece> {
+    /// request-size, or a zero piece.  None: nothing to do right now
+    /// (waiting for block status, or the work is all handed out).
+    fn claim(&mut self, q: &WorkQueue) -> Result<Option<Piece>> {
         if self.exhausted {
-            return None;
+            return Ok(None);
         }
         if self.src_is_stream() {
             // Streams are read in order; the length is what a read returns.
             if self.stream_reading {
-                return None;
+                return Ok(None);
             }
-            return Some(Piece::Data(self.stream_pos, self.p.request_size));
+            return Ok(Some(Piece::Data(self.stream_pos, self.p.request_size)));
         }
         loop {
             if let Some(front) = self.extents.front_mut() {
@@ -265,30 +270,94 @@ impl Lane {
                     front.0 += take;
                     front.1 -= take;
                 }
-                return Some(if zero {
+                return Ok(Some(if zero {
                     Piece::Zero(off, take)
                 } else {
                     Piece::Data(off, take)
-                });
+                }));
             }
-            match q.claim() {
-                Some((a, b)) => self.load_extents(a, b),
-                None => {
-                    self.exhausted = true;
-                    return None;
-                }
+            if !self.status.is_empty() {
+                return Ok(None); // the next extents are on their way
+            }
+            if !self.claim_range(q)? {
+                self.exhausted = true;
+                return Ok(None);
             }
         }
     }
 
-    /// Fills `extents` for [a, b): from the source's own knowledge where
-    /// it has some, else one data extent.
-    fn load_extents(&mut self, a: u64, b: u64) {
-        if let (true, SrcIo::File { fd, .. }) = (self.p.extents, &self.src) {
-            file_extents(*fd, a, b, &mut self.extents);
-        } else {
-            self.extents.push_back((a, b - a, false));
+    /// Claims the next range and learns its extents (or asks for them).
+    /// False when the work queue is empty.
+    fn claim_range(&mut self, q: &WorkQueue) -> Result<bool> {
+        let Some((a, b)) = q.claim() else {
+            return Ok(false);
+        };
+        match &mut self.src {
+            SrcIo::File { fd, .. } if self.p.extents => {
+                file_extents(*fd, a, b, &mut self.extents)
+            }
+            SrcIo::Nbd(c) if self.p.extents && c.can_block_status() => {
+                c.queue_block_status(a, b - a)?;
+                self.status.push_back((a, b, a));
+            }
+            _ => self.extents.push_back((a, b - a, false)),
         }
+        Ok(true)
+    }
+
+    /// Asks for the next range's block status while this one is read.
+    fn prefetch_status(&mut self, q: &WorkQueue) -> Result<()> {
+        if self.status.is_empty()
+            && !self.exhausted
+            && !self.extents.is_empty()
+            && matches!(&self.src, SrcIo::Nbd(c) if self.p.extents && c.can_block_status())
+        {
+            self.claim_range(q)?;
+        }
+        Ok(())
+    }
+
+    /// Extents from a BLOCK_STATUS reply for the front pending range.
+    fn add_status_extents(&mut self, ext: &[(u64, u64, bool)]) {
+        let Some(st) = self.status.front_mut() else {
+            return;
+        };
+        for &(off, len, zero) in ext {
+            // Keep only what continues the covered part, inside the range.
+            if off != st.2 || len == 0 {
+                continue;
+            }
+            let end = (off + len).min(st.1);
+            if end <= st.2 {
+                continue;
+            }
+            match self.extents.back_mut() {
+                Some(l) if l.2 == zero && l.0 + l.1 == st.2 => l.1 += end - st.2,
+                _ => self.extents.push_back((st.2, end - st.2, zero)),
+            }
+            st.2 = end;
+        }
+    }
+
+    /// The front BLOCK_STATUS finished: ask again for what it did not
+    /// cover, or (on error) treat the rest as data.
+    fn status_done(&mut self, ok: bool) -> Result<()> {
+        let Some((a, b, covered)) = self.status.pop_front() else {
+            return Ok(());
+        };
+        if covered >= b {
+            return Ok(());
+        }
+        if ok && covered > a {
+            if let SrcIo::Nbd(c) = &mut self.src {
+                c.queue_block_status(covered, b - covered)?;
+                self.status.push_front((covered, b, covered));
+                return Ok(());
+            }
+        }
+        // An error, or no progress at all: read the rest.
+        self.extents.push_back((covered, b - covered, false));
+        Ok(())
     }
 }
 
@@ -505,7 +574,7 @@ impl Worker<'_> {
                     break;
                 }
             }
-            let Some(piece) = lane.claim(self.q) else {
+            let Some(piece) = lane.claim(self.q)? else {
                 break;
             };
             lane.free_slots.pop();
@@ -536,7 +605,7 @@ impl Worker<'_> {
                 SrcIo::Nbd(c) => c.queue_read(si, off, len)?,
             }
         }
-        Ok(())
+        lane.prefetch_status(self.q)
     }
 
     fn push_file_read(
@@ -1062,6 +1131,11 @@ impl Worker<'_> {
                 self.part_done(lane, slot, 0);
                 Ok(())
             }
+            RecvEvent::Extents { extents } => {
+                lane.add_status_extents(&extents);
+                Ok(())
+            }
+            RecvEvent::StatusDone { ok, .. } => lane.status_done(ok),
             RecvEvent::WriteDone { .. } | RecvEvent::Flushed | RecvEvent::Release { .. } => {
                 Err(Error::new(
                     libc::EIO,
@@ -1093,7 +1167,11 @@ impl Worker<'_> {
                 }
                 Ok(())
             }
-            RecvEvent::Data { .. } | RecvEvent::Hole { .. } | RecvEvent::ReadDone { .. } => Err(
+            RecvEvent::Data { .. }
+            | RecvEvent::Hole { .. }
+            | RecvEvent::ReadDone { .. }
+            | RecvEvent::Extents { .. }
+            | RecvEvent::StatusDone { .. } => Err(
                 Error::new(libc::EIO, "destination sent data it was not asked for"),
             ),
         }

@@ -10,7 +10,7 @@ pub mod uri {
 }
 pub mod consts {
     pub const NBD_CMD_READ: u16 = 0; pub const NBD_CMD_WRITE: u16 = 1; pub const NBD_CMD_DISC: u16 = 2;
-    pub const NBD_CMD_FLUSH: u16 = 3; pub const NBD_CMD_WRITE_ZEROES: u16 = 6; pub const NBD_CMD_FLAG_NO_HOLE: u16 = 2;
+    pub const NBD_CMD_FLUSH: u16 = 3; pub const NBD_CMD_WRITE_ZEROES: u16 = 6; pub const NBD_CMD_FLAG_NO_HOLE: u16 = 2; pub const NBD_CMD_BLOCK_STATUS: u16 = 7; pub const NBD_STATE_ZERO: u32 = 2;
 }
 pub mod request {
     pub struct Request { pub cmd: u16, pub flags: u16, pub cookie: u64, pub offset: u64, pub length: u64 }
@@ -21,7 +21,8 @@ pub mod reply {
     #[derive(Debug)]
     pub struct RequestError { pub errno: i32 }
     impl std::fmt::Display for RequestError { fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result { f.write_str("x") } }
-    pub enum Chunk { None, Data { cookie: u64, offset: u64, payload: std::ops::Range<usize> }, Hole { cookie: u64, offset: u64, len: u64 } }
+    pub struct Extent { pub offset: u64, pub len: u64, pub flags: u32 }
+    pub enum Chunk { BlockStatus { cookie: u64, extents: Vec<Extent> }, None, Data { cookie: u64, offset: u64, payload: std::ops::Range<usize> }, Hole { cookie: u64, offset: u64, len: u64 } }
     pub struct Completion { pub cookie: u64, pub result: Result<(), RequestError> }
     pub enum Parse { Incomplete { need: Option<usize> }, Message { len: usize, chunk: Chunk, done: Option<Completion> } }
     pub struct ReplyParser;
@@ -54,5 +55,6 @@ impl Negotiated {
     pub fn can_multi_conn(&self) -> bool { false }
     pub fn can_flush(&self) -> bool { false }
     pub fn can_write_zeroes(&self) -> bool { false }
+    pub fn can_block_status(&self) -> bool { false }
     pub fn check_request(&self, r: &request::Request) -> Result<(), String> { Ok(()) }
 }
