@@ -1,0 +1,218 @@
+//! The `nbdcpy` command run the way users run it: argv, exit status,
+//! stderr and files.  Uses build/nbdcpy (`make cli`), or $NBDCPY_BIN.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn bin() -> Option<PathBuf> {
+    let p = std::env::var_os("NBDCPY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("build/nbdcpy"));
+    if p.exists() {
+        Some(p)
+    } else if std::env::var_os("NBDCPY_REQUIRE_SERVERS").is_some() {
+        panic!("{} not built (run make cli)", p.display());
+    } else {
+        eprintln!("SKIP: {} not built (run make cli)", p.display());
+        None
+    }
+}
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("nbdcpy-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn run(args: &[&str]) -> Option<Output> {
+    let b = bin()?;
+    Some(Command::new(b).args(args).output().unwrap())
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn data(size: usize, seed: u8) -> Vec<u8> {
+    (0..size)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[2] ^ seed)
+        .collect()
+}
+
+#[test]
+fn help_and_version() {
+    let Some(o) = run(&["--help"]) else { return };
+    assert!(o.status.success());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("SOURCE DESTINATION") && out.contains("null:"));
+    assert!(out.lines().count() <= 24, "--help must fit on a screen");
+    let o = run(&["-V"]).unwrap();
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("nbdcpy "));
+    let o = run(&["--version"]).unwrap();
+    assert!(o.status.success());
+}
+
+#[test]
+fn bad_arguments_are_rejected_with_usage() {
+    let Some(o) = run(&[]) else { return };
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("nbdcpy: expected SOURCE DESTINATION"));
+    let o = run(&["--bogus", "a", "b"]).unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("SOURCE DESTINATION"), "usage shown");
+    let o = run(&["a", "b", "c"]).unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("extra parameters"));
+    let o = run(&["--request-size=3M", "a", "b"]).unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).starts_with("nbdcpy: ") && stderr(&o).contains("request-size"));
+    let o = run(&["-R", "zero", "a", "b"]).unwrap();
+    assert!(stderr(&o).contains("requests"));
+    let o = run(&["--progress=x", "a", "b"]).unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let o = run(&["--", "[", "nbdkit", "memory", "1M", "null:"]).unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("without matching ']'"));
+    let o = run(&["--", "[", "]", "null:"]).unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("empty command"));
+}
+
+#[test]
+fn missing_source_names_it() {
+    let Some(o) = run(&["/nonexistent/disk.img", "null:"]) else {
+        return;
+    };
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.starts_with("nbdcpy: source /nonexistent/disk.img"), "{e}");
+    assert!(e.contains("No such file"), "{e}");
+}
+
+#[test]
+fn file_copies_with_every_local_option() {
+    let Some(b) = bin() else { return };
+    let d = tmpdir("opts");
+    let src = d.join("src");
+    std::fs::write(&src, data((2 << 20) + 4095, 1)).unwrap();
+    for opts in [
+        vec![],
+        vec!["--allocated"],
+        vec!["-C", "2"],
+        vec!["--connections=3"],
+        vec!["--flush"],
+        vec!["--no-extents"],
+        vec!["--queue-size=1M"],
+        vec!["--request-size=64k"],
+        vec!["-R", "2"],
+        vec!["--requests=5"],
+        vec!["-S", "0"],
+        vec!["--sparse=8k"],
+        vec!["--synchronous"],
+        vec!["-T", "1"],
+        vec!["--threads=4"],
+        vec!["-v"],
+        vec!["--verbose"],
+        vec!["-p"],
+        vec!["--progress"],
+        vec!["--timeout=5"],
+    ] {
+        let dst = d.join("dst");
+        let o = Command::new(&b)
+            .args(&opts)
+            .arg(&src)
+            .arg(&dst)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{opts:?}: {}", stderr(&o));
+        let st = Command::new("cmp").arg(&src).arg(&dst).status().unwrap();
+        assert!(st.success(), "{opts:?}: copy differs");
+        if opts.iter().any(|o| o.starts_with("-v") || *o == "--verbose") {
+            assert!(stderr(&o).contains("bytes done"), "verbose prints counters");
+        }
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn destination_is_zero_skips_zeroes() {
+    let Some(b) = bin() else { return };
+    let d = tmpdir("diz");
+    let src = d.join("src");
+    let mut v = data(1 << 20, 2);
+    v[4096..65536].fill(0);
+    std::fs::write(&src, &v).unwrap();
+    // A "destination" that really is zero: --destination-is-zero and its
+    // alias both leave the zero blocks alone.
+    for flag in ["--destination-is-zero", "--target-is-zero"] {
+        let dst = d.join("dst");
+        std::fs::write(&dst, vec![0u8; 1 << 20]).unwrap();
+        let o = Command::new(&b)
+            .args([flag, "-v"])
+            .arg(&src)
+            .arg(&dst)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(std::fs::read(&dst).unwrap(), v);
+        assert!(stderr(&o).contains("61440 skipped"), "{}", stderr(&o));
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn stdin_and_stdout_stream() {
+    let Some(b) = bin() else { return };
+    let d = tmpdir("stdio");
+    let v = data((3 << 20) + 11, 3);
+    // stdin -> file
+    let dst = d.join("from-stdin");
+    let mut c = Command::new(&b)
+        .arg("-")
+        .arg(&dst)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut si = c.stdin.take().unwrap();
+    let v2 = v.clone();
+    let w = std::thread::spawn(move || si.write_all(&v2).unwrap());
+    w.join().unwrap();
+    assert!(c.wait().unwrap().success());
+    assert_eq!(std::fs::read(&dst).unwrap(), v);
+    // file -> stdout
+    let o = Command::new(&b).arg(&dst).arg("-").output().unwrap();
+    assert!(o.status.success());
+    assert_eq!(o.stdout, v);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn progress_fd_writes_percentages() {
+    let Some(b) = bin() else { return };
+    let d = tmpdir("progress");
+    let src = d.join("src");
+    std::fs::write(&src, data(8 << 20, 4)).unwrap();
+    // --progress=FD with FD 3 redirected to a file by the shell.
+    let log = d.join("progress.log");
+    let cmd = format!(
+        "exec 3>'{}'; '{}' --progress=3 --request-size=64k -R 2 '{}' '{}'",
+        log.display(),
+        b.display(),
+        src.display(),
+        d.join("dst").display()
+    );
+    let st = Command::new("sh").arg("-c").arg(cmd).status().unwrap();
+    assert!(st.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(!lines.is_empty());
+    for l in &lines {
+        let (n, rest) = l.split_once('/').expect("N/100 format");
+        assert_eq!(rest, "100", "{l}");
+        assert!(n.parse::<u32>().unwrap() <= 100);
+    }
+    assert_eq!(*lines.last().unwrap(), "100/100");
+}
