@@ -102,11 +102,7 @@ impl Config {
             "request-size" => {
                 let v = parse_size(need(name, value)?).map_err(|e| bad(name, value, &e))?;
                 if !(MIN_REQUEST_SIZE..=MAX_REQUEST_SIZE).contains(&v) || !v.is_power_of_two() {
-                    return Err(bad(
-                        name,
-                        value,
-                        "must be a power of 2 between 512 and 32M",
-                    ));
+                    return Err(bad(name, value, "must be a power of 2 between 512 and 32M"));
                 }
                 self.request_size = v;
             }
@@ -119,7 +115,7 @@ impl Config {
             }
             "sparse" => {
                 let v = parse_size(need(name, value)?).map_err(|e| bad(name, value, &e))?;
-                if v != 0 && (v < 512 || v > MAX_REQUEST_SIZE || !v.is_power_of_two()) {
+                if v != 0 && (!(512..=MAX_REQUEST_SIZE).contains(&v) || !v.is_power_of_two()) {
                     return Err(bad(
                         name,
                         value,

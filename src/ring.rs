@@ -66,8 +66,7 @@ impl Ring {
             // ASYNC_CANCEL exists since 5.5; CANCEL_ANY since 5.19, the same
             // release as SEND_ZC's predecessor features; use SEND_ZC (6.0) as
             // the witness of a new enough kernel.
-            features.cancel_any =
-                probe.is_supported(opcode::AsyncCancel::CODE) && features.send_zc;
+            features.cancel_any = probe.is_supported(opcode::AsyncCancel::CODE) && features.send_zc;
         }
         Ok(Ring {
             uring,

@@ -130,7 +130,10 @@ fn file_copies_with_every_local_option() {
         assert!(o.status.success(), "{opts:?}: {}", stderr(&o));
         let st = Command::new("cmp").arg(&src).arg(&dst).status().unwrap();
         assert!(st.success(), "{opts:?}: copy differs");
-        if opts.iter().any(|o| o.starts_with("-v") || *o == "--verbose") {
+        if opts
+            .iter()
+            .any(|o| o.starts_with("-v") || *o == "--verbose")
+        {
             assert!(stderr(&o).contains("bytes done"), "verbose prints counters");
         }
     }

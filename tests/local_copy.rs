@@ -45,9 +45,18 @@ fn copy(src: &str, dst: &str, opts: &[(&str, &str)]) -> nbdcpy::Result<()> {
 #[test]
 fn odd_sizes_file_to_file() {
     let d = tmpdir("odd");
-    for (i, size) in [0usize, 1, 511, 4097, 262_143, 262_145, 3 << 20, (5 << 20) + 7]
-        .into_iter()
-        .enumerate()
+    for (i, size) in [
+        0usize,
+        1,
+        511,
+        4097,
+        262_143,
+        262_145,
+        3 << 20,
+        (5 << 20) + 7,
+    ]
+    .into_iter()
+    .enumerate()
     {
         let s = d.join(format!("s{i}"));
         let t = d.join(format!("t{i}"));
@@ -124,7 +133,11 @@ fn errors_name_the_endpoint() {
         .err()
         .unwrap();
     assert_eq!(e.errno, libc::ENOENT);
-    assert!(e.msg.contains("source") && e.msg.contains("nope"), "{}", e.msg);
+    assert!(
+        e.msg.contains("source") && e.msg.contains("nope"),
+        "{}",
+        e.msg
+    );
     let e = copy("null:", "null:", &[]).err().unwrap();
     assert_eq!(e.errno, libc::EINVAL);
     std::fs::remove_dir_all(&d).unwrap();

@@ -230,10 +230,11 @@ impl Job {
                     stream: f.is_stream(),
                     name: self.dst_spec.to_string(),
                 },
-                Endpoint::Nbd(n) => DstIo::Nbd(Box::new(
-                    n.lane_conn(i, &params)
-                        .map_err(|e| e.context(format!("destination {}", self.dst_spec)))?,
-                )),
+                Endpoint::Nbd(n) => {
+                    DstIo::Nbd(Box::new(n.lane_conn(i, &params).map_err(|e| {
+                        e.context(format!("destination {}", self.dst_spec))
+                    })?))
+                }
             };
             lanes.push(Lane::new(src, dst, params.clone()));
         }

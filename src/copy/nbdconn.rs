@@ -189,7 +189,9 @@ impl NbdConn {
     }
 
     fn register(&mut self, req: &Request, p: Pending) -> Result<()> {
-        self.info.check_request(req).map_err(|e| self.err(e.to_string()))?;
+        self.info
+            .check_request(req)
+            .map_err(|e| self.err(e.to_string()))?;
         self.parser
             .register(req)
             .map_err(|e| self.err(e.to_string()))?;
@@ -234,7 +236,7 @@ impl NbdConn {
     /// both leave as one slice; `block` is a peer receive block reference
     /// handed back as `Release` once sent.
     #[allow(clippy::too_many_arguments)]
-    pub fn queue_write(
+    pub(crate) fn queue_write(
         &mut self,
         slot: u32,
         offset: u64,
@@ -310,7 +312,11 @@ impl NbdConn {
             if wz {
                 let req = Request {
                     cmd: consts::NBD_CMD_WRITE_ZEROES,
-                    flags: if allocated { consts::NBD_CMD_FLAG_NO_HOLE } else { 0 },
+                    flags: if allocated {
+                        consts::NBD_CMD_FLAG_NO_HOLE
+                    } else {
+                        0
+                    },
                     cookie: self.cookie(slot),
                     offset: at,
                     length: piece,

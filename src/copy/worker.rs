@@ -293,9 +293,7 @@ impl Lane {
             return Ok(false);
         };
         match &mut self.src {
-            SrcIo::File { fd, .. } if self.p.extents => {
-                file_extents(*fd, a, b, &mut self.extents)
-            }
+            SrcIo::File { fd, .. } if self.p.extents => file_extents(*fd, a, b, &mut self.extents),
             SrcIo::Nbd(c) if self.p.extents && c.can_block_status() => {
                 c.queue_block_status(a, b - a)?;
                 self.status.push_back((a, b, a));
@@ -667,7 +665,14 @@ impl Worker<'_> {
                 };
                 let mut events = std::mem::take(&mut self.events);
                 events.clear();
-                let r = c.complete(&mut self.ring, ud(li, K_SRC_NBD, 0), idx, res, flags, &mut events);
+                let r = c.complete(
+                    &mut self.ring,
+                    ud(li, K_SRC_NBD, 0),
+                    idx,
+                    res,
+                    flags,
+                    &mut events,
+                );
                 Shared::add(&self.shared.bytes_memcpy, std::mem::take(&mut c.memcpy));
                 let mut r2 = Ok(());
                 for ev in events.drain(..) {
@@ -684,7 +689,14 @@ impl Worker<'_> {
                 };
                 let mut events = std::mem::take(&mut self.events);
                 events.clear();
-                let r = c.complete(&mut self.ring, ud(li, K_DST_NBD, 0), idx, res, flags, &mut events);
+                let r = c.complete(
+                    &mut self.ring,
+                    ud(li, K_DST_NBD, 0),
+                    idx,
+                    res,
+                    flags,
+                    &mut events,
+                );
                 let mut r2 = Ok(());
                 for ev in events.drain(..) {
                     if r2.is_ok() {
@@ -694,7 +706,10 @@ impl Worker<'_> {
                 self.events = events;
                 r.and(r2)
             }
-            _ => Err(Error::new(libc::EIO, format!("unknown completion kind {kind}"))),
+            _ => Err(Error::new(
+                libc::EIO,
+                format!("unknown completion kind {kind}"),
+            )),
         }
     }
 
@@ -755,7 +770,11 @@ impl Worker<'_> {
         }
         let slot = &mut lane.slots[si as usize];
         slot.read_done = true;
-        let ptr = slot.buf.as_ref().map(|b| b.ptr()).unwrap_or(std::ptr::null_mut());
+        let ptr = slot
+            .buf
+            .as_ref()
+            .map(|b| b.ptr())
+            .unwrap_or(std::ptr::null_mut());
         // SAFETY: HEADER_ROOM is inside the buffer.
         let data = unsafe { ptr.add(HEADER_ROOM) };
         let (off, len) = (slot.offset, slot.len);
@@ -814,7 +833,16 @@ impl Worker<'_> {
                 let room = if a == 0 { room } else { prev_zero };
                 // SAFETY: a < len, inside the data.
                 let p = unsafe { ptr.add(a) };
-                r = self.dst_write(li, lane, si, roff, p, (e - a) as u32, room, block.filter(|_| n_data > 0));
+                r = self.dst_write(
+                    li,
+                    lane,
+                    si,
+                    roff,
+                    p,
+                    (e - a) as u32,
+                    room,
+                    block.filter(|_| n_data > 0),
+                );
             }
         }
         lane.runs = runs;
@@ -875,9 +903,19 @@ impl Worker<'_> {
     /// Makes [offset, offset+len) of the destination read as zeroes (or
     /// skips it when the destination is known to be zero), as part of
     /// slot `si`.
-    fn dst_zero(&mut self, li: usize, lane: &mut Lane, si: u32, offset: u64, len: u64) -> Result<()> {
+    fn dst_zero(
+        &mut self,
+        li: usize,
+        lane: &mut Lane,
+        si: u32,
+        offset: u64,
+        len: u64,
+    ) -> Result<()> {
         Self::check_dst_range(lane, offset, len)?;
-        if lane.p.dst_is_zero && !lane.p.allocated && !matches!(lane.dst, DstIo::File { stream: true, .. }) {
+        if lane.p.dst_is_zero
+            && !lane.p.allocated
+            && !matches!(lane.dst, DstIo::File { stream: true, .. })
+        {
             Shared::add(&self.shared.bytes_skipped, len);
             self.part_done(lane, si, len);
             return Ok(());
@@ -897,12 +935,12 @@ impl Worker<'_> {
             DstIo::File { stream, .. } => {
                 let kind = match (*stream, lane.zero_mode) {
                     (true, _) | (_, ZeroMode::Write) => OpKind::WriteZeroes,
-                    (false, ZeroMode::PunchHole) => OpKind::Fallocate(
-                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                    ),
-                    (false, ZeroMode::ZeroRange) => OpKind::Fallocate(
-                        libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
-                    ),
+                    (false, ZeroMode::PunchHole) => {
+                        OpKind::Fallocate(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE)
+                    }
+                    (false, ZeroMode::ZeroRange) => {
+                        OpKind::Fallocate(libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE)
+                    }
                 };
                 self.file_op(li, lane, si, offset, std::ptr::null_mut(), len, kind, None)
             }
@@ -1098,9 +1136,10 @@ impl Worker<'_> {
         match &mut lane.dst {
             DstIo::Null | DstIo::File { stream: true, .. } => lane.flushed = true,
             DstIo::File { fd, .. } => {
-                let e = opcode::Fsync::new(types::Fd(*fd))
-                    .build()
-                    .user_data(ud(li, K_DST_FSYNC, 0));
+                let e =
+                    opcode::Fsync::new(types::Fd(*fd))
+                        .build()
+                        .user_data(ud(li, K_DST_FSYNC, 0));
                 // SAFETY: fsync refers to no memory.
                 unsafe { self.ring.push(&e) }?;
             }
@@ -1171,9 +1210,10 @@ impl Worker<'_> {
             | RecvEvent::Hole { .. }
             | RecvEvent::ReadDone { .. }
             | RecvEvent::Extents { .. }
-            | RecvEvent::StatusDone { .. } => Err(
-                Error::new(libc::EIO, "destination sent data it was not asked for"),
-            ),
+            | RecvEvent::StatusDone { .. } => Err(Error::new(
+                libc::EIO,
+                "destination sent data it was not asked for",
+            )),
         }
     }
 }
@@ -1210,7 +1250,10 @@ mod tests {
         let mut runs = Vec::new();
         // data starts at absolute offset 3072: blocks end at 4096-3072=1024, 5120, 9216...
         zero_runs(&d, 3072, 4096, &mut runs);
-        assert_eq!(runs, vec![(0, 1024, false), (1024, 9216, true), (9216, 16384, false)]);
+        assert_eq!(
+            runs,
+            vec![(0, 1024, false), (1024, 9216, true), (9216, 16384, false)]
+        );
         zero_runs(&[0u8; 100], 0, 4096, &mut runs);
         assert_eq!(runs, vec![(0, 100, true)]);
     }

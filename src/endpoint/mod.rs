@@ -82,7 +82,9 @@ impl Endpoint {
                 "{side} null: can only be used as the destination"
             ))),
             Spec::Null => Ok(Endpoint::Null),
-            Spec::Stdio => file::LocalFile::stdio(side).map(Endpoint::File).map_err(ctx),
+            Spec::Stdio => file::LocalFile::stdio(side)
+                .map(Endpoint::File)
+                .map_err(ctx),
             Spec::Path(p) => file::LocalFile::open(p, side)
                 .map(Endpoint::File)
                 .map_err(ctx),

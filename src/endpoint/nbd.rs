@@ -42,13 +42,19 @@ impl NbdEndpoint {
                 "TLS (nbds://) is not supported yet",
             ));
         }
-        Self::new(parsed.transport, parsed.export_name, u.to_string(), side, cfg, None)
+        Self::new(
+            parsed.transport,
+            parsed.export_name,
+            u.to_string(),
+            side,
+            cfg,
+            None,
+        )
     }
 
     pub fn spawn(argv: &[String], side: Side, cfg: &Config) -> Result<NbdEndpoint> {
-        let server = ServerProcess::spawn(argv).map_err(|e| {
-            Error::os(format!("cannot run {}", argv.first().map_or("", |s| s)), e)
-        })?;
+        let server = ServerProcess::spawn(argv)
+            .map_err(|e| Error::os(format!("cannot run {}", argv.first().map_or("", |s| s)), e))?;
         let transport = Transport::Unix {
             path: server.socket_path().to_string_lossy().into_owned(),
         };
@@ -297,7 +303,9 @@ fn handshake(fd: RawFd, export: &str, want_meta: bool) -> Result<Negotiated> {
     let mut have = 0usize;
     loop {
         while !hs.output().is_empty() {
-            let n = s.write(hs.output()).map_err(|e| io_err("handshake: send", e))?;
+            let n = s
+                .write(hs.output())
+                .map_err(|e| io_err("handshake: send", e))?;
             hs.consume_output(n);
         }
         if hs.is_done() {
@@ -316,7 +324,10 @@ fn handshake(fd: RawFd, export: &str, want_meta: bool) -> Result<Negotiated> {
             continue;
         }
         if have == buf.len() {
-            return Err(Error::new(libc::EPROTO, "handshake: server reply too large"));
+            return Err(Error::new(
+                libc::EPROTO,
+                "handshake: server reply too large",
+            ));
         }
         let n = s
             .read(&mut buf[have..])
@@ -341,7 +352,10 @@ fn handshake(fd: RawFd, export: &str, want_meta: bool) -> Result<Negotiated> {
 }
 
 fn io_err(what: &str, e: std::io::Error) -> Error {
-    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
+    if matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    ) {
         Error::new(
             libc::ETIMEDOUT,
             format!(

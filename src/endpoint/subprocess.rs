@@ -1,7 +1,337 @@
-//! TEMPORARY stand-in.
-pub struct ServerProcess;
+//! NBD servers run as subprocesses through systemd socket activation
+//! (nbdcopy's `[ CMD ARGS ... ]`): a listening unix socket in a private
+//! temporary directory is handed to the server as fd 3.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// A running server subprocess; killed and reaped on drop.
+pub struct ServerProcess {
+    pid: libc::pid_t,
+    dir: PathBuf,
+    sock: PathBuf,
+    reaped: bool,
+}
+
+fn cstr(s: &[u8]) -> io::Result<CString> {
+    CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in argument"))
+}
+
+/// argv[0] looked up in PATH (as execvp would), resolved before fork.
+fn find_in_path(cmd: &str) -> io::Result<PathBuf> {
+    if cmd.contains('/') {
+        return Ok(PathBuf::from(cmd));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    for dir in std::env::split_paths(&path) {
+        let p = dir.join(cmd);
+        if let Ok(md) = std::fs::metadata(&p) {
+            use std::os::unix::fs::PermissionsExt;
+            if md.is_file() && md.permissions().mode() & 0o111 != 0 {
+                return Ok(p);
+            }
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{cmd}: command not found in PATH"),
+    ))
+}
+
+fn make_private_dir() -> io::Result<PathBuf> {
+    let base = std::env::temp_dir();
+    let mut tmpl = base.join("nbdcpy-XXXXXX").into_os_string().into_vec();
+    tmpl.push(0);
+    // SAFETY: tmpl is a writable NUL-terminated buffer that mkdtemp edits
+    // in place.
+    let p = unsafe { libc::mkdtemp(tmpl.as_mut_ptr() as *mut libc::c_char) };
+    if p.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    tmpl.pop();
+    Ok(PathBuf::from(std::ffi::OsString::from_vec(tmpl)))
+}
+
 impl ServerProcess {
-    pub fn spawn(_a: &[String]) -> std::io::Result<Self> { Err(std::io::Error::from_raw_os_error(libc::ENOSYS)) }
-    pub fn socket_path(&self) -> &std::path::Path { std::path::Path::new("") }
-    pub fn kill(&mut self) {}
+    /// Starts `argv` with a listening socket as fd 3 (LISTEN_FDS=1).
+    pub fn spawn(argv: &[String]) -> io::Result<ServerProcess> {
+        let cmd = argv
+            .first()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
+        let exe = find_in_path(cmd)?;
+        let dir = make_private_dir()?;
+        let sock = dir.join("sock");
+        let listener = match UnixListener::bind(&sock) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        // Everything that allocates happens before fork: after it, in a
+        // multithreaded process, the child may only use async-signal-safe
+        // calls.
+        let exe_c = cstr(exe.as_os_str().as_bytes())?;
+        let args_c: Vec<CString> = argv
+            .iter()
+            .map(|a| cstr(a.as_bytes()))
+            .collect::<io::Result<_>>()?;
+        let mut argv_p: Vec<*const libc::c_char> = args_c.iter().map(|a| a.as_ptr()).collect();
+        argv_p.push(std::ptr::null());
+        let mut env_c: Vec<CString> = Vec::new();
+        for (k, v) in std::env::vars_os() {
+            let k = k.as_bytes();
+            if k.starts_with(b"LISTEN_") {
+                continue;
+            }
+            let mut kv = k.to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            env_c.push(cstr(&kv)?);
+        }
+        env_c.push(cstr(b"LISTEN_FDS=1")?);
+        env_c.push(cstr(b"LISTEN_FDNAMES=nbd")?);
+        // LISTEN_PID=<pid> is filled in by the child: it only knows its pid
+        // after fork.  Reserve room for the digits.
+        let mut pid_var: [u8; 32] = [0; 32];
+        pid_var[..11].copy_from_slice(b"LISTEN_PID=");
+        let mut env_p: Vec<*const libc::c_char> = env_c.iter().map(|e| e.as_ptr()).collect();
+        env_p.push(pid_var.as_ptr() as *const libc::c_char);
+        env_p.push(std::ptr::null());
+
+        // A close-on-exec pipe tells us whether exec failed, and why.
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: fds is a valid array of two ints.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fresh descriptors from pipe2, owned here.
+        let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let lfd = listener.as_raw_fd();
+        let wfd = wr.as_raw_fd();
+
+        // SAFETY: fork() itself is safe to call; the child below only uses
+        // async-signal-safe functions on memory prepared before the fork.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if pid == 0 {
+            // SAFETY: child side: only async-signal-safe calls, on buffers
+            // that were allocated before fork and are not freed here.
+            unsafe { child(lfd, wfd, &exe_c, &argv_p, &mut pid_var, &env_p) }
+        }
+        drop(wr);
+        drop(listener); // the child owns the listening socket now
+        let mut sp = ServerProcess {
+            pid,
+            dir,
+            sock,
+            reaped: false,
+        };
+        // exec failure: the child writes its errno; success closes the pipe.
+        let mut buf = [0u8; 4];
+        // SAFETY: buf is valid for 4 bytes.
+        let n = loop {
+            let n = unsafe { libc::read(rd.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, 4) };
+            if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            break n;
+        };
+        if n == 4 {
+            sp.kill();
+            let errno = i32::from_ne_bytes(buf);
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        Ok(sp)
+    }
+
+    pub fn socket_path(&self) -> &Path {
+        &self.sock
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// The exit status if the server has exited (reaps it).
+    pub fn try_wait(&mut self) -> Option<i32> {
+        if self.reaped {
+            return Some(0);
+        }
+        let mut st = 0;
+        // SAFETY: st is a valid int; WNOHANG never blocks.
+        let r = unsafe { libc::waitpid(self.pid, &mut st, libc::WNOHANG) };
+        if r == self.pid {
+            self.reaped = true;
+            return Some(st);
+        }
+        None
+    }
+
+    /// SIGTERM, a bounded wait, then SIGKILL; always reaps.  Idempotent.
+    pub fn kill(&mut self) {
+        if self.reaped {
+            return;
+        }
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if self.try_wait().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // SAFETY: as above.
+        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        let mut st = 0;
+        // SAFETY: st is valid; blocks until the killed child is gone.
+        while unsafe { libc::waitpid(self.pid, &mut st, 0) } < 0
+            && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+        {}
+        self.reaped = true;
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_file(&self.sock);
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// The child after fork: set up fd 3 and the environment, then exec.
+///
+/// # Safety
+/// Must only be called in a freshly forked child.  Uses only
+/// async-signal-safe functions and the pre-allocated buffers passed in.
+unsafe fn child(
+    lfd: RawFd,
+    wfd: RawFd,
+    exe: &CString,
+    argv: &[*const libc::c_char],
+    pid_var: &mut [u8; 32],
+    envp: &[*const libc::c_char],
+) -> ! {
+    // SAFETY (whole body): see the function's contract.
+    unsafe {
+        // Die with us, so a crashed copier leaves no server behind.
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+        // Default signal handling and an empty mask for the server.
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        for sig in 1..32 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        if lfd == 3 {
+            let fl = libc::fcntl(3, libc::F_GETFD);
+            libc::fcntl(3, libc::F_SETFD, fl & !libc::FD_CLOEXEC);
+        } else if libc::dup2(lfd, 3) < 0 {
+            report_and_exit(wfd);
+        }
+        // LISTEN_PID=<our pid>, formatted by hand (no allocation).
+        let mut pid = libc::getpid() as u32;
+        let mut digits = [0u8; 12];
+        let mut n = 0;
+        loop {
+            digits[n] = b'0' + (pid % 10) as u8;
+            n += 1;
+            pid /= 10;
+            if pid == 0 {
+                break;
+            }
+        }
+        for i in 0..n {
+            pid_var[11 + i] = digits[n - 1 - i];
+        }
+        pid_var[11 + n] = 0;
+        libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        report_and_exit(wfd)
+    }
+}
+
+/// # Safety
+/// Child only: writes errno to the pipe and exits without unwinding.
+unsafe fn report_and_exit(wfd: RawFd) -> ! {
+    // SAFETY: async-signal-safe calls on a stack buffer.
+    unsafe {
+        let e = *libc::__errno_location();
+        let b = e.to_ne_bytes();
+        libc::write(wfd, b.as_ptr() as *const libc::c_void, 4);
+        libc::_exit(127)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn have(cmd: &str) -> bool {
+        find_in_path(cmd).is_ok()
+    }
+
+    fn greeting(sp: &ServerProcess) -> Vec<u8> {
+        let mut s = std::os::unix::net::UnixStream::connect(sp.socket_path()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut b = vec![0u8; 8];
+        s.read_exact(&mut b).unwrap();
+        b
+    }
+
+    #[test]
+    fn qemu_nbd_and_nbdkit_by_socket_activation() {
+        let dir = make_private_dir().unwrap();
+        let img = dir.join("img");
+        std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+        let mut cmds = vec![vec![
+            "qemu-nbd".to_string(),
+            "-f".into(),
+            "raw".into(),
+            img.to_string_lossy().into(),
+        ]];
+        if have("nbdkit") {
+            cmds.push(vec!["nbdkit".into(), "memory".into(), "1M".into()]);
+        } else {
+            eprintln!("SKIP: nbdkit not installed");
+        }
+        for argv in cmds {
+            if !have(&argv[0]) {
+                eprintln!("SKIP: {} not installed", argv[0]);
+                continue;
+            }
+            let mut sp = ServerProcess::spawn(&argv).unwrap();
+            assert_eq!(&greeting(&sp), b"NBDMAGIC", "{argv:?}");
+            let (pid, sdir) = (sp.pid(), sp.socket_path().parent().unwrap().to_path_buf());
+            sp.kill();
+            drop(sp);
+            // SAFETY: probing a pid with signal 0.
+            assert_eq!(unsafe { libc::kill(pid, 0) }, -1, "server reaped");
+            assert!(!sdir.exists(), "temp dir removed");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn missing_command_is_a_clear_error() {
+        let e = ServerProcess::spawn(&["no-such-nbd-server-xyz".into()])
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("not found"), "{e}");
+        let e = ServerProcess::spawn(&["/nonexistent/server".into()])
+            .err()
+            .unwrap();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+    }
 }

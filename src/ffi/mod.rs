@@ -114,7 +114,10 @@ fn guard<T>(fail: T, f: impl FnOnce() -> Result<T, Error>) -> T {
                 .map(|s| s.to_string())
                 .or_else(|| p.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown".into());
-            set_error(&Error::new(libc::EIO, format!("internal error (panic): {what}")));
+            set_error(&Error::new(
+                libc::EIO,
+                format!("internal error (panic): {what}"),
+            ));
             fail
         }
     }

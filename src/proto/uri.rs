@@ -1,0 +1,287 @@
+//! NBD URIs (doc/uri.md, plus libnbd's extensions): nbd, nbds, nbd+unix,
+//! nbds+unix, nbd+vsock, nbds+vsock.
+
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    Tcp { host: String, port: u16 },
+    Unix { path: String },
+    Vsock { cid: u32, port: u32 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NbdUri {
+    pub transport: Transport,
+    pub export_name: String,
+    /// nbds*: TLS required.
+    pub tls: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UriError(pub String);
+
+impl fmt::Display for UriError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UriError {}
+
+const SCHEMES: &[&str] = &[
+    "nbd",
+    "nbds",
+    "nbd+unix",
+    "nbds+unix",
+    "nbd+vsock",
+    "nbds+vsock",
+];
+const TLS_PARAMS: &[&str] = &[
+    "tls-type",
+    "tls-hostname",
+    "tls-verify-peer",
+    "tls-certificates",
+    "tls-psk-file",
+    "tls-username",
+];
+
+/// Whether `s` starts with an NBD URI scheme (else it is a file path).
+pub fn is_nbd_uri(s: &str) -> bool {
+    s.split_once("://")
+        .is_some_and(|(scheme, _)| SCHEMES.contains(&scheme.to_ascii_lowercase().as_str()))
+}
+
+fn pct_decode(s: &str, what: &str) -> Result<String, UriError> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| UriError(format!("bad percent-encoding in the {what}")))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| UriError(format!("the {what} is not valid UTF-8")))
+}
+
+pub fn parse(uri: &str) -> Result<NbdUri, UriError> {
+    let err = |m: String| Err(UriError(format!("NBD URI \"{uri}\": {m}")));
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return err("missing \"://\"".into());
+    };
+    let scheme = scheme.to_ascii_lowercase();
+    if !SCHEMES.contains(&scheme.as_str()) {
+        return err(format!("unknown scheme \"{scheme}\""));
+    }
+    let tls = scheme.starts_with("nbds");
+    let (rest, fragment) = rest.split_once('#').unwrap_or((rest, ""));
+    let _ = fragment;
+    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    // Export name: the path without its first '/', percent-decoded.
+    let export_name = pct_decode(path.strip_prefix('/').unwrap_or(path), "export name")?;
+
+    let mut socket = None;
+    for kv in query.split('&').filter(|s| !s.is_empty()) {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        let k = pct_decode(k, "query")?;
+        let v = pct_decode(v, "query")?;
+        if k == "socket" {
+            socket = Some(v);
+        } else if TLS_PARAMS.contains(&k.as_str()) {
+            if !tls && k != "tls-type" {
+                // Harmless without TLS, like libnbd.
+            }
+        } else {
+            return err(format!("unknown query parameter \"{k}\""));
+        }
+    }
+    let (userinfo_stripped, _) = match authority.rsplit_once('@') {
+        Some((_, h)) => (h, ()),
+        None => (authority, ()),
+    };
+    let transport = if scheme.ends_with("+unix") {
+        if !userinfo_stripped.is_empty() && userinfo_stripped != "localhost" {
+            return err("a unix socket URI must not name a host".into());
+        }
+        match socket {
+            Some(p) if !p.is_empty() => Transport::Unix { path: p },
+            _ => return err("missing ?socket=PATH".into()),
+        }
+    } else {
+        if socket.is_some() {
+            return err("socket= is only for nbd+unix:// URIs".into());
+        }
+        let (host, port) = split_host_port(userinfo_stripped)
+            .map_err(|m| UriError(format!("NBD URI \"{uri}\": {m}")))?;
+        if scheme.ends_with("+vsock") {
+            let cid = host
+                .parse::<u32>()
+                .map_err(|_| UriError(format!("NBD URI \"{uri}\": bad vsock CID \"{host}\"")))?;
+            Transport::Vsock {
+                cid,
+                port: port.unwrap_or(10809),
+            }
+        } else {
+            if host.is_empty() {
+                return err("missing host".into());
+            }
+            let port = match port {
+                Some(p) if p <= u16::MAX as u32 && p > 0 => p as u16,
+                Some(p) => return err(format!("bad port {p}")),
+                None => 10809,
+            };
+            Transport::Tcp { host, port }
+        }
+    };
+    Ok(NbdUri {
+        transport,
+        export_name,
+        tls,
+    })
+}
+
+/// "host", "host:port", "[v6]", "[v6]:port".
+fn split_host_port(a: &str) -> Result<(String, Option<u32>), String> {
+    let (host, port) = if let Some(rest) = a.strip_prefix('[') {
+        let Some((h, after)) = rest.split_once(']') else {
+            return Err("unterminated IPv6 address".into());
+        };
+        if h.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!("bad IPv6 address \"{h}\""));
+        }
+        match after {
+            "" => (h.to_string(), None),
+            p if p.starts_with(':') => (h.to_string(), Some(&p[1..])),
+            _ => return Err("garbage after the IPv6 address".into()),
+        }
+    } else {
+        match a.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p)),
+            None => (a.to_string(), None),
+        }
+    };
+    let host = pct_decode(&host, "host").map_err(|e| e.0)?;
+    let port = match port {
+        None | Some("") => None,
+        Some(p) => Some(p.parse::<u32>().map_err(|_| format!("bad port \"{p}\""))?),
+    };
+    Ok((host, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tcp(h: &str, p: u16) -> Transport {
+        Transport::Tcp {
+            host: h.into(),
+            port: p,
+        }
+    }
+
+    #[test]
+    fn tcp_uris() {
+        let u = parse("nbd://example.com").unwrap();
+        assert_eq!(
+            (u.transport, u.export_name.as_str(), u.tls),
+            (tcp("example.com", 10809), "", false)
+        );
+        let u = parse("nbd://example.com:1234/disk").unwrap();
+        assert_eq!(
+            (u.transport, u.export_name.as_str()),
+            (tcp("example.com", 1234), "disk")
+        );
+        let u = parse("nbd://h//x").unwrap();
+        assert_eq!(u.export_name, "/x");
+        let u = parse("nbd://h/a%20b%2Fc").unwrap();
+        assert_eq!(u.export_name, "a b/c");
+        let u = parse("nbd://[::1]:5000/e").unwrap();
+        assert_eq!(u.transport, tcp("::1", 5000));
+        let u = parse("nbd://[fe80::1]/").unwrap();
+        assert_eq!(u.transport, tcp("fe80::1", 10809));
+        let u = parse("NBD://127.0.0.1/").unwrap();
+        assert_eq!(u.transport, tcp("127.0.0.1", 10809));
+        assert!(parse("nbds://h/").unwrap().tls);
+    }
+
+    #[test]
+    fn unix_and_vsock() {
+        let u = parse("nbd+unix:///?socket=/tmp/s.sock").unwrap();
+        assert_eq!(
+            u.transport,
+            Transport::Unix {
+                path: "/tmp/s.sock".into()
+            }
+        );
+        let u = parse("nbd+unix:///exp?socket=/tmp/a%20b").unwrap();
+        assert_eq!(
+            u.transport,
+            Transport::Unix {
+                path: "/tmp/a b".into()
+            }
+        );
+        assert_eq!(u.export_name, "exp");
+        assert!(parse("nbds+unix:///?socket=/x").unwrap().tls);
+        let u = parse("nbd+vsock://3:1234/e").unwrap();
+        assert_eq!(u.transport, Transport::Vsock { cid: 3, port: 1234 });
+        let u = parse("nbd+vsock://2").unwrap();
+        assert_eq!(
+            u.transport,
+            Transport::Vsock {
+                cid: 2,
+                port: 10809
+            }
+        );
+    }
+
+    #[test]
+    fn errors() {
+        for (u, m) in [
+            ("nbd+unix:///", "socket"),
+            ("nbd+unix:///?socket=", "socket"),
+            ("nbd://h/?socket=/x", "only for nbd+unix"),
+            ("nbd://h/?bogus=1", "unknown query parameter \"bogus\""),
+            (
+                "nbd+unix:///?socket=/x&foo",
+                "unknown query parameter \"foo\"",
+            ),
+            ("nbd://h:99999/", "bad port"),
+            ("nbd://h:0/", "bad port"),
+            ("nbd://h:x/", "bad port"),
+            ("nbd://[::1/", "unterminated"),
+            ("nbd://[zz]/", "IPv6"),
+            ("nbd:///", "missing host"),
+            ("nbd+vsock://abc/", "CID"),
+            ("nbd://h/%zz", "percent"),
+            ("http://h/", "unknown scheme"),
+            ("nbd:h", "://"),
+        ] {
+            let e = parse(u).unwrap_err().0;
+            assert!(e.contains(m), "{u}: {e}");
+        }
+        assert!(parse("nbds://h/?tls-certificates=/etc/pki&tls-verify-peer=false").is_ok());
+    }
+
+    #[test]
+    fn uri_or_path() {
+        assert!(is_nbd_uri("nbd://x"));
+        assert!(is_nbd_uri("nbd+unix:///?socket=/s"));
+        assert!(!is_nbd_uri("disk.img"));
+        assert!(!is_nbd_uri("/dev/sda"));
+        assert!(!is_nbd_uri("http://x"));
+        assert!(!is_nbd_uri("null:"));
+    }
+}
