@@ -1,0 +1,390 @@
+//! Test harness: real NBD servers (nbdkit, qemu-nbd, nbd-server) on unix
+//! sockets in temporary directories, always stopped (Drop kills and
+//! reaps them, also when a test panics), plus independent readers
+//! (qemu-img, cmp) to verify copies.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A unique directory, removed (recursively) on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("nbdcpy-t-{}-{n}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Whether a command is on PATH.
+pub fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {cmd} >/dev/null 2>&1"))
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// True if `cmd` is there.  Otherwise prints a SKIP line and returns
+/// false, or panics when NBDCPY_REQUIRE_SERVERS=1 (CI: a missing server
+/// is a failure, not a skip).
+pub fn require(cmd: &str) -> bool {
+    if have(cmd) {
+        return true;
+    }
+    if std::env::var_os("NBDCPY_REQUIRE_SERVERS").is_some() {
+        panic!("{cmd} is required (NBDCPY_REQUIRE_SERVERS is set) but not installed");
+    }
+    eprintln!("SKIP: {cmd} not installed");
+    false
+}
+
+/// A server process; killed (TERM, then KILL) and reaped on drop.
+pub struct Server {
+    child: Option<Child>,
+    /// Daemonized servers (nbd-server) are found by their pid file.
+    pidfile: Option<PathBuf>,
+    sock: PathBuf,
+    export: String,
+    log: PathBuf,
+}
+
+impl Server {
+    pub fn uri(&self) -> String {
+        format!("nbd+unix:///{}?socket={}", self.export, self.sock.display())
+    }
+    pub fn socket(&self) -> &Path {
+        &self.sock
+    }
+    pub fn pid(&self) -> i32 {
+        match (&self.child, &self.pidfile) {
+            (_, Some(pf)) => std::fs::read_to_string(pf)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(-1),
+            (Some(c), None) => c.id() as i32,
+            _ => -1,
+        }
+    }
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+    /// SIGKILL now (fault tests).
+    pub fn kill_now(&mut self) {
+        let pid = self.pid();
+        if pid > 0 {
+            // SAFETY: signalling a server process this harness started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        if let Some(c) = &mut self.child {
+            let _ = c.wait();
+        }
+    }
+    /// Whether the process still exists.
+    pub fn alive(&self) -> bool {
+        let pid = self.pid();
+        // SAFETY: signal 0 only probes.
+        pid > 0 && unsafe { libc::kill(pid, 0) } == 0
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let pid = self.pid();
+        if pid > 0 {
+            // SAFETY: as in kill_now.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let gone = match &mut self.child {
+                Some(c) if self.pidfile.is_none() => c.try_wait().ok().flatten().is_some(),
+                _ => !self.alive(),
+            };
+            if gone {
+                break;
+            }
+            if Instant::now() > deadline {
+                // SAFETY: as above.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if let Some(c) = &mut self.child {
+            let _ = c.wait();
+        }
+    }
+}
+
+fn spawn(mut cmd: Command, log: &Path) -> Child {
+    let f = std::fs::File::create(log).unwrap();
+    cmd.stdin(Stdio::null())
+        .stdout(f.try_clone().unwrap())
+        .stderr(f);
+    // SAFETY: prctl is async-signal-safe; it makes the server die with
+    // the test process, so nothing outlives a crashed test run.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"))
+}
+
+/// Waits until the server sends the NBD greeting on its socket.
+fn wait_ready(s: &mut Server) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(mut c) = std::os::unix::net::UnixStream::connect(&s.sock) {
+            use std::io::Read;
+            c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut b = [0u8; 8];
+            if c.read_exact(&mut b).is_ok() && &b == b"NBDMAGIC" {
+                return;
+            }
+        }
+        if let Some(c) = &mut s.child {
+            if s.pidfile.is_none() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    panic!("server exited ({st}) before accepting: {}", s.log());
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            panic!("server not ready after 10 s: {}", s.log());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// nbdkit -f -U SOCK ARGS...
+pub fn nbdkit(dir: &TempDir, args: &[&str]) -> Server {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let sock = dir.file(&format!("nbdkit{n}.sock"));
+    let log = dir.file(&format!("nbdkit{n}.log"));
+    let mut cmd = Command::new("nbdkit");
+    cmd.args(["-f", "--exit-with-parent", "-U"])
+        .arg(&sock)
+        .args(args);
+    let child = spawn(cmd, &log);
+    let mut s = Server {
+        child: Some(child),
+        pidfile: None,
+        sock,
+        export: String::new(),
+        log,
+    };
+    wait_ready(&mut s);
+    s
+}
+
+/// qemu-nbd -f raw -k SOCK -t -e 16 EXTRA FILE (`extra` may override -f).
+pub fn qemu_nbd(dir: &TempDir, file: &Path, extra: &[&str]) -> Server {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let sock = dir.file(&format!("qemu{n}.sock"));
+    let log = dir.file(&format!("qemu{n}.log"));
+    let mut cmd = Command::new("qemu-nbd");
+    if !extra.contains(&"-f") {
+        cmd.args(["-f", "raw"]);
+    }
+    cmd.arg("-k")
+        .arg(&sock)
+        .args(["-t", "-e", "16"])
+        .args(extra)
+        .arg(file);
+    let child = spawn(cmd, &log);
+    let mut s = Server {
+        child: Some(child),
+        pidfile: None,
+        sock,
+        export: String::new(),
+        log,
+    };
+    wait_ready(&mut s);
+    s
+}
+
+/// nbd-server with a generated config: a unix socket (and a loopback TCP
+/// port it insists on), export "disk"; daemonized, found by pid file.
+pub fn nbd_server(dir: &TempDir, file: &Path, extra_conf: &str) -> Server {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let sock = dir.file(&format!("nbdsrv{n}.sock"));
+    let log = dir.file(&format!("nbdsrv{n}.log"));
+    let pidfile = dir.file(&format!("nbdsrv{n}.pid"));
+    let conf = dir.file(&format!("nbdsrv{n}.conf"));
+    let port = 30000 + (std::process::id() * 7 + n * 13) % 30000;
+    let mut f = std::fs::File::create(&conf).unwrap();
+    write!(
+        f,
+        "[generic]\n    unixsock = {}\n    listenaddr = 127.0.0.1\n    port = {port}\n\
+         [disk]\n    exportname = {}\n{extra_conf}\n",
+        sock.display(),
+        file.display()
+    )
+    .unwrap();
+    let mut cmd = Command::new("nbd-server");
+    cmd.arg("-C").arg(&conf).arg("-p").arg(&pidfile);
+    let mut child = spawn(cmd, &log);
+    // It forks into the background; the parent exits at once.
+    let _ = child.wait();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&pidfile).map_or(true, |s| s.trim().is_empty())
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut s = Server {
+        child: None,
+        pidfile: Some(pidfile),
+        sock,
+        export: "disk".into(),
+        log,
+    };
+    wait_ready(&mut s);
+    s
+}
+
+/// Deterministic non-trivial data (a xorshift stream).
+pub fn pattern(size: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut v = Vec::with_capacity(size + 8);
+    while v.len() < size {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(size);
+    v
+}
+
+pub fn write_file(p: &Path, data: &[u8]) {
+    std::fs::write(p, data).unwrap();
+}
+
+/// Independent check with cmp(1).
+pub fn cmp(a: &Path, b: &Path) -> bool {
+    Command::new("cmp")
+        .arg(a)
+        .arg(b)
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// Independent reader: the whole export, via qemu-img convert.
+pub fn read_export(uri: &str, dir: &TempDir) -> Vec<u8> {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let out = dir.file(&format!("readback{n}.raw"));
+    let o = Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "raw", uri])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "qemu-img convert {uri}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v = std::fs::read(&out).unwrap();
+    let _ = std::fs::remove_file(&out);
+    v
+}
+
+/// Independent writer: fill an export from a file, via qemu-img convert.
+pub fn fill_export(uri: &str, file: &Path) {
+    let o = Command::new("qemu-img")
+        .args(["convert", "-n", "-f", "raw", "-O", "raw"])
+        .arg(file)
+        .arg(uri)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "qemu-img convert to {uri}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// qemu-img compare of two raw images (files or URIs).
+pub fn qemu_img_compare(a: &str, b: &str) -> bool {
+    Command::new("qemu-img")
+        .args(["compare", "-q", "-f", "raw", "-F", "raw", a, b])
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// Starts a server of `kind` ("qemu-nbd", "nbdkit", "nbdkit --no-sr",
+/// "nbd-server") serving `file`.
+pub fn serve(kind: &str, dir: &TempDir, file: &Path) -> Server {
+    let f = file.to_string_lossy();
+    match kind {
+        "qemu-nbd" => qemu_nbd(dir, file, &[]),
+        "nbdkit" => nbdkit(dir, &["file", &f]),
+        "nbdkit --no-sr" => nbdkit(dir, &["--no-sr", "file", &f]),
+        "nbd-server" => nbd_server(dir, file, ""),
+        _ => panic!("unknown server kind {kind}"),
+    }
+}
+
+pub const KINDS: [&str; 4] = ["qemu-nbd", "nbdkit", "nbdkit --no-sr", "nbd-server"];
+
+/// Runs the library copy with options; returns the job's stats.
+pub fn copy(src: &str, dst: &str, opts: &[(&str, &str)]) -> nbdcpy::Result<Stats> {
+    let mut cfg = nbdcpy::Config::default();
+    for (k, v) in opts {
+        cfg.set(k, Some(v)).unwrap();
+    }
+    let mut job = nbdcpy::copy::Job::open(
+        nbdcpy::endpoint::Spec::parse(src),
+        nbdcpy::endpoint::Spec::parse(dst),
+        cfg,
+    )?;
+    job.run(Duration::from_millis(100), &mut |_| true)?;
+    let s = job.shared();
+    let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    Ok(Stats {
+        done: g(&s.bytes_done),
+        copied: g(&s.bytes_copied),
+        zeroed: g(&s.bytes_zeroed),
+        skipped: g(&s.bytes_skipped),
+        memcpy: g(&s.bytes_memcpy),
+        connections: g(&s.connections),
+    })
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Stats {
+    pub done: u64,
+    pub copied: u64,
+    pub zeroed: u64,
+    pub skipped: u64,
+    pub memcpy: u64,
+    pub connections: u64,
+}
