@@ -219,3 +219,214 @@ fn progress_fd_writes_percentages() {
     }
     assert_eq!(*lines.last().unwrap(), "100/100");
 }
+
+mod common;
+
+/// Processes whose command line mentions `needle` (to prove servers are gone).
+fn procs_with(needle: &str) -> Vec<String> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
+            let s = String::from_utf8_lossy(&c).replace('\0', " ");
+            if s.contains(needle) {
+                v.push(s);
+            }
+        }
+    }
+    v
+}
+
+#[test]
+fn subprocess_servers_both_ends_and_none_left_behind() {
+    let Some(b) = bin() else { return };
+    if !common::require("qemu-nbd") || !common::require("nbdkit") || !common::require("qemu-img") {
+        return;
+    }
+    let d = tmpdir("subproc");
+    let raw = d.join("raw");
+    let mut v = data(3 << 20, 5);
+    v[1 << 20..2 << 20].fill(0);
+    std::fs::write(&raw, &v).unwrap();
+    let q = d.join("disk.qcow2");
+    assert!(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&q)
+        .status()
+        .unwrap()
+        .success());
+    let marker = d.join("marker-file-for-ps");
+    // [ qemu-nbd -f qcow2 ] -> file
+    let out = d.join("out");
+    let o = Command::new(&b)
+        .args(["--", "[", "qemu-nbd", "-r", "-f", "qcow2"])
+        .arg(&q)
+        .arg("]")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&out).unwrap(), v);
+    // file -> [ qemu-nbd -f qcow2 ] (an existing qcow2 of the right size)
+    let q2 = d.join("disk2.qcow2");
+    assert!(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&q2)
+        .arg((3 << 20).to_string())
+        .status()
+        .unwrap()
+        .success());
+    let o = Command::new(&b)
+        .args(["--"])
+        .arg(&raw)
+        .args(["[", "qemu-nbd", "-f", "qcow2"])
+        .arg(&q2)
+        .arg("]")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(Command::new("qemu-img")
+        .args(["compare", "-q", "-f", "raw", "-F", "qcow2"])
+        .arg(&raw)
+        .arg(&q2)
+        .status()
+        .unwrap()
+        .success());
+    // Both ends subprocesses: [ qemu-nbd ] -> [ nbdkit memory ]; the
+    // marker path in nbdkit's argv lets us look for leftovers.
+    let o = Command::new(&b)
+        .args(["--", "[", "qemu-nbd", "-r", "-f", "qcow2"])
+        .arg(&q)
+        .args(["]", "[", "nbdkit", "memory", "3M"])
+        .arg(format!("--pidfile={}", marker.display()))
+        .arg("]")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(
+        procs_with(&marker.to_string_lossy()).is_empty(),
+        "nbdkit left behind"
+    );
+    assert!(
+        procs_with(&q.to_string_lossy()).is_empty(),
+        "qemu-nbd left behind"
+    );
+    // A failing copy still stops its servers: destination too small.
+    let o = Command::new(&b)
+        .args(["--"])
+        .arg(&raw)
+        .args(["[", "nbdkit", "memory", "1M"])
+        .arg(format!("--pidfile={}", marker.display()))
+        .arg("]")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("smaller"), "{}", stderr(&o));
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(
+        procs_with(&marker.to_string_lossy()).is_empty(),
+        "nbdkit left behind after error"
+    );
+    // A command that does not exist.
+    let o = run(&["--", "[", "no-such-server-xyz", "]", "null:"]).unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no-such-server-xyz"), "{}", stderr(&o));
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn nbd_streams_to_stdout_and_from_stdin() {
+    let Some(b) = bin() else { return };
+    if !common::require("nbdkit") {
+        return;
+    }
+    let dir = common::TempDir::new("clistream");
+    let v = data(4 << 20, 6);
+    let src = dir.file("src");
+    std::fs::write(&src, &v).unwrap();
+    let m = common::nbdkit(&dir, &["memory", "4M"]);
+    // stdin -> NBD
+    let mut c = Command::new(&b)
+        .arg("-")
+        .arg(m.uri())
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut si = c.stdin.take().unwrap();
+    let v2 = v.clone();
+    let w = std::thread::spawn(move || si.write_all(&v2).unwrap());
+    w.join().unwrap();
+    let o = c.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    // NBD -> stdout
+    let o = Command::new(&b).arg(m.uri()).arg("-").output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(o.stdout, v);
+    // A stream longer than the destination is an error, not a truncation.
+    let small = common::nbdkit(&dir, &["memory", "1M"]);
+    let mut c = Command::new(&b)
+        .arg("-")
+        .arg(small.uri())
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut si = c.stdin.take().unwrap();
+    let w = std::thread::spawn(move || {
+        let _ = si.write_all(&v);
+    });
+    let o = c.wait_with_output().unwrap();
+    w.join().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("larger than destination"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn ctrl_c_cancels_cleanly() {
+    let Some(b) = bin() else { return };
+    if !common::require("nbdkit") {
+        return;
+    }
+    let d = tmpdir("sigint");
+    let marker = d.join("slow-server-marker");
+    // A slow source (delay filter) run as a subprocess.
+    let mut c = Command::new(&b)
+        .args([
+            "--",
+            "[",
+            "nbdkit",
+            "--filter=delay",
+            "pattern",
+            "1G",
+            "rdelay=200ms",
+        ])
+        .arg(format!("--pidfile={}", marker.display()))
+        .args(["]", "null:"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
+    let t0 = std::time::Instant::now();
+    let o = c.wait_with_output().unwrap();
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(5),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    assert!(stderr(&o).contains("cancelled"), "{}", stderr(&o));
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(
+        procs_with(&marker.to_string_lossy()).is_empty(),
+        "server left behind"
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}

@@ -560,11 +560,11 @@ impl NbdConn {
             }
             _ => {
                 self.recv_busy = false;
-                if res < 0 {
+                if res < 0 && res != -libc::ECONNRESET {
                     self.broken = true;
                     return Err(Error::from_res(format!("{}: receive", self.name), res));
                 }
-                if res == 0 {
+                if res <= 0 {
                     self.broken = true;
                     return Err(Error::new(
                         libc::ECONNRESET,

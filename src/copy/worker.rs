@@ -233,6 +233,22 @@ impl Lane {
         }
     }
 
+    /// "source NAME" for messages (NBD connection names carry the side).
+    fn src_label(&self) -> String {
+        match &self.src {
+            SrcIo::Nbd(c) => c.name.clone(),
+            SrcIo::File { name, .. } => format!("source {name}"),
+        }
+    }
+
+    fn dst_label(&self) -> String {
+        match &self.dst {
+            DstIo::Nbd(c) => c.name.clone(),
+            DstIo::File { name, .. } => format!("destination {name}"),
+            DstIo::Null => "destination null:".into(),
+        }
+    }
+
     fn busy_slots(&self) -> usize {
         self.slots.len() - self.free_slots.len()
     }
@@ -552,11 +568,10 @@ impl Worker<'_> {
             return Err(Error::new(
                 libc::ETIMEDOUT,
                 format!(
-                    "no I/O completed for {} seconds: source {} or destination {} is not \
-                     responding",
+                    "no I/O completed for {} seconds: {} or {} is not responding",
                     t.as_secs(),
-                    lanes[0].src_name(),
-                    lanes[0].dst_name()
+                    lanes[0].src_label(),
+                    lanes[0].dst_label()
                 ),
             ));
         }

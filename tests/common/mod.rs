@@ -4,6 +4,8 @@
 //! (qemu-img, cmp) to verify copies.
 #![allow(dead_code)]
 
+pub mod hostile;
+
 use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,7 @@
+//! libFuzzer target: nbdcpy::proto::fuzz::fuzz_uri over arbitrary bytes.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    nbdcpy::proto::fuzz::fuzz_uri(data);
+});

@@ -1,0 +1,163 @@
+//! A hostile or broken server can never make nbdcpy write outside the
+//! range it asked for, crash, hang, or succeed: every misbehaviour of the
+//! scripted server in common/hostile.rs ends in a clear error within a
+//! bounded time, and the destination outside the copied range is intact.
+
+mod common;
+use common::hostile::{pattern_byte, Hostile, Mode, ALL_BAD};
+use common::*;
+use std::time::{Duration, Instant};
+
+const SIZE: u64 = 4 << 20;
+
+/// Copies the hostile source into an nbdkit memory disk twice its size
+/// whose every byte was 0xEE, and checks the upper half is untouched.
+fn run_source(mode: Mode, extended: bool) -> (nbdcpy::Result<Stats>, Duration) {
+    let d = TempDir::new("hostile");
+    let h = Hostile::start(d.path(), mode, SIZE, extended);
+    let dst = nbdkit(&d, &["memory", &(2 * SIZE).to_string()]);
+    let fill = d.file("fill");
+    write_file(&fill, &vec![0xEE; 2 * SIZE as usize]);
+    fill_export(&dst.uri(), &fill);
+    let t0 = Instant::now();
+    let r = copy(
+        &h.uri(),
+        &dst.uri(),
+        &[
+            ("timeout", "2"),
+            ("connections", "2"),
+            ("request-size", "256k"),
+            ("requests", "8"),
+        ],
+    );
+    let took = t0.elapsed();
+    let back = read_export(&dst.uri(), &d);
+    assert!(
+        back[SIZE as usize..].iter().all(|&b| b == 0xEE),
+        "{mode:?}: destination changed outside the copied range"
+    );
+    (r, took)
+}
+
+#[test]
+fn good_server_is_copied_exactly() {
+    if !require("nbdkit") || !require("qemu-img") {
+        return;
+    }
+    for ext in [false, true] {
+        for mode in [Mode::Good, Mode::SlowDrip, Mode::WriteError] {
+            let (r, _) = run_source(mode, ext);
+            r.unwrap_or_else(|e| panic!("{mode:?} ext={ext}: {e}"));
+        }
+        let d = TempDir::new("good");
+        let h = Hostile::start(d.path(), Mode::Good, SIZE, ext);
+        let out = d.file("out");
+        copy(&h.uri(), out.to_str().unwrap(), &[]).unwrap();
+        let v = std::fs::read(&out).unwrap();
+        assert!(
+            v.iter()
+                .enumerate()
+                .all(|(i, &b)| b == pattern_byte(i as u64)),
+            "content"
+        );
+    }
+}
+
+#[test]
+fn every_misbehaving_source_fails_cleanly() {
+    if !require("nbdkit") || !require("qemu-img") {
+        return;
+    }
+    let mut table = Vec::new();
+    for &mode in ALL_BAD {
+        for ext in [false, true] {
+            let (r, took) = run_source(mode, ext);
+            let e = match r {
+                Ok(_) => panic!("{mode:?} ext={ext}: the copy succeeded"),
+                Err(e) => e,
+            };
+            assert!(e.errno != 0);
+            assert!(took < Duration::from_secs(10), "{mode:?}: took {took:?}");
+            assert!(!e.msg.is_empty());
+            table.push(format!(
+                "| {mode:?} | {} | {} | {:.2} s | {} |",
+                if ext { "ext" } else { "sr" },
+                e.errno,
+                took.as_secs_f64(),
+                e.msg
+            ));
+        }
+    }
+    eprintln!("{}", table.join("\n"));
+}
+
+#[test]
+fn specific_messages() {
+    if !require("nbdkit") || !require("qemu-img") {
+        return;
+    }
+    for (mode, want) in [
+        (Mode::GreetingGarbage, "not an NBD server"),
+        (Mode::Oldstyle, "oldstyle"),
+        (Mode::BadOptionMagic, "option reply magic"),
+        (Mode::TruncatedHandshake, "closed"),
+        (Mode::SizeChange, "negotiated differently"),
+        (Mode::BadReplyMagic, "bad reply magic"),
+        (Mode::UnknownCookie, "unknown cookie"),
+        (Mode::DuplicateReply, "unknown cookie"),
+        (Mode::ChunkOutside, "outside the request"),
+        (Mode::OverlappingChunks, "overlaps"),
+        (Mode::MissingChunk, "bytes received"),
+        (Mode::ChunkTooLong, "more than"),
+        (Mode::HugeLength4G, "more than"),
+        (Mode::ZeroExtent, "length 0"),
+        (Mode::WrongContext, "meta context 99"),
+        (Mode::BogusErrorLen, "message length"),
+        (Mode::Stall, "no I/O completed"),
+        (Mode::CloseMidReply, "closed the connection"),
+        (Mode::ErrorChunk, "injected read error"),
+        (Mode::NoDone, "no I/O completed"),
+        (Mode::SimpleReplyToStructuredRead, "simple reply"),
+    ] {
+        let (r, _) = run_source(mode, false);
+        let e = r.err().unwrap_or_else(|| panic!("{mode:?} succeeded"));
+        assert!(e.msg.contains(want), "{mode:?}: {}", e.msg);
+        assert!(
+            e.msg.contains("source"),
+            "{mode:?} names the endpoint: {}",
+            e.msg
+        );
+    }
+    let (r, _) = run_source(Mode::ErrorChunk, false);
+    let e = r.unwrap_err();
+    assert_eq!(e.errno, libc::EIO);
+    assert!(e.msg.contains("offset 2097152"), "{}", e.msg);
+}
+
+#[test]
+fn hostile_destination() {
+    if !require("nbdkit") {
+        return;
+    }
+    let d = TempDir::new("hdst");
+    let src = d.file("src");
+    write_file(&src, &pattern(SIZE as usize / 2, 3));
+    // A destination that fails writes past 1 MiB: error naming the offset,
+    // and every write nbdcpy sent was inside what it meant to copy.
+    let h = Hostile::start(d.path(), Mode::WriteError, SIZE, false);
+    let e = copy(src.to_str().unwrap(), &h.uri(), &[("connections", "1")]).unwrap_err();
+    assert_eq!(e.errno, libc::EIO);
+    assert!(e.msg.contains("WRITE at offset"), "{}", e.msg);
+    for &(o, l) in h.writes.lock().unwrap().iter() {
+        assert!(
+            o + l <= SIZE / 2,
+            "write [{o}, +{l}) outside the source's range"
+        );
+    }
+    // A destination that never answers: the timeout ends it.
+    let h = Hostile::start(d.path(), Mode::Stall, SIZE, true);
+    let t0 = Instant::now();
+    let e = copy(src.to_str().unwrap(), &h.uri(), &[("timeout", "2")]).unwrap_err();
+    assert_eq!(e.errno, libc::ETIMEDOUT, "{}", e.msg);
+    assert!(t0.elapsed() < Duration::from_secs(8));
+}
