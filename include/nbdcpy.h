@@ -66,7 +66,7 @@ struct nbdcpy_stats {
   uint64_t elapsed_ns;
   // Payload bytes copied in user space (memcpy).  0 on zero-copy paths.
   uint64_t bytes_memcpy;
-  // io_uring_enter system calls made.
+  // I/O system calls made (io_uring_enter, plus direct file writes).
   uint64_t syscalls;
   // Connections used per NBD side (lanes).
   uint32_t connections;

@@ -396,7 +396,7 @@ fn ctrl_c_cancels_cleanly() {
     let d = tmpdir("sigint");
     let marker = d.join("slow-server-marker");
     // A slow source (delay filter) run as a subprocess.
-    let mut c = Command::new(&b)
+    let c = Command::new(&b)
         .args([
             "--",
             "[",

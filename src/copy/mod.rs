@@ -185,12 +185,14 @@ impl Job {
         let workers_n = threads.min(lanes_n).max(1) as usize;
 
         let request_size = self.effective_request_size();
+        // queue-size bounds the bytes in flight of the whole copy (so
+        // memory does not grow with the number of connections); each lane
+        // gets its share, and at least two requests.
         let requests = if cfg.synchronous {
             1
         } else {
-            (cfg.requests as u64)
-                .min((cfg.queue_size / request_size).max(1))
-                .max(1) as usize
+            let share = (cfg.queue_size / lanes_n as u64).max(2 * request_size);
+            (cfg.requests as u64).min(share / request_size).max(1) as usize
         };
         let params = LaneParams {
             request_size,
@@ -207,6 +209,8 @@ impl Job {
             allocated: cfg.allocated,
             dst_is_zero,
             extents: !cfg.no_extents,
+            direct_file_writes: matches!(&self.dst, Endpoint::File(f) if f.kind == FileKind::Regular)
+                && std::env::var_os("NBDCPY_URING_FILE_WRITES").is_none(),
         };
 
         let mut lanes = Vec::with_capacity(lanes_n as usize);

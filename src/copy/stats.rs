@@ -24,6 +24,8 @@ pub struct Shared {
     pub bytes_memcpy: AtomicU64,
     /// io_uring_enter calls made by the workers.
     pub ring_enters: AtomicU64,
+    /// Other system calls made for I/O (direct pwrite of file data).
+    pub syscalls_direct: AtomicU64,
     /// Connections per side actually used.
     pub connections: AtomicU64,
     start: Mutex<Option<Instant>>,

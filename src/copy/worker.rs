@@ -67,6 +67,10 @@ pub struct LaneParams {
     pub dst_is_zero: bool,
     /// Ask the source where its data is (SEEK_DATA/SEEK_HOLE, BLOCK_STATUS).
     pub extents: bool,
+    /// Write a regular-file destination with pwrite from the worker
+    /// rather than through io_uring (which punts such writes to io-wq
+    /// threads on filesystems without non-blocking buffered writes).
+    pub direct_file_writes: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1027,6 +1031,43 @@ impl Worker<'_> {
         stream: bool,
     ) -> Result<()> {
         let op = &lane.ops[oi as usize];
+        if lane.p.direct_file_writes && !stream {
+            if let OpKind::Write | OpKind::WriteZeroes = op.kind {
+                // Page-cache writes that io_uring would hand to an io-wq
+                // thread (filesystems without non-blocking writes, such as
+                // tmpfs) are cheaper done right here.
+                let (p, n) = match op.kind {
+                    // SAFETY: done < len, inside the op's data.
+                    OpKind::Write => (
+                        unsafe { op.ptr.add(op.done as usize) },
+                        (op.len - op.done) as usize,
+                    ),
+                    _ => {
+                        let n = (op.len - op.done).min(32 << 20) as usize;
+                        (zero_buffer(n), n)
+                    }
+                };
+                // SAFETY: p is valid for n bytes (slot buffer, receive block
+                // or zero buffer, all held for this op).
+                let r = unsafe {
+                    libc::pwrite(
+                        fd,
+                        p as *const libc::c_void,
+                        n,
+                        (op.offset + op.done) as libc::off_t,
+                    )
+                };
+                let res = if r < 0 {
+                    -std::io::Error::last_os_error()
+                        .raw_os_error()
+                        .unwrap_or(libc::EIO)
+                } else {
+                    r as i32
+                };
+                Shared::add(&self.shared.syscalls_direct, 1);
+                return self.write_done(li, lane, oi, res);
+            }
+        }
         let off = if stream {
             u64::MAX
         } else {

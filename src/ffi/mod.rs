@@ -46,7 +46,7 @@ pub struct nbdcpy_stats {
     pub elapsed_ns: u64,
     /// Payload bytes copied in user space (memcpy).  0 on zero-copy paths.
     pub bytes_memcpy: u64,
-    /// io_uring_enter system calls made.
+    /// I/O system calls made (io_uring_enter, plus direct file writes).
     pub syscalls: u64,
     /// Connections used per NBD side (lanes).
     pub connections: u32,
@@ -433,7 +433,7 @@ fn snapshot(s: &Shared, finished: bool) -> nbdcpy_stats {
         requests: s.requests.load(Relaxed),
         elapsed_ns: s.elapsed_ns(),
         bytes_memcpy: s.bytes_memcpy.load(Relaxed),
-        syscalls: s.ring_enters.load(Relaxed),
+        syscalls: s.ring_enters.load(Relaxed) + s.syscalls_direct.load(Relaxed),
         connections: s.connections.load(Relaxed) as u32,
         finished: finished as u32,
     }
