@@ -18,7 +18,7 @@ WARN       := -Wall -Wextra -Werror
 B          := build
 REL        := target/release
 
-.PHONY: all lib cli check check-rust check-c check-header check-style check-valgrind \
+.PHONY: fuzz all lib cli check check-rust check-c check-header check-style check-valgrind \
         test-deps deps demo install uninstall bench clean
 
 all: cli
@@ -103,8 +103,9 @@ demo: test-deps cli
 	for off in 0 17 100 200; do \
 	  head -c 8M /dev/urandom | dd of=$$d/disk.img bs=1M seek=$$off conv=notrunc status=none; \
 	done; \
-	echo "demo: nbdcpy disk.img -> [ qemu-nbd ] -> copy.img"; \
-	$(B)/nbdcpy -p $$d/disk.img $$d/copy.img; \
+	truncate -s 256M $$d/copy.img; \
+	echo "demo: nbdcpy disk.img -> [ qemu-nbd -f raw copy.img ] (an NBD server run by socket activation)"; \
+	$(B)/nbdcpy -p -- $$d/disk.img [ qemu-nbd -f raw $$d/copy.img ]; \
 	cmp $$d/disk.img $$d/copy.img; \
 	echo "demo: OK, copy is identical (checked with cmp)"
 
@@ -126,6 +127,16 @@ uninstall:
 	rm -f $(DESTDIR)$(LIBDIR)/libnbdcpy.so* $(DESTDIR)$(LIBDIR)/libnbdcpy.a \
 	  $(DESTDIR)$(INCLUDEDIR)/nbdcpy.h $(DESTDIR)$(BINDIR)/nbdcpy \
 	  $(DESTDIR)$(PKGCONFIGDIR)/nbdcpy.pc $(DESTDIR)$(MANDIR)/man1/nbdcpy.1
+
+# Coverage-guided fuzzing of the parsers with libFuzzer (cargo-fuzz; the
+# stable toolchain is allowed its -Z flags).  FUZZ_SECONDS per target.
+FUZZ_SECONDS ?= 60
+fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && for t in fuzz_reply fuzz_handshake fuzz_uri; do \
+	  mkdir -p corpus-work/$$t; \
+	  RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t corpus-work/$$t corpus/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) || exit 1; done
 
 # Side-by-side benchmark with nbdcopy (see ../shared/bench/run.sh).
 BENCH ?= ../shared/bench/run.sh

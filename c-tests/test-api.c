@@ -383,6 +383,8 @@ test_cancel_from_thread (void)
   pthread_create (&t, NULL, cancel_later, &c);
   CHECK (nbdcpy_run (h) == -1);
   double took = now_s () - c.at;
+  if (nbdcpy_get_errno () != ECANCELED)
+    fprintf (stderr, "  error: %s\n", nbdcpy_get_error ());
   CHECK (nbdcpy_get_errno () == ECANCELED);
   CHECK (strstr (nbdcpy_get_error (), "cancel") != NULL);
   pthread_join (t, NULL);
@@ -448,6 +450,44 @@ test_destination_smaller_than_source (void)
   nbdcpy_config_free (c);
 }
 
+static int
+count_dir (const char *p)
+{
+  char cmd[128];
+  snprintf (cmd, sizeof cmd, "ls %s | wc -l", p);
+  FILE *f = popen (cmd, "r");
+  int n = -1;
+  if (f) {
+    if (fscanf (f, "%d", &n) != 1)
+      n = -1;
+    pclose (f);
+  }
+  return n;
+}
+
+static int fds_before, tasks_before;
+
+/* After every copy above (successes, failures, cancellations, server
+ * subprocesses): no file descriptor, thread or child process is left.
+ * (`ls /proc/self/fd` lists the ls process's own fds, the same each time.)
+ */
+static void
+test_nothing_left_behind (void)
+{
+  char fdpath[64], taskpath[64];
+  snprintf (fdpath, sizeof fdpath, "/proc/%d/fd", (int) getpid ());
+  snprintf (taskpath, sizeof taskpath, "/proc/%d/task", (int) getpid ());
+  int fds = count_dir (fdpath), tasks = count_dir (taskpath);
+  printf ("# fds %d -> %d, threads %d -> %d\n", fds_before, fds, tasks_before, tasks);
+  CHECK (fds == fds_before);
+  CHECK (tasks == tasks_before);
+  char cmd[96];
+  /* The shell running this check is our child too: leave it out. */
+  snprintf (cmd, sizeof cmd, "test -z \"$(pgrep -P %d | grep -vx $$)\"",
+            (int) getpid ());
+  CHECK (system (cmd) == 0);    /* no child process of ours remains */
+}
+
 int
 main (void)
 {
@@ -457,6 +497,13 @@ main (void)
     return EXIT_FAILURE;
   }
   make_file (path ("src"), 1024 * 1024, 0);
+  {
+    char fdpath[64], taskpath[64];
+    snprintf (fdpath, sizeof fdpath, "/proc/%d/fd", (int) getpid ());
+    snprintf (taskpath, sizeof taskpath, "/proc/%d/task", (int) getpid ());
+    fds_before = count_dir (fdpath);
+    tasks_before = count_dir (taskpath);
+  }
 
   RUN (test_version);
   RUN (test_errors_are_thread_local);
@@ -470,6 +517,7 @@ main (void)
   RUN (test_cancel_from_thread);
   RUN (test_cancel_from_progress);
   RUN (test_destination_smaller_than_source);
+  RUN (test_nothing_left_behind);
 
   char cmd[300];
   snprintf (cmd, sizeof cmd, "rm -rf %s", dir);

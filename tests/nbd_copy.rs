@@ -319,3 +319,48 @@ fn errors_name_endpoint_and_cause() {
     assert_eq!(e.errno, libc::EIO, "{}", e.msg);
     assert!(e.msg.contains("READ at offset"), "{}", e.msg);
 }
+
+#[test]
+fn tcp_uri() {
+    if !require("nbdkit") {
+        return;
+    }
+    let d = TempDir::new("tcp");
+    let (_src, src_uri) = nbdkit_tcp(&d, &["pattern", "16M"]);
+    let (_dst, dst_uri) = nbdkit_tcp(&d, &["memory", "16M"]);
+    let st = copy(&src_uri, &dst_uri, &[]).unwrap();
+    assert_eq!(st.done, 16 << 20);
+    assert!(qemu_img_compare(&src_uri, &dst_uri));
+    let out = d.file("o");
+    copy(&dst_uri, out.to_str().unwrap(), &[]).unwrap();
+    assert!(qemu_img_compare(&src_uri, out.to_str().unwrap()));
+}
+
+#[test]
+fn loop_device_as_source_and_destination() {
+    let d = TempDir::new("loop");
+    let backing = d.file("backing");
+    write_file(&backing, &pattern(8 * MIB, 77)); // old data everywhere
+    let Some(dev) = LoopDev::new(&backing) else {
+        return;
+    };
+    let src = d.file("src");
+    let mut data = pattern(6 * MIB, 11);
+    data[MIB..3 * MIB].fill(0); // zeroes over old data: must be zeroed
+    write_file(&src, &data);
+    copy(src.to_str().unwrap(), &dev.0, &[]).unwrap();
+    let out = d.file("out");
+    copy(&dev.0, out.to_str().unwrap(), &[]).unwrap();
+    let back = std::fs::read(&out).unwrap();
+    assert_eq!(back.len(), 8 * MIB, "block device size by ioctl");
+    assert!(back[..6 * MIB] == data[..], "copied range differs");
+    assert!(
+        back[6 * MIB..] == pattern(8 * MIB, 77)[6 * MIB..],
+        "beyond the source untouched"
+    );
+    // A source larger than the device is refused before any write.
+    let big = d.file("big");
+    write_file(&big, &pattern(9 * MIB, 1));
+    let e = copy(big.to_str().unwrap(), &dev.0, &[]).unwrap_err();
+    assert!(e.msg.contains("smaller"), "{}", e.msg);
+}

@@ -64,6 +64,8 @@ pub enum Mode {
     /// A simple reply with data to a READ although structured replies
     /// were negotiated.
     SimpleReplyToStructuredRead,
+    /// Correct, except that FLUSH fails with EIO.
+    FlushError,
 }
 
 pub const ALL_BAD: &[Mode] = &[
@@ -388,7 +390,8 @@ impl Conn {
                     self.send(&r)?;
                 }
                 3 => {
-                    let r = self.simple(0, cookie);
+                    let err = if self.mode == Mode::FlushError { 5 } else { 0 };
+                    let r = self.simple(err, cookie);
                     self.send(&r)?;
                 }
                 7 => self.block_status(cookie, off, len)?,

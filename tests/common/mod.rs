@@ -205,6 +205,77 @@ pub fn nbdkit(dir: &TempDir, args: &[&str]) -> Server {
     s
 }
 
+/// nbdkit on TCP 127.0.0.1:PORT (a free port is picked); uri() is nbd://.
+pub fn nbdkit_tcp(dir: &TempDir, args: &[&str]) -> (Server, String) {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    // Ask the kernel for a free port, then hand it to nbdkit.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = dir.file(&format!("nbdkit-tcp{n}.log"));
+    let mut cmd = Command::new("nbdkit");
+    cmd.args([
+        "-f",
+        "--exit-with-parent",
+        "-i",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+    ])
+    .args(args);
+    let child = spawn(cmd, &log);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nbdkit on TCP not ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let s = Server {
+        child: Some(child),
+        pidfile: None,
+        sock: dir.file("unused"),
+        export: String::new(),
+        log,
+    };
+    (s, format!("nbd://127.0.0.1:{port}/"))
+}
+
+/// A loop device over `file`, detached on drop.
+pub struct LoopDev(pub String);
+
+impl LoopDev {
+    /// None (with the reason printed) where losetup does not work.
+    pub fn new(file: &Path) -> Option<LoopDev> {
+        match Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(file)
+            .output()
+        {
+            Ok(o) if o.status.success() => Some(LoopDev(
+                String::from_utf8_lossy(&o.stdout).trim().to_string(),
+            )),
+            Ok(o) => {
+                eprintln!(
+                    "SKIP: losetup failed: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("SKIP: cannot run losetup: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for LoopDev {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+    }
+}
+
 /// qemu-nbd -f raw -k SOCK -t -e 16 EXTRA FILE (`extra` may override -f).
 pub fn qemu_nbd(dir: &TempDir, file: &Path, extra: &[&str]) -> Server {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
