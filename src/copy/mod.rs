@@ -12,7 +12,7 @@ use crate::endpoint::{Endpoint, Side, Spec};
 use crate::error::{Error, Result};
 use stats::Shared;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 use worker::{DstIo, Lane, LaneParams, SrcIo};
@@ -261,7 +261,11 @@ impl Job {
         // Sources that report extents get bigger ranges: one block status
         // (and one zeroing request) then covers more.
         let max_piece: u64 = match &self.src {
-            Endpoint::Nbd(n) if !cfg.no_extents && n.info.can_block_status() => 1 << 30,
+            // Just under 4 GiB: the most one compact BLOCK_STATUS or
+            // WRITE_ZEROES can cover.
+            Endpoint::Nbd(n) if !cfg.no_extents && n.info.can_block_status() => {
+                (4 << 30) - (4 << 20)
+            }
             _ => 128 << 20,
         };
         let piece = if src_stream {
@@ -277,11 +281,11 @@ impl Job {
             per_worker[i % workers_n].push(lane);
         }
         let shared = &*self.shared;
-        let running = AtomicUsize::new(workers_n);
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         std::thread::scope(|s| {
             for lanes in per_worker {
                 let q = &q;
-                let running = &running;
+                let done_tx = done_tx.clone();
                 std::thread::Builder::new()
                     .name("nbdcpy-worker".into())
                     .spawn_scoped(s, move || {
@@ -292,13 +296,20 @@ impl Job {
                         if r.is_err() {
                             shared.fail(Error::new(libc::EIO, "internal error: worker panicked"));
                         }
-                        running.fetch_sub(1, Relaxed);
+                        let _ = done_tx.send(());
                     })
                     .map_err(|e| Error::os("cannot start worker thread", e))?;
             }
-            while running.load(Relaxed) > 0 {
-                std::thread::sleep(interval.min(Duration::from_millis(20)));
-                if !progress(shared) {
+            // Wake at once when a worker ends; otherwise report progress.
+            let mut running = workers_n;
+            let tick = interval.clamp(Duration::from_millis(10), Duration::from_millis(100));
+            while running > 0 {
+                match done_rx.recv_timeout(tick) {
+                    Ok(()) => running -= 1,
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+                if running > 0 && !progress(shared) {
                     shared.cancel.store(true, Relaxed);
                 }
             }

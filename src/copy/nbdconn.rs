@@ -294,7 +294,7 @@ impl NbdConn {
         let wz = self.info.can_write_zeroes();
         // Compact requests carry 32-bit lengths; keep pieces aligned.
         let max = if wz {
-            1 << 30
+            (4 << 30) - (4 << 20)
         } else {
             (self.info.block_size.max_payload as u64).min(32 << 20)
         };

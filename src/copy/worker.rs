@@ -23,8 +23,9 @@ use std::time::{Duration, Instant};
 /// header can be written just before the data and both sent as one slice.
 pub const HEADER_ROOM: usize = 64;
 
-/// Largest zero piece handed to one zeroing operation.
-const ZERO_PIECE: u64 = 1 << 30;
+/// Largest zero piece handed to one zeroing operation: just under 4 GiB,
+/// the most a compact WRITE_ZEROES can cover (kept 4 MiB-aligned).
+const ZERO_PIECE: u64 = (4 << 30) - (4 << 20);
 
 /// What a lane reads from.
 pub enum SrcIo {
