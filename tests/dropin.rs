@@ -70,7 +70,10 @@ fn same_results_as_nbdcopy_for_every_option() {
                     let p = d.file("dst");
                     let _ = std::fs::remove_file(&p);
                     let p2 = p.clone();
-                    (s(&p), Box::new(move || std::fs::read(&p2).unwrap_or_default()))
+                    (
+                        s(&p),
+                        Box::new(move || std::fs::read(&p2).unwrap_or_default()),
+                    )
                 } else {
                     srv = nbdkit(&d, &["memory", "3M"]);
                     let u = srv.uri();

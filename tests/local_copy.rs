@@ -142,3 +142,58 @@ fn errors_name_the_endpoint() {
     assert_eq!(e.errno, libc::EINVAL);
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// Allocated bytes of a file (st_blocks * 512).
+fn allocated(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).unwrap().blocks() * 512
+}
+
+#[test]
+fn holes_stay_holes_unless_allocated() {
+    let d = tmpdir("alloc");
+    let s = d.join("s");
+    // 64 MiB with 1 MiB of data at an odd offset and 4 MiB of explicit
+    // zeroes (allocated in the source, detected as zero blocks).
+    let f = std::fs::File::create(&s).unwrap();
+    f.set_len(64 << 20).unwrap();
+    use std::os::unix::fs::FileExt;
+    let mut data = vec![0u8; 1 << 20];
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = (i % 251) as u8 | 1;
+    }
+    f.write_all_at(&data, (10 << 20) + 12345).unwrap();
+    f.write_all_at(&vec![0u8; 4 << 20], 40 << 20).unwrap();
+    f.sync_all().unwrap();
+    let t = d.join("t");
+    copy(s.to_str().unwrap(), t.to_str().unwrap(), &[]).unwrap();
+    cmp(&s, &t);
+    assert!(
+        allocated(&t) <= 4 << 20,
+        "default keeps holes: {} allocated",
+        allocated(&t)
+    );
+    let a = d.join("a");
+    copy(
+        s.to_str().unwrap(),
+        a.to_str().unwrap(),
+        &[("allocated", "1")],
+    )
+    .unwrap();
+    cmp(&s, &a);
+    assert!(
+        allocated(&a) >= 64 << 20,
+        "--allocated leaves no holes: {} allocated",
+        allocated(&a)
+    );
+    // -S 0 and --no-extents still give a correct copy.
+    let n = d.join("n");
+    copy(
+        s.to_str().unwrap(),
+        n.to_str().unwrap(),
+        &[("sparse", "0"), ("no-extents", "1")],
+    )
+    .unwrap();
+    cmp(&s, &n);
+    std::fs::remove_dir_all(&d).unwrap();
+}

@@ -364,3 +364,50 @@ fn loop_device_as_source_and_destination() {
     let e = copy(big.to_str().unwrap(), &dev.0, &[]).unwrap_err();
     assert!(e.msg.contains("smaller"), "{}", e.msg);
 }
+
+#[test]
+fn memory_with_data_at_odd_offsets() {
+    if !require("nbdkit") || !require("qemu-io") || !require("qemu-img") {
+        return;
+    }
+    let d = TempDir::new("oddoff");
+    let s = nbdkit(&d, &["memory", "64M"]);
+    let o = std::process::Command::new("qemu-io")
+        .args(["-f", "raw"])
+        .args([
+            "-c",
+            "write -P 0x11 12345 7777",
+            "-c",
+            "write -P 0x22 1048577 65537",
+        ])
+        .args([
+            "-c",
+            "write -P 0x33 33554431 3",
+            "-c",
+            "write -P 0x44 67104768 1023",
+        ])
+        .arg(s.uri())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for opts in [
+        vec![],
+        vec![("sparse", "0")],
+        vec![("no-extents", "1")],
+        vec![("request-size", "4k")],
+    ] {
+        let t = nbdkit(&d, &["memory", "64M"]);
+        // The destination holds old data everywhere that must disappear.
+        let fill = d.file("fill");
+        write_file(&fill, &vec![0xEE; 64 * MIB]);
+        fill_export(&t.uri(), &fill);
+        let st = copy(&s.uri(), &t.uri(), &opts).unwrap();
+        assert!(qemu_img_compare(&s.uri(), &t.uri()), "{opts:?}");
+        if opts.is_empty() {
+            assert!(
+                st.copied < 2 * MIB as u64,
+                "{opts:?}: holes read as data ({st:?})"
+            );
+        }
+    }
+}
