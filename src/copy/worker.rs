@@ -679,15 +679,17 @@ impl Worker<'_> {
                 lane.flushed = true;
                 Ok(())
             }
-            K_SRC_NBD => {
-                let SrcIo::Nbd(c) = &mut lane.src else {
-                    return Err(Error::new(libc::EIO, "bad completion"));
+            K_SRC_NBD | K_DST_NBD => {
+                let is_src = kind == K_SRC_NBD;
+                let c = match (is_src, &mut lane.src, &mut lane.dst) {
+                    (true, SrcIo::Nbd(c), _) | (false, _, DstIo::Nbd(c)) => c,
+                    _ => return Err(Error::new(libc::EIO, "bad completion")),
                 };
                 let mut events = std::mem::take(&mut self.events);
                 events.clear();
                 let r = c.complete(
                     &mut self.ring,
-                    ud(li, K_SRC_NBD, 0),
+                    ud(li, kind, 0),
                     idx,
                     res,
                     flags,
@@ -697,30 +699,11 @@ impl Worker<'_> {
                 let mut r2 = Ok(());
                 for ev in events.drain(..) {
                     if r2.is_ok() {
-                        r2 = self.src_event(li, lane, ev);
-                    }
-                }
-                self.events = events;
-                r.and(r2)
-            }
-            K_DST_NBD => {
-                let DstIo::Nbd(c) = &mut lane.dst else {
-                    return Err(Error::new(libc::EIO, "bad completion"));
-                };
-                let mut events = std::mem::take(&mut self.events);
-                events.clear();
-                let r = c.complete(
-                    &mut self.ring,
-                    ud(li, K_DST_NBD, 0),
-                    idx,
-                    res,
-                    flags,
-                    &mut events,
-                );
-                let mut r2 = Ok(());
-                for ev in events.drain(..) {
-                    if r2.is_ok() {
-                        r2 = self.dst_event(lane, ev);
+                        r2 = if is_src {
+                            self.src_event(li, lane, ev)
+                        } else {
+                            self.dst_event(lane, ev)
+                        };
                     }
                 }
                 self.events = events;
