@@ -41,7 +41,7 @@ cli: lib
 	  -L$(B) -lnbdcpy
 
 # Everything CI runs.  Installs its test servers first.
-check: test-deps check-style cli check-header check-rust check-c check-install
+check: test-deps check-style cli check-header check-rust check-c check-valgrind check-install
 	@echo "make check: all passed"
 
 check-style:

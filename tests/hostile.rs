@@ -31,6 +31,11 @@ fn run_source(mode: Mode, extended: bool) -> (nbdcpy::Result<Stats>, Duration) {
         ],
     );
     let took = t0.elapsed();
+    assert!(
+        dst.alive(),
+        "{mode:?} ext={extended}: the destination server died ({r:?}): {}",
+        dst.log()
+    );
     let back = read_export(&dst.uri(), &d);
     assert!(
         back[SIZE as usize..].iter().all(|&b| b == 0xEE),
@@ -160,4 +165,47 @@ fn hostile_destination() {
     let e = copy(src.to_str().unwrap(), &h.uri(), &[("timeout", "2")]).unwrap_err();
     assert_eq!(e.errno, libc::ETIMEDOUT, "{}", e.msg);
     assert!(t0.elapsed() < Duration::from_secs(8));
+}
+
+/// Cancelling a copy whose source never answers ends it promptly with
+/// ECANCELED, and every connection (source and destination) is told
+/// goodbye with NBD_CMD_DISC rather than just dropped.
+#[test]
+fn cancel_sends_disc() {
+    let d = TempDir::new("cancel-disc");
+    let src = Hostile::start(d.path(), Mode::Stall, SIZE, true);
+    let dst = Hostile::start(d.path(), Mode::Good, SIZE, false);
+    let mut cfg = nbdcpy::Config::default();
+    cfg.set("connections", Some("2")).unwrap();
+    let mut job = nbdcpy::copy::Job::open(
+        nbdcpy::endpoint::Spec::parse(&src.uri()),
+        nbdcpy::endpoint::Spec::parse(&dst.uri()),
+        cfg,
+    )
+    .unwrap();
+    let shared = job.shared().clone();
+    let canceller = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        shared
+            .cancel
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        Instant::now()
+    });
+    let e = job
+        .run(Duration::from_millis(100), &mut |_| true)
+        .unwrap_err();
+    let ended = Instant::now();
+    let asked = canceller.join().unwrap();
+    assert_eq!(e.errno, libc::ECANCELED, "{}", e.msg);
+    let took = ended - asked;
+    assert!(took < Duration::from_millis(100), "cancel took {took:?}");
+    drop(job);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let got = |h: &Hostile| h.discs.load(std::sync::atomic::Ordering::Relaxed);
+    while (got(&src) < 2 || got(&dst) < 2) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(got(&src), 2, "DISC on each source connection");
+    assert_eq!(got(&dst), 2, "DISC on each destination connection");
+    eprintln!("cancel took {took:?}");
 }

@@ -102,6 +102,8 @@ pub struct Hostile {
     sock: PathBuf,
     stop: Arc<AtomicBool>,
     pub writes: Arc<Mutex<Vec<(u64, u64)>>>,
+    /// How many connections sent NBD_CMD_DISC.
+    pub discs: Arc<AtomicUsize>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -115,13 +117,15 @@ impl Hostile {
         let writes = Arc::new(Mutex::new(Vec::new()));
         let (st, wr) = (stop.clone(), writes.clone());
         let conns = Arc::new(AtomicUsize::new(0));
+        let discs = Arc::new(AtomicUsize::new(0));
+        let dc = discs.clone();
         let thread = std::thread::spawn(move || {
             let mut handlers = Vec::new();
             while !st.load(Ordering::Relaxed) {
                 match l.accept() {
                     Ok((s, _)) => {
                         let n = conns.fetch_add(1, Ordering::Relaxed);
-                        let (st2, wr2) = (st.clone(), wr.clone());
+                        let (st2, wr2, dc2) = (st.clone(), wr.clone(), dc.clone());
                         handlers.push(std::thread::spawn(move || {
                             let _ = s.set_nonblocking(false);
                             let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
@@ -132,6 +136,7 @@ impl Hostile {
                                 extended,
                                 st: st2,
                                 writes: wr2,
+                                discs: dc2,
                                 n,
                                 mode_ext: false,
                                 structured: false,
@@ -152,6 +157,7 @@ impl Hostile {
             sock,
             stop,
             writes,
+            discs,
             thread: Some(thread),
         }
     }
@@ -177,6 +183,7 @@ struct Conn {
     extended: bool,
     st: Arc<AtomicBool>,
     writes: Arc<Mutex<Vec<(u64, u64)>>>,
+    discs: Arc<AtomicUsize>,
     n: usize,
     mode_ext: bool,
     structured: bool,
@@ -365,6 +372,10 @@ impl Conn {
             } else {
                 u32::from_be_bytes(h[24..28].try_into().unwrap()) as u64
             };
+            if cmd == 2 {
+                self.discs.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
             if self.mode == Mode::Stall {
                 if cmd == 1 {
                     self.read_n(len as usize)?;
@@ -395,7 +406,6 @@ impl Conn {
                     self.send(&r)?;
                 }
                 7 => self.block_status(cookie, off, len)?,
-                2 => return Ok(()),
                 _ => {
                     let r = self.simple(22, cookie);
                     self.send(&r)?;

@@ -114,6 +114,13 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // A child already reaped (kill_now) must not be signalled again:
+        // its pid may belong to another test's server by now.
+        if let (Some(c), None) = (&mut self.child, &self.pidfile) {
+            if c.try_wait().ok().flatten().is_some() {
+                return;
+            }
+        }
         let pid = self.pid();
         if pid > 0 {
             // SAFETY: as in kill_now.
