@@ -23,8 +23,17 @@ fn run(src: &str, dst: &str, opts: &[(&str, &str)]) -> (nbdcpy::Result<()>, u64,
         Ok(j) => j,
         Err(e) => return (Err(e), 0, 0),
     };
+    let t0 = Instant::now();
     let r = job.run(Duration::from_millis(50), &mut |_| true);
     let s = job.shared();
+    // The evidence table (cargo test --test faults -- --nocapture).
+    eprintln!(
+        "| {:.2} s | done {} of {} | {} |",
+        t0.elapsed().as_secs_f64(),
+        s.bytes_done.load(Relaxed),
+        s.size.load(Relaxed),
+        r.as_ref().err().map_or("ok".to_string(), |e| e.msg.clone())
+    );
     (r, s.bytes_done.load(Relaxed), s.size.load(Relaxed))
 }
 
