@@ -411,3 +411,81 @@ fn memory_with_data_at_odd_offsets() {
         }
     }
 }
+
+/// An NBD destination that offers FAST_ZERO is zeroed up front over the
+/// copied range only, and the source's holes are then skipped; a server
+/// that answers ENOTSUP to FAST_ZERO, or does not offer it, gets the holes
+/// zeroed one by one.  Either way the copy is exact and the destination
+/// beyond the source's size is untouched.
+#[test]
+fn fast_zero_destination_and_enotsup_fallback() {
+    if !require("nbdkit") || !require("qemu-io") {
+        return;
+    }
+    const M: usize = 1 << 20;
+    let d = TempDir::new("fastzero");
+    let s = nbdkit(&d, &["memory", &(6 * M).to_string()]);
+    let o = std::process::Command::new("qemu-io")
+        .args([
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0x5a 1M 1M",
+            "-c",
+            "write -P 0x3c 4M 1M",
+        ])
+        .arg(s.uri())
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let want = read_export(&s.uri(), &d);
+    let fill = d.file("fill");
+    write_file(&fill, &vec![0xEE; 8 * M]);
+    for (args, fast) in [
+        (vec!["memory", "8M"], true),
+        (
+            vec![
+                "--filter=nozero",
+                "memory",
+                "8M",
+                "zeromode=plugin",
+                "fastzeromode=slow",
+            ],
+            false,
+        ),
+        (
+            vec![
+                "--filter=nozero",
+                "memory",
+                "8M",
+                "zeromode=plugin",
+                "fastzeromode=none",
+            ],
+            false,
+        ),
+    ] {
+        let t = nbdkit(&d, &args);
+        fill_export(&t.uri(), &fill);
+        let st = copy(&s.uri(), &t.uri(), &[]).unwrap();
+        let got = read_export(&t.uri(), &d);
+        assert!(got[..6 * M] == want[..], "{args:?}: content differs");
+        assert!(
+            got[6 * M..].iter().all(|&b| b == 0xEE),
+            "{args:?}: beyond the source's size changed"
+        );
+        assert_eq!(st.copied, 2 * M as u64, "{args:?}: {st:?}");
+        if fast {
+            assert_eq!(
+                (st.zeroed, st.skipped),
+                (0, 4 * M as u64),
+                "{args:?}: {st:?}"
+            );
+        } else {
+            assert_eq!(
+                (st.zeroed, st.skipped),
+                (4 * M as u64, 0),
+                "{args:?}: {st:?}"
+            );
+        }
+    }
+}

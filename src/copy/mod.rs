@@ -158,7 +158,6 @@ impl Job {
                 .map_err(|e| e.context(format!("destination {}", self.dst_spec)))?;
         }
         let dst_stream = matches!(&self.dst, Endpoint::File(f) if f.is_stream());
-
         // Lanes: one per connection pair; streams and --synchronous use one.
         let mut lanes_n = cfg
             .connections
@@ -183,6 +182,61 @@ impl Job {
             lanes_n = lanes_n.min(reqs.min(u32::MAX as u64) as u32);
         }
         let workers_n = threads.min(lanes_n).max(1) as usize;
+
+        // An NBD destination that can zero fast is zeroed up front over the
+        // range the copy covers (the server works while the other
+        // connections are opened, in parallel); every zero range of the
+        // source is then skipped instead of being sent as a request.
+        let fast_zero = match (&mut self.dst, src_size) {
+            (Endpoint::Nbd(n), Some(len))
+                if !dst_is_zero
+                    && !cfg.allocated
+                    && std::env::var_os("NBDCPY_NO_FAST_ZERO").is_none() =>
+            {
+                let t = Duration::from_secs(if cfg.timeout_secs > 0 {
+                    cfg.timeout_secs
+                } else {
+                    3600
+                });
+                n.fast_zero_start(len, t)?
+            }
+            _ => None,
+        };
+        let (src_spec, dst_spec) = (&self.src_spec, &self.dst_spec);
+        let (src_ep, dst_ep) = (&mut self.src, &mut self.dst);
+        let n = lanes_n as usize;
+        std::thread::scope(|s| {
+            let other = s.spawn(move || match src_ep {
+                Endpoint::Nbd(e) => e
+                    .open_connections(n)
+                    .map_err(|e| e.context(format!("source {src_spec}"))),
+                _ => Ok(()),
+            });
+            let mine = match dst_ep {
+                Endpoint::Nbd(e) => e
+                    .open_connections(n)
+                    .map_err(|e| e.context(format!("destination {dst_spec}"))),
+                _ => Ok(()),
+            };
+            other
+                .join()
+                .unwrap_or_else(|_| Err(Error::new(libc::EIO, "connecting thread panicked")))
+                .and(mine)
+        })?;
+        if let (Some(fz), Endpoint::Nbd(n)) = (fast_zero, &mut self.dst) {
+            dst_is_zero = n.fast_zero_finish(fz)?;
+            if cfg.verbose {
+                eprintln!(
+                    "nbdcpy: destination {}: fast zero {}",
+                    self.dst_spec,
+                    if dst_is_zero {
+                        "done: zero ranges will be skipped"
+                    } else {
+                        "not available"
+                    }
+                );
+            }
+        }
 
         let request_size = self.effective_request_size();
         // queue-size bounds the bytes in flight of the whole copy (so

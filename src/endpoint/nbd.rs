@@ -9,8 +9,10 @@ use crate::copy::nbdconn::NbdConn;
 use crate::copy::worker::LaneParams;
 use crate::error::{Error, Result};
 use crate::proto::handshake::{Handshake, HandshakeOptions};
+use crate::proto::reply::{Parse, ReplyParser};
+use crate::proto::request::{self, Request};
 use crate::proto::uri::{self, Transport};
-use crate::proto::Negotiated;
+use crate::proto::{consts, HeaderMode, Negotiated};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -107,21 +109,7 @@ impl NbdEndpoint {
     pub fn lane_conn(&mut self, i: usize, p: &LaneParams) -> Result<NbdConn> {
         while self.socks.len() <= i {
             let (sock, info) = connect_one(&self.transport, &self.export, self.want_meta)?;
-            if info.size != self.info.size
-                || info.mode != self.info.mode
-                || info.tflags != self.info.tflags
-            {
-                return Err(Error::new(
-                    libc::EPROTO,
-                    format!(
-                        "connection {} negotiated differently from the first (size {} vs {})",
-                        self.socks.len() + 1,
-                        info.size,
-                        self.info.size
-                    ),
-                ));
-            }
-            self.socks.push(Some(sock));
+            self.adopt(sock, info)?;
         }
         let fd = self.socks[i]
             .as_ref()
@@ -133,6 +121,167 @@ impl NbdEndpoint {
             self.info.clone(),
             p,
         ))
+    }
+
+    /// Starts zeroing [0, len) of the export (the range the copy will
+    /// write) with WRITE_ZEROES + FAST_ZERO on the first connection, before
+    /// the copy starts (like qemu-img convert).  The requests are sent now;
+    /// [`fast_zero_finish`](Self::fast_zero_finish) collects the replies,
+    /// so the server zeroes while other connections are being opened.
+    /// None: the server does not offer FAST_ZERO (or cannot take it).
+    pub fn fast_zero_start(&mut self, len: u64, timeout: Duration) -> Result<Option<FastZero>> {
+        let info = &self.info;
+        let len = len.min(info.size);
+        if len == 0 || !info.can_write_zeroes() || !info.can_fast_zero() || info.read_only() {
+            return Ok(None);
+        }
+        let Some(Some(sock)) = self.socks.first() else {
+            return Ok(None);
+        };
+        let fd = sock.as_raw_fd();
+        // Extended headers carry 64-bit lengths: one request for it all.
+        let max = if info.mode == HeaderMode::Extended {
+            i64::MAX as u64
+        } else {
+            (4 << 30) - (4 << 20)
+        };
+        let mut parser = ReplyParser::new(info);
+        let mut out = Vec::new();
+        let (mut at, mut cookie, mut pending) = (0u64, 1u64, 0usize);
+        while at < len {
+            let req = Request {
+                cmd: consts::NBD_CMD_WRITE_ZEROES,
+                flags: consts::NBD_CMD_FLAG_FAST_ZERO,
+                cookie,
+                offset: at,
+                length: (len - at).min(max),
+            };
+            if info.check_request(&req).is_err() || parser.register(&req).is_err() {
+                return Ok(None);
+            }
+            let mut b = [0u8; 32];
+            let n = request::encode(info.mode, &req, &mut b);
+            out.extend_from_slice(&b[..n]);
+            at += req.length;
+            cookie += 1;
+            pending += 1;
+        }
+        set_timeouts(fd, Some(timeout));
+        // SAFETY: borrowed for this call only; ManuallyDrop keeps the
+        // wrapper from closing the fd, which self.socks owns.
+        let mut s = std::mem::ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(fd) });
+        if let Err(e) = s.write_all(&out) {
+            set_timeouts(fd, None);
+            return Err(timeout_err("send", e, timeout).context(self.zeroing()));
+        }
+        Ok(Some(FastZero {
+            parser,
+            pending,
+            timeout,
+        }))
+    }
+
+    /// Waits for the replies to [`fast_zero_start`](Self::fast_zero_start).
+    /// Ok(true): the range now reads as zeroes, so the copy may skip every
+    /// zero range.  Ok(false): the server cannot zero quickly (it said
+    /// ENOTSUP, or refused otherwise); the copy then zeroes range by range
+    /// as usual.  Err: the connection broke.
+    pub fn fast_zero_finish(&mut self, fz: FastZero) -> Result<bool> {
+        let FastZero {
+            mut parser,
+            mut pending,
+            timeout,
+        } = fz;
+        let Some(Some(sock)) = self.socks.first() else {
+            return Err(Error::new(libc::EBADF, "connection already closed"));
+        };
+        let fd = sock.as_raw_fd();
+        // SAFETY: as in fast_zero_start.
+        let mut s = std::mem::ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(fd) });
+        let mut buf = vec![0u8; 64 << 10];
+        let (mut have, mut all_ok) = (0usize, true);
+        let r = loop {
+            if pending == 0 {
+                break Ok(all_ok);
+            }
+            match parser.parse(&buf[..have]) {
+                Ok(Parse::Message { len, done, .. }) => {
+                    buf.copy_within(len..have, 0);
+                    have -= len;
+                    if let Some(c) = done {
+                        pending -= 1;
+                        all_ok &= c.result.is_ok();
+                    }
+                }
+                Ok(Parse::Incomplete { .. }) if have == buf.len() => {
+                    // An error message is at most 4 KiB: this is not a
+                    // WRITE_ZEROES reply.
+                    break Err(Error::new(libc::EPROTO, "protocol error: reply too large"));
+                }
+                Ok(Parse::Incomplete { .. }) => match s.read(&mut buf[have..]) {
+                    Ok(0) => {
+                        break Err(Error::new(libc::ECONNRESET, "server closed the connection"))
+                    }
+                    Ok(n) => have += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => break Err(timeout_err("receive", e, timeout)),
+                },
+                Err(e) => break Err(Error::new(libc::EPROTO, format!("protocol error: {e}"))),
+            }
+        };
+        set_timeouts(fd, None);
+        r.map_err(|e| e.context(self.zeroing()))
+    }
+
+    fn zeroing(&self) -> String {
+        format!("{} {}: zeroing the export", self.side, self.name)
+    }
+
+    /// Opens connections until there are `n`, running the handshakes in
+    /// parallel; each must negotiate what the first did.
+    pub fn open_connections(&mut self, n: usize) -> Result<()> {
+        let need = n.saturating_sub(self.socks.len());
+        if need == 0 {
+            return Ok(());
+        }
+        let (t, e, m) = (&self.transport, self.export.as_str(), self.want_meta);
+        let got: Vec<Result<(OwnedFd, Negotiated)>> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..need)
+                .map(|_| s.spawn(move || connect_one(t, e, m)))
+                .collect();
+            hs.into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(Error::new(libc::EIO, "connecting thread panicked"))
+                    })
+                })
+                .collect()
+        });
+        for r in got {
+            let (sock, info) = r?;
+            self.adopt(sock, info)?;
+        }
+        Ok(())
+    }
+
+    /// Keeps a further connection after checking it agrees with the first.
+    fn adopt(&mut self, sock: OwnedFd, info: Negotiated) -> Result<()> {
+        if info.size != self.info.size
+            || info.mode != self.info.mode
+            || info.tflags != self.info.tflags
+        {
+            return Err(Error::new(
+                libc::EPROTO,
+                format!(
+                    "connection {} negotiated differently from the first (size {} vs {})",
+                    self.socks.len() + 1,
+                    info.size,
+                    self.info.size
+                ),
+            ));
+        }
+        self.socks.push(Some(sock));
+        Ok(())
     }
 
     /// Closes every connection and stops the server subprocess.
@@ -153,6 +302,27 @@ impl NbdEndpoint {
 impl Drop for NbdEndpoint {
     fn drop(&mut self) {
         self.disconnect();
+    }
+}
+
+/// Zeroing requests sent by `fast_zero_start`, awaiting their replies.
+pub struct FastZero {
+    parser: ReplyParser,
+    pending: usize,
+    timeout: Duration,
+}
+
+fn timeout_err(what: &str, e: std::io::Error, timeout: Duration) -> Error {
+    if matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    ) {
+        Error::new(
+            libc::ETIMEDOUT,
+            format!("{what}: no answer within {} seconds", timeout.as_secs()),
+        )
+    } else {
+        Error::os(what, e)
     }
 }
 
