@@ -488,4 +488,30 @@ fn fast_zero_destination_and_enotsup_fallback() {
             );
         }
     }
+    // A mostly allocated source: the destination is not zeroed up front
+    // (that would deallocate what is then rewritten); its one hole is
+    // zeroed in place.
+    let o = std::process::Command::new("qemu-io")
+        .args([
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0x11 0 1M",
+            "-c",
+            "write -P 0x22 2M 2M",
+        ])
+        .arg(s.uri())
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let want = read_export(&s.uri(), &d);
+    let t = nbdkit(&d, &["memory", "8M"]);
+    fill_export(&t.uri(), &fill);
+    let st = copy(&s.uri(), &t.uri(), &[]).unwrap();
+    assert!(read_export(&t.uri(), &d)[..6 * M] == want[..]);
+    assert_eq!(
+        (st.copied, st.zeroed, st.skipped),
+        (5 * M as u64, M as u64, 0),
+        "{st:?}"
+    );
 }

@@ -198,7 +198,24 @@ impl Job {
                 } else {
                     3600
                 });
-                n.fast_zero_start(len, t)?
+                // Only for sources that are mostly holes: zeroing first
+                // would otherwise deallocate a destination that is then
+                // written all over again (slow on re-copies).
+                let sparse = match &mut self.src {
+                    Endpoint::Nbd(s) if !cfg.no_extents => s
+                        .sample_zero_fraction(t)
+                        .map_err(|e| e.context(format!("source {}", self.src_spec)))?,
+                    Endpoint::File(f) if !cfg.no_extents => f.sample_zero_fraction(),
+                    _ => None,
+                };
+                if cfg.verbose {
+                    eprintln!("nbdcpy: source reads as zero in {sparse:?} of its start");
+                }
+                if sparse.is_some_and(|f| f >= 0.5) {
+                    n.fast_zero_start(len, t)?
+                } else {
+                    None
+                }
             }
             _ => None,
         };

@@ -30,6 +30,40 @@ impl LocalFile {
         self.kind == FileKind::Stream
     }
 
+    /// Estimates which fraction of the file's start (up to 4 GiB) is
+    /// holes, from SEEK_DATA/SEEK_HOLE (bounded: at most 4096 extents are
+    /// looked at).  None for devices and streams.
+    pub fn sample_zero_fraction(&self) -> Option<f64> {
+        let limit = match (self.kind, self.size) {
+            (FileKind::Regular, Some(s)) if s > 0 => s.min(4 << 30),
+            _ => return None,
+        };
+        let fd = self.fd.as_raw_fd();
+        let seek = |at: u64, whence| {
+            // SAFETY: lseek takes no memory arguments.
+            let r = unsafe { libc::lseek(fd, at as libc::off_t, whence) };
+            (r >= 0).then_some(r as u64)
+        };
+        let (mut pos, mut holes) = (0u64, 0u64);
+        for _ in 0..4096 {
+            if pos >= limit {
+                break;
+            }
+            let Some(data) = seek(pos, libc::SEEK_DATA) else {
+                holes += limit - pos; // ENXIO: a hole up to the end
+                pos = limit;
+                break;
+            };
+            holes += data.min(limit) - pos;
+            match seek(data, libc::SEEK_HOLE) {
+                Some(h) if h > data => pos = h,
+                _ => return None,
+            }
+        }
+        let seen = pos.min(limit);
+        (seen > 0).then(|| holes as f64 / seen as f64)
+    }
+
     /// Opens a path as source (read-only) or destination (write-only,
     /// created if missing; regular files are truncated by `prepare_dest`).
     pub fn open(path: &str, side: Side) -> Result<LocalFile> {

@@ -9,7 +9,7 @@ use crate::copy::nbdconn::NbdConn;
 use crate::copy::worker::LaneParams;
 use crate::error::{Error, Result};
 use crate::proto::handshake::{Handshake, HandshakeOptions};
-use crate::proto::reply::{Parse, ReplyParser};
+use crate::proto::reply::{Chunk, Parse, ReplyParser};
 use crate::proto::request::{self, Request};
 use crate::proto::uri::{self, Transport};
 use crate::proto::{consts, HeaderMode, Negotiated};
@@ -189,23 +189,89 @@ impl NbdEndpoint {
     pub fn fast_zero_finish(&mut self, fz: FastZero) -> Result<bool> {
         let FastZero {
             mut parser,
-            mut pending,
+            pending,
             timeout,
         } = fz;
+        let r = self.collect(&mut parser, pending, timeout, &mut |_| {});
+        r.map_err(|e| e.context(self.zeroing()))
+    }
+
+    /// Estimates which fraction of the export reads as zeroes from one
+    /// BLOCK_STATUS over its start (up to 4 GiB), on the first
+    /// connection.  None: the server has no block status, or failed it.
+    pub fn sample_zero_fraction(&mut self, timeout: Duration) -> Result<Option<f64>> {
+        let info = &self.info;
+        if !info.can_block_status() || info.size == 0 {
+            return Ok(None);
+        }
+        let Some(Some(sock)) = self.socks.first() else {
+            return Ok(None);
+        };
+        let fd = sock.as_raw_fd();
+        let req = Request {
+            cmd: consts::NBD_CMD_BLOCK_STATUS,
+            flags: 0,
+            cookie: 1,
+            offset: 0,
+            length: info.size.min((4 << 30) - (4 << 20)),
+        };
+        let mut parser = ReplyParser::new(info);
+        if info.check_request(&req).is_err() || parser.register(&req).is_err() {
+            return Ok(None);
+        }
+        let mut b = [0u8; 32];
+        let n = request::encode(info.mode, &req, &mut b);
+        set_timeouts(fd, Some(timeout));
+        // SAFETY: as in fast_zero_start.
+        let mut s = std::mem::ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(fd) });
+        let what = || format!("{} {}: block status", self.side, self.name);
+        if let Err(e) = s.write_all(&b[..n]) {
+            set_timeouts(fd, None);
+            return Err(timeout_err("send", e, timeout).context(what()));
+        }
+        let (mut zero, mut total) = (0u64, 0u64);
+        let ok = self
+            .collect(&mut parser, 1, timeout, &mut |c| {
+                if let Chunk::BlockStatus { extents, .. } = c {
+                    for e in extents {
+                        total += e.len;
+                        if e.flags & consts::NBD_STATE_ZERO != 0 {
+                            zero += e.len;
+                        }
+                    }
+                }
+            })
+            .map_err(|e| e.context(what()))?;
+        Ok((ok && total > 0).then(|| zero as f64 / total as f64))
+    }
+
+    /// Reads replies on the first connection until `pending` requests
+    /// registered in `parser` are complete, handing each chunk to
+    /// `on_chunk`; restores the socket's timeouts.  Ok(false): the server
+    /// failed one of them.
+    fn collect(
+        &self,
+        parser: &mut ReplyParser,
+        mut pending: usize,
+        timeout: Duration,
+        on_chunk: &mut dyn FnMut(Chunk),
+    ) -> Result<bool> {
         let Some(Some(sock)) = self.socks.first() else {
             return Err(Error::new(libc::EBADF, "connection already closed"));
         };
         let fd = sock.as_raw_fd();
         // SAFETY: as in fast_zero_start.
         let mut s = std::mem::ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(fd) });
-        let mut buf = vec![0u8; 64 << 10];
+        // Room for a block status reply with many extents.
+        let mut buf = vec![0u8; 4 << 20];
         let (mut have, mut all_ok) = (0usize, true);
         let r = loop {
             if pending == 0 {
                 break Ok(all_ok);
             }
             match parser.parse(&buf[..have]) {
-                Ok(Parse::Message { len, done, .. }) => {
+                Ok(Parse::Message { len, done, chunk }) => {
+                    on_chunk(chunk);
                     buf.copy_within(len..have, 0);
                     have -= len;
                     if let Some(c) = done {
@@ -214,8 +280,6 @@ impl NbdEndpoint {
                     }
                 }
                 Ok(Parse::Incomplete { .. }) if have == buf.len() => {
-                    // An error message is at most 4 KiB: this is not a
-                    // WRITE_ZEROES reply.
                     break Err(Error::new(libc::EPROTO, "protocol error: reply too large"));
                 }
                 Ok(Parse::Incomplete { .. }) => match s.read(&mut buf[have..]) {
@@ -230,7 +294,7 @@ impl NbdEndpoint {
             }
         };
         set_timeouts(fd, None);
-        r.map_err(|e| e.context(self.zeroing()))
+        r
     }
 
     fn zeroing(&self) -> String {
