@@ -8,10 +8,12 @@ pub const MAX_REQUEST_SIZE: u64 = 32 << 20;
 /// Smallest accepted request size.
 pub const MIN_REQUEST_SIZE: u64 = 512;
 
-/// Every option of a copy job.  `Default` gives nbdcopy's defaults.
+/// Every option of a copy job.  `Default` gives nbdcopy's defaults, but
+/// for `connections` (see there).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// Maximum NBD connections per side (multi-conn); default 4.
+    /// Maximum NBD connections per side (multi-conn).  0 (the default):
+    /// the number of cores, at least 2 and at most 4 (nbdcopy's 4).
     pub connections: u32,
     /// Maximum requests in flight per connection; default 64.
     pub requests: u32,
@@ -43,7 +45,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            connections: 4,
+            connections: 0,
             requests: 64,
             request_size: 256 << 10,
             queue_size: 16 << 20,

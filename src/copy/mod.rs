@@ -159,17 +159,24 @@ impl Job {
         }
         let dst_stream = matches!(&self.dst, Endpoint::File(f) if f.is_stream());
         // Lanes: one per connection pair; streams and --synchronous use one.
-        let mut lanes_n = cfg
-            .connections
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1);
+        // By default as many connections as cores (2 to 4): measured on 2
+        // cores, 2 connections beat 4 on most workloads, since the servers
+        // share those cores (BENCHMARKS.md).
+        let connections = if cfg.connections == 0 {
+            cores.clamp(2, 4)
+        } else {
+            cfg.connections
+        };
+        let mut lanes_n = connections
             .min(self.src.max_connections())
             .min(self.dst.max_connections())
             .max(1);
         if src_stream || dst_stream || cfg.synchronous {
             lanes_n = 1;
         }
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get() as u32)
-            .unwrap_or(1);
         let threads = if cfg.threads == 0 { cores } else { cfg.threads };
         let any_nbd = matches!(self.src, Endpoint::Nbd(_)) || matches!(self.dst, Endpoint::Nbd(_));
         if !any_nbd {
@@ -191,6 +198,7 @@ impl Job {
             (Endpoint::Nbd(n), Some(len))
                 if !dst_is_zero
                     && !cfg.allocated
+                    && n.can_fast_zero_all()
                     && std::env::var_os("NBDCPY_NO_FAST_ZERO").is_none() =>
             {
                 let t = Duration::from_secs(if cfg.timeout_secs > 0 {
@@ -203,7 +211,7 @@ impl Job {
                 // written all over again (slow on re-copies).
                 let sparse = match &mut self.src {
                     Endpoint::Nbd(s) if !cfg.no_extents => s
-                        .sample_zero_fraction(t)
+                        .sample_zero_fraction(t, &self.shared.cancel)
                         .map_err(|e| e.context(format!("source {}", self.src_spec)))?,
                     Endpoint::File(f) if !cfg.no_extents => f.sample_zero_fraction(),
                     _ => None,
@@ -241,7 +249,7 @@ impl Job {
                 .and(mine)
         })?;
         if let (Some(fz), Endpoint::Nbd(n)) = (fast_zero, &mut self.dst) {
-            dst_is_zero = n.fast_zero_finish(fz)?;
+            dst_is_zero = n.fast_zero_finish(fz, &self.shared.cancel)?;
             if cfg.verbose {
                 eprintln!(
                     "nbdcpy: destination {}: fast zero {}",

@@ -16,6 +16,7 @@ use crate::proto::{consts, HeaderMode, Negotiated};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// How long one handshake may take before the server is declared dead.
@@ -31,6 +32,9 @@ pub struct NbdEndpoint {
     side: Side,
     /// Connected, negotiated sockets; [0] is the first connection.
     socks: Vec<Option<OwnedFd>>,
+    /// Connections handed to a lane (which then says goodbye itself), or
+    /// left mid-message by a failed send: no DISC from `disconnect`.
+    no_disc: Vec<bool>,
     server: Option<ServerProcess>,
     want_meta: bool,
 }
@@ -88,6 +92,7 @@ impl NbdEndpoint {
             export,
             side,
             socks: vec![Some(sock)],
+            no_disc: vec![false],
             server,
             want_meta,
         })
@@ -111,6 +116,7 @@ impl NbdEndpoint {
             let (sock, info) = connect_one(&self.transport, &self.export, self.want_meta)?;
             self.adopt(sock, info)?;
         }
+        self.no_disc[i] = true;
         let fd = self.socks[i]
             .as_ref()
             .map(|s| s.as_raw_fd())
@@ -132,7 +138,7 @@ impl NbdEndpoint {
     pub fn fast_zero_start(&mut self, len: u64, timeout: Duration) -> Result<Option<FastZero>> {
         let info = &self.info;
         let len = len.min(info.size);
-        if len == 0 || !info.can_write_zeroes() || !info.can_fast_zero() || info.read_only() {
+        if len == 0 || !self.can_fast_zero_all() {
             return Ok(None);
         }
         let Some(Some(sock)) = self.socks.first() else {
@@ -172,6 +178,7 @@ impl NbdEndpoint {
         let mut s = std::mem::ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(fd) });
         if let Err(e) = s.write_all(&out) {
             set_timeouts(fd, None);
+            self.no_disc[0] = true;
             return Err(timeout_err("send", e, timeout).context(self.zeroing()));
         }
         Ok(Some(FastZero {
@@ -181,25 +188,35 @@ impl NbdEndpoint {
         }))
     }
 
+    /// Whether [`fast_zero_start`](Self::fast_zero_start) can be tried.
+    pub fn can_fast_zero_all(&self) -> bool {
+        let info = &self.info;
+        info.can_write_zeroes() && info.can_fast_zero() && !info.read_only()
+    }
+
     /// Waits for the replies to [`fast_zero_start`](Self::fast_zero_start).
     /// Ok(true): the range now reads as zeroes, so the copy may skip every
     /// zero range.  Ok(false): the server cannot zero quickly (it said
     /// ENOTSUP, or refused otherwise); the copy then zeroes range by range
     /// as usual.  Err: the connection broke.
-    pub fn fast_zero_finish(&mut self, fz: FastZero) -> Result<bool> {
+    pub fn fast_zero_finish(&mut self, fz: FastZero, cancel: &AtomicBool) -> Result<bool> {
         let FastZero {
             mut parser,
             pending,
             timeout,
         } = fz;
-        let r = self.collect(&mut parser, pending, timeout, &mut |_| {});
+        let r = self.collect(&mut parser, pending, timeout, cancel, &mut |_| {});
         r.map_err(|e| e.context(self.zeroing()))
     }
 
     /// Estimates which fraction of the export reads as zeroes from one
     /// BLOCK_STATUS over its start (up to 4 GiB), on the first
     /// connection.  None: the server has no block status, or failed it.
-    pub fn sample_zero_fraction(&mut self, timeout: Duration) -> Result<Option<f64>> {
+    pub fn sample_zero_fraction(
+        &mut self,
+        timeout: Duration,
+        cancel: &AtomicBool,
+    ) -> Result<Option<f64>> {
         let info = &self.info;
         if !info.can_block_status() || info.size == 0 {
             return Ok(None);
@@ -224,14 +241,14 @@ impl NbdEndpoint {
         set_timeouts(fd, Some(timeout));
         // SAFETY: as in fast_zero_start.
         let mut s = std::mem::ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(fd) });
-        let what = || format!("{} {}: block status", self.side, self.name);
         if let Err(e) = s.write_all(&b[..n]) {
             set_timeouts(fd, None);
-            return Err(timeout_err("send", e, timeout).context(what()));
+            self.no_disc[0] = true;
+            return Err(timeout_err("send", e, timeout).context("block status"));
         }
         let (mut zero, mut total) = (0u64, 0u64);
         let ok = self
-            .collect(&mut parser, 1, timeout, &mut |c| {
+            .collect(&mut parser, 1, timeout, cancel, &mut |c| {
                 if let Chunk::BlockStatus { extents, .. } = c {
                     for e in extents {
                         total += e.len;
@@ -241,7 +258,7 @@ impl NbdEndpoint {
                     }
                 }
             })
-            .map_err(|e| e.context(what()))?;
+            .map_err(|e| e.context("block status"))?;
         Ok((ok && total > 0).then(|| zero as f64 / total as f64))
     }
 
@@ -254,6 +271,7 @@ impl NbdEndpoint {
         parser: &mut ReplyParser,
         mut pending: usize,
         timeout: Duration,
+        cancel: &AtomicBool,
         on_chunk: &mut dyn FnMut(Chunk),
     ) -> Result<bool> {
         let Some(Some(sock)) = self.socks.first() else {
@@ -282,14 +300,19 @@ impl NbdEndpoint {
                 Ok(Parse::Incomplete { .. }) if have == buf.len() => {
                     break Err(Error::new(libc::EPROTO, "protocol error: reply too large"));
                 }
-                Ok(Parse::Incomplete { .. }) => match s.read(&mut buf[have..]) {
-                    Ok(0) => {
-                        break Err(Error::new(libc::ECONNRESET, "server closed the connection"))
+                Ok(Parse::Incomplete { .. }) => {
+                    match wait_readable(fd, timeout, cancel).and_then(|()| {
+                        s.read(&mut buf[have..])
+                            .map_err(|e| timeout_err("receive", e, timeout))
+                    }) {
+                        Ok(0) => {
+                            break Err(Error::new(libc::ECONNRESET, "server closed the connection"))
+                        }
+                        Ok(n) => have += n,
+                        Err(e) if e.errno == libc::EINTR => {}
+                        Err(e) => break Err(e),
                     }
-                    Ok(n) => have += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => break Err(timeout_err("receive", e, timeout)),
-                },
+                }
                 Err(e) => break Err(Error::new(libc::EPROTO, format!("protocol error: {e}"))),
             }
         };
@@ -345,13 +368,39 @@ impl NbdEndpoint {
             ));
         }
         self.socks.push(Some(sock));
+        self.no_disc.push(false);
         Ok(())
     }
 
     /// Closes every connection and stops the server subprocess.
     pub fn disconnect(&mut self) {
-        for s in &mut self.socks {
+        let mut disc = [0u8; 32];
+        let n = request::encode(
+            self.info.mode,
+            &Request {
+                cmd: consts::NBD_CMD_DISC,
+                flags: 0,
+                cookie: 0,
+                offset: 0,
+                length: 0,
+            },
+            &mut disc,
+        );
+        for (i, s) in self.socks.iter_mut().enumerate() {
             if let Some(fd) = s.take() {
+                if !self.no_disc[i] {
+                    // At a message boundary and not a lane's: say goodbye
+                    // (best effort, never blocking).
+                    // SAFETY: disc is valid for n bytes during the call.
+                    unsafe {
+                        libc::send(
+                            fd.as_raw_fd(),
+                            disc.as_ptr() as *const libc::c_void,
+                            n,
+                            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+                        )
+                    };
+                }
                 // SAFETY: shutdown takes no memory arguments; fd is open.
                 unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
                 drop(fd);
@@ -374,6 +423,39 @@ pub struct FastZero {
     parser: ReplyParser,
     pending: usize,
     timeout: Duration,
+}
+
+/// Waits until `fd` is readable, in steps that notice cancellation.
+fn wait_readable(fd: RawFd, timeout: Duration, cancel: &AtomicBool) -> Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Error::cancelled());
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(Error::new(
+                libc::ETIMEDOUT,
+                format!(
+                    "no I/O completed for {} seconds: the server is not responding",
+                    timeout.as_secs()
+                ),
+            ));
+        }
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: p is one valid pollfd for the duration of the call.
+        let r = unsafe { libc::poll(&mut p, 1, left.as_millis().min(50) as libc::c_int) };
+        if r > 0 {
+            return Ok(());
+        }
+        if r < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return Err(Error::os("poll", std::io::Error::last_os_error()));
+        }
+    }
 }
 
 fn timeout_err(what: &str, e: std::io::Error, timeout: Duration) -> Error {

@@ -104,6 +104,8 @@ pub struct Hostile {
     pub writes: Arc<Mutex<Vec<(u64, u64)>>>,
     /// How many connections sent NBD_CMD_DISC.
     pub discs: Arc<AtomicUsize>,
+    /// How many connections were accepted.
+    pub conns: Arc<AtomicUsize>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -117,6 +119,7 @@ impl Hostile {
         let writes = Arc::new(Mutex::new(Vec::new()));
         let (st, wr) = (stop.clone(), writes.clone());
         let conns = Arc::new(AtomicUsize::new(0));
+        let conns_out = conns.clone();
         let discs = Arc::new(AtomicUsize::new(0));
         let dc = discs.clone();
         let thread = std::thread::spawn(move || {
@@ -158,6 +161,7 @@ impl Hostile {
             stop,
             writes,
             discs,
+            conns: conns_out,
             thread: Some(thread),
         }
     }
@@ -289,8 +293,9 @@ impl Conn {
                     let _ = data;
                     let mut p = 0u16.to_be_bytes().to_vec();
                     p.extend(size.to_be_bytes());
-                    // HAS_FLAGS, SEND_FLUSH, SEND_TRIM, SEND_WRITE_ZEROES, CAN_MULTI_CONN
-                    p.extend((1u16 | 4 | 32 | 64 | 256).to_be_bytes());
+                    // HAS_FLAGS, SEND_FLUSH, SEND_TRIM, SEND_WRITE_ZEROES,
+                    // CAN_MULTI_CONN, SEND_FAST_ZERO
+                    p.extend((1u16 | 4 | 32 | 64 | 256 | 2048).to_be_bytes());
                     if self.mode == Mode::TruncatedHandshake {
                         let mut v = 0x0003_e889_0455_65a9u64.to_be_bytes().to_vec();
                         v.extend(7u32.to_be_bytes());

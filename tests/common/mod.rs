@@ -379,6 +379,11 @@ pub fn cmp(a: &Path, b: &Path) -> bool {
 
 /// Independent reader: the whole export, via qemu-img convert.
 pub fn read_export(uri: &str, dir: &TempDir) -> Vec<u8> {
+    try_read_export(uri, dir).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// read_export, returning qemu-img's complaint instead of panicking.
+pub fn try_read_export(uri: &str, dir: &TempDir) -> Result<Vec<u8>, String> {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let out = dir.file(&format!("readback{n}.raw"));
     let o = Command::new("qemu-img")
@@ -386,14 +391,15 @@ pub fn read_export(uri: &str, dir: &TempDir) -> Vec<u8> {
         .arg(&out)
         .output()
         .unwrap();
-    assert!(
-        o.status.success(),
-        "qemu-img convert {uri}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    if !o.status.success() {
+        return Err(format!(
+            "qemu-img convert {uri}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        ));
+    }
     let v = std::fs::read(&out).unwrap();
     let _ = std::fs::remove_file(&out);
-    v
+    Ok(v)
 }
 
 /// Independent writer: fill an export from a file, via qemu-img convert.
