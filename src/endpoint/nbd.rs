@@ -619,9 +619,12 @@ fn handshake(fd: RawFd, export: &str, want_meta: bool) -> Result<Negotiated> {
     let mut have = 0usize;
     loop {
         while !hs.output().is_empty() {
-            let n = s
-                .write(hs.output())
-                .map_err(|e| io_err("handshake: send", e))?;
+            let n = match s.write(hs.output()) {
+                Ok(n) => n,
+                // A signal handler in the host program: not an error.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io_err("handshake: send", e)),
+            };
             hs.consume_output(n);
         }
         if hs.is_done() {
@@ -645,9 +648,11 @@ fn handshake(fd: RawFd, export: &str, want_meta: bool) -> Result<Negotiated> {
                 "handshake: server reply too large",
             ));
         }
-        let n = s
-            .read(&mut buf[have..])
-            .map_err(|e| io_err("handshake: receive", e))?;
+        let n = match s.read(&mut buf[have..]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io_err("handshake: receive", e)),
+        };
         if n == 0 {
             return Err(Error::new(
                 libc::ECONNRESET,
