@@ -219,7 +219,10 @@ impl Job {
                 if cfg.verbose {
                     eprintln!("nbdcpy: source reads as zero in {sparse:?} of its start");
                 }
-                if sparse.is_some_and(|f| f >= 0.5) {
+                // And not for sources that are all holes: the whole
+                // destination is zeroed either way, and the lanes do it
+                // in parallel with reading the source's extents.
+                if sparse.is_some_and(|f| (0.5..1.0).contains(&f)) {
                     n.fast_zero_start(len, t)?
                 } else {
                     None
