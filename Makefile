@@ -140,9 +140,9 @@ fuzz:
 
 # Side-by-side benchmark with nbdcopy (see ../shared/bench/run.sh).
 BENCH ?= ../shared/bench/run.sh
+# Alternating runs, medians and the ratio table (bench/compare.sh).
 bench: cli
-	@for c in nbdcopy $(CURDIR)/$(B)/nbdcpy; do \
-	  echo "=== COPIER=$$c"; COPIER=$$c $(BENCH) $(WORKLOADS); done
+	BENCH=$(BENCH) NBDCPY=$(CURDIR)/$(B)/nbdcpy bench/compare.sh $(WORKLOADS)
 
 clean:
 	$(CARGO) clean
