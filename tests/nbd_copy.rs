@@ -515,3 +515,48 @@ fn fast_zero_destination_and_enotsup_fallback() {
         "{st:?}"
     );
 }
+
+/// With extended headers (qemu-nbd) one BLOCK_STATUS and one WRITE_ZEROES
+/// cover more than 4 GiB: a 256 GiB disk with 2 MiB of data in two places,
+/// onto a dirty 256 GiB destination, takes 26 requests where 4 GiB pieces
+/// take 83.
+#[test]
+fn extended_headers_cover_more_than_4g() {
+    if !require("qemu-nbd") || !require("qemu-io") || !require("qemu-img") {
+        return;
+    }
+    let d = TempDir::new("ext4g");
+    let size: u64 = 256 << 30;
+    let (a, b) = (d.file("a.raw"), d.file("b.raw"));
+    for (f, writes) in [
+        (&a, ["write -P 0x61 40G 1M", "write -P 0x62 200G 1M"]),
+        (&b, ["write -P 0x99 0 1M", "write -P 0x98 100G 1M"]),
+    ] {
+        std::fs::File::create(f).unwrap().set_len(size).unwrap();
+        let o = std::process::Command::new("qemu-io")
+            .args(["-f", "raw", "-c", writes[0], "-c", writes[1]])
+            .arg(f)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let s = qemu_nbd(&d, &a, &["-r"]);
+    // discard=unmap: zeroing may punch holes instead of writing zeroes.
+    let t = qemu_nbd(&d, &b, &["--discard=unmap"]);
+    let st = copy(&s.uri(), &t.uri(), &[]).unwrap();
+    drop((s, t));
+    let o = std::process::Command::new("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "raw"])
+        .arg(&a)
+        .arg(&b)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    assert_eq!(st.copied, 2 << 20, "{st:?}");
+    eprintln!("256 GiB with extended headers: {st:?}");
+    assert!(
+        st.requests < 64,
+        "{} requests for 256 GiB: {st:?}",
+        st.requests
+    );
+}

@@ -10,12 +10,13 @@ use crate::config::Config;
 use crate::endpoint::file::FileKind;
 use crate::endpoint::{Endpoint, Side, Spec};
 use crate::error::{Error, Result};
+use crate::proto::HeaderMode;
 use stats::Shared;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
-use worker::{DstIo, Lane, LaneParams, SrcIo};
+use worker::{DstIo, Lane, LaneParams, SrcIo, BIG_PIECE, ZERO_PIECE};
 
 /// Hands out the source's byte range in large pieces to lanes.
 pub struct WorkQueue {
@@ -291,6 +292,13 @@ impl Job {
             allocated: cfg.allocated,
             dst_is_zero,
             extents: !cfg.no_extents,
+            // Extended headers: one WRITE_ZEROES may cover more than 4 GiB.
+            zero_piece: match &self.dst {
+                Endpoint::Nbd(n) if n.info.mode == HeaderMode::Extended => BIG_PIECE,
+                Endpoint::Nbd(_) => ZERO_PIECE,
+                Endpoint::File(f) if f.is_stream() => ZERO_PIECE,
+                _ => BIG_PIECE,
+            },
             direct_file_writes: matches!(&self.dst, Endpoint::File(f) if f.kind == FileKind::Regular)
                 && std::env::var_os("NBDCPY_URING_FILE_WRITES").is_none(),
         };
@@ -346,7 +354,11 @@ impl Job {
             // Just under 4 GiB: the most one compact BLOCK_STATUS or
             // WRITE_ZEROES can cover.
             Endpoint::Nbd(n) if !cfg.no_extents && n.info.can_block_status() => {
-                (4 << 30) - (4 << 20)
+                if n.info.mode == HeaderMode::Extended {
+                    BIG_PIECE
+                } else {
+                    ZERO_PIECE
+                }
             }
             _ => 128 << 20,
         };

@@ -293,8 +293,10 @@ impl NbdConn {
     pub fn queue_zero(&mut self, slot: u32, offset: u64, len: u64, allocated: bool) -> Result<u32> {
         let wz = self.info.can_write_zeroes();
         // Compact requests carry 32-bit lengths; keep pieces aligned.
-        let max = if wz {
-            (4 << 30) - (4 << 20)
+        let max = if wz && self.info.mode == HeaderMode::Extended {
+            super::worker::BIG_PIECE
+        } else if wz {
+            super::worker::ZERO_PIECE
         } else {
             (self.info.block_size.max_payload as u64).min(32 << 20)
         };

@@ -23,9 +23,13 @@ use std::time::{Duration, Instant};
 /// header can be written just before the data and both sent as one slice.
 pub const HEADER_ROOM: usize = 64;
 
-/// Largest zero piece handed to one zeroing operation: just under 4 GiB,
-/// the most a compact WRITE_ZEROES can cover (kept 4 MiB-aligned).
-const ZERO_PIECE: u64 = (4 << 30) - (4 << 20);
+/// Largest zero piece handed to one zeroing operation by default: just
+/// under 4 GiB, the most a compact WRITE_ZEROES can cover (kept 4
+/// MiB-aligned).  Destinations with extended headers take `BIG_PIECE`.
+pub const ZERO_PIECE: u64 = (4 << 30) - (4 << 20);
+/// Largest range one BLOCK_STATUS or WRITE_ZEROES covers with extended
+/// (64-bit) headers.
+pub const BIG_PIECE: u64 = 1 << 40;
 
 /// What a lane reads from.
 pub enum SrcIo {
@@ -72,6 +76,8 @@ pub struct LaneParams {
     /// rather than through io_uring (which punts such writes to io-wq
     /// threads on filesystems without non-blocking buffered writes).
     pub direct_file_writes: bool,
+    /// Largest zero range handed to one zeroing operation.
+    pub zero_piece: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -281,7 +287,7 @@ impl Lane {
             if let Some(front) = self.extents.front_mut() {
                 let (off, len, zero) = *front;
                 let take = if zero {
-                    len.min(ZERO_PIECE)
+                    len.min(self.p.zero_piece)
                 } else {
                     len.min(self.p.request_size)
                 };

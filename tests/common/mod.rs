@@ -462,6 +462,7 @@ pub fn copy(src: &str, dst: &str, opts: &[(&str, &str)]) -> nbdcpy::Result<Stats
         skipped: g(&s.bytes_skipped),
         memcpy: g(&s.bytes_memcpy),
         connections: g(&s.connections),
+        requests: g(&s.requests),
     })
 }
 
@@ -473,4 +474,5 @@ pub struct Stats {
     pub skipped: u64,
     pub memcpy: u64,
     pub connections: u64,
+    pub requests: u64,
 }
