@@ -191,19 +191,7 @@ fn empty_disk_zeroes_a_dirty_destination() {
     let d = TempDir::new("w5");
     let s = nbdkit(&d, &["memory", "4G"]);
     let t = nbdkit(&d, &["memory", "4G"]);
-    let o = std::process::Command::new("qemu-io")
-        .args([
-            "-f",
-            "raw",
-            "-c",
-            "write -P 0xa5 0 1M",
-            "-c",
-            "write -P 0xa5 2G 1M",
-        ])
-        .arg(t.uri())
-        .output()
-        .unwrap();
-    assert!(o.status.success());
+    qemu_io(&t.uri(), &["write -P 0xa5 0 1M", "write -P 0xa5 2G 1M"]);
     let t0 = std::time::Instant::now();
     let st = copy(&s.uri(), &t.uri(), &[]).unwrap();
     eprintln!("4 GiB empty -> dirty: {:?}, {st:?}", t0.elapsed());
@@ -425,19 +413,7 @@ fn fast_zero_destination_and_enotsup_fallback() {
     const M: usize = 1 << 20;
     let d = TempDir::new("fastzero");
     let s = nbdkit(&d, &["memory", &(6 * M).to_string()]);
-    let o = std::process::Command::new("qemu-io")
-        .args([
-            "-f",
-            "raw",
-            "-c",
-            "write -P 0x5a 1M 1M",
-            "-c",
-            "write -P 0x3c 4M 1M",
-        ])
-        .arg(s.uri())
-        .output()
-        .unwrap();
-    assert!(o.status.success());
+    qemu_io(&s.uri(), &["write -P 0x5a 1M 1M", "write -P 0x3c 4M 1M"]);
     let want = read_export(&s.uri(), &d);
     let fill = d.file("fill");
     write_file(&fill, &vec![0xEE; 8 * M]);
@@ -491,19 +467,7 @@ fn fast_zero_destination_and_enotsup_fallback() {
     // A mostly allocated source: the destination is not zeroed up front
     // (that would deallocate what is then rewritten); its one hole is
     // zeroed in place.
-    let o = std::process::Command::new("qemu-io")
-        .args([
-            "-f",
-            "raw",
-            "-c",
-            "write -P 0x11 0 1M",
-            "-c",
-            "write -P 0x22 2M 2M",
-        ])
-        .arg(s.uri())
-        .output()
-        .unwrap();
-    assert!(o.status.success());
+    qemu_io(&s.uri(), &["write -P 0x11 0 1M", "write -P 0x22 2M 2M"]);
     let want = read_export(&s.uri(), &d);
     let t = nbdkit(&d, &["memory", "8M"]);
     fill_export(&t.uri(), &fill);
@@ -533,12 +497,7 @@ fn extended_headers_cover_more_than_4g() {
         (&b, ["write -P 0x99 0 1M", "write -P 0x98 100G 1M"]),
     ] {
         std::fs::File::create(f).unwrap().set_len(size).unwrap();
-        let o = std::process::Command::new("qemu-io")
-            .args(["-f", "raw", "-c", writes[0], "-c", writes[1]])
-            .arg(f)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        qemu_io(f.to_str().unwrap(), &writes);
     }
     let s = qemu_nbd(&d, &a, &["-r"]);
     // discard=unmap: zeroing may punch holes instead of writing zeroes.

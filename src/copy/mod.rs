@@ -217,8 +217,11 @@ impl Job {
                     Endpoint::File(f) if !cfg.no_extents => f.sample_zero_fraction(),
                     _ => None,
                 };
-                if cfg.verbose {
-                    eprintln!("nbdcpy: source reads as zero in {sparse:?} of its start");
+                if let (true, Some(f)) = (cfg.verbose, sparse) {
+                    eprintln!(
+                        "nbdcpy: {:.0}% of the source's start reads as zero",
+                        f * 100.0
+                    );
                 }
                 // And not for sources that are all holes: the whole
                 // destination is zeroed either way, and the lanes do it

@@ -718,15 +718,8 @@ impl NbdConn {
         if self.broken || self.send_busy {
             return;
         }
-        let req = Request {
-            cmd: consts::NBD_CMD_DISC,
-            flags: 0,
-            cookie: 0,
-            offset: 0,
-            length: 0,
-        };
         let mut buf = [0u8; 32];
-        let n = request::encode(self.info.mode, &req, &mut buf);
+        let n = request::encode(self.info.mode, &request::DISC, &mut buf);
         // SAFETY: buf is valid for n bytes during the call.
         unsafe {
             libc::send(

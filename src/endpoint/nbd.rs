@@ -6,7 +6,7 @@ use super::subprocess::ServerProcess;
 use super::Side;
 use crate::config::Config;
 use crate::copy::nbdconn::NbdConn;
-use crate::copy::worker::LaneParams;
+use crate::copy::worker::{LaneParams, BIG_PIECE, ZERO_PIECE};
 use crate::error::{Error, Result};
 use crate::proto::handshake::{Handshake, HandshakeOptions};
 use crate::proto::reply::{Chunk, Parse, ReplyParser};
@@ -136,56 +136,70 @@ impl NbdEndpoint {
     /// so the server zeroes while other connections are being opened.
     /// None: the server does not offer FAST_ZERO (or cannot take it).
     pub fn fast_zero_start(&mut self, len: u64, timeout: Duration) -> Result<Option<FastZero>> {
-        let info = &self.info;
-        let len = len.min(info.size);
+        let len = len.min(self.info.size);
         if len == 0 || !self.can_fast_zero_all() {
             return Ok(None);
         }
+        // Extended headers carry 64-bit lengths: pieces far over 4 GiB.
+        let max = if self.info.mode == HeaderMode::Extended {
+            BIG_PIECE
+        } else {
+            ZERO_PIECE
+        };
+        let reqs: Vec<Request> = (0..len.div_ceil(max))
+            .map(|i| Request {
+                cmd: consts::NBD_CMD_WRITE_ZEROES,
+                flags: consts::NBD_CMD_FLAG_FAST_ZERO,
+                cookie: i + 1,
+                offset: i * max,
+                length: (len - i * max).min(max),
+            })
+            .collect();
+        let pending = reqs.len();
+        let parser = self
+            .send_requests(&reqs, timeout)
+            .map_err(|e| e.context(self.zeroing()))?;
+        Ok(parser.map(|parser| FastZero {
+            parser,
+            pending,
+            timeout,
+        }))
+    }
+
+    /// Sends `reqs` on the first connection (before the copy, blocking,
+    /// bounded by `timeout`) and returns the parser that expects their
+    /// replies.  None: a request is not one this server can take (nothing
+    /// was sent).  A failed send leaves the stream mid-message: no DISC.
+    fn send_requests(
+        &mut self,
+        reqs: &[Request],
+        timeout: Duration,
+    ) -> Result<Option<ReplyParser>> {
         let Some(Some(sock)) = self.socks.first() else {
             return Ok(None);
         };
         let fd = sock.as_raw_fd();
-        // Extended headers carry 64-bit lengths: one request for it all.
-        let max = if info.mode == HeaderMode::Extended {
-            i64::MAX as u64
-        } else {
-            (4 << 30) - (4 << 20)
-        };
-        let mut parser = ReplyParser::new(info);
-        let mut out = Vec::new();
-        let (mut at, mut cookie, mut pending) = (0u64, 1u64, 0usize);
-        while at < len {
-            let req = Request {
-                cmd: consts::NBD_CMD_WRITE_ZEROES,
-                flags: consts::NBD_CMD_FLAG_FAST_ZERO,
-                cookie,
-                offset: at,
-                length: (len - at).min(max),
-            };
-            if info.check_request(&req).is_err() || parser.register(&req).is_err() {
+        let mut parser = ReplyParser::new(&self.info);
+        let mut out = Vec::with_capacity(32 * reqs.len());
+        for req in reqs {
+            if self.info.check_request(req).is_err() || parser.register(req).is_err() {
                 return Ok(None);
             }
             let mut b = [0u8; 32];
-            let n = request::encode(info.mode, &req, &mut b);
+            let n = request::encode(self.info.mode, req, &mut b);
             out.extend_from_slice(&b[..n]);
-            at += req.length;
-            cookie += 1;
-            pending += 1;
         }
         set_timeouts(fd, Some(timeout));
         // SAFETY: borrowed for this call only; ManuallyDrop keeps the
         // wrapper from closing the fd, which self.socks owns.
         let mut s = std::mem::ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(fd) });
-        if let Err(e) = s.write_all(&out) {
-            set_timeouts(fd, None);
+        let r = s.write_all(&out);
+        set_timeouts(fd, None);
+        if let Err(e) = r {
             self.no_disc[0] = true;
-            return Err(timeout_err("send", e, timeout).context(self.zeroing()));
+            return Err(timeout_err("send", e, timeout));
         }
-        Ok(Some(FastZero {
-            parser,
-            pending,
-            timeout,
-        }))
+        Ok(Some(parser))
     }
 
     /// Whether [`fast_zero_start`](Self::fast_zero_start) can be tried.
@@ -217,35 +231,20 @@ impl NbdEndpoint {
         timeout: Duration,
         cancel: &AtomicBool,
     ) -> Result<Option<f64>> {
-        let info = &self.info;
-        if !info.can_block_status() || info.size == 0 {
+        if !self.info.can_block_status() || self.info.size == 0 {
             return Ok(None);
         }
-        let Some(Some(sock)) = self.socks.first() else {
-            return Ok(None);
-        };
-        let fd = sock.as_raw_fd();
         let req = Request {
             cmd: consts::NBD_CMD_BLOCK_STATUS,
             flags: 0,
             cookie: 1,
             offset: 0,
-            length: info.size.min((4 << 30) - (4 << 20)),
+            length: self.info.size.min(ZERO_PIECE),
         };
-        let mut parser = ReplyParser::new(info);
-        if info.check_request(&req).is_err() || parser.register(&req).is_err() {
+        let ctx = |e: Error| e.context("block status");
+        let Some(mut parser) = self.send_requests(&[req], timeout).map_err(ctx)? else {
             return Ok(None);
-        }
-        let mut b = [0u8; 32];
-        let n = request::encode(info.mode, &req, &mut b);
-        set_timeouts(fd, Some(timeout));
-        // SAFETY: as in fast_zero_start.
-        let mut s = std::mem::ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(fd) });
-        if let Err(e) = s.write_all(&b[..n]) {
-            set_timeouts(fd, None);
-            self.no_disc[0] = true;
-            return Err(timeout_err("send", e, timeout).context("block status"));
-        }
+        };
         let (mut zero, mut total) = (0u64, 0u64);
         let ok = self
             .collect(&mut parser, 1, timeout, cancel, &mut |c| {
@@ -258,14 +257,14 @@ impl NbdEndpoint {
                     }
                 }
             })
-            .map_err(|e| e.context("block status"))?;
+            .map_err(ctx)?;
         Ok((ok && total > 0).then(|| zero as f64 / total as f64))
     }
 
     /// Reads replies on the first connection until `pending` requests
     /// registered in `parser` are complete, handing each chunk to
-    /// `on_chunk`; restores the socket's timeouts.  Ok(false): the server
-    /// failed one of them.
+    /// `on_chunk`; every wait is bounded by `timeout` and ends on `cancel`.
+    /// Ok(false): the server failed one of them.
     fn collect(
         &self,
         parser: &mut ReplyParser,
@@ -283,7 +282,7 @@ impl NbdEndpoint {
         // Room for a block status reply with many extents.
         let mut buf = vec![0u8; 4 << 20];
         let (mut have, mut all_ok) = (0usize, true);
-        let r = loop {
+        loop {
             if pending == 0 {
                 break Ok(all_ok);
             }
@@ -315,9 +314,7 @@ impl NbdEndpoint {
                 }
                 Err(e) => break Err(Error::new(libc::EPROTO, format!("protocol error: {e}"))),
             }
-        };
-        set_timeouts(fd, None);
-        r
+        }
     }
 
     fn zeroing(&self) -> String {
@@ -375,17 +372,7 @@ impl NbdEndpoint {
     /// Closes every connection and stops the server subprocess.
     pub fn disconnect(&mut self) {
         let mut disc = [0u8; 32];
-        let n = request::encode(
-            self.info.mode,
-            &Request {
-                cmd: consts::NBD_CMD_DISC,
-                flags: 0,
-                cookie: 0,
-                offset: 0,
-                length: 0,
-            },
-            &mut disc,
-        );
+        let n = request::encode(self.info.mode, &request::DISC, &mut disc);
         for (i, s) in self.socks.iter_mut().enumerate() {
             if let Some(fd) = s.take() {
                 if !self.no_disc[i] {

@@ -14,6 +14,15 @@ pub struct Request {
     pub length: u64,
 }
 
+/// NBD_CMD_DISC: the client is leaving.
+pub const DISC: Request = Request {
+    cmd: NBD_CMD_DISC,
+    flags: 0,
+    cookie: 0,
+    offset: 0,
+    length: 0,
+};
+
 /// Header size of a request in this mode.
 pub fn header_len(mode: HeaderMode) -> usize {
     match mode {

@@ -402,6 +402,22 @@ pub fn try_read_export(uri: &str, dir: &TempDir) -> Result<Vec<u8>, String> {
     Ok(v)
 }
 
+/// Independent writer: runs qemu-io commands (e.g. "write -P 0x5a 1M 1M")
+/// on a raw file or NBD URI.
+pub fn qemu_io(target: &str, cmds: &[&str]) {
+    let mut c = Command::new("qemu-io");
+    c.args(["-f", "raw"]);
+    for cmd in cmds {
+        c.args(["-c", cmd]);
+    }
+    let o = c.arg(target).output().unwrap();
+    assert!(
+        o.status.success(),
+        "qemu-io {target} {cmds:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 /// Independent writer: fill an export from a file, via qemu-img convert.
 pub fn fill_export(uri: &str, file: &Path) {
     let o = Command::new("qemu-img")
