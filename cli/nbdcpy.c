@@ -321,10 +321,12 @@ main (int argc, char *argv[])
                "nbdcpy: %.3f s: %" PRIu64 " bytes done, %" PRIu64 " copied, "
                "%" PRIu64 " zeroed, %" PRIu64 " skipped, %" PRIu64
                " requests, %" PRIu64 " bytes memcpy, %" PRIu64
-               " io_uring_enter, %u connection(s)\n",
+               " bytes spliced, %" PRIu64
+               " I/O system calls, %u connection(s)\n",
                now_s () - t0, st.bytes_done, st.bytes_copied,
                st.bytes_zeroed, st.bytes_skipped, st.requests,
-               st.bytes_memcpy, st.syscalls, st.connections);
+               st.bytes_memcpy, st.bytes_spliced, st.syscalls,
+               st.connections);
   }
   nbdcpy_close (h);
   if (r == -1) {

@@ -66,12 +66,16 @@ struct nbdcpy_stats {
   uint64_t elapsed_ns;
   // Payload bytes copied in user space (memcpy).  0 on zero-copy paths.
   uint64_t bytes_memcpy;
-  // I/O system calls made (io_uring_enter, plus direct file writes).
+  // I/O system calls made (io_uring_enter, plus direct file writes and
+  // the splice path's calls).
   uint64_t syscalls;
   // Connections used per NBD side (lanes).
   uint32_t connections;
   // 1 once nbdcpy_run has returned.
   uint32_t finished;
+  // Data bytes moved by splice (socket -> pipe -> destination), never
+  // entering user space.
+  uint64_t bytes_spliced;
 };
 
 // Progress callback: called on the thread running nbdcpy_run, at the

@@ -40,6 +40,10 @@ pub struct Config {
     pub verbose: bool,
     /// Give up when no I/O completes for this many seconds (0 = never).
     pub timeout_secs: u64,
+    /// Move READ payloads by splice (never through user space): None
+    /// (auto, the default) where it is measured to win, Some(true) wherever
+    /// the source is NBD, Some(false) never.  An nbdcpy extension.
+    pub splice: Option<bool>,
 }
 
 impl Default for Config {
@@ -58,6 +62,7 @@ impl Default for Config {
             synchronous: false,
             verbose: false,
             timeout_secs: 60,
+            splice: None,
         }
     }
 }
@@ -74,6 +79,7 @@ pub const OPTION_NAMES: &[&str] = &[
     "request-size",
     "requests",
     "sparse",
+    "splice",
     "synchronous",
     "threads",
     "timeout",
@@ -91,6 +97,12 @@ impl Config {
             }
             "flush" => self.flush = parse_flag(name, value)?,
             "no-extents" => self.no_extents = parse_flag(name, value)?,
+            "splice" => {
+                self.splice = match value {
+                    Some("auto") => None,
+                    _ => Some(parse_flag(name, value)?),
+                }
+            }
             "synchronous" => self.synchronous = parse_flag(name, value)?,
             "verbose" => self.verbose = parse_flag(name, value)?,
             "connections" => {

@@ -430,3 +430,52 @@ fn ctrl_c_cancels_cleanly() {
     );
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// The splice path with a pipe smaller than a request (payloads move in
+/// pieces), into NBD, a file (with and without zero detection) and null:,
+/// checked with cmp against the source.
+#[test]
+fn splice_with_a_small_pipe() {
+    let Some(b) = bin() else { return };
+    if !common::require("qemu-nbd") {
+        return;
+    }
+    let d = common::TempDir::new("splice-pipe");
+    let size = 6 << 20;
+    let mut v = data(size, 9);
+    v[(1 << 20) + 4096..(2 << 20) + 8192].fill(0);
+    let src = d.file("src");
+    std::fs::write(&src, &v).unwrap();
+    let s = common::qemu_nbd(&d, &src, &["-r"]);
+    let dstf = d.file("dst");
+    for (what, extra) in [
+        ("nbd", vec![]),
+        ("file", vec![]),
+        ("file", vec!["-S", "0"]),
+        ("null", vec![]),
+    ] {
+        std::fs::write(&dstf, vec![0xEEu8; size]).unwrap();
+        let t = (what == "nbd").then(|| common::qemu_nbd(&d, &dstf, &[]));
+        let dst = match what {
+            "nbd" => t.as_ref().unwrap().uri(),
+            "file" => dstf.to_str().unwrap().to_string(),
+            _ => "null:".to_string(),
+        };
+        let o = Command::new(&b)
+            .env("NBDCPY_SPLICE", "1")
+            .env("NBDCPY_PIPE_SIZE", "65536")
+            .args(["-v", "--request-size=1048576"])
+            .args(&extra)
+            .arg(s.uri())
+            .arg(&dst)
+            .output()
+            .unwrap();
+        drop(t);
+        let err = stderr(&o);
+        assert!(o.status.success(), "{what} {extra:?}: {err}");
+        assert!(err.contains("splice data path"), "{what}: {err}");
+        if what != "null" {
+            assert!(common::cmp(&src, &dstf), "{what} {extra:?}: differs");
+        }
+    }
+}

@@ -81,21 +81,78 @@ fn nbd_to_nbd_every_pair_zero_copy() {
         for dk in KINDS {
             let b = d.file("b");
             write_file(&b, &vec![0xEEu8; size]);
-            let s = serve(sk, &d, &a);
-            let t = serve(dk, &d, &b);
-            let st = copy(&s.uri(), &t.uri(), &[]).unwrap_or_else(|e| panic!("{sk} -> {dk}: {e}"));
-            drop(s);
-            drop(t);
-            assert!(cmp(&a, &b), "{sk} -> {dk}: differs");
-            // Payload is forwarded from the receive buffer: only headers
-            // that straddle a buffer end may be moved.
-            assert!(
-                st.memcpy < (size as u64) / 100,
-                "{sk} -> {dk}: {} bytes memcpy",
-                st.memcpy
-            );
+            // Default (unix sockets: splice) and the receive-buffer path.
+            for splice in ["auto", "0"] {
+                write_file(&b, &vec![0xEEu8; size]);
+                let s = serve(sk, &d, &a);
+                let t = serve(dk, &d, &b);
+                let st = copy(&s.uri(), &t.uri(), &[("splice", splice)])
+                    .unwrap_or_else(|e| panic!("{sk} -> {dk} splice={splice}: {e}"));
+                drop(s);
+                drop(t);
+                assert!(cmp(&a, &b), "{sk} -> {dk} splice={splice}: differs");
+                assert_eq!(st.copied, size as u64, "{sk} -> {dk} splice={splice}");
+                if splice == "auto" {
+                    // Every payload byte went socket -> pipe -> socket.
+                    assert_eq!(st.spliced, st.copied, "{sk} -> {dk}: spliced");
+                    assert_eq!(st.memcpy, 0, "{sk} -> {dk}: memcpy with splice");
+                } else {
+                    // Payload is forwarded from the receive buffer: only
+                    // headers that straddle a buffer end may be moved.
+                    assert_eq!(st.spliced, 0);
+                    assert!(
+                        st.memcpy < (size as u64) / 100,
+                        "{sk} -> {dk}: {} bytes memcpy",
+                        st.memcpy
+                    );
+                }
+            }
         }
     }
+}
+
+/// The splice path finds zero blocks inside data extents (through a tee'd
+/// copy) like the receive path, and copies the same bytes.
+#[test]
+fn splice_detects_zeroes_in_data() {
+    if !have_all() {
+        return;
+    }
+    let d = TempDir::new("splice-zero");
+    let size = 8 * MIB;
+    // Fully allocated source with zero runs inside: block status says
+    // data everywhere, so only zero detection can find them.
+    let mut data = pattern(size, 11);
+    for (off, len) in [
+        (0usize, 4096usize),
+        (65536, 65536),
+        (MIB + 4096, 3 * 4096),
+        (5 * MIB, MIB),
+    ] {
+        data[off..off + len].fill(0);
+    }
+    let a = d.file("a");
+    write_file(&a, &data);
+    let mut results = Vec::new();
+    for splice in ["1", "0"] {
+        let b = d.file("b");
+        write_file(&b, &vec![0xEEu8; size]);
+        let s = qemu_nbd(&d, &a, &["-r"]);
+        let t = qemu_nbd(&d, &b, &[]);
+        let st = copy(&s.uri(), &t.uri(), &[("splice", splice)])
+            .unwrap_or_else(|e| panic!("splice={splice}: {e}"));
+        drop(s);
+        drop(t);
+        assert!(cmp(&a, &b), "splice={splice}: differs");
+        assert_eq!(
+            st.zeroed,
+            (4096 + 65536 + 3 * 4096 + MIB) as u64,
+            "splice={splice}"
+        );
+        assert_eq!(st.spliced, if splice == "1" { st.copied } else { 0 });
+        results.push((st.copied, st.zeroed));
+    }
+    assert_eq!(results[0], results[1], "both paths copy and zero the same");
 }
 
 #[test]

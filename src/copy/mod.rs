@@ -3,6 +3,7 @@
 
 pub mod buf;
 pub mod nbdconn;
+pub mod splice;
 pub mod stats;
 pub mod worker;
 
@@ -306,7 +307,14 @@ impl Job {
                 && std::env::var_os("NBDCPY_URING_FILE_WRITES").is_none(),
         };
 
+        let splice_mode = match std::env::var("NBDCPY_SPLICE").as_deref() {
+            Ok("1") => Some(true),
+            Ok("0") => Some(false),
+            _ => cfg.splice,
+        };
+        let use_splice = self.splice_wins(splice_mode, &params);
         let mut lanes = Vec::with_capacity(lanes_n as usize);
+        let mut spliced = 0;
         for i in 0..lanes_n as usize {
             let src = match &mut self.src {
                 Endpoint::File(f) => SrcIo::File {
@@ -333,19 +341,34 @@ impl Job {
                     })?))
                 }
             };
-            lanes.push(Lane::new(src, dst, params.clone()));
+            let mut lane = Lane::new(src, dst, params.clone());
+            if use_splice {
+                spliced += lane.enable_splice(splice::Ctl {
+                    shared: self.shared.clone(),
+                    timeout: params.timeout,
+                }) as usize;
+            }
+            lanes.push(lane);
         }
         self.shared.connections.store(lanes_n as u64, Relaxed);
         if cfg.verbose {
             eprintln!(
-                "nbdcpy: {} -> {}: size {}, {} lane(s) on {} thread(s), {} requests of {} bytes",
+                "nbdcpy: {} -> {}: size {}, {} lane(s) on {} thread(s), {} requests of {} bytes, \
+                 {} data path",
                 self.src_spec,
                 self.dst_spec,
                 src_size.map_or("unknown (stream)".into(), |s| s.to_string()),
                 lanes_n,
                 workers_n,
                 requests,
-                request_size
+                request_size,
+                if spliced == lanes_n as usize {
+                    "splice"
+                } else if spliced > 0 {
+                    "mixed splice/receive"
+                } else {
+                    "receive"
+                }
             );
         }
 
@@ -413,6 +436,28 @@ impl Job {
             Ok::<(), Error>(())
         })?;
         Ok(())
+    }
+
+    /// Whether lanes move READ payloads by splice.  `mode` None (auto):
+    /// only where it measured faster: a unix-socket NBD source into null:,
+    /// a unix-socket NBD destination, or a file when zero detection is off
+    /// (with detection a file copy costs the same either way; over TCP the
+    /// pipe fills in small pieces and splicing loses; see BENCHMARKS.md).
+    fn splice_wins(&self, mode: Option<bool>, p: &LaneParams) -> bool {
+        let Endpoint::Nbd(src) = &self.src else {
+            return false;
+        };
+        match mode {
+            Some(on) => on,
+            None => {
+                src.is_unix()
+                    && match &self.dst {
+                        Endpoint::Null => true,
+                        Endpoint::Nbd(d) => d.is_unix(),
+                        Endpoint::File(f) => !f.is_stream() && p.sparse == 0,
+                    }
+            }
+        }
     }
 
     /// Zero-detection block size: the option, else 4096 or the

@@ -28,6 +28,8 @@ pub struct Shared {
     pub syscalls_direct: AtomicU64,
     /// Connections per side actually used.
     pub connections: AtomicU64,
+    /// Data bytes moved by splice, never entering user space.
+    pub bytes_spliced: AtomicU64,
     start: Mutex<Option<Instant>>,
     end_ns: AtomicU64,
     finished: AtomicBool,

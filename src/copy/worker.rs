@@ -9,13 +9,14 @@
 
 use super::buf::AlignedBuf;
 use super::nbdconn::{NbdConn, RecvEvent};
+use super::splice::{self, Ctl, Pipe};
 use super::stats::Shared;
 use super::WorkQueue;
 use crate::error::{Error, Result};
 use crate::ring::Ring;
 use io_uring::{opcode, types};
 use std::collections::{BTreeMap, VecDeque};
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
@@ -158,6 +159,18 @@ pub struct Lane {
     flushing: bool,
     /// Reused scratch space for zero-detection runs.
     runs: Vec<(usize, usize, bool)>,
+    /// The splice data path, when this lane uses it.
+    splice: Option<LaneSplice>,
+}
+
+/// A lane's splice data path: READ payloads arrive in `pipe`; zero
+/// detection reads a duplicate made with tee into `tee`/`hot`; bytes not
+/// written anywhere go to /dev/null.
+struct LaneSplice {
+    pipe: Pipe,
+    tee: Option<(Pipe, Vec<u8>)>,
+    devnull: OwnedFd,
+    ctl: Ctl,
 }
 
 // SAFETY: the raw pointers in a lane (WriteOp::ptr) point into buffers the
@@ -221,8 +234,61 @@ impl Lane {
             flushed: false,
             flushing: false,
             runs: Vec::new(),
+            splice: None,
             p,
         }
+    }
+
+    /// Switches this lane to the splice data path when it applies (an
+    /// NBD source; null:, NBD, regular-file or block-device destination)
+    /// and the system grants the pipes.  True when it did.
+    pub fn enable_splice(&mut self, ctl: Ctl) -> bool {
+        let SrcIo::Nbd(src) = &mut self.src else {
+            return false;
+        };
+        if matches!(self.dst, DstIo::File { stream: true, .. }) {
+            return false;
+        }
+        let rs = self.p.request_size as usize;
+        // Room for a whole request even when the kernel fills pipe slots
+        // with less than a page each.  A smaller pipe (the system's limit,
+        // or NBDCPY_PIPE_SIZE for tests) works too: payloads then move in
+        // pieces.
+        let want = std::env::var("NBDCPY_PIPE_SIZE")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or((4 * rs).max(1 << 20))
+            .max(4096);
+        let Some(pipe) = Pipe::new(want.min(64 << 10), want) else {
+            return false;
+        };
+        let detect = self.p.sparse > 0 && !matches!(self.dst, DstIo::Null);
+        let tee = if detect {
+            // As many slots as the main pipe, so a tee always fits.
+            match Pipe::new(pipe.cap, pipe.cap) {
+                Some(t) => {
+                    let buf = vec![0u8; pipe.cap];
+                    Some((t, buf))
+                }
+                None => return false,
+            }
+        } else {
+            None
+        };
+        let Ok(devnull) = std::fs::OpenOptions::new().write(true).open("/dev/null") else {
+            return false;
+        };
+        src.set_splice_source(pipe.w.as_raw_fd(), pipe.cap, ctl.clone());
+        if let DstIo::Nbd(d) = &mut self.dst {
+            d.set_sync_send(ctl.clone());
+        }
+        self.splice = Some(LaneSplice {
+            pipe,
+            tee,
+            devnull: devnull.into(),
+            ctl,
+        });
+        true
     }
 
     fn src_is_stream(&self) -> bool {
@@ -698,7 +764,7 @@ impl Worker<'_> {
                 };
                 let mut events = std::mem::take(&mut self.events);
                 events.clear();
-                let r = c.complete(
+                let mut r = c.complete(
                     &mut self.ring,
                     ud(li, kind, 0),
                     idx,
@@ -707,18 +773,28 @@ impl Worker<'_> {
                     &mut events,
                 );
                 Shared::add(&self.shared.bytes_memcpy, std::mem::take(&mut c.memcpy));
-                let mut r2 = Ok(());
-                for ev in events.drain(..) {
-                    if r2.is_ok() {
-                        r2 = if is_src {
-                            self.src_event(li, lane, ev)
-                        } else {
-                            self.dst_event(lane, ev)
-                        };
+                loop {
+                    let mut r2 = Ok(());
+                    for ev in events.drain(..) {
+                        if r2.is_ok() {
+                            r2 = if is_src {
+                                self.src_event(li, lane, ev)
+                            } else {
+                                self.dst_event(lane, ev)
+                            };
+                        }
+                    }
+                    r = r.and(r2);
+                    // Splice mode: the pipe is drained; go on receiving.
+                    match &mut lane.src {
+                        SrcIo::Nbd(c) if is_src && r.is_ok() && c.wants_resume() => {
+                            r = c.resume(&mut self.ring, ud(li, kind, 0), &mut events);
+                        }
+                        _ => break,
                     }
                 }
                 self.events = events;
-                r.and(r2)
+                r
             }
             _ => Err(Error::new(
                 libc::EIO,
@@ -857,6 +933,81 @@ impl Worker<'_> {
                     room,
                     block.filter(|_| n_data > 0),
                 );
+            }
+        }
+        lane.runs = runs;
+        r
+    }
+
+    /// READ data waiting in the lane's pipe (splice mode): zero blocks
+    /// (found in a tee'd copy) are discarded and zeroed, the rest moved to
+    /// the destination without entering user space.  Leaves the pipe empty.
+    fn pipe_data(
+        &mut self,
+        li: usize,
+        lane: &mut Lane,
+        si: u32,
+        off: u64,
+        len: usize,
+    ) -> Result<()> {
+        Self::check_dst_range(lane, off, len as u64)?;
+        let src_label = lane.src_label();
+        let sparse = lane.p.sparse;
+        let Some(sp) = lane.splice.as_mut() else {
+            return Err(Error::new(
+                libc::EIO,
+                "internal error: pipe data without a pipe",
+            ));
+        };
+        let (pipe_r, devnull, ctl) = (
+            sp.pipe.r.as_raw_fd(),
+            sp.devnull.as_raw_fd(),
+            sp.ctl.clone(),
+        );
+        let mut runs = std::mem::take(&mut lane.runs);
+        runs.clear();
+        match sp.tee.as_mut() {
+            Some((tee, hot)) if len > 0 => {
+                splice::tee_read(pipe_r, tee, hot, len, &ctl)
+                    .map_err(|e| e.context(format!("{src_label} (zero detection)")))?;
+                zero_runs(&hot[..len], off, sparse, &mut runs);
+            }
+            _ => runs.push((0, len, false)),
+        }
+        let mut r = Ok(());
+        for &(a, e, z) in &runs {
+            let (roff, n) = (off + a as u64, e - a);
+            r = if z {
+                splice::splice_out(pipe_r, devnull, None, n, &ctl, "/dev/null")
+                    .and_then(|()| self.dst_zero(li, lane, si, roff, n as u64))
+            } else {
+                let dst_label = lane.dst_label();
+                match &mut lane.dst {
+                    DstIo::Null => splice::splice_out(pipe_r, devnull, None, n, &ctl, "/dev/null")
+                        .map(|()| {
+                            Shared::add(&self.shared.bytes_copied, n as u64);
+                            Shared::add(&self.shared.bytes_spliced, n as u64);
+                            self.part_done(lane, si, n as u64);
+                        }),
+                    DstIo::File { fd, .. } => {
+                        let fd = *fd;
+                        Shared::add(&self.shared.requests, 1);
+                        splice::splice_out(pipe_r, fd, Some(roff), n, &ctl, &dst_label).map(|()| {
+                            Shared::add(&self.shared.bytes_copied, n as u64);
+                            Shared::add(&self.shared.bytes_spliced, n as u64);
+                            self.part_done(lane, si, n as u64);
+                        })
+                    }
+                    DstIo::Nbd(c) => {
+                        lane.slots[si as usize].parts += 1;
+                        Shared::add(&self.shared.requests, 1);
+                        Shared::add(&self.shared.bytes_spliced, n as u64);
+                        c.send_pipe(si, roff, pipe_r, n as u32)
+                    }
+                }
+            };
+            if r.is_err() {
+                break;
             }
         }
         lane.runs = runs;
@@ -1213,6 +1364,9 @@ impl Worker<'_> {
                 room,
                 block,
             } => self.dst_data(li, lane, slot, offset, ptr, len as usize, room, Some(block)),
+            RecvEvent::PipeData { slot, offset, len } => {
+                self.pipe_data(li, lane, slot, offset, len as usize)
+            }
             RecvEvent::Hole { slot, offset, len } => {
                 self.dst_zero(li, lane, slot, offset, len as u64)
             }
@@ -1258,6 +1412,7 @@ impl Worker<'_> {
                 Ok(())
             }
             RecvEvent::Data { .. }
+            | RecvEvent::PipeData { .. }
             | RecvEvent::Hole { .. }
             | RecvEvent::ReadDone { .. }
             | RecvEvent::Extents { .. }

@@ -109,6 +109,11 @@ impl NbdEndpoint {
         }
     }
 
+    /// Connected over a unix domain socket (also subprocess servers).
+    pub fn is_unix(&self) -> bool {
+        matches!(self.transport, Transport::Unix { .. })
+    }
+
     /// The connection for lane `i`: the first one, or a new one whose
     /// negotiation must agree with the first.
     pub fn lane_conn(&mut self, i: usize, p: &LaneParams) -> Result<NbdConn> {

@@ -46,12 +46,16 @@ pub struct nbdcpy_stats {
     pub elapsed_ns: u64,
     /// Payload bytes copied in user space (memcpy).  0 on zero-copy paths.
     pub bytes_memcpy: u64,
-    /// I/O system calls made (io_uring_enter, plus direct file writes).
+    /// I/O system calls made (io_uring_enter, plus direct file writes and
+    /// the splice path's calls).
     pub syscalls: u64,
     /// Connections used per NBD side (lanes).
     pub connections: u32,
     /// 1 once nbdcpy_run has returned.
     pub finished: u32,
+    /// Data bytes moved by splice (socket -> pipe -> destination), never
+    /// entering user space.
+    pub bytes_spliced: u64,
 }
 
 /// Progress callback: called on the thread running nbdcpy_run, at the
@@ -436,6 +440,7 @@ fn snapshot(s: &Shared, finished: bool) -> nbdcpy_stats {
         syscalls: s.ring_enters.load(Relaxed) + s.syscalls_direct.load(Relaxed),
         connections: s.connections.load(Relaxed) as u32,
         finished: finished as u32,
+        bytes_spliced: s.bytes_spliced.load(Relaxed),
     }
 }
 

@@ -122,6 +122,9 @@ pub struct ReplyParser {
     meta_context_id: Option<u32>,
     /// Largest block-status payload accepted.
     max_status: usize,
+    /// READ data stays in the stream: a data message ends after its
+    /// prefix and the caller moves the payload itself (splice).
+    external_data: bool,
     inflight: HashMap<u64, InFlight>,
 }
 
@@ -131,8 +134,19 @@ impl ReplyParser {
             mode: n.mode,
             meta_context_id: n.meta_context_id,
             max_status: 1 << 20,
+            external_data: false,
             inflight: HashMap::new(),
         }
+    }
+
+    /// With `on`, a READ data message is complete once its prefix (the
+    /// header, and the offset of a structured chunk) has arrived: the
+    /// returned `len` covers only the prefix, `Chunk::Data::payload` the
+    /// bytes that follow it in the stream, which the caller must consume
+    /// before parsing on.  All checks (bounds, overlap, coverage) are the
+    /// same.
+    pub fn set_external_data(&mut self, on: bool) {
+        self.external_data = on;
     }
 
     /// The largest message this parser will ever accept, for a request of
@@ -233,7 +247,7 @@ impl ReplyParser {
             }
             NBD_CMD_READ => {
                 let total = 16 + length as usize;
-                if buf.len() < total {
+                if !self.external_data && buf.len() < total {
                     return Ok(Parse::Incomplete { need: Some(total) });
                 }
                 chunk = Chunk::Data {
@@ -241,7 +255,9 @@ impl ReplyParser {
                     offset,
                     payload: 16..total,
                 };
-                len = total;
+                if !self.external_data {
+                    len = total;
+                }
             }
             NBD_CMD_BLOCK_STATUS => {
                 return Err(ConnError(format!(
@@ -276,6 +292,7 @@ impl ReplyParser {
         let mode = self.mode;
         let meta = self.meta_context_id;
         let max_status = self.max_status;
+        let external = self.external_data;
         let req = self.lookup(cookie)?;
         let what = |s: &str| {
             ConnError(format!(
@@ -300,10 +317,16 @@ impl ReplyParser {
             )));
         }
         let total = hdr + plen as usize;
-        if buf.len() < total {
-            return Ok(Parse::Incomplete { need: Some(total) });
+        // External data: only the 8-byte offset of the payload is needed.
+        let have = if external && ctype == NBD_REPLY_TYPE_OFFSET_DATA {
+            hdr + (plen as usize).min(8)
+        } else {
+            total
+        };
+        if buf.len() < have {
+            return Ok(Parse::Incomplete { need: Some(have) });
         }
-        let p = &buf[hdr..total];
+        let p = &buf[hdr..have];
         let done_flag = flags & NBD_REPLY_FLAG_DONE != 0;
         let chunk = match ctype {
             NBD_REPLY_TYPE_NONE => {
@@ -511,7 +534,7 @@ impl ReplyParser {
             None
         };
         Ok(Parse::Message {
-            len: total,
+            len: have,
             chunk,
             done,
         })

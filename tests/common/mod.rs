@@ -479,6 +479,7 @@ pub fn copy(src: &str, dst: &str, opts: &[(&str, &str)]) -> nbdcpy::Result<Stats
         memcpy: g(&s.bytes_memcpy),
         connections: g(&s.connections),
         requests: g(&s.requests),
+        spliced: g(&s.bytes_spliced),
     })
 }
 
@@ -491,4 +492,5 @@ pub struct Stats {
     pub memcpy: u64,
     pub connections: u64,
     pub requests: u64,
+    pub spliced: u64,
 }

@@ -1,0 +1,306 @@
+//! The splice data path's kernel plumbing: pipes sized for requests,
+//! bounded waits on non-blocking descriptors that notice cancellation and
+//! the stall timeout, and exact splice / tee / send loops.
+//!
+//! READ payloads move socket -> pipe -> destination (socket, file or
+//! /dev/null) by reference, never entering user space; zero detection
+//! reads a tee'd duplicate.  These are direct system calls, not io_uring
+//! operations: io_uring runs SPLICE and TEE on io-wq threads, which costs
+//! more than the copy it saves (measured in BENCHMARKS.md).
+
+use super::stats::Shared;
+use crate::error::{Error, Result};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A pipe with both ends non-blocking.
+pub struct Pipe {
+    pub r: OwnedFd,
+    pub w: OwnedFd,
+    /// Capacity in bytes.
+    pub cap: usize,
+}
+
+impl Pipe {
+    /// A pipe of at least `min` bytes (trying up to `want`), or None when
+    /// the system does not allow one that big (pipe-max-size, per-user
+    /// pipe limits).
+    pub fn new(min: usize, want: usize) -> Option<Pipe> {
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: fds has room for the two descriptors pipe2 writes.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } < 0 {
+            return None;
+        }
+        // SAFETY: pipe2 succeeded: two fresh descriptors we now own.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let mut size = want.max(min).next_power_of_two();
+        while size >= min {
+            // SAFETY: fcntl on our own descriptor, no memory arguments.
+            let got =
+                unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int) };
+            if got >= min as libc::c_int {
+                return Some(Pipe {
+                    r,
+                    w,
+                    cap: got as usize,
+                });
+            }
+            size /= 2;
+        }
+        None
+    }
+}
+
+/// What a blocking step needs to give up in time: the job's cancel and
+/// failure flags and its stall timeout.
+#[derive(Clone)]
+pub struct Ctl {
+    pub shared: Arc<Shared>,
+    pub timeout: Option<Duration>,
+}
+
+/// Poll slice: how quickly a blocked step notices cancellation.
+const SLICE_MS: i32 = 20;
+
+impl Ctl {
+    /// Waits until `fd` is ready for `events`.  Fails with ECANCELED when
+    /// the job is cancelled or another worker failed, ETIMEDOUT after the
+    /// stall timeout; `who` names the endpoint for that message.
+    pub fn wait(&self, fd: RawFd, events: i16, who: &str) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            if self.shared.stopping() {
+                return Err(Error::cancelled());
+            }
+            let mut p = libc::pollfd {
+                fd,
+                events,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the duration of the call.
+            let r = unsafe { libc::poll(&mut p, 1, SLICE_MS) };
+            self.syscalls(1);
+            if r > 0 {
+                return Ok(()); // ready, or an error the next call reports
+            }
+            if r < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::EINTR) {
+                    return Err(Error::os(format!("{who}: poll"), e));
+                }
+            }
+            if let Some(t) = self.timeout {
+                if start.elapsed() > t {
+                    return Err(Error::new(
+                        libc::ETIMEDOUT,
+                        format!(
+                            "no I/O completed for {} seconds: {who} is not responding",
+                            t.as_secs()
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Counts `n` direct system calls in the job's stats.
+    pub fn syscalls(&self, n: u64) {
+        Shared::add(&self.shared.syscalls_direct, n);
+    }
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+/// Moves up to `max` bytes from socket `sock` into `pipe_w`.  Returns once
+/// all `max` bytes are in the pipe, or when the pipe is full (possibly
+/// with nothing moved).  End of stream is an error.
+pub fn splice_in(sock: RawFd, pipe_w: RawFd, max: usize, ctl: &Ctl, who: &str) -> Result<usize> {
+    let mut got = 0;
+    // EAGAIN although the socket is readable: data arrived just after the
+    // splice looked (retry), or, seen twice in a row, the pipe is full.
+    let mut full_hint = false;
+    while got < max {
+        // SAFETY: no memory arguments; both descriptors are open.
+        let r = unsafe {
+            libc::splice(
+                sock,
+                std::ptr::null_mut(),
+                pipe_w,
+                std::ptr::null_mut(),
+                max - got,
+                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+            )
+        };
+        ctl.syscalls(1);
+        if r > 0 {
+            got += r as usize;
+            full_hint = false;
+            continue;
+        }
+        if r == 0 {
+            return Err(Error::new(
+                libc::ECONNRESET,
+                format!("{who}: server closed the connection in the middle of a READ reply"),
+            ));
+        }
+        match errno() {
+            libc::EINTR => continue,
+            libc::EAGAIN => {
+                // Either the socket is empty or the pipe is full.
+                let mut p = libc::pollfd {
+                    fd: sock,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd for the duration of the call.
+                let ready = unsafe { libc::poll(&mut p, 1, 0) } > 0;
+                ctl.syscalls(1);
+                if ready && full_hint {
+                    return Ok(got); // the pipe is full: drain it first
+                }
+                full_hint = ready;
+                if !ready {
+                    ctl.wait(sock, libc::POLLIN, who)?;
+                }
+            }
+            e => {
+                return Err(Error::from_res(
+                    format!("{who}: splice from the socket"),
+                    -e,
+                ))
+            }
+        }
+    }
+    Ok(got)
+}
+
+/// Moves exactly `n` bytes from `pipe_r` to `fd` (at `off` for files).
+pub fn splice_out(
+    pipe_r: RawFd,
+    fd: RawFd,
+    mut off: Option<u64>,
+    n: usize,
+    ctl: &Ctl,
+    who: &str,
+) -> Result<()> {
+    let mut done = 0;
+    while done < n {
+        let mut o: libc::loff_t = off.unwrap_or(0) as libc::loff_t;
+        let op: *mut libc::loff_t = if off.is_some() {
+            &mut o
+        } else {
+            std::ptr::null_mut()
+        };
+        // SAFETY: `op` is null or points to `o`, live during the call.
+        let r = unsafe {
+            libc::splice(
+                pipe_r,
+                std::ptr::null_mut(),
+                fd,
+                op,
+                n - done,
+                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+            )
+        };
+        ctl.syscalls(1);
+        if r > 0 {
+            done += r as usize;
+            if let Some(x) = off.as_mut() {
+                *x += r as u64;
+            }
+            continue;
+        }
+        let e = if r == 0 { libc::EIO } else { errno() };
+        match e {
+            libc::EINTR => {}
+            libc::EAGAIN => ctl.wait(fd, libc::POLLOUT, who)?,
+            e => {
+                let at = off.map(|o| format!(" at offset {o}")).unwrap_or_default();
+                return Err(Error::from_res(format!("{who}: write{at}"), -e));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Duplicates the first `n` bytes of `pipe_r` into `tee` and reads them
+/// into `buf` (for zero detection); the bytes stay in `pipe_r`.
+pub fn tee_read(pipe_r: RawFd, tee: &Pipe, buf: &mut [u8], n: usize, ctl: &Ctl) -> Result<()> {
+    // SAFETY: no memory arguments.
+    let t = unsafe { libc::tee(pipe_r, tee.w.as_raw_fd(), n, libc::SPLICE_F_NONBLOCK) };
+    if t < 0 || t as usize != n {
+        return Err(Error::new(
+            libc::EIO,
+            format!("tee of {n} bytes returned {t} (errno {})", errno()),
+        ));
+    }
+    let mut got = 0;
+    while got < n {
+        // SAFETY: buf has at least n bytes; got < n.
+        let r = unsafe {
+            libc::read(
+                tee.r.as_raw_fd(),
+                buf.as_mut_ptr().add(got) as *mut libc::c_void,
+                n - got,
+            )
+        };
+        if r <= 0 {
+            if r < 0 && errno() == libc::EINTR {
+                continue;
+            }
+            return Err(Error::new(libc::EIO, "short read from the tee pipe"));
+        }
+        got += r as usize;
+    }
+    ctl.syscalls(2);
+    Ok(())
+}
+
+/// Sends every byte of `iov` on socket `fd` (MSG_MORE when more follows).
+pub fn send_all(
+    fd: RawFd,
+    iov: &mut [libc::iovec],
+    more: bool,
+    ctl: &Ctl,
+    who: &str,
+) -> Result<()> {
+    let mut first = 0;
+    while first < iov.len() {
+        // SAFETY: msghdr is plain data; all-zero is a valid value.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = iov[first..].as_mut_ptr();
+        msg.msg_iovlen = (iov.len() - first) as _;
+        let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT | if more { libc::MSG_MORE } else { 0 };
+        // SAFETY: msg points at iovecs describing buffers the caller keeps
+        // alive for the call.
+        let r = unsafe { libc::sendmsg(fd, &msg, flags) };
+        ctl.syscalls(1);
+        if r < 0 {
+            match errno() {
+                libc::EINTR => continue,
+                libc::EAGAIN => {
+                    ctl.wait(fd, libc::POLLOUT, who)?;
+                    continue;
+                }
+                e => return Err(Error::from_res(format!("{who}: send"), -e)),
+            }
+        }
+        let mut left = r as usize;
+        while first < iov.len() && left >= iov[first].iov_len {
+            left -= iov[first].iov_len;
+            first += 1;
+        }
+        if left > 0 {
+            let v = &mut iov[first];
+            // SAFETY: left < iov_len: still inside the buffer.
+            v.iov_base = unsafe { (v.iov_base as *mut u8).add(left) } as *mut libc::c_void;
+            v.iov_len -= left;
+        }
+    }
+    Ok(())
+}
