@@ -17,6 +17,9 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Default request size on the splice data path.
+const SPLICE_REQUEST_SIZE: u64 = 1 << 20;
 use worker::{DstIo, Lane, LaneParams, SrcIo, BIG_PIECE, ZERO_PIECE};
 
 /// Hands out the source's byte range in large pieces to lanes.
@@ -271,7 +274,19 @@ impl Job {
             }
         }
 
-        let request_size = self.effective_request_size();
+        let splice_mode = match std::env::var("NBDCPY_SPLICE").as_deref() {
+            Ok("1") => Some(true),
+            Ok("0") => Some(false),
+            _ => cfg.splice,
+        };
+        let use_splice = self.splice_wins(splice_mode, self.sparse_block());
+        // The splice path pays per request (a few system calls), not per
+        // byte: bigger requests unless the size was asked for.
+        let request_size = self.effective_request_size(if use_splice && !cfg.request_size_set {
+            SPLICE_REQUEST_SIZE
+        } else {
+            cfg.request_size
+        });
         // queue-size bounds the bytes in flight of the whole copy (so
         // memory does not grow with the number of connections); each lane
         // gets its share, and at least two requests.
@@ -307,12 +322,6 @@ impl Job {
                 && std::env::var_os("NBDCPY_URING_FILE_WRITES").is_none(),
         };
 
-        let splice_mode = match std::env::var("NBDCPY_SPLICE").as_deref() {
-            Ok("1") => Some(true),
-            Ok("0") => Some(false),
-            _ => cfg.splice,
-        };
-        let use_splice = self.splice_wins(splice_mode, &params);
         let mut lanes = Vec::with_capacity(lanes_n as usize);
         let mut spliced = 0;
         for i in 0..lanes_n as usize {
@@ -443,7 +452,7 @@ impl Job {
     /// a unix-socket NBD destination, or a file when zero detection is off
     /// (with detection a file copy costs the same either way; over TCP the
     /// pipe fills in small pieces and splicing loses; see BENCHMARKS.md).
-    fn splice_wins(&self, mode: Option<bool>, p: &LaneParams) -> bool {
+    fn splice_wins(&self, mode: Option<bool>, sparse: u64) -> bool {
         let Endpoint::Nbd(src) = &self.src else {
             return false;
         };
@@ -454,7 +463,7 @@ impl Job {
                     && match &self.dst {
                         Endpoint::Null => true,
                         Endpoint::Nbd(d) => d.is_unix(),
-                        Endpoint::File(f) => !f.is_stream() && p.sparse == 0,
+                        Endpoint::File(f) => !f.is_stream() && sparse == 0,
                     }
             }
         }
@@ -472,9 +481,9 @@ impl Job {
         }
     }
 
-    /// request-size clamped to what both ends accept.
-    fn effective_request_size(&self) -> u64 {
-        let mut rs = self.cfg.request_size;
+    /// A request size clamped to what both ends accept.
+    fn effective_request_size(&self, want: u64) -> u64 {
+        let mut rs = want;
         for ep in [&self.src, &self.dst] {
             if let Endpoint::Nbd(n) = ep {
                 rs = rs.min(n.info.block_size.max_payload as u64);

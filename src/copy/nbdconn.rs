@@ -621,12 +621,7 @@ impl NbdConn {
             self.tail = 0;
         }
         let partial = self.tail - self.head;
-        let hdr = match self.info.mode {
-            HeaderMode::Extended => 32,
-            HeaderMode::Structured => 20,
-            HeaderMode::Simple => 16,
-        };
-        let want = self.need.unwrap_or(hdr).max(partial + 1);
+        let want = self.need.unwrap_or(self.first_read()).max(partial + 1);
         if want > self.max_msg {
             return Err(self.err(format!(
                 "server reply of {want} bytes is larger than any reply asked for"
@@ -668,6 +663,21 @@ impl NbdConn {
         // receive completes; nothing else reads or writes [tail, tail+len)
         // meanwhile; the worker drains the ring before dropping the pool.
         unsafe { ring.push(&e) }
+    }
+
+    /// Bytes to read at a message boundary when nothing of the next
+    /// message is known.  In splice mode reads must not run into a READ
+    /// payload: a header, plus (with structured replies) the 8-byte offset
+    /// of a data chunk, since every message is at least that long or is
+    /// followed by another header (so the extra bytes are never payload).
+    fn first_read(&self) -> usize {
+        match (self.info.mode, self.splice.is_some()) {
+            (HeaderMode::Extended, true) => 40,
+            (HeaderMode::Structured, true) => 28,
+            (HeaderMode::Extended, false) => 32,
+            (HeaderMode::Structured, false) => 20,
+            (HeaderMode::Simple, _) => 16,
+        }
     }
 
     fn pool_refs_only_ours(&self) -> bool {
@@ -766,11 +776,6 @@ impl NbdConn {
     /// One non-blocking receive of the rest of the current message (splice
     /// mode).  True when bytes arrived.
     fn recv_direct(&mut self) -> Result<bool> {
-        let hdr = match self.info.mode {
-            HeaderMode::Extended => 32,
-            HeaderMode::Structured => 20,
-            HeaderMode::Simple => 16,
-        };
         if let Some(sp) = self.splice.as_mut() {
             sp.budget -= 1;
         }
@@ -778,7 +783,10 @@ impl NbdConn {
             self.head = 0;
             self.tail = 0;
         }
-        let want = self.need.unwrap_or(hdr).max(self.tail - self.head + 1);
+        let want = self
+            .need
+            .unwrap_or(self.first_read())
+            .max(self.tail - self.head + 1);
         if self.head + want > self.pool.block_size() {
             return Ok(false); // let post_recv move it to a fresh block
         }

@@ -121,9 +121,9 @@ fn errno() -> i32 {
 /// with nothing moved).  End of stream is an error.
 pub fn splice_in(sock: RawFd, pipe_w: RawFd, max: usize, ctl: &Ctl, who: &str) -> Result<usize> {
     let mut got = 0;
-    // EAGAIN although the socket is readable: data arrived just after the
-    // splice looked (retry), or, seen twice in a row, the pipe is full.
-    let mut full_hint = false;
+    // The socket was just reported readable: EAGAIN now means the pipe is
+    // full (nothing else reads this socket).
+    let mut ready = false;
     while got < max {
         // SAFETY: no memory arguments; both descriptors are open.
         let r = unsafe {
@@ -139,7 +139,11 @@ pub fn splice_in(sock: RawFd, pipe_w: RawFd, max: usize, ctl: &Ctl, who: &str) -
         ctl.syscalls(1);
         if r > 0 {
             got += r as usize;
-            full_hint = false;
+            if got < max {
+                // Partial: the rest is on its way (or the pipe is full).
+                ctl.wait(sock, libc::POLLIN, who)?;
+                ready = true;
+            }
             continue;
         }
         if r == 0 {
@@ -150,23 +154,10 @@ pub fn splice_in(sock: RawFd, pipe_w: RawFd, max: usize, ctl: &Ctl, who: &str) -
         }
         match errno() {
             libc::EINTR => continue,
+            libc::EAGAIN if ready => return Ok(got), // the pipe is full: drain it first
             libc::EAGAIN => {
-                // Either the socket is empty or the pipe is full.
-                let mut p = libc::pollfd {
-                    fd: sock,
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                // SAFETY: one valid pollfd for the duration of the call.
-                let ready = unsafe { libc::poll(&mut p, 1, 0) } > 0;
-                ctl.syscalls(1);
-                if ready && full_hint {
-                    return Ok(got); // the pipe is full: drain it first
-                }
-                full_hint = ready;
-                if !ready {
-                    ctl.wait(sock, libc::POLLIN, who)?;
-                }
+                ctl.wait(sock, libc::POLLIN, who)?;
+                ready = true;
             }
             e => {
                 return Err(Error::from_res(
