@@ -12,7 +12,9 @@ const SIZE: u64 = 4 << 20;
 
 /// Copies the hostile source into an nbdkit memory disk twice its size
 /// whose every byte was 0xEE, and checks the upper half is untouched.
-fn run_source(mode: Mode, extended: bool) -> (nbdcpy::Result<Stats>, Duration) {
+/// Copies from a hostile source with the given data path ("1": splice,
+/// "0": receive buffers).
+fn run_source(mode: Mode, extended: bool, splice: &str) -> (nbdcpy::Result<Stats>, Duration) {
     let d = TempDir::new("hostile");
     let h = Hostile::start(d.path(), mode, SIZE, extended);
     // One nbdkit thread: nbdkit 1.32 can abort (connections.c:402
@@ -32,6 +34,7 @@ fn run_source(mode: Mode, extended: bool) -> (nbdcpy::Result<Stats>, Duration) {
             ("connections", "2"),
             ("request-size", "256k"),
             ("requests", "8"),
+            ("splice", splice),
         ],
     );
     let took = t0.elapsed();
@@ -61,8 +64,10 @@ fn good_server_is_copied_exactly() {
     }
     for ext in [false, true] {
         for mode in [Mode::Good, Mode::SlowDrip, Mode::WriteError] {
-            let (r, _) = run_source(mode, ext);
-            r.unwrap_or_else(|e| panic!("{mode:?} ext={ext}: {e}"));
+            for splice in ["1", "0"] {
+                let (r, _) = run_source(mode, ext, splice);
+                r.unwrap_or_else(|e| panic!("{mode:?} ext={ext} splice={splice}: {e}"));
+            }
         }
         let d = TempDir::new("good");
         let h = Hostile::start(d.path(), Mode::Good, SIZE, ext);
@@ -85,18 +90,19 @@ fn every_misbehaving_source_fails_cleanly() {
     }
     let mut table = Vec::new();
     for &mode in ALL_BAD {
-        for ext in [false, true] {
-            let (r, took) = run_source(mode, ext);
+        for (ext, splice) in [(false, "1"), (true, "1"), (false, "0"), (true, "0")] {
+            let (r, took) = run_source(mode, ext, splice);
             let e = match r {
-                Ok(_) => panic!("{mode:?} ext={ext}: the copy succeeded"),
+                Ok(_) => panic!("{mode:?} ext={ext} splice={splice}: the copy succeeded"),
                 Err(e) => e,
             };
             assert!(e.errno != 0);
             assert!(took < Duration::from_secs(10), "{mode:?}: took {took:?}");
             assert!(!e.msg.is_empty());
             table.push(format!(
-                "| {mode:?} | {} | {} | {:.2} s | {} |",
+                "| {mode:?} | {} | {} | {} | {:.2} s | {} |",
                 if ext { "ext" } else { "sr" },
+                if splice == "1" { "splice" } else { "receive" },
                 e.errno,
                 took.as_secs_f64(),
                 e.msg
@@ -130,20 +136,23 @@ fn specific_messages() {
         (Mode::BogusErrorLen, "message length"),
         (Mode::Stall, "no I/O completed"),
         (Mode::CloseMidReply, "closed the connection"),
+        (Mode::StallMidReply, "no I/O completed"),
         (Mode::ErrorChunk, "injected read error"),
         (Mode::NoDone, "no I/O completed"),
         (Mode::SimpleReplyToStructuredRead, "simple reply"),
     ] {
-        let (r, _) = run_source(mode, false);
-        let e = r.err().unwrap_or_else(|| panic!("{mode:?} succeeded"));
-        assert!(e.msg.contains(want), "{mode:?}: {}", e.msg);
-        assert!(
-            e.msg.contains("source"),
-            "{mode:?} names the endpoint: {}",
-            e.msg
-        );
+        for splice in ["1", "0"] {
+            let (r, _) = run_source(mode, false, splice);
+            let e = r.err().unwrap_or_else(|| panic!("{mode:?} succeeded"));
+            assert!(e.msg.contains(want), "{mode:?} splice={splice}: {}", e.msg);
+            assert!(
+                e.msg.contains("source"),
+                "{mode:?} splice={splice} names the endpoint: {}",
+                e.msg
+            );
+        }
     }
-    let (r, _) = run_source(Mode::ErrorChunk, false);
+    let (r, _) = run_source(Mode::ErrorChunk, false, "1");
     let e = r.unwrap_err();
     assert_eq!(e.errno, libc::EIO);
     assert!(e.msg.contains("offset 2097152"), "{}", e.msg);
@@ -234,5 +243,45 @@ fn cancel_sends_disc() {
             );
         }
         eprintln!("{opts:?}: cancel took {took:?}");
+    }
+}
+
+/// Cancelling while a READ payload is half-way through the pipe (the
+/// server stalls mid-reply) ends the copy promptly on both data paths.
+#[test]
+fn cancel_mid_payload() {
+    if !require("nbdkit") {
+        return;
+    }
+    for splice in ["1", "0"] {
+        let d = TempDir::new("cancel-mid");
+        let src = Hostile::start(d.path(), Mode::StallMidReply, SIZE, false);
+        let dst = nbdkit(&d, &["--threads=1", "memory", &SIZE.to_string()]);
+        let mut cfg = nbdcpy::Config::default();
+        cfg.set("splice", Some(splice)).unwrap();
+        cfg.set("no-extents", None).unwrap();
+        let mut job = nbdcpy::copy::Job::open(
+            nbdcpy::endpoint::Spec::parse(&src.uri()),
+            nbdcpy::endpoint::Spec::parse(&dst.uri()),
+            cfg,
+        )
+        .unwrap();
+        let shared = job.shared().clone();
+        let canceller = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            shared
+                .cancel
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            Instant::now()
+        });
+        let e = job
+            .run(Duration::from_millis(100), &mut |_| true)
+            .unwrap_err();
+        let took = Instant::now() - canceller.join().unwrap();
+        assert_eq!(e.errno, libc::ECANCELED, "splice={splice}: {}", e.msg);
+        assert!(
+            took < Duration::from_millis(100),
+            "splice={splice}: cancel took {took:?}"
+        );
     }
 }

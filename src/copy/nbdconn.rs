@@ -802,7 +802,9 @@ impl NbdConn {
             self.tail += r as usize;
             return Ok(true);
         }
-        if r == 0 {
+        let reset =
+            r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECONNRESET);
+        if r == 0 || reset {
             self.broken = true;
             return Err(Error::new(
                 libc::ECONNRESET,

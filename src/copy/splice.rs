@@ -146,13 +146,14 @@ pub fn splice_in(sock: RawFd, pipe_w: RawFd, max: usize, ctl: &Ctl, who: &str) -
             }
             continue;
         }
-        if r == 0 {
-            return Err(Error::new(
-                libc::ECONNRESET,
-                format!("{who}: server closed the connection in the middle of a READ reply"),
-            ));
-        }
-        match errno() {
+        let e = if r == 0 { libc::ECONNRESET } else { errno() };
+        match e {
+            libc::ECONNRESET => {
+                return Err(Error::new(
+                    libc::ECONNRESET,
+                    format!("{who}: server closed the connection in the middle of a READ reply"),
+                ))
+            }
             libc::EINTR => continue,
             libc::EAGAIN if ready => return Ok(got), // the pipe is full: drain it first
             libc::EAGAIN => {

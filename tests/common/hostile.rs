@@ -53,6 +53,8 @@ pub enum Mode {
     Stall,
     /// Sends half of a READ reply's data, then closes.
     CloseMidReply,
+    /// Sends half of a READ reply's data, then goes silent (open).
+    StallMidReply,
     /// EIO for WRITEs at or after 1 MiB.
     WriteError,
     /// A proper error chunk for READs touching 2 MiB.
@@ -88,6 +90,7 @@ pub const ALL_BAD: &[Mode] = &[
     Mode::BogusErrorLen,
     Mode::Stall,
     Mode::CloseMidReply,
+    Mode::StallMidReply,
     Mode::ErrorChunk,
     Mode::NoDone,
     Mode::SimpleReplyToStructuredRead,
@@ -531,6 +534,28 @@ impl Conn {
                 let n = v.len() / 2;
                 self.send(&v[..n])?;
                 let _ = self.s.shutdown(std::net::Shutdown::Both);
+                return Err(std::io::ErrorKind::ConnectionAborted.into());
+            }
+            Mode::StallMidReply => {
+                let v = self.data_chunk(true, cookie, off, len);
+                let n = v.len() / 2;
+                self.send(&v[..n])?;
+                // Silent until nbdcpy gives up and closes.
+                let mut b = [0u8; 4096];
+                loop {
+                    match std::io::Read::read(&mut self.s, &mut b) {
+                        Ok(0) => break,
+                        Ok(_) => {}
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock
+                                    | std::io::ErrorKind::TimedOut
+                                    | std::io::ErrorKind::Interrupted
+                            ) => {}
+                        Err(_) => break,
+                    }
+                }
                 return Err(std::io::ErrorKind::ConnectionAborted.into());
             }
             Mode::NoDone => {
