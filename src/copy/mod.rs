@@ -447,19 +447,30 @@ impl Job {
         Ok(())
     }
 
-    /// Whether lanes move READ payloads by splice.  `mode` None (auto):
-    /// only where it measured faster: a unix-socket NBD source into null:,
-    /// a unix-socket NBD destination, or a file when zero detection is off
-    /// (with detection a file copy costs the same either way; over TCP the
-    /// pipe fills in small pieces and splicing loses; see BENCHMARKS.md).
+    /// Whether lanes move data by splice.  `mode` None (auto): only where
+    /// it measured faster (BENCHMARKS.md): a unix-socket NBD source or a
+    /// file (its cached pages) into null: or a unix-socket NBD
+    /// destination, or an NBD source into a file when zero detection is
+    /// off.  Not over TCP (the pipe fills in small pieces: no gain), not
+    /// NBD -> file with zero detection (the same two copies either way),
+    /// not file -> file.
     fn splice_wins(&self, mode: Option<bool>, sparse: u64) -> bool {
-        let Endpoint::Nbd(src) = &self.src else {
-            return false;
+        let unix_src = match &self.src {
+            Endpoint::Nbd(src) => src.is_unix(),
+            // Cached file pages go to the pipe by reference (disk reads
+            // still use io_uring: see Worker::file_splice).
+            Endpoint::File(f) if !f.is_stream() => {
+                if matches!(&self.dst, Endpoint::File(_)) {
+                    return false;
+                }
+                true
+            }
+            _ => return false,
         };
         match mode {
             Some(on) => on,
             None => {
-                src.is_unix()
+                unix_src
                     && match &self.dst {
                         Endpoint::Null => true,
                         Endpoint::Nbd(d) => d.is_unix(),

@@ -171,6 +171,84 @@ pub fn splice_in(sock: RawFd, pipe_w: RawFd, max: usize, ctl: &Ctl, who: &str) -
     Ok(got)
 }
 
+/// Moves up to `max` bytes of file `fd` at `off` into `pipe_w`: all of
+/// them, or what fits when the pipe fills up (at least one byte).
+pub fn splice_file_in(fd: RawFd, off: u64, pipe_w: RawFd, max: usize, ctl: &Ctl) -> Result<usize> {
+    let mut got = 0;
+    while got < max {
+        let mut o = (off + got as u64) as libc::loff_t;
+        // SAFETY: `o` is live during the call; no other memory arguments.
+        let r = unsafe {
+            libc::splice(
+                fd,
+                &mut o,
+                pipe_w,
+                std::ptr::null_mut(),
+                max - got,
+                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+            )
+        };
+        ctl.syscalls(1);
+        if r > 0 {
+            got += r as usize;
+            continue;
+        }
+        let at = off + got as u64;
+        if r == 0 {
+            return Err(Error::new(
+                libc::EIO,
+                format!("unexpected end of file at offset {at} (did it shrink?)"),
+            ));
+        }
+        match errno() {
+            libc::EINTR => {}
+            libc::EAGAIN if got > 0 => return Ok(got), // the pipe is full
+            e => return Err(Error::from_res(format!("read at offset {at}"), -e)),
+        }
+    }
+    Ok(got)
+}
+
+/// Whether every page of [off, off+len) of `fd` is in the page cache
+/// (cachestat, Linux 6.5+; false when the kernel cannot tell).
+pub fn cached(fd: RawFd, off: u64, len: u64) -> bool {
+    #[repr(C)]
+    struct Range {
+        off: u64,
+        len: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct Stat {
+        nr_cache: u64,
+        nr_dirty: u64,
+        nr_writeback: u64,
+        nr_evicted: u64,
+        nr_recently_evicted: u64,
+    }
+    const SYS_CACHESTAT: libc::c_long = 451;
+    let page = 4096u64;
+    let start = off / page * page;
+    let end = (off + len).div_ceil(page) * page;
+    let range = Range {
+        off: start,
+        len: end - start,
+    };
+    let mut st = Stat::default();
+    // SAFETY: cachestat reads `range` and writes `st`, both live and of the
+    // kernel's layout (struct cachestat_range / struct cachestat).
+    let r = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            fd,
+            &range as *const Range,
+            &mut st as *mut Stat,
+            0,
+        )
+    };
+    r == 0 && st.nr_cache >= (end - start) / page
+}
+
 /// Moves exactly `n` bytes from `pipe_r` to `fd` (at `off` for files).
 pub fn splice_out(
     pipe_r: RawFd,

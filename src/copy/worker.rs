@@ -243,11 +243,12 @@ impl Lane {
     /// NBD source; null:, NBD, regular-file or block-device destination)
     /// and the system grants the pipes.  True when it did.
     pub fn enable_splice(&mut self, ctl: Ctl) -> bool {
-        let SrcIo::Nbd(src) = &mut self.src else {
-            return false;
-        };
-        if matches!(self.dst, DstIo::File { stream: true, .. }) {
-            return false;
+        match (&self.src, &self.dst) {
+            (SrcIo::Nbd(_), DstIo::File { stream: true, .. }) => return false,
+            (SrcIo::Nbd(_), _) => {}
+            // Files: page-cache pages go to the pipe by reference.
+            (SrcIo::File { stream: false, .. }, DstIo::Nbd(_) | DstIo::Null) => {}
+            _ => return false,
         }
         let rs = self.p.request_size as usize;
         // Room for a whole request even when the kernel fills pipe slots
@@ -278,7 +279,9 @@ impl Lane {
         let Ok(devnull) = std::fs::OpenOptions::new().write(true).open("/dev/null") else {
             return false;
         };
-        src.set_splice_source(pipe.w.as_raw_fd(), pipe.cap, ctl.clone());
+        if let SrcIo::Nbd(src) = &mut self.src {
+            src.set_splice_source(pipe.w.as_raw_fd(), pipe.cap, ctl.clone());
+        }
         if let DstIo::Nbd(d) = &mut self.dst {
             d.set_sync_send(ctl.clone());
         }
@@ -690,6 +693,12 @@ impl Worker<'_> {
             }
             Shared::add(&self.shared.requests, 1);
             match &mut lane.src {
+                SrcIo::File {
+                    fd, stream: false, ..
+                } if lane.splice.is_some() && splice::cached(*fd, off, len) => {
+                    let fd = *fd;
+                    self.file_splice(li, lane, si, fd, off, len)?;
+                }
                 SrcIo::File { fd, stream, .. } => {
                     let (fd, stream) = (*fd, *stream);
                     if stream {
@@ -701,6 +710,34 @@ impl Worker<'_> {
             }
         }
         lane.prefetch_status(self.q)
+    }
+
+    /// Moves [off, off+len) of a file whose pages are all in the page
+    /// cache into the pipe and on to the destination (splice path; no
+    /// disk I/O can block the worker), as slot `si`.
+    fn file_splice(
+        &mut self,
+        li: usize,
+        lane: &mut Lane,
+        si: u32,
+        fd: RawFd,
+        off: u64,
+        len: u64,
+    ) -> Result<()> {
+        let Some(sp) = lane.splice.as_ref() else {
+            return Err(Error::new(libc::EIO, "internal error: no pipe"));
+        };
+        let (pipe_w, ctl) = (sp.pipe.w.as_raw_fd(), sp.ctl.clone());
+        let mut done = 0u64;
+        while done < len {
+            let n = splice::splice_file_in(fd, off + done, pipe_w, (len - done) as usize, &ctl)
+                .map_err(|e| e.context(format!("source {}", lane.src_name())))?;
+            self.pipe_data(li, lane, si, off + done, n)?;
+            done += n as u64;
+        }
+        lane.slots[si as usize].read_done = true;
+        self.part_done(lane, si, 0);
+        Ok(())
     }
 
     fn push_file_read(
