@@ -33,8 +33,8 @@ usage (FILE *fp, int status)
 "         [--destination-is-zero|--target-is-zero] [--flush]\n"
 "         [--no-extents] [-p|--progress|--progress=FD]\n"
 "         [--queue-size=N] [--request-size=N] [-R N|--requests=N]\n"
-"         [-S N|--sparse=N] [--synchronous] [-T N|--threads=N]\n"
-"         [--timeout=SECONDS] [-v|--verbose]\n"
+"         [-S N|--sparse=N] [--splice=auto|on|off] [--synchronous]\n"
+"         [-T N|--threads=N] [--timeout=SECONDS] [-v|--verbose]\n"
 "         SOURCE DESTINATION\n"
 "\n"
 "  SOURCE, DESTINATION := - | FILE | DEVICE | NBD-URI | [ CMD ARGS ... ]\n"
@@ -170,6 +170,7 @@ main (int argc, char *argv[])
     DESTINATION_IS_ZERO_OPTION, FLUSH_OPTION, NO_EXTENTS_OPTION,
     QUEUE_SIZE_OPTION, REQUEST_SIZE_OPTION, SYNCHRONOUS_OPTION,
     TIMEOUT_OPTION,
+    SPLICE_OPTION,
   };
   static const char short_options[] = "C:pR:S:T:vV";
   static const struct option long_options[] = {
@@ -190,6 +191,7 @@ main (int argc, char *argv[])
     { "synchronous", no_argument, NULL, SYNCHRONOUS_OPTION },
     { "threads", required_argument, NULL, 'T' },
     { "timeout", required_argument, NULL, TIMEOUT_OPTION },
+    { "splice", required_argument, NULL, SPLICE_OPTION },
     { "verbose", no_argument, NULL, 'v' },
     { "version", no_argument, NULL, 'V' },
     { NULL }
@@ -246,6 +248,7 @@ main (int argc, char *argv[])
     case SYNCHRONOUS_OPTION: set (cfg, "synchronous", "1"); break;
     case 'T': set (cfg, "threads", optarg); break;
     case TIMEOUT_OPTION: set (cfg, "timeout", optarg); break;
+    case SPLICE_OPTION: set (cfg, "splice", optarg); break;
     case 'v': verbose = 1; set (cfg, "verbose", "1"); break;
     case 'V':
       printf ("nbdcpy %s\n", nbdcpy_version ());

@@ -104,9 +104,10 @@ struct nbdcpy_config *nbdcpy_config_new(void);
 // Sets option `name` (nbdcopy's long option name without the dashes:
 // "connections", "requests", "request-size", "queue-size", "sparse",
 // "threads", "allocated", "destination-is-zero", "flush", "no-extents",
-// "synchronous", "verbose", "timeout") to `value`.  Flags take NULL, "1"
-// or "0"; sizes take nbdcopy's human forms ("1M", "256k").  Unknown names
-// and bad values are errors (EINVAL) that say which.
+// "synchronous", "verbose", "timeout"; and the extension "splice":
+// "auto", "1" or "0", see nbdcpy(1) --splice) to `value`.  Flags take
+// NULL, "1" or "0"; sizes take nbdcopy's human forms ("1M", "256k").
+// Unknown names and bad values are errors (EINVAL) that say which.
 //
 // # Safety
 // `config` is NULL or a live config; `name` and `value` are NULL or

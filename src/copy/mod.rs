@@ -320,6 +320,9 @@ impl Job {
             },
             direct_file_writes: matches!(&self.dst, Endpoint::File(f) if f.kind == FileKind::Regular)
                 && std::env::var_os("NBDCPY_URING_FILE_WRITES").is_none(),
+            file_lock: (matches!(&self.dst, Endpoint::File(f) if f.kind == FileKind::Regular)
+                && std::env::var_os("NBDCPY_NO_FILE_LOCK").is_none())
+            .then(|| Arc::new(std::sync::Mutex::new(()))),
         };
 
         let mut lanes = Vec::with_capacity(lanes_n as usize);

@@ -301,6 +301,12 @@ pub fn splice_out(
 /// Duplicates the first `n` bytes of `pipe_r` into `tee` and reads them
 /// into `buf` (for zero detection); the bytes stay in `pipe_r`.
 pub fn tee_read(pipe_r: RawFd, tee: &Pipe, buf: &mut [u8], n: usize, ctl: &Ctl) -> Result<()> {
+    if n > buf.len() {
+        return Err(Error::new(
+            libc::EIO,
+            format!("internal error: {n} bytes for a {}-byte buffer", buf.len()),
+        ));
+    }
     // SAFETY: no memory arguments.
     let t = unsafe { libc::tee(pipe_r, tee.w.as_raw_fd(), n, libc::SPLICE_F_NONBLOCK) };
     if t < 0 || t as usize != n {

@@ -77,6 +77,12 @@ pub struct LaneParams {
     /// rather than through io_uring (which punts such writes to io-wq
     /// threads on filesystems without non-blocking buffered writes).
     pub direct_file_writes: bool,
+    /// Held around each direct write to a regular-file destination, shared
+    /// by all lanes: the kernel serialises buffered writes to one file on
+    /// its inode lock anyway, and a writer waiting there spins
+    /// (rwsem_spin_on_owner) for as long as the other copies; waiting here
+    /// sleeps instead.
+    pub file_lock: Option<std::sync::Arc<std::sync::Mutex<()>>>,
     /// Largest zero range handed to one zeroing operation.
     pub zero_piece: u64,
 }
@@ -727,10 +733,13 @@ impl Worker<'_> {
         let Some(sp) = lane.splice.as_ref() else {
             return Err(Error::new(libc::EIO, "internal error: no pipe"));
         };
-        let (pipe_w, ctl) = (sp.pipe.w.as_raw_fd(), sp.ctl.clone());
+        let (pipe_w, cap, ctl) = (sp.pipe.w.as_raw_fd(), sp.pipe.cap, sp.ctl.clone());
         let mut done = 0u64;
         while done < len {
-            let n = splice::splice_file_in(fd, off + done, pipe_w, (len - done) as usize, &ctl)
+            // At most a pipe's worth of bytes at a time (what the zero
+            // detection buffer holds).
+            let want = ((len - done) as usize).min(cap);
+            let n = splice::splice_file_in(fd, off + done, pipe_w, want, &ctl)
                 .map_err(|e| e.context(format!("source {}", lane.src_name())))?;
             self.pipe_data(li, lane, si, off + done, n)?;
             done += n as u64;
@@ -1029,7 +1038,11 @@ impl Worker<'_> {
                     DstIo::File { fd, .. } => {
                         let fd = *fd;
                         Shared::add(&self.shared.requests, 1);
-                        splice::splice_out(pipe_r, fd, Some(roff), n, &ctl, &dst_label).map(|()| {
+                        let lock = lane.p.file_lock.clone();
+                        let serial = lock.as_ref().map(|l| l.lock());
+                        let r = splice::splice_out(pipe_r, fd, Some(roff), n, &ctl, &dst_label);
+                        drop(serial);
+                        r.map(|()| {
                             Shared::add(&self.shared.bytes_copied, n as u64);
                             Shared::add(&self.shared.bytes_spliced, n as u64);
                             self.part_done(lane, si, n as u64);
@@ -1230,6 +1243,8 @@ impl Worker<'_> {
                         (zero_buffer(n), n)
                     }
                 };
+                let lock = lane.p.file_lock.clone();
+                let serial = lock.as_ref().map(|l| l.lock());
                 // SAFETY: p is valid for n bytes (slot buffer, receive block
                 // or zero buffer, all held for this op).
                 let r = unsafe {
@@ -1240,6 +1255,7 @@ impl Worker<'_> {
                         (op.offset + op.done) as libc::off_t,
                     )
                 };
+                drop(serial);
                 let res = if r < 0 {
                     -std::io::Error::last_os_error()
                         .raw_os_error()
