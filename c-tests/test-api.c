@@ -229,6 +229,7 @@ test_copy_file_to_file (void)
   CHECK (st.requests > 0);
   CHECK (st.elapsed_ns > 0);
   CHECK (st.finished == 1);
+  CHECK (st.bytes_spliced == 0);  /* file -> file never splices */
 
   /* A caller with an older, smaller struct gets a prefix ... */
   uint64_t prefix[2] = { 0, 0 };
@@ -445,6 +446,8 @@ test_destination_smaller_than_source (void)
     struct nbdcpy_stats st;
     CHECK (nbdcpy_stats (h, &st, sizeof st) == 0);
     CHECK (st.bytes_done == 2 * 1024 * 1024);
+    /* A cached file into a unix-socket server: the splice path. */
+    CHECK (st.bytes_spliced == st.bytes_copied);
   }
   nbdcpy_close (h);
   nbdcpy_config_free (c);
