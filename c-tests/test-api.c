@@ -446,8 +446,23 @@ test_destination_smaller_than_source (void)
     struct nbdcpy_stats st;
     CHECK (nbdcpy_stats (h, &st, sizeof st) == 0);
     CHECK (st.bytes_done == 2 * 1024 * 1024);
-    /* A cached file into a unix-socket server: the splice path. */
+  }
+  nbdcpy_close (h);
+  nbdcpy_config_free (c);
+
+  /* A unix-socket server into null: moves every byte by splice. */
+  c = nbdcpy_config_new ();
+  const char *pattern[] = { "nbdkit", "pattern", "2M", NULL };
+  CHECK (nbdcpy_config_set_command (c, NBDCPY_SOURCE, pattern) == 0);
+  h = nbdcpy_open (NULL, "null:", c);
+  CHECK (h != NULL);
+  if (h) {
+    CHECK (nbdcpy_run (h) == 0);
+    struct nbdcpy_stats st;
+    CHECK (nbdcpy_stats (h, &st, sizeof st) == 0);
+    CHECK (st.bytes_copied == 2 * 1024 * 1024);
     CHECK (st.bytes_spliced == st.bytes_copied);
+    CHECK (st.bytes_memcpy == 0);
   }
   nbdcpy_close (h);
   nbdcpy_config_free (c);
