@@ -6,19 +6,25 @@
 //! read (at most request-size) and written, zero pieces (holes found in
 //! the source's extents) are zeroed or skipped without reading.  Data that
 //! turns out to be all zeroes in `sparse`-sized blocks is zeroed too.
+//! File I/O lives in `fileio`, the splice data path in `splice_lane`.
 
 use super::buf::AlignedBuf;
 use super::nbdconn::{NbdConn, RecvEvent};
-use super::splice::{self, Ctl, Pipe};
+use super::splice;
 use super::stats::Shared;
 use super::WorkQueue;
 use crate::error::{Error, Result};
 use crate::ring::Ring;
 use io_uring::{opcode, types};
 use std::collections::{BTreeMap, VecDeque};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
+
+mod fileio;
+mod splice_lane;
+use fileio::file_extents;
+use splice_lane::LaneSplice;
 
 /// Bytes reserved in front of every file-read buffer, so an NBD WRITE
 /// header can be written just before the data and both sent as one slice.
@@ -169,16 +175,6 @@ pub struct Lane {
     splice: Option<LaneSplice>,
 }
 
-/// A lane's splice data path: READ payloads arrive in `pipe`; zero
-/// detection reads a duplicate made with tee into `tee`/`hot`; bytes not
-/// written anywhere go to /dev/null.
-struct LaneSplice {
-    pipe: Pipe,
-    tee: Option<(Pipe, Vec<u8>)>,
-    devnull: OwnedFd,
-    ctl: Ctl,
-}
-
 // SAFETY: the raw pointers in a lane (WriteOp::ptr) point into buffers the
 // lane itself owns (slot buffers, receive blocks) or into the static zero
 // buffer; they move with the lane to its worker thread and are only used
@@ -243,61 +239,6 @@ impl Lane {
             splice: None,
             p,
         }
-    }
-
-    /// Switches this lane to the splice data path when it applies (an
-    /// NBD source; null:, NBD, regular-file or block-device destination)
-    /// and the system grants the pipes.  True when it did.
-    pub fn enable_splice(&mut self, ctl: Ctl) -> bool {
-        match (&self.src, &self.dst) {
-            (SrcIo::Nbd(_), DstIo::File { stream: true, .. }) => return false,
-            (SrcIo::Nbd(_), _) => {}
-            // Files: page-cache pages go to the pipe by reference.
-            (SrcIo::File { stream: false, .. }, DstIo::Nbd(_) | DstIo::Null) => {}
-            _ => return false,
-        }
-        let rs = self.p.request_size as usize;
-        // Room for a whole request even when the kernel fills pipe slots
-        // with less than a page each.  A smaller pipe (the system's limit,
-        // or NBDCPY_PIPE_SIZE for tests) works too: payloads then move in
-        // pieces.
-        let want = std::env::var("NBDCPY_PIPE_SIZE")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or((4 * rs).max(1 << 20))
-            .max(4096);
-        let Some(pipe) = Pipe::new(want.min(64 << 10), want) else {
-            return false;
-        };
-        let detect = self.p.sparse > 0 && !matches!(self.dst, DstIo::Null);
-        let tee = if detect {
-            // As many slots as the main pipe, so a tee always fits.
-            match Pipe::new(pipe.cap, pipe.cap) {
-                Some(t) => {
-                    let buf = vec![0u8; pipe.cap];
-                    Some((t, buf))
-                }
-                None => return false,
-            }
-        } else {
-            None
-        };
-        let Ok(devnull) = std::fs::OpenOptions::new().write(true).open("/dev/null") else {
-            return false;
-        };
-        if let SrcIo::Nbd(src) = &mut self.src {
-            src.set_splice_source(pipe.w.as_raw_fd(), pipe.cap, ctl.clone());
-        }
-        if let DstIo::Nbd(d) = &mut self.dst {
-            d.set_sync_send(ctl.clone());
-        }
-        self.splice = Some(LaneSplice {
-            pipe,
-            tee,
-            devnull: devnull.into(),
-            ctl,
-        });
-        true
     }
 
     fn src_is_stream(&self) -> bool {
@@ -458,45 +399,6 @@ impl Lane {
         // An error, or no progress at all: read the rest.
         self.extents.push_back((covered, b - covered, false));
         Ok(())
-    }
-}
-
-/// Data and hole extents of [a, b) of a file, by SEEK_DATA/SEEK_HOLE.
-/// Anything the kernel cannot answer counts as data.
-fn file_extents(fd: RawFd, a: u64, b: u64, out: &mut VecDeque<(u64, u64, bool)>) {
-    let mut push = |off: u64, len: u64, zero: bool| {
-        if len == 0 {
-            return;
-        }
-        match out.back_mut() {
-            Some(last) if last.2 == zero && last.0 + last.1 == off => last.1 += len,
-            _ => out.push_back((off, len, zero)),
-        }
-    };
-    let mut pos = a;
-    while pos < b {
-        // SAFETY: lseek takes no memory arguments.  The file position is
-        // never used for I/O (every read has an explicit offset).
-        let data = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
-        if data < 0 {
-            let e = std::io::Error::last_os_error().raw_os_error();
-            push(pos, b - pos, e == Some(libc::ENXIO));
-            return;
-        }
-        let data = (data as u64).clamp(pos, b);
-        push(pos, data - pos, true);
-        if data >= b {
-            return;
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
-        let hole = if hole < 0 {
-            b
-        } else {
-            (hole as u64).clamp(data + 1, b)
-        };
-        push(data, hole - data, false);
-        pos = hole;
     }
 }
 
@@ -718,68 +620,6 @@ impl Worker<'_> {
         lane.prefetch_status(self.q)
     }
 
-    /// Moves [off, off+len) of a file whose pages are all in the page
-    /// cache into the pipe and on to the destination (splice path; no
-    /// disk I/O can block the worker), as slot `si`.
-    fn file_splice(
-        &mut self,
-        li: usize,
-        lane: &mut Lane,
-        si: u32,
-        fd: RawFd,
-        off: u64,
-        len: u64,
-    ) -> Result<()> {
-        let Some(sp) = lane.splice.as_ref() else {
-            return Err(Error::new(libc::EIO, "internal error: no pipe"));
-        };
-        let (pipe_w, cap, ctl) = (sp.pipe.w.as_raw_fd(), sp.pipe.cap, sp.ctl.clone());
-        let mut done = 0u64;
-        while done < len {
-            // At most a pipe's worth of bytes at a time (what the zero
-            // detection buffer holds).
-            let want = ((len - done) as usize).min(cap);
-            let n = splice::splice_file_in(fd, off + done, pipe_w, want, &ctl)
-                .map_err(|e| e.context(format!("source {}", lane.src_name())))?;
-            self.pipe_data(li, lane, si, off + done, n)?;
-            done += n as u64;
-        }
-        lane.slots[si as usize].read_done = true;
-        self.part_done(lane, si, 0);
-        Ok(())
-    }
-
-    fn push_file_read(
-        &mut self,
-        li: usize,
-        lane: &mut Lane,
-        si: u32,
-        fd: RawFd,
-        stream: bool,
-    ) -> Result<()> {
-        let slot = &lane.slots[si as usize];
-        let buf = slot
-            .buf
-            .as_ref()
-            .ok_or_else(|| Error::new(libc::EIO, "internal error: slot without buffer"))?;
-        let filled = slot.filled as usize;
-        // SAFETY: HEADER_ROOM + filled < buffer length (len <= request_size).
-        let ptr = unsafe { buf.ptr().add(HEADER_ROOM + filled) };
-        let off = if stream {
-            u64::MAX
-        } else {
-            slot.offset + slot.filled
-        };
-        let e = opcode::Read::new(types::Fd(fd), ptr, (slot.len - slot.filled) as u32)
-            .offset(off)
-            .build()
-            .user_data(ud(li, K_SRC_READ, si as u64));
-        // SAFETY: the slot buffer lives in `lane`, which outlives every
-        // operation (run_worker drains the ring before dropping lanes), and
-        // the slot is not reused until this read completes.
-        unsafe { self.ring.push(&e) }
-    }
-
     fn complete(
         &mut self,
         li: usize,
@@ -849,74 +689,6 @@ impl Worker<'_> {
         }
     }
 
-    fn file_read_done(&mut self, li: usize, lane: &mut Lane, si: u32, res: i32) -> Result<()> {
-        let (fd, stream) = match &lane.src {
-            SrcIo::File { fd, stream, .. } => (*fd, *stream),
-            SrcIo::Nbd(_) => return Err(Error::new(libc::EIO, "bad completion")),
-        };
-        let at = lane.slots[si as usize].offset + lane.slots[si as usize].filled;
-        if res < 0 {
-            return Err(Error::from_res(
-                format!("source {}: read at offset {at}", lane.src_name()),
-                res,
-            ));
-        }
-        if stream {
-            lane.stream_reading = false;
-            let slot = &mut lane.slots[si as usize];
-            if res == 0 {
-                // End of the stream: its size is now known.
-                slot.busy = false;
-                lane.exhausted = true;
-                self.shared.size.store(lane.stream_pos, Relaxed);
-                lane.free_slots.push(si);
-                return Ok(());
-            }
-            slot.len = res as u64;
-            lane.stream_pos += res as u64;
-            // Keep the size current so progress shows something sensible.
-            self.shared.size.fetch_max(lane.stream_pos, Relaxed);
-            if let Some(max) = lane.p.dst_size {
-                if lane.stream_pos > max {
-                    return Err(Error::new(
-                        libc::ENOSPC,
-                        format!(
-                            "source {} is larger than destination {} ({max} bytes)",
-                            lane.src_name(),
-                            lane.dst_name()
-                        ),
-                    ));
-                }
-            }
-        } else {
-            if res == 0 {
-                return Err(Error::new(
-                    libc::EIO,
-                    format!(
-                        "source {}: unexpected end of file at offset {at} (did it shrink?)",
-                        lane.src_name(),
-                    ),
-                ));
-            }
-            let slot = &mut lane.slots[si as usize];
-            slot.filled += res as u64;
-            if slot.filled < slot.len {
-                return self.push_file_read(li, lane, si, fd, false);
-            }
-        }
-        let slot = &mut lane.slots[si as usize];
-        slot.read_done = true;
-        let ptr = slot
-            .buf
-            .as_ref()
-            .map(|b| b.ptr())
-            .unwrap_or(std::ptr::null_mut());
-        // SAFETY: HEADER_ROOM is inside the buffer.
-        let data = unsafe { ptr.add(HEADER_ROOM) };
-        let (off, len) = (slot.offset, slot.len);
-        self.dst_data(li, lane, si, off, data, len as usize, HEADER_ROOM, None)
-    }
-
     /// Data read from the source: zero blocks (with `sparse`) are zeroed,
     /// the rest written.  `block` carries one reference to a source
     /// receive block, passed on to the writes.
@@ -979,85 +751,6 @@ impl Worker<'_> {
                     room,
                     block.filter(|_| n_data > 0),
                 );
-            }
-        }
-        lane.runs = runs;
-        r
-    }
-
-    /// READ data waiting in the lane's pipe (splice mode): zero blocks
-    /// (found in a tee'd copy) are discarded and zeroed, the rest moved to
-    /// the destination without entering user space.  Leaves the pipe empty.
-    fn pipe_data(
-        &mut self,
-        li: usize,
-        lane: &mut Lane,
-        si: u32,
-        off: u64,
-        len: usize,
-    ) -> Result<()> {
-        Self::check_dst_range(lane, off, len as u64)?;
-        let src_label = lane.src_label();
-        let sparse = lane.p.sparse;
-        let Some(sp) = lane.splice.as_mut() else {
-            return Err(Error::new(
-                libc::EIO,
-                "internal error: pipe data without a pipe",
-            ));
-        };
-        let (pipe_r, devnull, ctl) = (
-            sp.pipe.r.as_raw_fd(),
-            sp.devnull.as_raw_fd(),
-            sp.ctl.clone(),
-        );
-        let mut runs = std::mem::take(&mut lane.runs);
-        runs.clear();
-        match sp.tee.as_mut() {
-            Some((tee, hot)) if len > 0 => {
-                splice::tee_read(pipe_r, tee, hot, len, &ctl)
-                    .map_err(|e| e.context(format!("{src_label} (zero detection)")))?;
-                zero_runs(&hot[..len], off, sparse, &mut runs);
-            }
-            _ => runs.push((0, len, false)),
-        }
-        let mut r = Ok(());
-        for &(a, e, z) in &runs {
-            let (roff, n) = (off + a as u64, e - a);
-            r = if z {
-                splice::splice_out(pipe_r, devnull, None, n, &ctl, "/dev/null")
-                    .and_then(|()| self.dst_zero(li, lane, si, roff, n as u64))
-            } else {
-                let dst_label = lane.dst_label();
-                match &mut lane.dst {
-                    DstIo::Null => splice::splice_out(pipe_r, devnull, None, n, &ctl, "/dev/null")
-                        .map(|()| {
-                            Shared::add(&self.shared.bytes_copied, n as u64);
-                            Shared::add(&self.shared.bytes_spliced, n as u64);
-                            self.part_done(lane, si, n as u64);
-                        }),
-                    DstIo::File { fd, .. } => {
-                        let fd = *fd;
-                        Shared::add(&self.shared.requests, 1);
-                        let lock = lane.p.file_lock.clone();
-                        let serial = lock.as_ref().map(|l| l.lock());
-                        let r = splice::splice_out(pipe_r, fd, Some(roff), n, &ctl, &dst_label);
-                        drop(serial);
-                        r.map(|()| {
-                            Shared::add(&self.shared.bytes_copied, n as u64);
-                            Shared::add(&self.shared.bytes_spliced, n as u64);
-                            self.part_done(lane, si, n as u64);
-                        })
-                    }
-                    DstIo::Nbd(c) => {
-                        lane.slots[si as usize].parts += 1;
-                        Shared::add(&self.shared.requests, 1);
-                        Shared::add(&self.shared.bytes_spliced, n as u64);
-                        c.send_pipe(si, roff, pipe_r, n as u32)
-                    }
-                }
-            };
-            if r.is_err() {
-                break;
             }
         }
         lane.runs = runs;
@@ -1160,219 +853,6 @@ impl Worker<'_> {
                 self.file_op(li, lane, si, offset, std::ptr::null_mut(), len, kind, None)
             }
         }
-    }
-
-    /// Starts one destination file operation as a part of slot `si`.
-    #[allow(clippy::too_many_arguments)]
-    fn file_op(
-        &mut self,
-        li: usize,
-        lane: &mut Lane,
-        si: u32,
-        offset: u64,
-        ptr: *mut u8,
-        len: u64,
-        kind: OpKind,
-        block: Option<u32>,
-    ) -> Result<()> {
-        let DstIo::File { fd, stream, .. } = lane.dst else {
-            return Err(Error::new(libc::EIO, "internal error: not a file"));
-        };
-        let op = WriteOp {
-            slot: si,
-            offset,
-            ptr,
-            len,
-            done: 0,
-            kind,
-            block,
-        };
-        let oi = match lane.free_ops.pop() {
-            Some(i) => {
-                lane.ops[i as usize] = op;
-                i
-            }
-            None => {
-                lane.ops.push(op);
-                (lane.ops.len() - 1) as u32
-            }
-        };
-        lane.slots[si as usize].parts += 1;
-        Shared::add(&self.shared.requests, 1);
-        if stream {
-            lane.out_queue.insert(offset, oi);
-            self.pump_stream_out(li, lane, fd)
-        } else {
-            self.push_file_op(li, lane, oi, fd, false)
-        }
-    }
-
-    fn pump_stream_out(&mut self, li: usize, lane: &mut Lane, fd: RawFd) -> Result<()> {
-        if lane.out_busy {
-            return Ok(());
-        }
-        if let Some(oi) = lane.out_queue.remove(&lane.out_next) {
-            lane.out_busy = true;
-            self.push_file_op(li, lane, oi, fd, true)?;
-        }
-        Ok(())
-    }
-
-    fn push_file_op(
-        &mut self,
-        li: usize,
-        lane: &mut Lane,
-        oi: u32,
-        fd: RawFd,
-        stream: bool,
-    ) -> Result<()> {
-        let op = &lane.ops[oi as usize];
-        if lane.p.direct_file_writes && !stream {
-            if let OpKind::Write | OpKind::WriteZeroes = op.kind {
-                // Page-cache writes that io_uring would hand to an io-wq
-                // thread (filesystems without non-blocking writes, such as
-                // tmpfs) are cheaper done right here.
-                let (p, n) = match op.kind {
-                    // SAFETY: done < len, inside the op's data.
-                    OpKind::Write => (
-                        unsafe { op.ptr.add(op.done as usize) },
-                        (op.len - op.done) as usize,
-                    ),
-                    _ => {
-                        let n = (op.len - op.done).min(32 << 20) as usize;
-                        (zero_buffer(n), n)
-                    }
-                };
-                let lock = lane.p.file_lock.clone();
-                let serial = lock.as_ref().map(|l| l.lock());
-                // SAFETY: p is valid for n bytes (slot buffer, receive block
-                // or zero buffer, all held for this op).
-                let r = unsafe {
-                    libc::pwrite(
-                        fd,
-                        p as *const libc::c_void,
-                        n,
-                        (op.offset + op.done) as libc::off_t,
-                    )
-                };
-                drop(serial);
-                let res = if r < 0 {
-                    -std::io::Error::last_os_error()
-                        .raw_os_error()
-                        .unwrap_or(libc::EIO)
-                } else {
-                    r as i32
-                };
-                Shared::add(&self.shared.syscalls_direct, 1);
-                return self.write_done(li, lane, oi, res);
-            }
-        }
-        let off = if stream {
-            u64::MAX
-        } else {
-            op.offset + op.done
-        };
-        let u = ud(li, K_DST_WRITE, oi as u64);
-        let e = match op.kind {
-            OpKind::Write => {
-                // SAFETY: done < len, inside the data the op refers to.
-                let p = unsafe { op.ptr.add(op.done as usize) };
-                opcode::Write::new(types::Fd(fd), p, (op.len - op.done) as u32)
-                    .offset(off)
-                    .build()
-            }
-            OpKind::WriteZeroes => {
-                let n = (op.len - op.done).min(32 << 20) as usize;
-                opcode::Write::new(types::Fd(fd), zero_buffer(n), n as u32)
-                    .offset(off)
-                    .build()
-            }
-            OpKind::Fallocate(mode) => opcode::Fallocate::new(types::Fd(fd), op.len)
-                .offset(op.offset)
-                .mode(mode)
-                .build(),
-        };
-        // SAFETY: the data lives in a slot buffer or receive block owned by
-        // `lane` and held (slot busy / block reference) until this
-        // operation completes, or in the static zero buffer; run_worker
-        // drains the ring before dropping lanes.
-        unsafe { self.ring.push(&e.user_data(u)) }
-    }
-
-    fn write_done(&mut self, li: usize, lane: &mut Lane, oi: u32, res: i32) -> Result<()> {
-        let DstIo::File { fd, stream, .. } = lane.dst else {
-            return Err(Error::new(libc::EIO, "bad completion"));
-        };
-        let (at, left, kind) = {
-            let op = &lane.ops[oi as usize];
-            (op.offset + op.done, op.len - op.done, op.kind)
-        };
-        if let OpKind::Fallocate(_) = kind {
-            if res == -libc::EOPNOTSUPP || res == -libc::EINVAL || res == -libc::ENODEV {
-                // Not supported here: degrade (punch -> zero range -> write).
-                let next = match lane.zero_mode {
-                    ZeroMode::PunchHole => ZeroMode::ZeroRange,
-                    _ => ZeroMode::Write,
-                };
-                lane.zero_mode = next;
-                let op = &mut lane.ops[oi as usize];
-                op.kind = match next {
-                    ZeroMode::ZeroRange => {
-                        OpKind::Fallocate(libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE)
-                    }
-                    _ => OpKind::WriteZeroes,
-                };
-                return self.push_file_op(li, lane, oi, fd, stream);
-            }
-        }
-        if res < 0 {
-            let what = match kind {
-                OpKind::Fallocate(_) => "zeroing",
-                _ => "write",
-            };
-            return Err(Error::from_res(
-                format!(
-                    "destination {}: {what} at offset {at} length {left}",
-                    lane.dst_name()
-                ),
-                res,
-            ));
-        }
-        let op = &mut lane.ops[oi as usize];
-        match kind {
-            OpKind::Fallocate(_) => op.done = op.len,
-            _ if res == 0 => {
-                return Err(Error::new(
-                    libc::EIO,
-                    format!(
-                        "destination {}: write at offset {at} made no progress",
-                        lane.dst_name()
-                    ),
-                ))
-            }
-            _ => op.done += res as u64,
-        }
-        if op.done < op.len {
-            return self.push_file_op(li, lane, oi, fd, stream);
-        }
-        let (si, len, block) = (op.slot, op.len, op.block.take());
-        lane.free_ops.push(oi);
-        if let (Some(b), SrcIo::Nbd(c)) = (block, &mut lane.src) {
-            c.release(b);
-        }
-        if kind == OpKind::Write {
-            Shared::add(&self.shared.bytes_copied, len);
-        } else {
-            Shared::add(&self.shared.bytes_zeroed, len);
-        }
-        if stream {
-            lane.out_busy = false;
-            lane.out_next += len;
-            self.pump_stream_out(li, lane, fd)?;
-        }
-        lane.slots[si as usize].parts -= 1;
-        self.part_done(lane, si, len);
-        Ok(())
     }
 
     /// `bytes` of slot `si` reached the destination; frees the slot when

@@ -1,0 +1,250 @@
+//! Splice mode of an NBD connection: a source receives exact message
+//! prefixes and moves READ payloads into the lane's pipe; a destination
+//! sends synchronously so a WRITE's payload can follow from the pipe.
+
+use super::{iovec, NbdConn, RecvEvent, SendItem, MAX_BATCH};
+use crate::copy::splice::{self, Ctl};
+use crate::error::{Error, Result};
+use crate::ring::Ring;
+use std::os::fd::RawFd;
+
+/// A source connection's splice state.
+pub(super) struct SpliceIn {
+    pub(super) pipe_w: RawFd,
+    pub(super) pipe_cap: usize,
+    pub(super) ctl: Ctl,
+    /// Payload bytes in the pipe not yet handed to the worker.
+    pub(super) in_pipe: usize,
+    /// The READ payload being moved.
+    pub(super) rest: Option<PipeRest>,
+    /// Stopped with data in the pipe: the worker drains it, then resumes.
+    pub(super) stopped: bool,
+    /// Direct receives left before falling back to an io_uring receive.
+    pub(super) budget: u32,
+}
+
+pub(super) struct PipeRest {
+    pub(super) slot: u32,
+    pub(super) offset: u64,
+    pub(super) left: usize,
+    pub(super) done: Option<crate::proto::reply::Completion>,
+}
+
+/// Direct receives (messages already waiting) per io_uring receive.
+pub(super) const DIRECT_BUDGET: u32 = 16;
+
+// SAFETY: the raw pointers in queued send items point into buffers owned
+// by the same lane (this connection's pool, the peer connection's pool, the
+// lane's slot buffers) or the static zero buffer; the connection moves to
+// its worker thread with them and is used only there.
+unsafe impl Send for NbdConn {}
+
+impl NbdConn {
+    /// Splice mode for a source: READ payloads go into the pipe whose
+    /// write end is `pipe_w` (capacity `pipe_cap` bytes).
+    pub fn set_splice_source(&mut self, pipe_w: RawFd, pipe_cap: usize, ctl: Ctl) {
+        self.parser.set_external_data(true);
+        self.splice = Some(SpliceIn {
+            pipe_w,
+            pipe_cap,
+            ctl,
+            in_pipe: 0,
+            rest: None,
+            stopped: false,
+            budget: DIRECT_BUDGET,
+        });
+    }
+
+    /// Splice mode for a destination: sends are synchronous.
+    pub fn set_sync_send(&mut self, ctl: Ctl) {
+        self.sync = Some(ctl);
+    }
+
+    /// The worker drained a `PipeData` event: call `resume`.
+    pub fn wants_resume(&self) -> bool {
+        self.splice.as_ref().is_some_and(|s| s.stopped)
+    }
+
+    /// Sends everything queued with direct system calls (splice mode).
+    pub(super) fn send_queue_now(&mut self, more: bool) -> Result<()> {
+        let Some(ctl) = self.sync.clone() else {
+            return Ok(());
+        };
+        while !self.queue.is_empty() {
+            let n = self.queue.len().min(MAX_BATCH);
+            self.iov.clear();
+            for item in &self.queue[..n] {
+                match item {
+                    SendItem::Hdr { buf, len } => self.iov.push(iovec(buf.as_ptr(), *len as usize)),
+                    SendItem::Slice { ptr, len, .. } => self.iov.push(iovec(*ptr, *len)),
+                    SendItem::HdrData {
+                        buf,
+                        hlen,
+                        ptr,
+                        len,
+                        ..
+                    } => {
+                        self.iov.push(iovec(buf.as_ptr(), *hlen as usize));
+                        self.iov.push(iovec(*ptr, *len));
+                    }
+                }
+            }
+            let more = more || n < self.queue.len();
+            if let Err(e) = splice::send_all(self.fd, &mut self.iov, more, &ctl, &self.name) {
+                self.broken = true;
+                return Err(e);
+            }
+            // Splice mode never forwards receive blocks: nothing to release.
+            self.queue.drain(..n);
+        }
+        Ok(())
+    }
+
+    /// Sends WRITE [offset, offset+len) for `slot` with its payload taken
+    /// from the pipe `pipe_r` (splice mode), after everything queued.
+    pub fn send_pipe(&mut self, slot: u32, offset: u64, pipe_r: RawFd, len: u32) -> Result<()> {
+        let Some(ctl) = self.sync.clone() else {
+            return Err(self.err("internal error: pipe write without splice mode"));
+        };
+        let req = self.register_write(slot, offset, len)?;
+        self.push_hdr(&req);
+        let r = self.send_queue_now(true).and_then(|()| {
+            splice::splice_out(pipe_r, self.fd, None, len as usize, &ctl, &self.name)
+        });
+        if r.is_err() {
+            self.broken = true;
+        }
+        r
+    }
+
+    /// Continues after the worker drained the pipe (splice mode).
+    pub fn resume(
+        &mut self,
+        ring: &mut Ring,
+        base: u64,
+        events: &mut Vec<RecvEvent>,
+    ) -> Result<()> {
+        let Some(sp) = self.splice.as_mut() else {
+            return Ok(());
+        };
+        sp.stopped = false;
+        if sp.rest.is_some() {
+            self.pipe_step(events)?;
+            if self.wants_resume() {
+                return Ok(());
+            }
+        }
+        self.recv_more(ring, base, events)
+    }
+
+    /// One non-blocking receive of the rest of the current message (splice
+    /// mode).  True when bytes arrived.
+    pub(super) fn recv_direct(&mut self) -> Result<bool> {
+        if let Some(sp) = self.splice.as_mut() {
+            sp.budget -= 1;
+        }
+        if self.head == self.tail && self.pool_refs_only_ours() {
+            self.head = 0;
+            self.tail = 0;
+        }
+        let want = self
+            .need
+            .unwrap_or(self.first_read())
+            .max(self.tail - self.head + 1);
+        if self.head + want > self.pool.block_size() {
+            return Ok(false); // let post_recv move it to a fresh block
+        }
+        let len = self.head + want - self.tail;
+        // SAFETY: tail + len <= block size; our block, no receive in flight.
+        let ptr = unsafe { self.pool.ptr(self.cur).add(self.tail) };
+        // SAFETY: ptr is valid for len bytes.
+        let r = unsafe { libc::recv(self.fd, ptr as *mut libc::c_void, len, libc::MSG_DONTWAIT) };
+        if let Some(sp) = &self.splice {
+            sp.ctl.syscalls(1);
+        }
+        if r > 0 {
+            self.tail += r as usize;
+            return Ok(true);
+        }
+        let reset =
+            r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECONNRESET);
+        if r == 0 || reset {
+            self.broken = true;
+            return Err(Error::new(
+                libc::ECONNRESET,
+                format!(
+                    "{}: server closed the connection with {} request(s) in flight",
+                    self.name,
+                    self.reqs.len()
+                ),
+            ));
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(false),
+            _ => {
+                self.broken = true;
+                Err(Error::os(format!("{}: receive", self.name), e))
+            }
+        }
+    }
+
+    /// Moves the current READ payload into the pipe and hands the worker
+    /// what is there (all of it, or a 4 KiB-aligned part when the pipe
+    /// filled up first).
+    pub(super) fn pipe_step(&mut self, events: &mut Vec<RecvEvent>) -> Result<()> {
+        let fd = self.fd;
+        let name = self.name.clone();
+        let Some(sp) = self.splice.as_mut() else {
+            return Ok(());
+        };
+        let Some(r) = sp.rest.as_mut() else {
+            return Ok(());
+        };
+        let want = (r.left - sp.in_pipe).min(sp.pipe_cap - sp.in_pipe);
+        if want > 0 {
+            match splice::splice_in(fd, sp.pipe_w, want, &sp.ctl, &name) {
+                Ok(0) if sp.in_pipe == 0 => {
+                    let cap = sp.pipe_cap;
+                    self.broken = true;
+                    return Err(self.err(format!(
+                        "cannot move READ data into an empty pipe of {cap} bytes"
+                    )));
+                }
+                Ok(n) => sp.in_pipe += n,
+                Err(e) => {
+                    // A cancel leaves our request stream intact (DISC can
+                    // still be sent); anything else breaks the connection.
+                    if e.errno != libc::ECANCELED {
+                        self.broken = true;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let give = if sp.in_pipe == r.left {
+            sp.in_pipe
+        } else if sp.in_pipe >= 4096 {
+            sp.in_pipe / 4096 * 4096
+        } else {
+            sp.in_pipe
+        };
+        events.push(RecvEvent::PipeData {
+            slot: r.slot,
+            offset: r.offset,
+            len: give as u32,
+        });
+        sp.stopped = true;
+        sp.in_pipe -= give;
+        r.offset += give as u64;
+        r.left -= give;
+        if r.left == 0 {
+            let done = r.done.take();
+            sp.rest = None;
+            if let Some(c) = done {
+                self.completed(c.cookie, c.result, events)?;
+            }
+        }
+        Ok(())
+    }
+}

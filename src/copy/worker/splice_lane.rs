@@ -1,0 +1,188 @@
+//! A lane's splice data path: setting it up (pipes, /dev/null), and
+//! moving what arrived in the pipe on to the destination, with zero
+//! detection on a tee'd copy.
+
+use super::{zero_runs, DstIo, Lane, SrcIo, Worker};
+use crate::copy::splice::{self, Ctl, Pipe};
+use crate::copy::stats::Shared;
+use crate::error::{Error, Result};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+/// A lane's splice data path: READ payloads arrive in `pipe`; zero
+/// detection reads a duplicate made with tee into `tee`/`hot`; bytes not
+/// written anywhere go to /dev/null.
+pub(super) struct LaneSplice {
+    pub(super) pipe: Pipe,
+    pub(super) tee: Option<(Pipe, Vec<u8>)>,
+    pub(super) devnull: OwnedFd,
+    pub(super) ctl: Ctl,
+}
+
+impl Lane {
+    /// Switches this lane to the splice data path when it applies (an
+    /// NBD source; null:, NBD, regular-file or block-device destination)
+    /// and the system grants the pipes.  True when it did.
+    pub fn enable_splice(&mut self, ctl: Ctl) -> bool {
+        match (&self.src, &self.dst) {
+            (SrcIo::Nbd(_), DstIo::File { stream: true, .. }) => return false,
+            (SrcIo::Nbd(_), _) => {}
+            // Files: page-cache pages go to the pipe by reference.
+            (SrcIo::File { stream: false, .. }, DstIo::Nbd(_) | DstIo::Null) => {}
+            _ => return false,
+        }
+        let rs = self.p.request_size as usize;
+        // Room for a whole request even when the kernel fills pipe slots
+        // with less than a page each.  A smaller pipe (the system's limit,
+        // or NBDCPY_PIPE_SIZE for tests) works too: payloads then move in
+        // pieces.
+        let want = std::env::var("NBDCPY_PIPE_SIZE")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or((4 * rs).max(1 << 20))
+            .max(4096);
+        let Some(pipe) = Pipe::new(want.min(64 << 10), want) else {
+            return false;
+        };
+        let detect = self.p.sparse > 0 && !matches!(self.dst, DstIo::Null);
+        let tee = if detect {
+            // As many slots as the main pipe, so a tee always fits.
+            match Pipe::new(pipe.cap, pipe.cap) {
+                Some(t) => {
+                    let buf = vec![0u8; pipe.cap];
+                    Some((t, buf))
+                }
+                None => return false,
+            }
+        } else {
+            None
+        };
+        let Ok(devnull) = std::fs::OpenOptions::new().write(true).open("/dev/null") else {
+            return false;
+        };
+        if let SrcIo::Nbd(src) = &mut self.src {
+            src.set_splice_source(pipe.w.as_raw_fd(), pipe.cap, ctl.clone());
+        }
+        if let DstIo::Nbd(d) = &mut self.dst {
+            d.set_sync_send(ctl.clone());
+        }
+        self.splice = Some(LaneSplice {
+            pipe,
+            tee,
+            devnull: devnull.into(),
+            ctl,
+        });
+        true
+    }
+}
+
+impl Worker<'_> {
+    /// READ data waiting in the lane's pipe (splice mode): zero blocks
+    /// (found in a tee'd copy) are discarded and zeroed, the rest moved to
+    /// the destination without entering user space.  Leaves the pipe empty.
+    pub(super) fn pipe_data(
+        &mut self,
+        li: usize,
+        lane: &mut Lane,
+        si: u32,
+        off: u64,
+        len: usize,
+    ) -> Result<()> {
+        Self::check_dst_range(lane, off, len as u64)?;
+        let src_label = lane.src_label();
+        let sparse = lane.p.sparse;
+        let Some(sp) = lane.splice.as_mut() else {
+            return Err(Error::new(
+                libc::EIO,
+                "internal error: pipe data without a pipe",
+            ));
+        };
+        let (pipe_r, devnull, ctl) = (
+            sp.pipe.r.as_raw_fd(),
+            sp.devnull.as_raw_fd(),
+            sp.ctl.clone(),
+        );
+        let mut runs = std::mem::take(&mut lane.runs);
+        runs.clear();
+        match sp.tee.as_mut() {
+            Some((tee, hot)) if len > 0 => {
+                splice::tee_read(pipe_r, tee, hot, len, &ctl)
+                    .map_err(|e| e.context(format!("{src_label} (zero detection)")))?;
+                zero_runs(&hot[..len], off, sparse, &mut runs);
+            }
+            _ => runs.push((0, len, false)),
+        }
+        let mut r = Ok(());
+        for &(a, e, z) in &runs {
+            let (roff, n) = (off + a as u64, e - a);
+            r = if z {
+                splice::splice_out(pipe_r, devnull, None, n, &ctl, "/dev/null")
+                    .and_then(|()| self.dst_zero(li, lane, si, roff, n as u64))
+            } else {
+                let dst_label = lane.dst_label();
+                match &mut lane.dst {
+                    DstIo::Null => splice::splice_out(pipe_r, devnull, None, n, &ctl, "/dev/null")
+                        .map(|()| {
+                            Shared::add(&self.shared.bytes_copied, n as u64);
+                            Shared::add(&self.shared.bytes_spliced, n as u64);
+                            self.part_done(lane, si, n as u64);
+                        }),
+                    DstIo::File { fd, .. } => {
+                        let fd = *fd;
+                        Shared::add(&self.shared.requests, 1);
+                        let lock = lane.p.file_lock.clone();
+                        let serial = lock.as_ref().map(|l| l.lock());
+                        let r = splice::splice_out(pipe_r, fd, Some(roff), n, &ctl, &dst_label);
+                        drop(serial);
+                        r.map(|()| {
+                            Shared::add(&self.shared.bytes_copied, n as u64);
+                            Shared::add(&self.shared.bytes_spliced, n as u64);
+                            self.part_done(lane, si, n as u64);
+                        })
+                    }
+                    DstIo::Nbd(c) => {
+                        lane.slots[si as usize].parts += 1;
+                        Shared::add(&self.shared.requests, 1);
+                        Shared::add(&self.shared.bytes_spliced, n as u64);
+                        c.send_pipe(si, roff, pipe_r, n as u32)
+                    }
+                }
+            };
+            if r.is_err() {
+                break;
+            }
+        }
+        lane.runs = runs;
+        r
+    }
+
+    /// Moves [off, off+len) of a file whose pages are all in the page
+    /// cache into the pipe and on to the destination (splice path; no
+    /// disk I/O can block the worker), as slot `si`.
+    pub(super) fn file_splice(
+        &mut self,
+        li: usize,
+        lane: &mut Lane,
+        si: u32,
+        fd: RawFd,
+        off: u64,
+        len: u64,
+    ) -> Result<()> {
+        let Some(sp) = lane.splice.as_ref() else {
+            return Err(Error::new(libc::EIO, "internal error: no pipe"));
+        };
+        let (pipe_w, cap, ctl) = (sp.pipe.w.as_raw_fd(), sp.pipe.cap, sp.ctl.clone());
+        let mut done = 0u64;
+        while done < len {
+            // At most a pipe's worth of bytes at a time (what the zero
+            // detection buffer holds).
+            let want = ((len - done) as usize).min(cap);
+            let n = splice::splice_file_in(fd, off + done, pipe_w, want, &ctl)
+                .map_err(|e| e.context(format!("source {}", lane.src_name())))?;
+            self.pipe_data(li, lane, si, off + done, n)?;
+            done += n as u64;
+        }
+        lane.slots[si as usize].read_done = true;
+        self.part_done(lane, si, 0);
+        Ok(())
+    }
+}
