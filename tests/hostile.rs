@@ -186,6 +186,35 @@ fn hostile_destination() {
     assert!(t0.elapsed() < Duration::from_secs(8));
 }
 
+/// Runs a copy and cancels it 300 ms in; returns its error and how long
+/// after the cancel request it ended.  The job is closed on return.
+fn copy_cancelled_after_300ms(
+    src: &str,
+    dst: &str,
+    cfg: nbdcpy::Config,
+) -> (nbdcpy::Error, Duration) {
+    let mut job = nbdcpy::copy::Job::open(
+        nbdcpy::endpoint::Spec::parse(src),
+        nbdcpy::endpoint::Spec::parse(dst),
+        cfg,
+    )
+    .unwrap();
+    let shared = job.shared().clone();
+    let canceller = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        shared
+            .cancel
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        Instant::now()
+    });
+    let e = job
+        .run(Duration::from_millis(100), &mut |_| true)
+        .unwrap_err();
+    let ended = Instant::now();
+    let asked = canceller.join().unwrap();
+    (e, ended - asked)
+}
+
 /// Cancelling a copy whose source never answers ends it promptly with
 /// ECANCELED, and every connection (source and destination) is told
 /// goodbye with NBD_CMD_DISC rather than just dropped: both while nbdcpy
@@ -204,29 +233,9 @@ fn cancel_sends_disc() {
         for (k, v) in &opts {
             cfg.set(k, Some(v)).unwrap();
         }
-        let mut job = nbdcpy::copy::Job::open(
-            nbdcpy::endpoint::Spec::parse(&src.uri()),
-            nbdcpy::endpoint::Spec::parse(&dst_h.uri()),
-            cfg,
-        )
-        .unwrap();
-        let shared = job.shared().clone();
-        let canceller = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(300));
-            shared
-                .cancel
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            Instant::now()
-        });
-        let e = job
-            .run(Duration::from_millis(100), &mut |_| true)
-            .unwrap_err();
-        let ended = Instant::now();
-        let asked = canceller.join().unwrap();
+        let (e, took) = copy_cancelled_after_300ms(&src.uri(), &dst_h.uri(), cfg);
         assert_eq!(e.errno, libc::ECANCELED, "{opts:?}: {}", e.msg);
-        let took = ended - asked;
         assert!(took < Duration::from_millis(100), "cancel took {took:?}");
-        drop(job);
         let n = |a: &std::sync::Arc<std::sync::atomic::AtomicUsize>| {
             a.load(std::sync::atomic::Ordering::Relaxed)
         };
@@ -260,24 +269,7 @@ fn cancel_mid_payload() {
         let mut cfg = nbdcpy::Config::default();
         cfg.set("splice", Some(splice)).unwrap();
         cfg.set("no-extents", None).unwrap();
-        let mut job = nbdcpy::copy::Job::open(
-            nbdcpy::endpoint::Spec::parse(&src.uri()),
-            nbdcpy::endpoint::Spec::parse(&dst.uri()),
-            cfg,
-        )
-        .unwrap();
-        let shared = job.shared().clone();
-        let canceller = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(300));
-            shared
-                .cancel
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            Instant::now()
-        });
-        let e = job
-            .run(Duration::from_millis(100), &mut |_| true)
-            .unwrap_err();
-        let took = Instant::now() - canceller.join().unwrap();
+        let (e, took) = copy_cancelled_after_300ms(&src.uri(), &dst.uri(), cfg);
         assert_eq!(e.errno, libc::ECANCELED, "splice={splice}: {}", e.msg);
         assert!(
             took < Duration::from_millis(100),

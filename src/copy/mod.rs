@@ -462,12 +462,7 @@ impl Job {
             Endpoint::Nbd(src) => src.is_unix(),
             // Cached file pages go to the pipe by reference (disk reads
             // still use io_uring: see Worker::file_splice).
-            Endpoint::File(f) if !f.is_stream() => {
-                if matches!(&self.dst, Endpoint::File(_)) {
-                    return false;
-                }
-                true
-            }
+            Endpoint::File(f) if !f.is_stream() && !matches!(&self.dst, Endpoint::File(_)) => true,
             _ => return false,
         };
         match mode {

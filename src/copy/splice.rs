@@ -116,6 +116,49 @@ fn errno() -> i32 {
         .unwrap_or(libc::EIO)
 }
 
+/// One non-blocking `splice(2)` of up to `len` bytes, `off_*` the file
+/// offsets (None: a pipe or socket).  Ok(bytes moved, 0 at end of input),
+/// Err(errno).
+fn splice1(
+    from: RawFd,
+    off_in: Option<u64>,
+    to: RawFd,
+    off_out: Option<u64>,
+    len: usize,
+    ctl: &Ctl,
+) -> std::result::Result<usize, i32> {
+    let mut i = off_in.unwrap_or(0) as libc::loff_t;
+    let mut o = off_out.unwrap_or(0) as libc::loff_t;
+    let ip: *mut libc::loff_t = if off_in.is_some() {
+        &mut i
+    } else {
+        std::ptr::null_mut()
+    };
+    let op: *mut libc::loff_t = if off_out.is_some() {
+        &mut o
+    } else {
+        std::ptr::null_mut()
+    };
+    // SAFETY: `ip`/`op` are null or point to `i`/`o`, live during the call;
+    // no other memory arguments.
+    let r = unsafe {
+        libc::splice(
+            from,
+            ip,
+            to,
+            op,
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    ctl.syscalls(1);
+    if r < 0 {
+        Err(errno())
+    } else {
+        Ok(r as usize)
+    }
+}
+
 /// Moves up to `max` bytes from socket `sock` into `pipe_w`.  Returns once
 /// all `max` bytes are in the pipe, or when the pipe is full (possibly
 /// with nothing moved).  End of stream is an error.
@@ -125,20 +168,9 @@ pub fn splice_in(sock: RawFd, pipe_w: RawFd, max: usize, ctl: &Ctl, who: &str) -
     // full (nothing else reads this socket).
     let mut ready = false;
     while got < max {
-        // SAFETY: no memory arguments; both descriptors are open.
-        let r = unsafe {
-            libc::splice(
-                sock,
-                std::ptr::null_mut(),
-                pipe_w,
-                std::ptr::null_mut(),
-                max - got,
-                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-            )
-        };
-        ctl.syscalls(1);
-        if r > 0 {
-            got += r as usize;
+        let r = splice1(sock, None, pipe_w, None, max - got, ctl);
+        if let Some(n) = r.ok().filter(|&n| n > 0) {
+            got += n;
             if got < max {
                 // Partial: the rest is on its way (or the pipe is full).
                 ctl.wait(sock, libc::POLLIN, who)?;
@@ -146,8 +178,7 @@ pub fn splice_in(sock: RawFd, pipe_w: RawFd, max: usize, ctl: &Ctl, who: &str) -
             }
             continue;
         }
-        let e = if r == 0 { libc::ECONNRESET } else { errno() };
-        match e {
+        match r.err().unwrap_or(libc::ECONNRESET) {
             libc::ECONNRESET => {
                 return Err(Error::new(
                     libc::ECONNRESET,
@@ -176,31 +207,19 @@ pub fn splice_in(sock: RawFd, pipe_w: RawFd, max: usize, ctl: &Ctl, who: &str) -
 pub fn splice_file_in(fd: RawFd, off: u64, pipe_w: RawFd, max: usize, ctl: &Ctl) -> Result<usize> {
     let mut got = 0;
     while got < max {
-        let mut o = (off + got as u64) as libc::loff_t;
-        // SAFETY: `o` is live during the call; no other memory arguments.
-        let r = unsafe {
-            libc::splice(
-                fd,
-                &mut o,
-                pipe_w,
-                std::ptr::null_mut(),
-                max - got,
-                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-            )
-        };
-        ctl.syscalls(1);
-        if r > 0 {
-            got += r as usize;
+        let r = splice1(fd, Some(off + got as u64), pipe_w, None, max - got, ctl);
+        if let Some(n) = r.ok().filter(|&n| n > 0) {
+            got += n;
             continue;
         }
         let at = off + got as u64;
-        if r == 0 {
+        if r == Ok(0) {
             return Err(Error::new(
                 libc::EIO,
                 format!("unexpected end of file at offset {at} (did it shrink?)"),
             ));
         }
-        match errno() {
+        match r.err().unwrap_or(libc::EIO) {
             libc::EINTR => {}
             libc::EAGAIN if got > 0 => return Ok(got), // the pipe is full
             e => return Err(Error::from_res(format!("read at offset {at}"), -e)),
@@ -260,32 +279,15 @@ pub fn splice_out(
 ) -> Result<()> {
     let mut done = 0;
     while done < n {
-        let mut o: libc::loff_t = off.unwrap_or(0) as libc::loff_t;
-        let op: *mut libc::loff_t = if off.is_some() {
-            &mut o
-        } else {
-            std::ptr::null_mut()
-        };
-        // SAFETY: `op` is null or points to `o`, live during the call.
-        let r = unsafe {
-            libc::splice(
-                pipe_r,
-                std::ptr::null_mut(),
-                fd,
-                op,
-                n - done,
-                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-            )
-        };
-        ctl.syscalls(1);
-        if r > 0 {
-            done += r as usize;
+        let r = splice1(pipe_r, None, fd, off, n - done, ctl);
+        if let Some(k) = r.ok().filter(|&k| k > 0) {
+            done += k;
             if let Some(x) = off.as_mut() {
-                *x += r as u64;
+                *x += k as u64;
             }
             continue;
         }
-        let e = if r == 0 { libc::EIO } else { errno() };
+        let e = r.err().unwrap_or(libc::EIO);
         match e {
             libc::EINTR => {}
             libc::EAGAIN => ctl.wait(fd, libc::POLLOUT, who)?,

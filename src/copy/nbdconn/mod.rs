@@ -217,6 +217,19 @@ impl NbdConn {
         Ok(())
     }
 
+    /// The server closed the connection (or reset it): it is broken.
+    fn closed(&mut self) -> Error {
+        self.broken = true;
+        Error::new(
+            libc::ECONNRESET,
+            format!(
+                "{}: server closed the connection with {} request(s) in flight",
+                self.name,
+                self.reqs.len()
+            ),
+        )
+    }
+
     fn err(&self, msg: impl std::fmt::Display) -> Error {
         Error::new(libc::EIO, format!("{}: {msg}", self.name))
     }
@@ -605,15 +618,7 @@ impl NbdConn {
                     return Err(Error::from_res(format!("{}: receive", self.name), res));
                 }
                 if res <= 0 {
-                    self.broken = true;
-                    return Err(Error::new(
-                        libc::ECONNRESET,
-                        format!(
-                            "{}: server closed the connection with {} request(s) in flight",
-                            self.name,
-                            self.reqs.len()
-                        ),
-                    ));
+                    return Err(self.closed());
                 }
                 self.tail += res as usize;
                 if let Some(sp) = self.splice.as_mut() {

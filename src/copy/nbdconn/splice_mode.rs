@@ -169,15 +169,7 @@ impl NbdConn {
         let reset =
             r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECONNRESET);
         if r == 0 || reset {
-            self.broken = true;
-            return Err(Error::new(
-                libc::ECONNRESET,
-                format!(
-                    "{}: server closed the connection with {} request(s) in flight",
-                    self.name,
-                    self.reqs.len()
-                ),
-            ));
+            return Err(self.closed());
         }
         let e = std::io::Error::last_os_error();
         match e.raw_os_error() {
@@ -193,8 +185,8 @@ impl NbdConn {
     /// what is there (all of it, or a 4 KiB-aligned part when the pipe
     /// filled up first).
     pub(super) fn pipe_step(&mut self, events: &mut Vec<RecvEvent>) -> Result<()> {
-        let fd = self.fd;
-        let name = self.name.clone();
+        // Disjoint field borrows: no copy of the name per payload.
+        let (fd, name) = (self.fd, &self.name);
         let Some(sp) = self.splice.as_mut() else {
             return Ok(());
         };
@@ -203,7 +195,7 @@ impl NbdConn {
         };
         let want = (r.left - sp.in_pipe).min(sp.pipe_cap - sp.in_pipe);
         if want > 0 {
-            match splice::splice_in(fd, sp.pipe_w, want, &sp.ctl, &name) {
+            match splice::splice_in(fd, sp.pipe_w, want, &sp.ctl, name) {
                 Ok(0) if sp.in_pipe == 0 => {
                     let cap = sp.pipe_cap;
                     self.broken = true;

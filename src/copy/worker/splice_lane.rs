@@ -88,7 +88,6 @@ impl Worker<'_> {
         len: usize,
     ) -> Result<()> {
         Self::check_dst_range(lane, off, len as u64)?;
-        let src_label = lane.src_label();
         let sparse = lane.p.sparse;
         let Some(sp) = lane.splice.as_mut() else {
             return Err(Error::new(
@@ -105,8 +104,10 @@ impl Worker<'_> {
         runs.clear();
         match sp.tee.as_mut() {
             Some((tee, hot)) if len > 0 => {
-                splice::tee_read(pipe_r, tee, hot, len, &ctl)
-                    .map_err(|e| e.context(format!("{src_label} (zero detection)")))?;
+                if let Err(e) = splice::tee_read(pipe_r, tee, hot, len, &ctl) {
+                    lane.runs = runs;
+                    return Err(e.context(format!("{} (zero detection)", lane.src_label())));
+                }
                 zero_runs(&hot[..len], off, sparse, &mut runs);
             }
             _ => runs.push((0, len, false)),
@@ -114,37 +115,36 @@ impl Worker<'_> {
         let mut r = Ok(());
         for &(a, e, z) in &runs {
             let (roff, n) = (off + a as u64, e - a);
-            r = if z {
-                splice::splice_out(pipe_r, devnull, None, n, &ctl, "/dev/null")
-                    .and_then(|()| self.dst_zero(li, lane, si, roff, n as u64))
-            } else {
-                let dst_label = lane.dst_label();
-                match &mut lane.dst {
-                    DstIo::Null => splice::splice_out(pipe_r, devnull, None, n, &ctl, "/dev/null")
-                        .map(|()| {
-                            Shared::add(&self.shared.bytes_copied, n as u64);
-                            Shared::add(&self.shared.bytes_spliced, n as u64);
-                            self.part_done(lane, si, n as u64);
-                        }),
-                    DstIo::File { fd, .. } => {
-                        let fd = *fd;
-                        Shared::add(&self.shared.requests, 1);
-                        let lock = lane.p.file_lock.clone();
-                        let serial = lock.as_ref().map(|l| l.lock());
-                        let r = splice::splice_out(pipe_r, fd, Some(roff), n, &ctl, &dst_label);
-                        drop(serial);
-                        r.map(|()| {
-                            Shared::add(&self.shared.bytes_copied, n as u64);
-                            Shared::add(&self.shared.bytes_spliced, n as u64);
-                            self.part_done(lane, si, n as u64);
-                        })
-                    }
-                    DstIo::Nbd(c) => {
-                        lane.slots[si as usize].parts += 1;
-                        Shared::add(&self.shared.requests, 1);
+            r = match (&mut lane.dst, z) {
+                (_, true) => splice::splice_out(pipe_r, devnull, None, n, &ctl, "/dev/null")
+                    .and_then(|()| self.dst_zero(li, lane, si, roff, n as u64)),
+                (DstIo::Nbd(c), false) => {
+                    lane.slots[si as usize].parts += 1;
+                    Shared::add(&self.shared.requests, 1);
+                    Shared::add(&self.shared.bytes_spliced, n as u64);
+                    c.send_pipe(si, roff, pipe_r, n as u32)
+                }
+                // Null and file destinations are written right here.
+                (dst, false) => {
+                    let moved = match dst {
+                        DstIo::File { fd, name, .. } => {
+                            Shared::add(&self.shared.requests, 1);
+                            let _serial = lane.p.file_lock.as_ref().map(|l| l.lock());
+                            splice::splice_out(pipe_r, *fd, Some(roff), n, &ctl, name).map_err(
+                                |mut e| {
+                                    // "destination NAME: ...", built only on error.
+                                    e.msg = format!("destination {}", e.msg);
+                                    e
+                                },
+                            )
+                        }
+                        _ => splice::splice_out(pipe_r, devnull, None, n, &ctl, "/dev/null"),
+                    };
+                    moved.map(|()| {
+                        Shared::add(&self.shared.bytes_copied, n as u64);
                         Shared::add(&self.shared.bytes_spliced, n as u64);
-                        c.send_pipe(si, roff, pipe_r, n as u32)
-                    }
+                        self.part_done(lane, si, n as u64);
+                    })
                 }
             };
             if r.is_err() {
