@@ -193,7 +193,6 @@ impl Job {
             let reqs = s.div_ceil(cfg.request_size).max(1);
             lanes_n = lanes_n.min(reqs.min(u32::MAX as u64) as u32);
         }
-        let workers_n = threads.min(lanes_n).max(1) as usize;
 
         // An NBD destination that can zero fast is zeroed up front over the
         // range the copy covers (the server works while the other
@@ -280,6 +279,21 @@ impl Job {
             _ => cfg.splice,
         };
         let use_splice = self.splice_wins(splice_mode, self.sparse_block());
+        // Buffered writes into one file are serialised by the kernel (and
+        // by the lanes' file lock): from an NBD source on the receive path
+        // one worker drives all lanes on one ring and a second thread only
+        // contends for that lock and for the cores the server needs
+        // (W7: CPU and wall both lower, BENCHMARKS.md).  A spliced lane
+        // blocks its worker while a payload arrives, so not there.
+        let one_writer = cfg.threads == 0
+            && !use_splice
+            && matches!(&self.src, Endpoint::Nbd(_))
+            && matches!(&self.dst, Endpoint::File(f) if f.kind == FileKind::Regular);
+        let workers_n = if one_writer {
+            1
+        } else {
+            threads.min(lanes_n).max(1) as usize
+        };
         // The splice path pays per request (a few system calls), not per
         // byte: bigger requests unless the size was asked for.
         let request_size = self.effective_request_size(if use_splice && !cfg.request_size_set {
