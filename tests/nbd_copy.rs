@@ -217,6 +217,31 @@ fn multi_conn_is_used_when_advertised() {
 }
 
 #[test]
+fn default_connections_follow_the_data_path() {
+    if !require("nbdkit") || !require("qemu-img") {
+        return;
+    }
+    let d = TempDir::new("dconn");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    // Unix sockets, splice path: as many connections as cores (2 to 4).
+    let a = nbdkit(&d, &["pattern", "64M"]);
+    let b = nbdkit(&d, &["memory", "64M"]);
+    let st = copy(&a.uri(), &b.uri(), &[]).unwrap();
+    assert_eq!(st.connections, cores.clamp(2, 4));
+    assert!(qemu_img_compare(&a.uri(), &b.uri()));
+    // Receive path with every server on this machine (TCP to 127.0.0.1):
+    // half as many, at least one.
+    let (_ta, ua) = nbdkit_tcp(&d, &["pattern", "64M"]);
+    let (_tb, ub) = nbdkit_tcp(&d, &["memory", "64M"]);
+    let st = copy(&ua, &ub, &[]).unwrap();
+    assert_eq!(st.connections, (cores / 2).clamp(1, 4));
+    assert!(qemu_img_compare(&ua, &ub));
+    // Asked for: as asked.
+    let st = copy(&ua, "null:", &[("connections", "3")]).unwrap();
+    assert_eq!(st.connections, 3);
+}
+
+#[test]
 fn sparse_random_sources() {
     if !require("nbdkit") || !require("qemu-img") {
         return;

@@ -167,13 +167,29 @@ impl Job {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get() as u32)
             .unwrap_or(1);
+        let splice_mode = match std::env::var("NBDCPY_SPLICE").as_deref() {
+            Ok("1") => Some(true),
+            Ok("0") => Some(false),
+            _ => cfg.splice,
+        };
+        let use_splice = self.splice_wins(splice_mode, self.sparse_block());
         // By default as many connections as cores (2 to 4): measured on 2
         // cores, 2 connections beat 4 on most workloads, since the servers
-        // share those cores (BENCHMARKS.md).
-        let connections = if cfg.connections == 0 {
-            cores.clamp(2, 4)
-        } else {
-            cfg.connections
+        // share those cores (BENCHMARKS.md).  On the receive path with
+        // every server on this machine, half that: one ring already keeps
+        // many requests in flight per connection, and each extra
+        // connection is another server thread and another lane waking up
+        // on the cores the servers need (W8 on 2 cores: one connection
+        // 0.25 vs 0.32 CPU s/GiB, same wall time).  A spliced lane waits
+        // for each payload in turn, so the splice path keeps the overlap.
+        let local_only = [&self.src, &self.dst].iter().all(|e| match e {
+            Endpoint::Nbd(n) => n.is_local(),
+            _ => true,
+        });
+        let connections = match cfg.connections {
+            0 if !use_splice && local_only => (cores / 2).clamp(1, 4),
+            0 => cores.clamp(2, 4),
+            n => n,
         };
         let mut lanes_n = connections
             .min(self.src.max_connections())
@@ -273,12 +289,6 @@ impl Job {
             }
         }
 
-        let splice_mode = match std::env::var("NBDCPY_SPLICE").as_deref() {
-            Ok("1") => Some(true),
-            Ok("0") => Some(false),
-            _ => cfg.splice,
-        };
-        let use_splice = self.splice_wins(splice_mode, self.sparse_block());
         // Buffered writes into one file are serialised by the kernel (and
         // by the lanes' file lock): from an NBD source on the receive path
         // one worker drives all lanes on one ring and a second thread only
