@@ -239,6 +239,17 @@ fn default_connections_follow_the_data_path() {
     // Asked for: as asked.
     let st = copy(&ua, "null:", &[("connections", "3")]).unwrap();
     assert_eq!(st.connections, 3);
+    // A file source on the splice path: one connection, 2 MiB requests
+    // (fewer requests than with 1 MiB ones).
+    let f = d.file("src");
+    write_file(&f, &pattern(64 << 20, 3));
+    let st = copy(f.to_str().unwrap(), &b.uri(), &[]).unwrap();
+    assert_eq!(st.connections, 1);
+    assert!(st.spliced > 0, "{st:?}");
+    assert!(st.requests < 128, "{st:?}"); // 1 MiB requests count 128
+    let back = d.file("back");
+    copy(&b.uri(), back.to_str().unwrap(), &[]).unwrap();
+    assert!(cmp(&f, &back));
 }
 
 #[test]
