@@ -177,17 +177,11 @@ impl Job {
         let use_splice = self.splice_wins(splice_mode, self.sparse_block());
         // By default as many connections as cores (2 to 4): measured on 2
         // cores, 2 connections beat 4 on most workloads, since the servers
-        // share those cores (BENCHMARKS.md).  On the receive path with
-        // every server on this machine, half that: one ring already keeps
-        // many requests in flight per connection, and each extra
-        // connection is another server thread and another lane waking up
-        // on the cores the servers need (W8 on 2 cores: one connection
-        // 0.25 vs 0.32 CPU s/GiB, same wall time).  A spliced lane waits
-        // for each payload in turn, so the splice path keeps the overlap.
-        let local_only = [&self.src, &self.dst].iter().all(|e| match e {
-            Endpoint::Nbd(n) => n.is_local(),
-            _ => true,
-        });
+        // share those cores (BENCHMARKS.md).  One connection for local
+        // servers on the receive path measured cheaper only while the
+        // servers share the copier's scheduling group: with the servers in
+        // their own (another session or service, the usual case) it cost
+        // 2.11 vs 1.58 CPU s and 4.0 vs 3.2 s on W8 (BENCHMARKS.md).
         // A file source on the splice path never waits for a server to
         // produce data (cached pages move at once, the rest is read ahead
         // by io_uring): one lane with 2 MiB requests keeps the destination
@@ -199,7 +193,6 @@ impl Job {
             && matches!(&self.dst, Endpoint::Nbd(_));
         let connections = match cfg.connections {
             0 if file_splice => 1,
-            0 if !use_splice && local_only => (cores / 2).clamp(1, 4),
             0 => cores.clamp(2, 4),
             n => n,
         };

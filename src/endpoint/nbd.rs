@@ -114,19 +114,6 @@ impl NbdEndpoint {
         matches!(self.transport, Transport::Unix { .. })
     }
 
-    /// The server runs on this machine: a unix socket, or TCP to a
-    /// loopback address (as connected, so names like localhost count).
-    pub fn is_local(&self) -> bool {
-        match &self.transport {
-            Transport::Unix { .. } => true,
-            Transport::Tcp { .. } => match self.socks.first() {
-                Some(Some(fd)) => peer_is_loopback(fd),
-                _ => false,
-            },
-            Transport::Vsock { .. } => false,
-        }
-    }
-
     /// The connection for lane `i`: the first one, or a new one whose
     /// negotiation must agree with the first.
     pub fn lane_conn(&mut self, i: usize, p: &LaneParams) -> Result<NbdConn> {
@@ -575,20 +562,6 @@ fn set_timeouts(fd: RawFd, t: Option<Duration>) {
             )
         };
     }
-}
-
-/// The TCP peer of `fd` has a loopback address.
-fn peer_is_loopback(fd: &OwnedFd) -> bool {
-    // A duplicate descriptor, so that std can ask (and then close it).
-    fd.try_clone()
-        .map(std::net::TcpStream::from)
-        .and_then(|s| s.peer_addr())
-        .is_ok_and(|a| match a.ip() {
-            std::net::IpAddr::V4(v4) => v4.is_loopback(),
-            std::net::IpAddr::V6(v6) => {
-                v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-            }
-        })
 }
 
 /// Larger socket buffers let one receive pull many replies.
