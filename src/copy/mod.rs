@@ -178,10 +178,9 @@ impl Job {
         // By default as many connections as cores (2 to 4): measured on 2
         // cores, 2 connections beat 4 on most workloads, since the servers
         // share those cores (BENCHMARKS.md).  One connection for local
-        // servers on the receive path measured cheaper only while the
-        // servers share the copier's scheduling group: with the servers in
-        // their own (another session or service, the usual case) it cost
-        // 2.11 vs 1.58 CPU s and 4.0 vs 3.2 s on W8 (BENCHMARKS.md).
+        // servers on the receive path measured no better in 20 alternating
+        // W8 runs, with the servers in the copier's scheduling group or in
+        // their own (bench/groups-ab.sh, BENCHMARKS.md).
         // A file source on the splice path never waits for a server to
         // produce data (cached pages move at once, the rest is read ahead
         // by io_uring): one lane with 2 MiB requests keeps the destination
