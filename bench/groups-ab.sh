@@ -23,10 +23,11 @@ size=${SIZE:-4G}
 dir=$(mktemp -d /tmp/nbdcpy-groups.XXXXXX)
 pids=()
 cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
     for f in "$dir"/*.pid; do [ -e "$f" ] && kill "$(cat "$f")" 2>/dev/null; done
 }
 trap cleanup EXIT
+trap "exit 130" INT TERM
 
 # start NAME PLUGIN: a server on a unix socket (W2) or TCP port (W8).
 port=$((21000 + RANDOM % 2000))
