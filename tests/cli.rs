@@ -381,7 +381,7 @@ fn nbd_streams_to_stdout_and_from_stdin() {
     w.join().unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert!(
-        stderr(&o).contains("larger than destination"),
+        stderr(&o).contains("is larger than destination"),
         "{}",
         stderr(&o)
     );

@@ -50,6 +50,36 @@ impl WorkQueue {
     }
 }
 
+/// Whether two endpoints name the same NBD export (same transport
+/// address, unix socket paths resolved, and export name): refused, as
+/// copying an export onto itself destroys it.
+fn same_nbd_export(a: &Spec, b: &Spec) -> bool {
+    use crate::proto::uri::{parse, Transport};
+    let (Spec::Uri(a), Spec::Uri(b)) = (a, b) else {
+        return false;
+    };
+    if a == b {
+        return true;
+    }
+    let (Ok(a), Ok(b)) = (parse(a), parse(b)) else {
+        return false;
+    };
+    let same_transport = match (&a.transport, &b.transport) {
+        (Transport::Unix { path: p }, Transport::Unix { path: q }) => {
+            p == q
+                || matches!(
+                    (std::fs::canonicalize(p), std::fs::canonicalize(q)),
+                    (Ok(x), Ok(y)) if x == y
+                )
+        }
+        (Transport::Tcp { host: h, port: p }, Transport::Tcp { host: i, port: q }) => {
+            h.eq_ignore_ascii_case(i) && p == q
+        }
+        (x, y) => x == y,
+    };
+    same_transport && a.export_name == b.export_name
+}
+
 /// An opened copy job (`struct nbdcpy`).
 pub struct Job {
     src_spec: Spec,
@@ -64,8 +94,24 @@ pub struct Job {
 impl Job {
     /// Opens both ends, negotiates, and checks that the copy can work.
     pub fn open(src_spec: Spec, dst_spec: Spec, cfg: Config) -> Result<Job> {
+        if same_nbd_export(&src_spec, &dst_spec) {
+            return Err(Error::invalid(format!(
+                "source {src_spec} and destination {dst_spec} are the same NBD export: \
+                 copying it onto itself would destroy it"
+            )));
+        }
         let src = Endpoint::open(&src_spec, Side::Source, &cfg)?;
         let dst = Endpoint::open(&dst_spec, Side::Destination, &cfg)?;
+        // Nothing has been written yet (a destination file is only
+        // truncated when the copy runs).
+        if let (Endpoint::File(s), Endpoint::File(d)) = (&src, &dst) {
+            if s.id.is_some() && s.id == d.id {
+                return Err(Error::invalid(format!(
+                    "source {src_spec} and destination {dst_spec} are the same file: \
+                     copying it onto itself would destroy it"
+                )));
+            }
+        }
         if let Endpoint::Nbd(n) = &dst {
             if n.info.read_only() {
                 return Err(Error::new(
@@ -133,11 +179,27 @@ impl Job {
                 None => Ok(()),
             },
         };
+        let r = r.and_then(|()| self.finish_destination());
         if r.is_ok() {
             progress(&self.shared);
         }
         self.close_endpoints();
         r
+    }
+
+    /// After a successful copy from a stream into a regular file: the file
+    /// takes the stream's length (zero blocks at its end were skipped, not
+    /// written, and must exist too), made durable with --flush.
+    fn finish_destination(&mut self) -> Result<()> {
+        if let (None, Endpoint::File(f)) = (self.src.size(), &mut self.dst) {
+            let len = self.shared.size.load(Relaxed);
+            let ctx = |e: Error| e.context(format!("destination {}", self.dst_spec));
+            f.finish_dest(len).map_err(ctx)?;
+            if self.cfg.flush && f.kind == FileKind::Regular {
+                f.sync().map_err(ctx)?;
+            }
+        }
+        Ok(())
     }
 
     fn close_endpoints(&mut self) {

@@ -5,7 +5,7 @@ use super::Side;
 use crate::error::{Error, Result};
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileKind {
@@ -16,9 +16,21 @@ pub enum FileKind {
     Stream,
 }
 
+/// What makes two opened files the same file: a regular file's device
+/// and inode, or a block device's device number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileId {
+    Inode { dev: u64, ino: u64 },
+    Device { rdev: u64 },
+}
+
 pub struct LocalFile {
     pub fd: OwnedFd,
     pub kind: FileKind,
+    /// The underlying regular file or block device (also for `-` when
+    /// the shell redirected it to one), to refuse copying a file onto
+    /// itself.
+    pub id: Option<FileId>,
     /// Size for regular files and block devices; None for streams.
     pub size: Option<u64>,
     /// The name for messages.
@@ -114,6 +126,16 @@ impl LocalFile {
     fn from_file(file: File, name: String) -> Result<LocalFile> {
         let md = file.metadata().map_err(|e| Error::os("stat", e))?;
         let ft = md.file_type();
+        let id = if ft.is_file() {
+            Some(FileId::Inode {
+                dev: md.dev(),
+                ino: md.ino(),
+            })
+        } else if ft.is_block_device() {
+            Some(FileId::Device { rdev: md.rdev() })
+        } else {
+            None
+        };
         let (kind, size) = if ft.is_file() {
             (FileKind::Regular, Some(md.len()))
         } else if ft.is_block_device() {
@@ -126,36 +148,64 @@ impl LocalFile {
         Ok(LocalFile {
             fd: file.into(),
             kind,
+            id,
             size,
             name,
         })
     }
 
-    /// Makes a regular-file destination exactly `size` bytes of zeroes (as
-    /// nbdcopy does: truncate to 0, then extend).  Returns whether the
-    /// destination now reads as zeroes.
+    /// Makes a regular-file destination read as zeroes before the copy
+    /// (as nbdcopy does: truncate to 0, then extend to the source's size).
+    /// Returns whether the destination now reads as zeroes *and* has the
+    /// source's size, so that zero ranges may be skipped.  For a stream
+    /// source (size None) the file is left empty and `finish_dest` gives
+    /// it the stream's length at the end: the zero blocks skipped at the
+    /// end of a stream then exist too.
     pub fn prepare_dest(&mut self, size: Option<u64>) -> Result<bool> {
         if self.kind != FileKind::Regular {
             return Ok(false);
         }
-        let fd = self.fd.as_raw_fd();
-        // SAFETY: ftruncate takes no memory arguments.
-        if unsafe { libc::ftruncate(fd, 0) } != 0 {
-            return Err(Error::os("truncate", std::io::Error::last_os_error()));
-        }
+        self.set_len(0)?;
+        self.size = Some(0);
         if let Some(size) = size {
-            let len = libc::off_t::try_from(size)
-                .map_err(|_| Error::new(libc::EFBIG, "size too large for a file"))?;
-            // SAFETY: as above.
-            if unsafe { libc::ftruncate(fd, len) } != 0 {
-                return Err(Error::os(
-                    format!("extend to {size} bytes"),
-                    std::io::Error::last_os_error(),
-                ));
-            }
+            self.set_len(size)?;
             self.size = Some(size);
         }
         Ok(true)
+    }
+
+    /// After a successful copy from a stream: a regular-file destination
+    /// ends at exactly `len` bytes, the stream's length (the copy wrote
+    /// only the data; the skipped zero blocks are the extension).
+    pub fn finish_dest(&mut self, len: u64) -> Result<()> {
+        if self.kind != FileKind::Regular {
+            return Ok(());
+        }
+        self.set_len(len)?;
+        self.size = Some(len);
+        Ok(())
+    }
+
+    /// The descriptor as a `File` (a duplicate, closed on drop).
+    fn file(&self) -> Result<File> {
+        Ok(File::from(
+            self.fd.try_clone().map_err(|e| Error::os("dup", e))?,
+        ))
+    }
+
+    fn set_len(&self, size: u64) -> Result<()> {
+        self.file()?.set_len(size).map_err(|e| {
+            if size == 0 {
+                Error::os("truncate", e)
+            } else {
+                Error::os(format!("set the size to {size} bytes"), e)
+            }
+        })
+    }
+
+    /// fsync (for --flush after `finish_dest`).
+    pub fn sync(&self) -> Result<()> {
+        self.file()?.sync_all().map_err(|e| Error::os("fsync", e))
     }
 }
 

@@ -123,9 +123,10 @@ impl Worker<'_> {
                     return Err(Error::new(
                         libc::ENOSPC,
                         format!(
-                            "source {} is larger than destination {} ({max} bytes)",
+                            "source {}: the stream is larger than {} ({max} bytes): it goes \
+                             on past offset {max}",
                             lane.src_name(),
-                            lane.dst_name()
+                            lane.dst_label()
                         ),
                     ));
                 }
@@ -373,8 +374,7 @@ impl Worker<'_> {
             lane.out_next += len;
             self.pump_stream_out(li, lane, fd)?;
         }
-        lane.slots[si as usize].parts -= 1;
-        self.part_done(lane, si, len);
+        self.part_finished(lane, si, len)?;
         Ok(())
     }
 }

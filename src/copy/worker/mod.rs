@@ -727,6 +727,11 @@ impl Worker<'_> {
                 c.hold(b);
             }
         }
+        // Hold the slot while its runs are dispatched: a run that is done
+        // at once (a skipped zero run) must not free the slot, and let the
+        // next read reuse its buffer, while a later run's write still
+        // points into it.
+        lane.slots[si as usize].parts += 1;
         let mut r = Ok(());
         let mut prev_zero = room;
         for &(a, e, z) in &runs {
@@ -754,6 +759,7 @@ impl Worker<'_> {
             }
         }
         lane.runs = runs;
+        self.part_finished(lane, si, 0)?;
         r
     }
 
@@ -855,6 +861,23 @@ impl Worker<'_> {
         }
     }
 
+    /// One outstanding part of slot `si` (a write, a zeroing, or the hold
+    /// `dst_data` keeps while it dispatches) finished with `bytes`.
+    fn part_finished(&mut self, lane: &mut Lane, si: u32, bytes: u64) -> Result<()> {
+        let slot = &mut lane.slots[si as usize];
+        slot.parts = slot.parts.checked_sub(1).ok_or_else(|| {
+            Error::new(
+                libc::EIO,
+                format!(
+                    "internal error: slot at offset {} finished more parts than it started",
+                    slot.offset
+                ),
+            )
+        })?;
+        self.part_done(lane, si, bytes);
+        Ok(())
+    }
+
     /// `bytes` of slot `si` reached the destination; frees the slot when
     /// nothing of it is outstanding any more.
     fn part_done(&mut self, lane: &mut Lane, si: u32, bytes: u64) {
@@ -930,8 +953,7 @@ impl Worker<'_> {
                 } else {
                     Shared::add(&self.shared.bytes_copied, len);
                 }
-                lane.slots[slot as usize].parts -= 1;
-                self.part_done(lane, slot, len);
+                self.part_finished(lane, slot, len)?;
                 Ok(())
             }
             RecvEvent::Flushed => {
