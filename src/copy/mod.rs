@@ -1,6 +1,7 @@
 //! The copy job: opening both ends, checking sizes, splitting the work
 //! into lanes and worker threads, progress reporting and the final result.
 
+pub mod align;
 pub mod buf;
 pub mod nbdconn;
 pub mod splice;
@@ -47,6 +48,15 @@ impl WorkQueue {
             return None;
         }
         Some((start, (start + self.piece).min(self.end)))
+    }
+}
+
+/// The granularity requests to an endpoint keep (a power of two).
+fn endpoint_align(ep: &Endpoint) -> u64 {
+    match ep {
+        Endpoint::Nbd(n) => (n.info.block_size.min as u64).max(1),
+        Endpoint::File(f) => f.sector.max(1),
+        Endpoint::Null => 1,
     }
 }
 
@@ -397,7 +407,11 @@ impl Job {
             flush: cfg.flush,
             timeout: (cfg.timeout_secs > 0).then(|| Duration::from_secs(cfg.timeout_secs)),
             verbose: cfg.verbose,
-            sparse: self.sparse_block(),
+            // Zero blocks are whole destination blocks.
+            sparse: match self.sparse_block() {
+                0 => 0,
+                s => s.max(self.dst_align()),
+            },
             allocated: cfg.allocated,
             dst_is_zero,
             extents: !cfg.no_extents,
@@ -413,6 +427,8 @@ impl Job {
             file_lock: (matches!(&self.dst, Endpoint::File(f) if f.kind == FileKind::Regular)
                 && std::env::var_os("NBDCPY_NO_FILE_LOCK").is_none())
             .then(|| Arc::new(std::sync::Mutex::new(()))),
+            align: self.align(),
+            stage_reads: self.dst_align() > 1 && matches!(&self.src, Endpoint::Nbd(_)),
         };
 
         let mut lanes = Vec::with_capacity(lanes_n as usize);
@@ -548,6 +564,19 @@ impl Job {
     /// NBD -> file with zero detection (the same two copies either way),
     /// not file -> file.
     fn splice_wins(&self, mode: Option<bool>, sparse: u64) -> bool {
+        // Pipes hand payloads on in pieces of what they hold, which need
+        // not be whole blocks of a server that wants aligned requests.
+        if self.align() > 1 {
+            return false;
+        }
+        // An explicit request size above the splice default is honoured
+        // by the receive path (a pipe may not hold it whole).
+        if mode.is_none()
+            && self.cfg.request_size_set
+            && self.cfg.request_size > SPLICE_REQUEST_SIZE
+        {
+            return false;
+        }
         let unix_src = match &self.src {
             Endpoint::Nbd(src) => src.is_unix(),
             // Cached file pages go to the pipe by reference (disk reads
@@ -580,16 +609,34 @@ impl Job {
         }
     }
 
-    /// A request size clamped to what both ends accept.
+    /// A request size clamped to what both ends accept, and a multiple of
+    /// the alignment both need.
     fn effective_request_size(&self, want: u64) -> u64 {
         let mut rs = want;
         for ep in [&self.src, &self.dst] {
             if let Endpoint::Nbd(n) = ep {
                 rs = rs.min(n.info.block_size.max_payload as u64);
-                let min = n.info.block_size.min.max(1) as u64;
-                rs = (rs / min * min).max(min);
             }
         }
-        rs.max(1)
+        let a = self.align();
+        (rs / a * a).max(a)
+    }
+
+    /// The granularity every request must keep: the larger of both ends'
+    /// (powers of two, so a multiple of each).
+    fn align(&self) -> u64 {
+        // A block device source is read through the page cache: any
+        // offset works there.
+        let src = match &self.src {
+            Endpoint::Nbd(_) => endpoint_align(&self.src),
+            _ => 1,
+        };
+        src.max(self.dst_align())
+    }
+
+    /// The destination's: an NBD server's minimum block size, a block
+    /// device's logical sector size, else 1.
+    fn dst_align(&self) -> u64 {
+        endpoint_align(&self.dst)
     }
 }

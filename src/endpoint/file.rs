@@ -33,6 +33,9 @@ pub struct LocalFile {
     pub id: Option<FileId>,
     /// Size for regular files and block devices; None for streams.
     pub size: Option<u64>,
+    /// A block device's logical sector size (zeroing by fallocate needs
+    /// it); 1 for everything else.
+    pub sector: u64,
     /// The name for messages.
     pub name: String,
 }
@@ -136,9 +139,11 @@ impl LocalFile {
         } else {
             None
         };
+        let mut sector = 1;
         let (kind, size) = if ft.is_file() {
             (FileKind::Regular, Some(md.len()))
         } else if ft.is_block_device() {
+            sector = logical_sector_size(file.as_raw_fd());
             (FileKind::Block, Some(block_device_size(file.as_raw_fd())?))
         } else if ft.is_dir() {
             return Err(Error::new(libc::EISDIR, "is a directory"));
@@ -150,6 +155,7 @@ impl LocalFile {
             kind,
             id,
             size,
+            sector,
             name,
         })
     }
@@ -206,6 +212,20 @@ impl LocalFile {
     /// fsync (for --flush after `finish_dest`).
     pub fn sync(&self) -> Result<()> {
         self.file()?.sync_all().map_err(|e| Error::os("fsync", e))
+    }
+}
+
+/// A block device's logical sector size (BLKSSZGET), a power of two; 512
+/// when the kernel does not say.
+fn logical_sector_size(fd: RawFd) -> u64 {
+    const BLKSSZGET: libc::c_ulong = 0x1268; // _IO(0x12, 104)
+    let mut size: libc::c_int = 0;
+    // SAFETY: the ioctl writes one int into `size`, which lives for the call.
+    let r = unsafe { libc::ioctl(fd, BLKSSZGET as _, &mut size as *mut libc::c_int) };
+    if r == 0 && size > 0 && (size as u64).is_power_of_two() {
+        size as u64
+    } else {
+        512
     }
 }
 

@@ -7,23 +7,19 @@ use super::{
     ud, zero_buffer, DstIo, Lane, OpKind, SrcIo, Worker, WriteOp, ZeroMode, HEADER_ROOM,
     K_DST_WRITE, K_SRC_READ,
 };
+use crate::copy::align::Extent;
 use crate::copy::stats::Shared;
 use crate::error::{Error, Result};
 use io_uring::{opcode, types};
-use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering::Relaxed;
 
-/// Data and hole extents of [a, b) of a file, by SEEK_DATA/SEEK_HOLE.
-/// Anything the kernel cannot answer counts as data.
-pub(super) fn file_extents(fd: RawFd, a: u64, b: u64, out: &mut VecDeque<(u64, u64, bool)>) {
-    let mut push = |off: u64, len: u64, zero: bool| {
-        if len == 0 {
-            return;
-        }
-        match out.back_mut() {
-            Some(last) if last.2 == zero && last.0 + last.1 == off => last.1 += len,
-            _ => out.push_back((off, len, zero)),
+/// Data and hole extents of [a, b) of a file, by SEEK_DATA/SEEK_HOLE, in
+/// order.  Anything the kernel cannot answer counts as data.
+pub(super) fn file_extents(fd: RawFd, a: u64, b: u64, out: &mut dyn FnMut(Extent)) {
+    let mut push = |offset: u64, len: u64, zero: bool| {
+        if len > 0 {
+            out(Extent { offset, len, zero });
         }
     };
     let mut pos = a;
@@ -104,17 +100,10 @@ impl Worker<'_> {
             ));
         }
         if stream {
-            lane.stream_reading = false;
-            let slot = &mut lane.slots[si as usize];
-            if res == 0 {
-                // End of the stream: its size is now known.
-                slot.busy = false;
-                lane.exhausted = true;
-                self.shared.size.store(lane.stream_pos, Relaxed);
-                lane.free_slots.push(si);
-                return Ok(());
-            }
-            slot.len = res as u64;
+            // A stream fills the whole slot (a pipe hands out what it
+            // has): requests stay request-size, and so aligned, but the
+            // last.
+            lane.slots[si as usize].filled += res as u64;
             lane.stream_pos += res as u64;
             // Keep the size current so progress shows something sensible.
             self.shared.size.fetch_max(lane.stream_pos, Relaxed);
@@ -130,6 +119,22 @@ impl Worker<'_> {
                         ),
                     ));
                 }
+            }
+            let slot = &mut lane.slots[si as usize];
+            if res > 0 && slot.filled < slot.len {
+                return self.push_file_read(li, lane, si, fd, true);
+            }
+            lane.stream_reading = false;
+            if res == 0 {
+                // End of the stream: its size is now known.
+                lane.exhausted = true;
+                self.shared.size.store(lane.stream_pos, Relaxed);
+                if slot.filled == 0 {
+                    slot.busy = false;
+                    lane.free_slots.push(si);
+                    return Ok(());
+                }
+                slot.len = slot.filled;
             }
         } else {
             if res == 0 {

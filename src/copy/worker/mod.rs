@@ -8,6 +8,7 @@
 //! turns out to be all zeroes in `sparse`-sized blocks is zeroed too.
 //! File I/O lives in `fileio`, the splice data path in `splice_lane`.
 
+use super::align::{align_down, push_merged, Aligner, Extent};
 use super::buf::AlignedBuf;
 use super::nbdconn::{NbdConn, RecvEvent};
 use super::splice;
@@ -91,6 +92,14 @@ pub struct LaneParams {
     pub file_lock: Option<std::sync::Arc<std::sync::Mutex<()>>>,
     /// Largest zero range handed to one zeroing operation.
     pub zero_piece: u64,
+    /// Every request's offset and length are multiples of this (a power
+    /// of two: the larger of the servers' minimum block sizes and a block
+    /// device's logical sector), but at the image's end.
+    pub align: u64,
+    /// The destination needs aligned requests: READ replies that come in
+    /// several chunks are assembled in the slot's buffer and handed on
+    /// whole (a chunk boundary need not be aligned).
+    pub stage_reads: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,8 +113,12 @@ struct Slot {
     len: u64,
     /// Bytes read so far (file sources; handles short reads).
     filled: u64,
-    /// File-source buffer: HEADER_ROOM + request_size bytes.
+    /// File-source buffer, or the buffer fragmented NBD reads are
+    /// assembled in (`LaneParams::stage_reads`): HEADER_ROOM +
+    /// request_size bytes.
     buf: Option<AlignedBuf>,
+    /// READ chunks of this slot are being assembled in `buf`.
+    staged: bool,
     /// Destination operations still outstanding for this slot.
     parts: u32,
     /// The source side is complete (all data delivered).
@@ -152,11 +165,11 @@ pub struct Lane {
     free_slots: Vec<u32>,
     ops: Vec<WriteOp>,
     free_ops: Vec<u32>,
-    /// The rest of the claimed range as (offset, length, reads-as-zero).
-    extents: VecDeque<(u64, u64, bool)>,
-    /// Claimed ranges whose BLOCK_STATUS is outstanding: (start, end,
-    /// covered so far).  At most one request is in flight.
-    status: VecDeque<(u64, u64, u64)>,
+    /// The rest of the claimed range, aligned to `LaneParams::align`.
+    extents: VecDeque<Extent>,
+    /// The claimed range whose BLOCK_STATUS is outstanding (at most one
+    /// request is in flight).
+    status: Option<PendingStatus>,
     /// No more work to claim.
     exhausted: bool,
     /// Stream source: position, and one read in flight at a time.
@@ -206,7 +219,9 @@ impl Lane {
                 offset: 0,
                 len: 0,
                 filled: 0,
-                buf: file_src.then(|| AlignedBuf::new(HEADER_ROOM + p.request_size as usize)),
+                buf: (file_src || p.stage_reads)
+                    .then(|| AlignedBuf::new(HEADER_ROOM + p.request_size as usize)),
+                staged: false,
                 parts: 0,
                 read_done: false,
                 busy: false,
@@ -225,7 +240,7 @@ impl Lane {
             ops: Vec::new(),
             free_ops: Vec::new(),
             extents: VecDeque::new(),
-            status: VecDeque::new(),
+            status: None,
             exhausted: false,
             stream_pos: 0,
             stream_reading: false,
@@ -239,6 +254,14 @@ impl Lane {
             splice: None,
             p,
         }
+    }
+
+    /// Whether a READ chunk for slot `si` must be assembled first: the
+    /// destination needs aligned requests and the chunk is not the whole
+    /// request.
+    fn needs_staging(&self, si: u32, off: u64, len: u64) -> bool {
+        let s = &self.slots[si as usize];
+        self.p.stage_reads && (s.staged || off != s.offset || len != s.len)
     }
 
     fn src_is_stream(&self) -> bool {
@@ -301,7 +324,11 @@ impl Lane {
         }
         loop {
             if let Some(front) = self.extents.front_mut() {
-                let (off, len, zero) = *front;
+                let Extent {
+                    offset: off,
+                    len,
+                    zero,
+                } = *front;
                 let take = if zero {
                     len.min(self.p.zero_piece)
                 } else {
@@ -310,8 +337,8 @@ impl Lane {
                 if take == len {
                     self.extents.pop_front();
                 } else {
-                    front.0 += take;
-                    front.1 -= take;
+                    front.offset += take;
+                    front.len -= take;
                 }
                 return Ok(Some(if zero {
                     Piece::Zero(off, take)
@@ -319,7 +346,7 @@ impl Lane {
                     Piece::Data(off, take)
                 }));
             }
-            if !self.status.is_empty() {
+            if self.status.is_some() {
                 return Ok(None); // the next extents are on their way
             }
             if !self.claim_range(q)? {
@@ -335,20 +362,36 @@ impl Lane {
         let Some((a, b)) = q.claim() else {
             return Ok(false);
         };
+        let mut aligner = Aligner::new(a, self.p.align);
         match &mut self.src {
-            SrcIo::File { fd, .. } if self.p.extents => file_extents(*fd, a, b, &mut self.extents),
+            SrcIo::File { fd, .. } if self.p.extents => {
+                let out = &mut self.extents;
+                file_extents(*fd, a, b, &mut |e| aligner.push(e, out));
+                aligner.finish(out);
+            }
             SrcIo::Nbd(c) if self.p.extents && c.can_block_status() => {
                 c.queue_block_status(a, b - a)?;
-                self.status.push_back((a, b, a));
+                self.status = Some(PendingStatus {
+                    start: a,
+                    end: b,
+                    aligner,
+                });
             }
-            _ => self.extents.push_back((a, b - a, false)),
+            _ => push_merged(
+                &mut self.extents,
+                Extent {
+                    offset: a,
+                    len: b - a,
+                    zero: false,
+                },
+            ),
         }
         Ok(true)
     }
 
     /// Asks for the next range's block status while this one is read.
     fn prefetch_status(&mut self, q: &WorkQueue) -> Result<()> {
-        if self.status.is_empty()
+        if self.status.is_none()
             && !self.exhausted
             && !self.extents.is_empty()
             && matches!(&self.src, SrcIo::Nbd(c) if self.p.extents && c.can_block_status())
@@ -358,48 +401,70 @@ impl Lane {
         Ok(())
     }
 
-    /// Extents from a BLOCK_STATUS reply for the front pending range.
+    /// Extents from a BLOCK_STATUS reply for the pending range.
     fn add_status_extents(&mut self, ext: &[(u64, u64, bool)]) {
-        let Some(st) = self.status.front_mut() else {
+        let Some(st) = self.status.as_mut() else {
             return;
         };
         for &(off, len, zero) in ext {
-            // Keep only what continues the covered part, inside the range.
-            if off != st.2 || len == 0 {
+            // Keep only what continues the covered part, inside the range
+            // (a continued request may start before it: see status_done).
+            let at = st.aligner.pos();
+            let end = off.saturating_add(len).min(st.end);
+            if off > at || end <= at {
                 continue;
             }
-            let end = (off + len).min(st.1);
-            if end <= st.2 {
-                continue;
-            }
-            match self.extents.back_mut() {
-                Some(l) if l.2 == zero && l.0 + l.1 == st.2 => l.1 += end - st.2,
-                _ => self.extents.push_back((st.2, end - st.2, zero)),
-            }
-            st.2 = end;
+            st.aligner.push(
+                Extent {
+                    offset: at,
+                    len: end - at,
+                    zero,
+                },
+                &mut self.extents,
+            );
         }
     }
 
-    /// The front BLOCK_STATUS finished: ask again for what it did not
-    /// cover, or (on error) treat the rest as data.
+    /// The pending BLOCK_STATUS finished: ask again for what it did not
+    /// cover (from an aligned offset), or (on error) treat the rest as
+    /// data.
     fn status_done(&mut self, ok: bool) -> Result<()> {
-        let Some((a, b, covered)) = self.status.pop_front() else {
+        let Some(mut st) = self.status.take() else {
             return Ok(());
         };
-        if covered >= b {
-            return Ok(());
-        }
-        if ok && covered > a {
-            if let SrcIo::Nbd(c) = &mut self.src {
-                c.queue_block_status(covered, b - covered)?;
-                self.status.push_front((covered, b, covered));
-                return Ok(());
+        let covered = st.aligner.pos();
+        if covered < st.end {
+            if ok && covered > st.start {
+                if let SrcIo::Nbd(c) = &mut self.src {
+                    let from = align_down(covered, self.p.align);
+                    c.queue_block_status(from, st.end - from)?;
+                    st.start = covered;
+                    self.status = Some(st);
+                    return Ok(());
+                }
             }
+            // An error, or no progress at all: read the rest.
+            st.aligner.push(
+                Extent {
+                    offset: covered,
+                    len: st.end - covered,
+                    zero: false,
+                },
+                &mut self.extents,
+            );
         }
-        // An error, or no progress at all: read the rest.
-        self.extents.push_back((covered, b - covered, false));
+        st.aligner.finish(&mut self.extents);
         Ok(())
     }
+}
+
+/// A claimed range whose BLOCK_STATUS is outstanding.
+struct PendingStatus {
+    /// Where the outstanding request's answer must make progress from.
+    start: u64,
+    end: u64,
+    /// Extents received so far end at `aligner.pos()`.
+    aligner: Aligner,
 }
 
 /// True when every byte is zero; stops at the first non-zero word.
@@ -591,6 +656,7 @@ impl Worker<'_> {
             slot.offset = off;
             slot.len = len;
             slot.filled = 0;
+            slot.staged = false;
             slot.parts = 0;
             slot.read_done = false;
             slot.busy = true;
@@ -687,6 +753,54 @@ impl Worker<'_> {
                 format!("unknown completion kind {kind}"),
             )),
         }
+    }
+
+    /// Copies one READ chunk (data at `ptr`, or a hole when None) into
+    /// slot `si`'s buffer, to be handed on whole at ReadDone.
+    fn stage_chunk(
+        &mut self,
+        lane: &mut Lane,
+        si: u32,
+        off: u64,
+        ptr: Option<*mut u8>,
+        len: u64,
+        block: Option<u32>,
+    ) -> Result<()> {
+        let slot = &mut lane.slots[si as usize];
+        let inside = off >= slot.offset
+            && off
+                .checked_add(len)
+                .is_some_and(|e| e <= slot.offset + slot.len);
+        let Some(buf) = slot.buf.as_mut().filter(|_| inside) else {
+            return Err(Error::new(
+                libc::EIO,
+                format!(
+                    "{}: READ chunk at offset {off} length {len} outside the request",
+                    lane.src_label()
+                ),
+            ));
+        };
+        let at = HEADER_ROOM + (off - slot.offset) as usize;
+        if !slot.staged {
+            // What no chunk covers reads as zero.
+            buf.as_mut_slice()[HEADER_ROOM..HEADER_ROOM + slot.len as usize].fill(0);
+            slot.staged = true;
+        }
+        let dst = &mut buf.as_mut_slice()[at..at + len as usize];
+        match ptr {
+            Some(p) => {
+                // SAFETY: the chunk's payload, `len` initialised bytes in a
+                // receive block held (by `block`) until released below.
+                let src = unsafe { std::slice::from_raw_parts(p, len as usize) };
+                dst.copy_from_slice(src);
+                Shared::add(&self.shared.bytes_memcpy, len);
+            }
+            None => dst.fill(0),
+        }
+        if let (Some(b), SrcIo::Nbd(c)) = (block, &mut lane.src) {
+            c.release(b);
+        }
+        Ok(())
     }
 
     /// Data read from the source: zero blocks (with `sparse`) are zeroed,
@@ -917,17 +1031,52 @@ impl Worker<'_> {
                 offset,
                 ptr,
                 len,
+                room: _,
+                block,
+            } if lane.needs_staging(slot, offset, len as u64) => {
+                self.stage_chunk(lane, slot, offset, Some(ptr), len as u64, Some(block))
+            }
+            RecvEvent::Data {
+                slot,
+                offset,
+                ptr,
+                len,
                 room,
                 block,
             } => self.dst_data(li, lane, slot, offset, ptr, len as usize, room, Some(block)),
             RecvEvent::PipeData { slot, offset, len } => {
                 self.pipe_data(li, lane, slot, offset, len as usize)
             }
+            RecvEvent::Hole { slot, offset, len }
+                if lane.needs_staging(slot, offset, len as u64) =>
+            {
+                self.stage_chunk(lane, slot, offset, None, len as u64, None)
+            }
             RecvEvent::Hole { slot, offset, len } => {
                 self.dst_zero(li, lane, slot, offset, len as u64)
             }
             RecvEvent::ReadDone { slot } => {
-                lane.slots[slot as usize].read_done = true;
+                let s = &mut lane.slots[slot as usize];
+                s.read_done = true;
+                if std::mem::take(&mut s.staged) {
+                    // The assembled READ goes on as one piece.
+                    let (off, len) = (s.offset, s.len);
+                    let data = s.buf.as_ref().map(|b| b.ptr()).ok_or_else(|| {
+                        Error::new(libc::EIO, "internal error: staged slot without buffer")
+                    })?;
+                    // SAFETY: HEADER_ROOM is inside the buffer.
+                    let data = unsafe { data.add(HEADER_ROOM) };
+                    return self.dst_data(
+                        li,
+                        lane,
+                        slot,
+                        off,
+                        data,
+                        len as usize,
+                        HEADER_ROOM,
+                        None,
+                    );
+                }
                 self.part_done(lane, slot, 0);
                 Ok(())
             }
@@ -1029,14 +1178,14 @@ mod tests {
         f.sync_all().unwrap();
         use std::os::fd::AsRawFd;
         let mut out = VecDeque::new();
-        file_extents(f.as_raw_fd(), 0, 8 << 20, &mut out);
+        file_extents(f.as_raw_fd(), 0, 8 << 20, &mut |e| push_merged(&mut out, e));
         std::fs::remove_file(&p).unwrap();
-        let total: u64 = out.iter().map(|e| e.1).sum();
+        let total: u64 = out.iter().map(|e| e.len).sum();
         assert_eq!(total, 8 << 20);
         // The written block is data; most of the rest is a hole (where
         // the filesystem supports SEEK_HOLE).
         assert!(out
             .iter()
-            .any(|&(o, l, z)| !z && o <= 1 << 20 && o + l >= (1 << 20) + 4096));
+            .any(|e| !e.zero && e.offset <= 1 << 20 && e.end() >= (1 << 20) + 4096));
     }
 }
