@@ -283,13 +283,14 @@ impl Drop for LoopDev {
     }
 }
 
-/// qemu-nbd -f raw -k SOCK -t -e 16 EXTRA FILE (`extra` may override -f).
+/// qemu-nbd -f raw -k SOCK -t -e 16 EXTRA FILE (`extra` may override -f,
+/// or hold --image-opts: FILE is then the options).
 pub fn qemu_nbd(dir: &TempDir, file: &Path, extra: &[&str]) -> Server {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let sock = dir.file(&format!("qemu{n}.sock"));
     let log = dir.file(&format!("qemu{n}.log"));
     let mut cmd = Command::new("qemu-nbd");
-    if !extra.contains(&"-f") {
+    if !extra.contains(&"-f") && !extra.contains(&"--image-opts") {
         cmd.args(["-f", "raw"]);
     }
     cmd.arg("-k")
