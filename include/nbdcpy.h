@@ -24,6 +24,17 @@
 #include <stdint.h>
 #include <stdbool.h>
 
+// The version of this header (nbdcpy_version() gives the library's).
+#define NBDCPY_VERSION_MAJOR 0
+#define NBDCPY_VERSION_MINOR 1
+#define NBDCPY_VERSION_PATCH 0
+#define NBDCPY_VERSION_STRING "0.1.0"
+// MAJOR * 1000000 + MINOR * 1000 + PATCH, for #if comparisons with
+// NBDCPY_VERSION_CHECK(major, minor, patch).
+#define NBDCPY_VERSION_NUMBER 1000
+#define NBDCPY_VERSION_CHECK(major, minor, patch) \
+  ((major) * 1000000 + (minor) * 1000 + (patch))
+
 // `side` argument of nbdcpy_config_set_command: the source.
 #define NBDCPY_SOURCE 0
 
@@ -89,6 +100,19 @@ extern "C" {
 
 // The library version, e.g. "0.1.0".  Never NULL; static storage.
 const char *nbdcpy_version(void);
+
+// 1 if `feature` is available, 0 if not (also for names this version
+// does not know, and NULL).  Known names: "splice" (the splice(2) data
+// path, the "splice" option), "extended-headers" (NBD 64-bit requests),
+// "socket-activation" (servers run by nbdcpy_config_set_command),
+// "io_uring" (1 only if this kernel lets the process create an
+// io_uring, which every copy needs), "tls" (nbds:// URIs) and "blkhash"
+// (nbdcopy's --blkhash), which this version lacks.  Never fails; does
+// not touch nbdcpy_get_error().
+//
+// # Safety
+// `feature` is NULL or a NUL-terminated string.
+int nbdcpy_supports(const char *feature);
 
 // The message of the last failed call on this thread (endpoint, offset
 // and cause), or NULL if none failed yet.  Valid until the next failing
