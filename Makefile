@@ -43,7 +43,7 @@ MULTIARCH  := $(shell $(CC) -print-multiarch 2>/dev/null || echo x86_64-linux-gn
 
 .PHONY: all lib cli fuzz check check-rust check-c check-header check-style check-valgrind \
         check-warnings check-symbols check-install check-spdx check-deb header \
-        test-deps deps demo install uninstall bench deb clean
+        test-deps deps demo install uninstall bench deb deb-deps clean
 
 all: $(B)/nbdcpy $(B)/nbdcpy.install $(LIBSO) $(B)/libnbdcpy.so $(B)/libnbdcpy.a
 
@@ -247,17 +247,30 @@ uninstall:
 	  $(DESTDIR)$(MANDIR)/man3/nbdcpy.3 $(DESTDIR)$(LIBEXECDIR)/nbdcpy/compat/nbdcopy
 	-rmdir $(DESTDIR)$(LIBEXECDIR)/nbdcpy/compat $(DESTDIR)$(LIBEXECDIR)/nbdcpy
 
-# Debian packages, built from a copy of the tracked files in build/deb/
-# (dpkg-buildpackage writes into the parent directory).  The cargo target
-# directory is shared with this tree so nothing is compiled twice.  Where
-# Rust comes from rustup rather than Debian packages, the build profile
-# pkg.nbdcpy.rustup drops the rustc/cargo build dependencies.
+# Debian packages, built from a copy of the tree's files in build/deb/
+# (dpkg-buildpackage writes into the parent directory), with their own
+# cargo target directory.  Where Rust comes from rustup rather than Debian
+# packages, the build profile pkg.nbdcpy.rustup drops the rustc and cargo
+# build dependencies.  deb-deps installs the packaging tools with apt-get.
 DEB_PROFILES ?= $(shell dpkg -s rustc >/dev/null 2>&1 || echo -Ppkg.nbdcpy.rustup)
+DEB_PKGS := debhelper lintian dpkg-dev fakeroot binutils pkg-config
+deb-deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
 deb:
 	rm -rf $(B)/deb && mkdir -p $(B)/deb/nbdcpy-$(VERSION)
-	git ls-files -z | xargs -0 cp --parents -t $(B)/deb/nbdcpy-$(VERSION)
+	git ls-files -z --cached --others --exclude-standard | \
+	  xargs -0 cp -P --parents -t $(B)/deb/nbdcpy-$(VERSION)
 	cd $(B)/deb/nbdcpy-$(VERSION) && \
-	  CARGO_TARGET_DIR=$(abspath $(CARGO_TARGET_DIR)) dpkg-buildpackage -b -us -uc $(DEB_PROFILES)
+	  CARGO_TARGET_DIR=$(abspath $(CARGO_TARGET_DIR))/deb \
+	  dpkg-buildpackage -b -us -uc $(DEB_PROFILES)
 	lintian --fail-on error $(B)/deb/*.changes
 	@ls -1 $(B)/deb/*.deb
 
