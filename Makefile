@@ -1,3 +1,5 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+# Copyright (C) 2026 The nbdcpy authors
 # nbdcpy: build, test, install.  Wraps cargo; see README.md.
 #
 # Standard variables are honoured: CC, CFLAGS, CPPFLAGS, LDFLAGS (the
@@ -171,14 +173,19 @@ check-valgrind: all
 	else echo "check-valgrind: valgrind not installed, skipped"; fi
 
 # Every tracked source file carries an SPDX-License-Identifier line in its
-# first 15 lines (see README "Licence"; data files are exempt).
-SPDX_EXEMPT := '\.(md|json|lock|txt)$$|^LICENSE$$|^NEWS$$|^fuzz/corpus/|^debian/(source/format|compat|.*\.symbols|.*\.links|.*\.install|.*\.manpages|.*\.docs|.*\.lintian-overrides|copyright|changelog|control)$$|^\.gitignore$$|^include/nbdcpy\.h$$'
+# first 15 lines (see README "Licence"): add
+#   SPDX-License-Identifier: LGPL-2.1-or-later
+#   Copyright (C) <year> The nbdcpy authors
+# in the file's comment syntax.  Documentation, data and Debian control
+# files are exempt (SPDX_EXEMPT).
+SPDX_EXEMPT := '\.(md|json|lock|txt)$$|^fuzz/corpus/|^(COPYING|NEWS|\.gitignore)$$|^debian/(changelog|control|copyright|source/format|.*\.(install|docs|examples|symbols|links|manpages))$$'
 check-spdx:
 	@if [ -d .git ] || [ -f .git ]; then \
 	  missing=$$(git ls-files | grep -Ev $(SPDX_EXEMPT) | while read f; do \
 	    [ -f "$$f" ] || continue; \
 	    head -n 15 "$$f" | grep -q 'SPDX-License-Identifier:' || echo "$$f"; done); \
-	  [ -z "$$missing" ] || { echo "files without an SPDX-License-Identifier line (add one near the top):"; \
+	  [ -z "$$missing" ] || { echo "files without an SPDX-License-Identifier line (add"; \
+	    echo "'SPDX-License-Identifier: LGPL-2.1-or-later' and a copyright line at the top):"; \
 	    echo "$$missing"; exit 1; }; \
 	fi
 

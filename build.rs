@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// Copyright (C) 2026 The nbdcpy authors
+
 //! Build script: generates the C header from src/ffi with cbindgen into
 //! OUT_DIR (never into the source tree, which may be read-only).
 //!

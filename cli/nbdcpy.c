@@ -1,3 +1,7 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later
+ * Copyright (C) 2026 The nbdcpy authors
+ */
+
 /* nbdcpy - copy to and from an NBD server.  A drop-in for nbdcopy(1),
  * written only against the public API in include/nbdcpy.h.
  */

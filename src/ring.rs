@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// Copyright (C) 2026 The nbdcpy authors
+
 //! The io_uring event loop primitives: ring setup with feature probing,
 //! submission with back-pressure, bounded waits and completion draining.
 //!
