@@ -37,6 +37,11 @@ B          := build
 REL        := $(CARGO_TARGET_DIR)/$(if $(filter dev test,$(CARGO_PROFILE)),debug,$(CARGO_PROFILE))
 LIBSO      := $(B)/libnbdcpy.so.$(VERSION)
 MAP        := src/ffi/nbdcpy.map
+# One stamp per profile, so switching CARGO_PROFILE runs cargo again.
+STAMP      := $(B)/cargo-$(CARGO_PROFILE).stamp
+# build/profile changes when CARGO_PROFILE does: the products in build/ follow it.
+$(shell mkdir -p $(B); [ "$$(cat $(B)/profile 2>/dev/null)" = "$(CARGO_PROFILE)" ] || \
+  echo "$(CARGO_PROFILE)" > $(B)/profile)
 # The libraries rustc says a staticlib of this crate needs (--print native-static-libs).
 NATIVE_LIBS := -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
 RUST_SRCS  := $(shell find src -type f) Cargo.toml $(wildcard Cargo.lock) build.rs cbindgen.toml
@@ -55,7 +60,7 @@ cli: all
 
 # cargo decides what to rebuild; this stamp only tells make whether to ask.
 # The header build.rs generated (in OUT_DIR) is copied to $(B)/nbdcpy.h.gen.
-$(B)/cargo.stamp: $(RUST_SRCS)
+$(STAMP): $(RUST_SRCS)
 	@mkdir -p $(B)
 	$(CARGO) build --profile $(CARGO_PROFILE) --lib $(CARGOFLAGS) \
 	  --message-format=json-render-diagnostics > $(B)/cargo.json
@@ -64,14 +69,14 @@ $(B)/cargo.stamp: $(RUST_SRCS)
 	else echo "warning: build.rs generated no header"; rm -f $(B)/nbdcpy.h.gen; fi
 	@touch $@
 
-$(REL)/libnbdcpy.a: $(B)/cargo.stamp
+$(REL)/libnbdcpy.a: $(STAMP)
 
-$(B)/libnbdcpy.a: $(REL)/libnbdcpy.a
+$(B)/libnbdcpy.a: $(REL)/libnbdcpy.a $(B)/profile
 	cp -f $< $@
 
 # The shared library is linked from the staticlib with the version script:
 # rustc's cdylib link adds its own unversioned export list, which wins.
-$(LIBSO): $(REL)/libnbdcpy.a $(MAP)
+$(LIBSO): $(REL)/libnbdcpy.a $(MAP) $(B)/profile
 	$(CC) $(CFLAGS) -shared -o $@ -Wl,-soname,libnbdcpy.so.$(SOVERSION) \
 	  -Wl,--version-script=$(MAP) -Wl,--gc-sections -Wl,--no-undefined \
 	  $(patsubst %,-Wl$(comma)--undefined=%,$(shell sed -n 's/^ *\(nbdcpy_[a-z0-9_]*\);/\1/p' $(MAP))) \
@@ -93,7 +98,7 @@ $(B)/nbdcpy.install: cli/nbdcpy.c include/nbdcpy.h $(B)/libnbdcpy.so
 	  $(LDFLAGS) -L$(B) -lnbdcpy
 
 # Replaces the checked-in header with the one build.rs generates.
-header: $(B)/cargo.stamp
+header: $(STAMP)
 	cp -f $(B)/nbdcpy.h.gen include/nbdcpy.h
 
 # Everything CI runs.  Installs its test servers first where apt-get exists.
@@ -116,7 +121,7 @@ check-warnings: all
 
 # The checked-in header must equal what build.rs generates (in a git
 # checkout: a packager's different cbindgen may format differently).
-check-header: $(B)/cargo.stamp
+check-header: $(STAMP)
 	@if [ -d .git ] || [ -f .git ]; then \
 	  diff -u include/nbdcpy.h $(B)/nbdcpy.h.gen || \
 	  { echo "include/nbdcpy.h is stale: run 'make header' and commit it"; exit 1; }; \
