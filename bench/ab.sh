@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: LGPL-2.1-or-later
+# Copyright (C) 2026 The nbdcpy authors
 # A/B of copier variants on one workload of the shared harness, alternating
 # variant by variant each round (round 0 is a warm-up, not counted), then
 # medians of wall time, copier CPU s/GiB and the servers' CPU seconds.

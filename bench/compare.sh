@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: LGPL-2.1-or-later
+# Copyright (C) 2026 The nbdcpy authors
 # Side-by-side benchmark: nbdcpy, nbdcopy and (where it applies) qemu-img
 # on the shared harness's workloads, alternating copiers run by run, then a
 # table of medians and of nbdcpy's ratios to nbdcopy.

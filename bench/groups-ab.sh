@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: LGPL-2.1-or-later
+# Copyright (C) 2026 The nbdcpy authors
 # A/B of copier variants with the NBD servers either in the copier's own
 # scheduling group (started from this script, like ../shared/bench/run.sh)
 # or each in a group of its own (started with setsid: another session, as a

@@ -1,3 +1,7 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later
+ * Copyright (C) 2026 The nbdcpy authors
+ */
+
 /* splice-frame-probe: the splice data path with NBD-like framing.  A
  * writer sends 28-byte headers each followed by PL payload bytes through a
  * unix socketpair (default socket buffers, like nbdkit); the receiver

@@ -1,3 +1,7 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later
+ * Copyright (C) 2026 The nbdcpy authors
+ */
+
 /* splice-probe: what would splicing the payload save?  Moves 4 GiB from a
  * writer process through a unix socketpair and reports the receiver's CPU
  * seconds per GiB for:

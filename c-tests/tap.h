@@ -1,3 +1,7 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later
+ * Copyright (C) 2026 The nbdcpy authors
+ */
+
 /* Minimal test harness for the C API tests: CHECK() records a failure
  * with its line and goes on; the run ends with "N passed, N failed".
  */

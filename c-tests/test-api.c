@@ -1,3 +1,7 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later
+ * Copyright (C) 2026 The nbdcpy authors
+ */
+
 /* Tests of every function of the public C API, including error paths. */
 
 #define _GNU_SOURCE

@@ -1,3 +1,7 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later
+ * Copyright (C) 2026 The nbdcpy authors
+ */
+
 /* nbdcpy - copy to and from an NBD server.  A drop-in for nbdcopy(1),
  * written only against the public API in include/nbdcpy.h.
  */
@@ -22,6 +26,12 @@ static int progress_fd = -1;   /* --progress=FD: "N/100\n" lines */
 static int last_percent = -1;
 static int bar_drawn;
 static int verbose;
+
+/* Run as "nbdcopy" (the compat link, see nbdcpy(1) "NBDCOPY
+ * COMPATIBILITY"), --version answers like libnbd's nbdcopy: the nbdcopy
+ * release whose command line this one accepts, then the library.
+ */
+#define NBDCOPY_COMPAT_VERSION "1.14.0"
 
 static void
 usage (FILE *fp, int status)
@@ -250,9 +260,15 @@ main (int argc, char *argv[])
     case TIMEOUT_OPTION: set (cfg, "timeout", optarg); break;
     case SPLICE_OPTION: set (cfg, "splice", optarg); break;
     case 'v': verbose = 1; set (cfg, "verbose", "1"); break;
-    case 'V':
-      printf ("nbdcpy %s\n", nbdcpy_version ());
+    case 'V': {
+      const char *slash = strrchr (argv[0], '/');
+      if (strcmp (slash ? slash + 1 : argv[0], "nbdcopy") == 0)
+        printf ("nbdcopy %s\nlibnbdcpy %s\n", NBDCOPY_COMPAT_VERSION,
+                nbdcpy_version ());
+      else
+        printf ("nbdcpy %s\n", nbdcpy_version ());
       exit (EXIT_SUCCESS);
+    }
     default:
       usage (stderr, EXIT_FAILURE);
     }

@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// Copyright (C) 2026 The nbdcpy authors
+
 //! Probe: forwarding a TCP loopback stream with io_uring: plain RECV+SEND,
 //! SEND_ZC from registered buffers, multishot RECV into a provided buffer
 //! ring, and the ring with or without SINGLE_ISSUER|DEFER_TASKRUN.

@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// Copyright (C) 2026 The nbdcpy authors
+
 //! nbdcpy: a fast NBD disk image copier on io_uring, with a C API.
 //!
 //! Layers (dependencies point down): `ffi` (C ABI) -> `copy` (the job and

@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// Copyright (C) 2026 The nbdcpy authors
+
 //! The io_uring event loop primitives: ring setup with feature probing,
 //! submission with back-pressure, bounded waits and completion draining.
 //!
@@ -59,6 +62,15 @@ impl Ring {
                 }
             },
         };
+        // Bounded waits (submit_and_wait) pass a timeout to io_uring_enter:
+        // IORING_FEAT_EXT_ARG, Linux 5.11.  Older kernels get this error
+        // rather than an EINVAL from the first wait.
+        if !uring.params().is_feature_ext_arg() {
+            return Err(Error::new(
+                libc::ENOSYS,
+                "this kernel's io_uring is too old: nbdcpy needs Linux 5.11 or later (IORING_FEAT_EXT_ARG)",
+            ));
+        }
         let mut probe = Probe::new();
         if uring.submitter().register_probe(&mut probe).is_ok() {
             features.send_zc = probe.is_supported(opcode::SendZc::CODE);

@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// Copyright (C) 2026 The nbdcpy authors
+
 //! The `nbdcpy` command run the way users run it: argv, exit status,
 //! stderr and files.  Uses build/nbdcpy (`make cli`), or $NBDCPY_BIN.
 

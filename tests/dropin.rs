@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// Copyright (C) 2026 The nbdcpy authors
+
 //! nbdcpy as a drop-in for nbdcopy: the same arguments given to both
 //! (libnbd's nbdcopy is the reference) must give the same exit status and
 //! the same destination contents.

@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// Copyright (C) 2026 The nbdcpy authors
+
 //! Faults from real servers: injected EIO on reads, writes and zeroing
 //! (nbdkit's error filter), a failing FLUSH, slow servers, a server killed
 //! mid-copy, and a full destination.  Never exit 0, always name the

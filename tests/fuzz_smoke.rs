@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// Copyright (C) 2026 The nbdcpy authors
+
 //! Bounded fuzzing run for `make check`: every seed of fuzz/corpus and
 //! deterministic mutations of them (bit flips, byte changes, truncation,
 //! splicing, length-field corruption) through the same entry points the

@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// Copyright (C) 2026 The nbdcpy authors
+
 //! A hostile or broken server can never make nbdcpy write outside the
 //! range it asked for, crash, hang, or succeed: every misbehaviour of the
 //! scripted server in common/hostile.rs ends in a clear error within a

@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// Copyright (C) 2026 The nbdcpy authors
+
 //! Local copies through the library: regular files of awkward sizes,
 //! many lanes and tiny requests, streams and null:.  Verified with `cmp`.
 

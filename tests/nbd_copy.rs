@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// Copyright (C) 2026 The nbdcpy authors
+
 //! Copies through real NBD servers (qemu-nbd with extended headers, nbdkit
 //! with structured replies and with --no-sr, nbd-server with simple
 //! replies), as source and destination, verified by independent readers.

@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// Copyright (C) 2026 The nbdcpy authors
+
 //! libFuzzer target: nbdcpy::proto::fuzz::fuzz_reply over arbitrary bytes.
 #![no_main]
 use libfuzzer_sys::fuzz_target;

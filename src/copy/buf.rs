@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// Copyright (C) 2026 The nbdcpy authors
+
 //! Page-aligned I/O buffers whose memory never moves, so the kernel may
 //! read or write them while an io_uring operation is in flight.
 

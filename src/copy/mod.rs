@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// Copyright (C) 2026 The nbdcpy authors
+
 //! The copy job: opening both ends, checking sizes, splitting the work
 //! into lanes and worker threads, progress reporting and the final result.
 

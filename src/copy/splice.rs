@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// Copyright (C) 2026 The nbdcpy authors
+
 //! The splice data path's kernel plumbing: pipes sized for requests,
 //! bounded waits on non-blocking descriptors that notice cancellation and
 //! the stall timeout, and exact splice / tee / send loops.

@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// Copyright (C) 2026 The nbdcpy authors
+
 //! Local endpoints: regular files, block devices, and streams (stdin,
 //! stdout, pipes, character devices).
 

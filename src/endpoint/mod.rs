@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// Copyright (C) 2026 The nbdcpy authors
+
 //! What can be a source or a destination: parsing the user's words
 //! (`-`, `null:`, a path, an NBD URI, a server command) and opening them.
 

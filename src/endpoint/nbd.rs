@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// Copyright (C) 2026 The nbdcpy authors
+
 //! NBD endpoints: connecting (unix, TCP, vsock, or a socket-activated
 //! subprocess), the blocking handshake driven through `proto::handshake`,
 //! and the extra connections used for multi-conn.

@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// Copyright (C) 2026 The nbdcpy authors
+
 //! A registry of live handle addresses, so NULL, stale and double-freed
 //! handles are caught instead of being dereferenced.
 

@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// Copyright (C) 2026 The nbdcpy authors
+
 //! The C ABI: opaque handles, NULL checks, panic boundaries, thread-local
 //! errors.  No copying logic lives here.
 
@@ -148,6 +151,48 @@ unsafe fn str_arg<'a>(p: *const c_char, what: &str) -> Result<&'a str, Error> {
 pub extern "C" fn nbdcpy_version() -> *const c_char {
     static V: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");
     V.as_ptr().cast()
+}
+
+/// Optional features and whether this build has them.  "io_uring" is
+/// answered at run time (nbdcpy_supports creates a ring).
+const FEATURES: &[(&str, bool)] = &[
+    ("extended-headers", true),
+    ("io_uring", true),
+    ("socket-activation", true),
+    ("splice", true),
+    ("blkhash", false),
+    ("tls", false),
+];
+
+/// 1 if `feature` is available, 0 if not (also for names this version
+/// does not know, and NULL).  Known names: "splice" (the splice(2) data
+/// path, the "splice" option), "extended-headers" (NBD 64-bit requests),
+/// "socket-activation" (servers run by nbdcpy_config_set_command),
+/// "io_uring" (1 only if this kernel lets the process create an
+/// io_uring, which every copy needs), "tls" (nbds:// URIs) and "blkhash"
+/// (nbdcopy's --blkhash), which this version lacks.  Never fails; does
+/// not touch nbdcpy_get_error().
+///
+/// # Safety
+/// `feature` is NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn nbdcpy_supports(feature: *const c_char) -> c_int {
+    if feature.is_null() {
+        return 0;
+    }
+    // SAFETY: non-NULL and NUL-terminated per this function's contract.
+    let name = unsafe { CStr::from_ptr(feature) }.to_bytes();
+    let known = FEATURES
+        .iter()
+        .find(|(n, _)| n.as_bytes() == name)
+        .map(|&(n, have)| (n, have));
+    match known {
+        Some(("io_uring", _)) => {
+            catch_unwind(|| crate::ring::Ring::new(8).is_ok()).unwrap_or(false) as c_int
+        }
+        Some((_, have)) => have as c_int,
+        None => 0,
+    }
 }
 
 /// The message of the last failed call on this thread (endpoint, offset

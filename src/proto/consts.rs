@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// Copyright (C) 2026 The nbdcpy authors
+
 //! Wire constants of the NBD protocol (doc/proto.md), with names for
 //! messages.  Every integer on the wire is big-endian.
 

@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// Copyright (C) 2026 The nbdcpy authors
+
 //! Entry points for fuzzing (cargo fuzz targets in fuzz/ and the bounded
 //! smoke run in the tests): drive the parsers over arbitrary bytes.  They
 //! must never panic, hang or report data outside what was asked.

@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// Copyright (C) 2026 The nbdcpy authors
+
 //! The client side of fixed-newstyle negotiation, as a state machine over
 //! bytes: EXTENDED_HEADERS (else STRUCTURED_REPLY, else simple replies),
 //! SET_META_CONTEXT base:allocation, then GO with BLOCK_SIZE (falling

@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// Copyright (C) 2026 The nbdcpy authors
+
 //! Sans-I/O NBD: the client handshake, request encoding, reply parsing
 //! and validation, and NBD URIs.  No sockets, no clocks: everything here
 //! works on byte slices, so it is unit-tested and fuzzed on bytes alone.

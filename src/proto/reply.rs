@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// Copyright (C) 2026 The nbdcpy authors
+
 //! Reply parsing and validation: simple, structured and extended replies
 //! parsed in place from a receive buffer that may hold several replies or
 //! a partial one, with requests in flight tracked by cookie.

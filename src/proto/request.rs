@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// Copyright (C) 2026 The nbdcpy authors
+
 //! Request encoding: compact (28-byte) and extended (32-byte) headers.
 
 use super::consts::*;

@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// Copyright (C) 2026 The nbdcpy authors
+
 //! A scripted misbehaving NBD server for reliability tests.  In `Good`
 //! mode it is a correct fixed-newstyle server (structured replies,
 //! optional extended headers, base:allocation, block sizes) over an

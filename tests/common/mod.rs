@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// Copyright (C) 2026 The nbdcpy authors
+
 //! Test harness: real NBD servers (nbdkit, qemu-nbd, nbd-server) on unix
 //! sockets in temporary directories, always stopped (Drop kills and
 //! reaps them, also when a test panics), plus independent readers

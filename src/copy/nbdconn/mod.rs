@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// Copyright (C) 2026 The nbdcpy authors
+
 //! One NBD connection inside a worker: batched sends (one sendmsg in
 //! flight per socket, so the byte stream never interleaves), the
 //! large-buffer receive with replies parsed in place, and zero-copy

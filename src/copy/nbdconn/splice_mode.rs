@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// Copyright (C) 2026 The nbdcpy authors
+
 //! Splice mode of an NBD connection: a source receives exact message
 //! prefixes and moves READ payloads into the lane's pipe; a destination
 //! sends synchronously so a WRITE's payload can follow from the pipe.

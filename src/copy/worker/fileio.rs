@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// Copyright (C) 2026 The nbdcpy authors
+
 //! File I/O of a lane through io_uring (or direct pwrite where io_uring
 //! would punt): source reads into slot buffers, destination writes,
 //! zeroing by fallocate or written zeroes, in-order stream output, and the

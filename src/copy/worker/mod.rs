@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// Copyright (C) 2026 The nbdcpy authors
+
 //! One worker thread: an io_uring event loop driving one or more lanes
 //! (a source connection/file paired with a destination one) until the
 //! work queue is empty, then flushing and draining.

@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// Copyright (C) 2026 The nbdcpy authors
+
 //! A lane's splice data path: setting it up (pipes, /dev/null), and
 //! moving what arrived in the pipe on to the destination, with zero
 //! detection on a tee'd copy.
