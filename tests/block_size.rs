@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// Copyright (C) 2026 The nbdcpy authors
+
 //! Servers that enforce their block-size constraints (nbdkit's
 //! blocksize-policy filter with errors, qemu's compress driver, a loop
 //! device with 4 KiB sectors) get only aligned requests, on both sides and

@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// Copyright (C) 2026 The nbdcpy authors
+
 //! The command never leaves a short or wrong image behind: every source
 //! kind (pipe, redirected file, regular file, NBD) into every destination
 //! kind (new, larger and smaller files, a loop block device, an NBD export

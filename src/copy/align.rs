@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// Copyright (C) 2026 The nbdcpy authors
+
 //! Rounding a source's extents to the block size both servers accept: a
 //! block is zero only when all of it reads as zero, so zero ranges shrink
 //! inward to aligned boundaries and the cut-off bytes are copied as data.
