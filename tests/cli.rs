@@ -462,9 +462,8 @@ fn splice_with_a_small_pipe() {
             _ => "null:".to_string(),
         };
         let o = Command::new(&b)
-            .env("NBDCPY_SPLICE", "1")
-            .env("NBDCPY_PIPE_SIZE", "65536")
-            .args(["-v", "--request-size=1048576"])
+            .args(["-v", "--splice=on", "--set=pipe-size=64k"])
+            .args(["--request-size=1048576"])
             .args(&extra)
             .arg(s.uri())
             .arg(&dst)

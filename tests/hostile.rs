@@ -202,9 +202,7 @@ fn copy_cancelled_after_300ms(
     let shared = job.shared().clone();
     let canceller = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(300));
-        shared
-            .cancel
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        shared.cancel();
         Instant::now()
     });
     let e = job
