@@ -9,11 +9,19 @@
  *    nbdcpy_get_error() and nbdcpy_get_errno() describe it; they are
  *    thread-local: they describe the last failed call made by the calling
  *    thread.
+ *    Every failing call sets both.
  *  - No call aborts the process: Rust panics are caught at the boundary
  *    and reported as errors (errno EIO); NULL arguments are errors (EFAULT)
  *    unless documented as allowed.
- *  - Handles are opaque.  Each *_new/_open has one *_free/_close, which
- *    accepts NULL.  Output parameters are written only on success.
+ *  - Handles are opaque tokens, not addresses: a slot of a fixed table
+ *    (4096 configs, 4096 handles) and its generation.  Every function
+ *    checks them first, so closed, double-closed and foreign pointers are
+ *    rejected (EINVAL) or, by the free functions, ignored, never
+ *    dereferenced, and never reach a newer object (unless the same slot
+ *    was reused 2^32 times).  Each *_new/_open has one *_free/_close,
+ *    which accepts NULL.  Output parameters are written only on success.
+ *  - The library reads no environment variable and never writes to
+ *    stderr: its messages go to the log callback (nbdcpy_config_set_log).
  *  - Thread safety is stated on each type.
  */
 
