@@ -24,6 +24,7 @@ static struct nbdcpy *volatile g_handle;
 static int progress_bar;       /* -p: bar on stderr */
 static int progress_fd = -1;   /* --progress=FD: "N/100\n" lines */
 static int last_percent = -1;
+static int last_fd_percent = -1;
 static int bar_drawn;
 static int verbose;
 
@@ -44,7 +45,8 @@ usage (FILE *fp, int status)
 "         [--no-extents] [-p|--progress|--progress=FD]\n"
 "         [--queue-size=N] [--request-size=N] [-R N|--requests=N]\n"
 "         [-S N|--sparse=N] [--splice=auto|on|off] [--synchronous]\n"
-"         [-T N|--threads=N] [--timeout=SECONDS] [-v|--verbose]\n"
+"         [-T N|--threads=N] [--timeout=SECONDS] [--slow-timeout=SECONDS]\n"
+"         [--set=KEY=VALUE] [-v|--verbose]\n"
 "         SOURCE DESTINATION\n"
 "\n"
 "  SOURCE, DESTINATION := - | FILE | DEVICE | NBD-URI | [ CMD ARGS ... ]\n"
@@ -89,22 +91,36 @@ human (char *buf, size_t n, double v)
   snprintf (buf, n, i == 0 ? "%.0f %s" : "%.1f %s", v, u[i]);
 }
 
+/* --progress=FD: one "N/100" line, like nbdcopy's.  Like nbdcopy, a
+ * broken progress fd is not fatal.
+ */
+static void
+progress_line (int percent)
+{
+  char line[32];
+  int len = snprintf (line, sizeof line, "%d/100\n", percent);
+  if (write (progress_fd, line, len) != len) {
+    /* ignored */
+  }
+}
+
 static int
 on_progress (void *opaque, const struct nbdcpy_stats *st)
 {
   (void) opaque;
   int percent = 0;
-  if (st->size > 0)
+  if (st->size > 0 && st->size_known)
     percent = (int) (st->bytes_done * 100 / st->size);
   if (percent > 100)
     percent = 100;
 
-  if (progress_fd >= 0 && percent != last_percent) {
-    char line[32];
-    int len = snprintf (line, sizeof line, "%d/100\n", percent);
-    if (write (progress_fd, line, len) != len) {
-      /* Like nbdcopy: a broken progress fd is not fatal. */
-    }
+  /* As nbdcopy: 0/100 when the copy starts, 100/100 only when it has
+   * succeeded (both written by main), and in between the percentage
+   * whenever it changes; a stream of unknown size stays at 0.
+   */
+  if (progress_fd >= 0 && percent < 100 && percent != last_fd_percent) {
+    progress_line (percent);
+    last_fd_percent = percent;
   }
   if (progress_bar) {
     double secs = st->elapsed_ns / 1e9;
@@ -163,6 +179,15 @@ take_command (int argc, char **argv, int *i)
   return cmd;
 }
 
+/* The library never prints: its messages come here. */
+static void
+on_log (void *opaque, int level, const char *msg)
+{
+  (void) opaque;
+  fprintf (stderr, "nbdcpy: %s%s\n",
+           level == NBDCPY_LOG_WARNING ? "warning: " : "", msg);
+}
+
 static void
 set (struct nbdcpy_config *cfg, const char *name, const char *value)
 {
@@ -179,7 +204,7 @@ main (int argc, char *argv[])
     HELP_OPTION = 256, LONG_OPTIONS, SHORT_OPTIONS, ALLOCATED_OPTION,
     DESTINATION_IS_ZERO_OPTION, FLUSH_OPTION, NO_EXTENTS_OPTION,
     QUEUE_SIZE_OPTION, REQUEST_SIZE_OPTION, SYNCHRONOUS_OPTION,
-    TIMEOUT_OPTION,
+    TIMEOUT_OPTION, SLOW_TIMEOUT_OPTION, SET_OPTION,
     SPLICE_OPTION,
   };
   static const char short_options[] = "C:pR:S:T:vV";
@@ -201,6 +226,8 @@ main (int argc, char *argv[])
     { "synchronous", no_argument, NULL, SYNCHRONOUS_OPTION },
     { "threads", required_argument, NULL, 'T' },
     { "timeout", required_argument, NULL, TIMEOUT_OPTION },
+    { "slow-timeout", required_argument, NULL, SLOW_TIMEOUT_OPTION },
+    { "set", required_argument, NULL, SET_OPTION },
     { "splice", required_argument, NULL, SPLICE_OPTION },
     { "verbose", no_argument, NULL, 'v' },
     { "version", no_argument, NULL, 'V' },
@@ -212,6 +239,7 @@ main (int argc, char *argv[])
     fprintf (stderr, "nbdcpy: %s\n", nbdcpy_get_error ());
     exit (EXIT_FAILURE);
   }
+  nbdcpy_config_set_log (cfg, on_log, NULL);
 
   int c;
   while ((c = getopt_long (argc, argv, short_options, long_options, NULL))
@@ -258,6 +286,19 @@ main (int argc, char *argv[])
     case SYNCHRONOUS_OPTION: set (cfg, "synchronous", "1"); break;
     case 'T': set (cfg, "threads", optarg); break;
     case TIMEOUT_OPTION: set (cfg, "timeout", optarg); break;
+    case SLOW_TIMEOUT_OPTION: set (cfg, "slow-timeout", optarg); break;
+    case SET_OPTION: {
+      /* --set=KEY=VALUE: any nbdcpy_config_set key (debug knobs). */
+      char *eq = strchr (optarg, '=');
+      if (eq == NULL) {
+        fprintf (stderr, "nbdcpy: --set: expected KEY=VALUE, not '%s'\n",
+                 optarg);
+        exit (EXIT_FAILURE);
+      }
+      *eq = '\0';
+      set (cfg, optarg, eq + 1);
+      break;
+    }
     case SPLICE_OPTION: set (cfg, "splice", optarg); break;
     case 'v': verbose = 1; set (cfg, "verbose", "1"); break;
     case 'V': {
@@ -325,8 +366,14 @@ main (int argc, char *argv[])
     exit (EXIT_FAILURE);
   }
   g_handle = h;
+  if (progress_fd >= 0) {
+    progress_line (0);
+    last_fd_percent = 0;
+  }
   double t0 = now_s ();
   int r = nbdcpy_run (h);
+  if (r == 0 && progress_fd >= 0)
+    progress_line (100);
   int err = nbdcpy_get_errno ();
   char *msg = r == -1 ? strdup (nbdcpy_get_error ()) : NULL;
   g_handle = NULL;

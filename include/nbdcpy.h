@@ -12,11 +12,19 @@
  *    nbdcpy_get_error() and nbdcpy_get_errno() describe it; they are
  *    thread-local: they describe the last failed call made by the calling
  *    thread.
+ *    Every failing call sets both.
  *  - No call aborts the process: Rust panics are caught at the boundary
  *    and reported as errors (errno EIO); NULL arguments are errors (EFAULT)
  *    unless documented as allowed.
- *  - Handles are opaque.  Each *_new/_open has one *_free/_close, which
- *    accepts NULL.  Output parameters are written only on success.
+ *  - Handles are opaque tokens, not addresses: a slot of a fixed table
+ *    (4096 configs, 4096 handles) and its generation.  Every function
+ *    checks them first, so closed, double-closed and foreign pointers are
+ *    rejected (EINVAL) or, by the free functions, ignored, never
+ *    dereferenced, and never reach a newer object (unless the same slot
+ *    was reused 2^32 times).  Each *_new/_open has one *_free/_close,
+ *    which accepts NULL.  Output parameters are written only on success.
+ *  - The library reads no environment variable and never writes to
+ *    stderr: its messages go to the log callback (nbdcpy_config_set_log).
  *  - Thread safety is stated on each type.
  */
 
@@ -44,26 +52,51 @@
 // `side` argument of nbdcpy_config_set_command: the destination.
 #define NBDCPY_DESTINATION 1
 
+// Log level: something the user should know.  Always passed to the log
+// callback.
+#define NBDCPY_LOG_WARNING 1
+
+// Log level: what was negotiated and decided (sizes, lanes, threads,
+// data path).  Passed on only with the "verbose" option.
+#define NBDCPY_LOG_INFO 2
+
+// Log level: details for debugging (zero sampling, up-front zeroing).
+// Passed on only with the "verbose" option.
+#define NBDCPY_LOG_DEBUG 3
+
+// Slots per table: the most configs (or handles) alive at once.
+#define SLOTS 4096
+
 // Options for nbdcpy_open().
 //
-// Thread safety: a config may be used by one thread at a time; it may be
-// freed as soon as nbdcpy_open() returns (the handle keeps a copy).
+// Thread safety: a config may be used from any thread; calls on one
+// config are serialised.  It may be freed as soon as nbdcpy_open()
+// returns (the handle keeps a copy).
 struct nbdcpy_config;
 
 // One copy job, from nbdcpy_open() to nbdcpy_close().
 //
 // Thread safety: nbdcpy_run() runs on one thread; nbdcpy_stats() and
 // nbdcpy_cancel() may be called from any thread at the same time (and
-// nbdcpy_cancel() from a signal handler).  nbdcpy_close() must not race
-// with any other call on the same handle.
+// nbdcpy_cancel() from a signal handler).  nbdcpy_close() may be called
+// while other calls on the handle are still running (see there).
 struct nbdcpy;
 
-// Counters of a copy, read with nbdcpy_stats().
+// Counters of a copy, read with nbdcpy_stats().  Every counter is
+// available from nbdcpy_open() on: right after it, `size` is already the
+// source's size (for a source of known size) and the others are 0.
+//
+// For a stream source ("-", a pipe, a FIFO, a socket), whose size is not
+// known before its end: `size` is the number of bytes read from the
+// stream so far (0 after nbdcpy_open()) and `size_known` is 0, so
+// bytes_done / size is not a fraction of the whole copy; once the stream
+// ends, `size` is its length and `size_known` becomes 1.  Every other
+// field means the same for streams as for other sources.
 //
 // New fields are only ever added at the end; pass sizeof(struct
 // nbdcpy_stats) as the caller knows it.
 struct nbdcpy_stats {
-  // Bytes to copy (the source size; 0 until known for a stream source).
+  // Bytes to copy: the source's size (see above for streams).
   uint64_t size;
   // Bytes completed: written, zeroed or skipped, and acknowledged.
   // Monotonic; use it for progress.
@@ -76,26 +109,42 @@ struct nbdcpy_stats {
   uint64_t bytes_skipped;
   // NBD requests and file operations issued.
   uint64_t requests;
-  // Nanoseconds since nbdcpy_run started (fixed once it returns).
+  // Nanoseconds since nbdcpy_run started (0 before; fixed once it
+  // returns).
   uint64_t elapsed_ns;
   // Payload bytes copied in user space (memcpy).  0 on zero-copy paths.
   uint64_t bytes_memcpy;
   // I/O system calls made (io_uring_enter, plus direct file writes and
   // the splice path's calls).
   uint64_t syscalls;
-  // Connections used per NBD side (lanes).
+  // Connections used per NBD side (lanes); 0 until nbdcpy_run has
+  // opened them.
   uint32_t connections;
   // 1 once nbdcpy_run has returned.
   uint32_t finished;
   // Data bytes moved by splice (socket -> pipe -> destination), never
   // entering user space.
   uint64_t bytes_spliced;
+  // 1 when `size` is the final size of the source: always for sources
+  // of known size, and for a stream once it has ended.
+  uint32_t size_known;
+  // Always 0 (room for a future flag).
+  uint32_t reserved;
 };
 
-// Progress callback: called on the thread running nbdcpy_run, at the
-// interval given to nbdcpy_config_set_progress and once after a
-// successful copy.  Return 0 to continue, non-zero to cancel the copy.
+// Progress callback: called on the thread running nbdcpy_run, at most
+// once per `interval_ms` given to nbdcpy_config_set_progress while the
+// copy runs (the first time after one interval; also for stream
+// sources), and exactly once more after a successful copy, with every
+// byte counted in `bytes_done`.  Never called after a failure or a
+// cancellation.  Return 0 to continue, non-zero to cancel the copy.
 typedef int (*nbdcpy_progress_cb)(void *user_data, const struct nbdcpy_stats *stats);
+
+// Log callback: `level` is one of NBDCPY_LOG_WARNING, NBDCPY_LOG_INFO or
+// NBDCPY_LOG_DEBUG; `message` is one line without a trailing newline and
+// without a "nbdcpy: " prefix, valid only during the call.  Called on the
+// thread running nbdcpy_run.  The library never writes to stderr itself.
+typedef void (*nbdcpy_log_cb)(void *user_data, int level, const char *message);
 
 #ifdef __cplusplus
 extern "C" {
@@ -126,30 +175,60 @@ const char *nbdcpy_get_error(void);
 int nbdcpy_get_errno(void);
 
 // A new config with nbdcopy's defaults.  Free with nbdcpy_config_free().
+// Fails with EMFILE when 4096 configs are alive.
 struct nbdcpy_config *nbdcpy_config_new(void);
 
-// Sets option `name` (nbdcopy's long option name without the dashes:
-// "connections", "requests", "request-size", "queue-size", "sparse",
-// "threads", "allocated", "destination-is-zero", "flush", "no-extents",
-// "synchronous", "verbose", "timeout"; and the extension "splice":
-// "auto", "1" or "0", see nbdcpy(1) --splice) to `value`.  Flags take
-// NULL, "1" or "0"; sizes take nbdcopy's human forms ("1M", "256k").
-// Unknown names and bad values are errors (EINVAL) that say which.
+// Sets option `name` to `value`.  The names are nbdcopy's long options
+// without the dashes: "connections", "requests", "request-size",
+// "queue-size", "sparse", "threads", "allocated", "destination-is-zero"
+// (or "target-is-zero"), "flush", "no-extents", "synchronous", "verbose"
+// (pass NBDCPY_LOG_INFO and NBDCPY_LOG_DEBUG messages to the log
+// callback); and nbdcpy's own:
+//  - "timeout": seconds without any I/O completing, while only reads,
+//    writes and block status queries are outstanding, after which the
+//    copy fails with ETIMEDOUT (default 60; 0: never).
+//  - "slow-timeout": the same limit while a FLUSH, WRITE_ZEROES (also
+//    the up-front zeroing), fsync or fallocate is outstanding, which can
+//    legitimately take long (default 0: never, like nbdcopy).
+//  - "splice": "auto" (default), "1" or "0", see nbdcpy(1) --splice.
+//
+// Debug knobs, for measurements and tests (defaults are what is best):
+//  - "fast-zero" (default 1): 0 never zeroes an NBD destination up front.
+//  - "uring-file-writes" (default 0): 1 writes regular-file destinations
+//    through io_uring instead of pwrite from the worker thread.
+//  - "file-lock" (default 1): 0 lets lanes write one regular file
+//    concurrently instead of one at a time.
+//  - "pipe-size" (default 4 request sizes, at least 1M): the splice
+//    pipes' capacity, 4k to 1G.
+//
+// The library reads no environment variable.  Flags take NULL, "1" or
+// "0"; sizes take nbdcopy's human forms ("1M", "256k").  Unknown names
+// and bad values are errors (EINVAL) that say which.
 //
 // # Safety
-// `config` is NULL or a live config; `name` and `value` are NULL or
+// `config` is NULL or a config pointer; `name` and `value` are NULL or
 // NUL-terminated strings.
 int nbdcpy_config_set(struct nbdcpy_config *config, const char *name, const char *value);
 
-// Registers a progress callback, called every `interval_ms` milliseconds
-// (0 means 1000) on the thread running nbdcpy_run().  `cb` NULL removes it.
+// Registers a progress callback (see nbdcpy_progress_cb), called at most
+// every `interval_ms` milliseconds (0 means 1000; the finest step is
+// 10 ms) on the thread running nbdcpy_run().  `cb` NULL removes it.
 //
 // # Safety
-// `config` is NULL or a live config; `user_data` is passed back untouched.
+// `config` is NULL or a config pointer; `user_data` is passed back
+// untouched.
 int nbdcpy_config_set_progress(struct nbdcpy_config *config,
                                nbdcpy_progress_cb cb,
                                void *user_data,
                                uint32_t interval_ms);
+
+// Registers a log callback (see nbdcpy_log_cb).  Without one, messages
+// are dropped: the library never prints.  `cb` NULL removes it.
+//
+// # Safety
+// `config` is NULL or a config pointer; `user_data` is passed back
+// untouched.
+int nbdcpy_config_set_log(struct nbdcpy_config *config, nbdcpy_log_cb cb, void *user_data);
 
 // Makes `side` (NBDCPY_SOURCE or NBDCPY_DESTINATION) an NBD server run as
 // a subprocess through systemd socket activation: `argv` is a
@@ -159,15 +238,16 @@ int nbdcpy_config_set_progress(struct nbdcpy_config *config,
 // error).  `argv` NULL clears the command.
 //
 // # Safety
-// `config` is NULL or a live config; `argv` is NULL or a NULL-terminated
-// array of NUL-terminated strings.
+// `config` is NULL or a config pointer; `argv` is NULL or a
+// NULL-terminated array of NUL-terminated strings.
 int nbdcpy_config_set_command(struct nbdcpy_config *config, int side, const char *const *argv);
 
-// Frees a config.  NULL is allowed.  Freeing a config twice is detected
-// and ignored.
+// Frees a config.  NULL is allowed.  A pointer that is not a live config
+// (freed already, or never one) is detected and ignored, and
+// nbdcpy_get_error() then says so (see the README, "Handles").
 //
 // # Safety
-// `config` is NULL or was returned by nbdcpy_config_new().
+// None: any pointer value is accepted.
 void nbdcpy_config_free(struct nbdcpy_config *config);
 
 // Opens a copy from `source` to `destination`: connects to both ends,
@@ -176,10 +256,13 @@ void nbdcpy_config_free(struct nbdcpy_config *config);
 // accepts: an NBD URI, a file or block device path, "-" (stdin/stdout),
 // "null:" (destination only), or NULL for a side given as a command with
 // nbdcpy_config_set_command().  `config` may be NULL (defaults).
-// Returns NULL on error.  Close with nbdcpy_close().
+// Returns NULL on error; EMFILE when 4096 handles are open.  Close with
+// nbdcpy_close().  nbdcpy_stats() on the new handle already reports the
+// source's size (0 for a stream source).
 //
 // # Safety
-// Strings are NULL or NUL-terminated; `config` is NULL or a live config.
+// Strings are NULL or NUL-terminated; `config` is NULL or a config
+// pointer.
 struct nbdcpy *nbdcpy_open(const char *source,
                            const char *destination,
                            const struct nbdcpy_config *config);
@@ -187,36 +270,45 @@ struct nbdcpy *nbdcpy_open(const char *source,
 // Copies everything; blocks until done, failed or cancelled.  Returns 0
 // only when every byte was written and acknowledged (and flushed with
 // "flush").  Cancelled copies fail with errno ECANCELED.  A handle runs
-// once.
+// once (EALREADY after that).
 //
 // # Safety
-// `h` is NULL or a live handle.
+// None: any pointer value is accepted.
 int nbdcpy_run(struct nbdcpy *h);
 
 // Copies the current counters into `out` (`out_size` bytes: pass
-// sizeof(struct nbdcpy_stats)).  Callable from any thread, also while
-// nbdcpy_run() runs.  A larger struct (newer header) gets its extra
-// bytes zeroed; a smaller one gets a prefix.
+// sizeof(struct nbdcpy_stats)).  Callable from any thread, from
+// nbdcpy_open() on, also while nbdcpy_run() runs.  A larger struct (newer
+// header) gets its extra bytes zeroed; a smaller one gets a prefix.
 //
 // # Safety
-// `h` is NULL or a live handle; `out` is NULL or points to `out_size`
-// writable bytes.
+// `out` is NULL or points to `out_size` writable bytes; any `h` value is
+// accepted.
 int nbdcpy_stats(const struct nbdcpy *h, struct nbdcpy_stats *out, size_t out_size);
 
 // Asks a running (or future) nbdcpy_run() to stop; it then fails with
-// ECANCELED within about 100 ms.  Safe from any thread and from a signal
-// handler (it only stores a flag).
+// ECANCELED within about 100 ms.  Async-signal-safe: callable from any
+// thread and from a signal handler.  It only sets a bit in the handle's
+// slot with an atomic compare-and-swap: no lock, no allocation, and the
+// handle's memory is not touched.  A NULL, closed or foreign `h` fails
+// (-1, EFAULT or EINVAL) with a static message, still without
+// allocating.
 //
 // # Safety
-// `h` is NULL or a live handle.
+// None: any pointer value is accepted.
 int nbdcpy_cancel(struct nbdcpy *h);
 
 // Closes a handle: disconnects, kills and reaps server subprocesses,
-// frees everything.  NULL is allowed; closing a handle twice is detected
-// and ignored.  Must not be called while nbdcpy_run() runs on the handle.
+// frees everything.  NULL is allowed.  A pointer that is not an open
+// handle (closed already, or never one) is detected and ignored, and
+// nbdcpy_get_error() then says so.  The pointer is invalid as soon as
+// this is called.  If nbdcpy_run() or nbdcpy_stats() is still running on
+// it (in another thread, or this is called from the progress callback),
+// the run is cancelled and the handle is freed when the last of those
+// calls returns, on that call's thread.
 //
 // # Safety
-// `h` is NULL or was returned by nbdcpy_open().
+// None: any pointer value is accepted.
 void nbdcpy_close(struct nbdcpy *h);
 
 #ifdef __cplusplus

@@ -42,10 +42,28 @@ pub struct Config {
     pub no_extents: bool,
     /// One request at a time, in order.
     pub synchronous: bool,
-    /// Print debugging information on stderr.
+    /// Pass informational and debug messages to the log callback (the
+    /// library itself never prints).
     pub verbose: bool,
-    /// Give up when no I/O completes for this many seconds (0 = never).
+    /// Give up when no I/O completes for this many seconds while only
+    /// reads, writes and block status queries are outstanding (0 = never).
     pub timeout_secs: u64,
+    /// The same limit while a FLUSH, WRITE_ZEROES, fsync or fallocate is
+    /// outstanding, which may legitimately take long (0, the default:
+    /// never, like nbdcopy).
+    pub slow_timeout_secs: u64,
+    /// Zero an NBD destination up front when the source is mostly holes
+    /// (see `Job::run_inner`).  Debug knob "fast-zero", default on.
+    pub fast_zero: bool,
+    /// Write regular-file destinations through io_uring rather than with
+    /// pwrite from the worker.  Debug knob "uring-file-writes", default off.
+    pub uring_file_writes: bool,
+    /// Serialise direct writes into one regular file across lanes.  Debug
+    /// knob "file-lock", default on.
+    pub file_lock: bool,
+    /// Capacity of the splice pipes (None: 4 request sizes, at least
+    /// 1 MiB).  Debug knob "pipe-size".
+    pub pipe_size: Option<u64>,
     /// Move READ payloads by splice (never through user space): None
     /// (auto, the default) where it is measured to win, Some(true) wherever
     /// the source is NBD, Some(false) never.  An nbdcpy extension.
@@ -69,6 +87,11 @@ impl Default for Config {
             synchronous: false,
             verbose: false,
             timeout_secs: 60,
+            slow_timeout_secs: 0,
+            fast_zero: true,
+            uring_file_writes: false,
+            file_lock: true,
+            pipe_size: None,
             splice: None,
         }
     }
@@ -90,7 +113,12 @@ pub const OPTION_NAMES: &[&str] = &[
     "synchronous",
     "threads",
     "timeout",
+    "slow-timeout",
     "verbose",
+    "fast-zero",
+    "uring-file-writes",
+    "file-lock",
+    "pipe-size",
 ];
 
 impl Config {
@@ -119,6 +147,20 @@ impl Config {
             "threads" => self.threads = parse_u32_in(name, need(name, value)?, 0, 256)?,
             "timeout" => {
                 self.timeout_secs = parse_u32_in(name, need(name, value)?, 0, 86400)? as u64
+            }
+            "slow-timeout" => {
+                self.slow_timeout_secs =
+                    parse_u32_in(name, need(name, value)?, 0, 7 * 86400)? as u64
+            }
+            "fast-zero" => self.fast_zero = parse_flag(name, value)?,
+            "uring-file-writes" => self.uring_file_writes = parse_flag(name, value)?,
+            "file-lock" => self.file_lock = parse_flag(name, value)?,
+            "pipe-size" => {
+                let v = parse_size(need(name, value)?).map_err(|e| bad(name, value, &e))?;
+                if !(4096..=(1 << 30)).contains(&v) {
+                    return Err(bad(name, value, "must be between 4k and 1G"));
+                }
+                self.pipe_size = Some(v);
             }
             "request-size" => {
                 let v = parse_size(need(name, value)?).map_err(|e| bad(name, value, &e))?;

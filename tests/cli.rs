@@ -202,25 +202,106 @@ fn progress_fd_writes_percentages() {
     let src = d.join("src");
     std::fs::write(&src, data(8 << 20, 4)).unwrap();
     // --progress=FD with FD 3 redirected to a file by the shell.
-    let log = d.join("progress.log");
-    let cmd = format!(
-        "exec 3>'{}'; '{}' --progress=3 --request-size=64k -R 2 '{}' '{}'",
-        log.display(),
-        b.display(),
-        src.display(),
-        d.join("dst").display()
-    );
-    let st = Command::new("sh").arg("-c").arg(cmd).status().unwrap();
-    assert!(st.success());
-    let text = std::fs::read_to_string(&log).unwrap();
-    let lines: Vec<&str> = text.lines().collect();
-    assert!(!lines.is_empty());
-    for l in &lines {
-        let (n, rest) = l.split_once('/').expect("N/100 format");
-        assert_eq!(rest, "100", "{l}");
-        assert!(n.parse::<u32>().unwrap() <= 100);
+    let dst_arg = format!("'{}'", d.join("dst").display());
+    let lines = |copier: &Path, extra: &str, src: &str, dst: &str| -> Vec<String> {
+        let log = d.join("progress.log");
+        let cmd = format!(
+            "exec 3>'{}'; {extra} '{}' --progress=3 --request-size=65536 -R 2 {src} {dst}",
+            log.display(),
+            copier.display(),
+        );
+        let st = Command::new("sh").arg("-c").arg(cmd).status().unwrap();
+        assert!(st.success());
+        let text = std::fs::read_to_string(&log).unwrap();
+        text.lines().map(str::to_string).collect()
+    };
+    let check = |lines: &[String]| {
+        // Like nbdcopy: 0/100 first, 100/100 last and only there, and
+        // percentages that never go back in between.
+        assert_eq!(
+            lines.first().map(String::as_str),
+            Some("0/100"),
+            "{lines:?}"
+        );
+        assert_eq!(
+            lines.last().map(String::as_str),
+            Some("100/100"),
+            "{lines:?}"
+        );
+        let mut prev = 0;
+        for (i, l) in lines.iter().enumerate() {
+            let (n, rest) = l.split_once('/').expect("N/100 format");
+            assert_eq!(rest, "100", "{l}");
+            let n: u32 = n.parse().unwrap();
+            assert!(n >= prev && (n < 100 || i == lines.len() - 1), "{lines:?}");
+            prev = n;
+        }
+    };
+    let src_arg = format!("'{}'", src.display());
+    let ours = lines(&b, "", &src_arg, &dst_arg);
+    check(&ours);
+    // A stream of unknown size: 0/100, then 100/100 at its end.
+    let cat = format!("cat {src_arg} |");
+    let stream = lines(&b, &cat, "-", "null:");
+    assert_eq!(stream, ["0/100", "100/100"]);
+    // nbdcopy, for the same copies, writes the same distinct lines (it
+    // repeats some: "0/100" once per range handed out, or per read of a
+    // stream).
+    if common::have("nbdcopy") {
+        let distinct = |mut v: Vec<String>| {
+            v.dedup();
+            v
+        };
+        // (Ours may add a percentage in between if the copy is slow.)
+        let theirs = distinct(lines(Path::new("nbdcopy"), "", &src_arg, &dst_arg));
+        assert_eq!(theirs, ["0/100", "100/100"], "nbdcopy: {theirs:?}");
+        assert_eq!(theirs.first(), ours.first());
+        assert_eq!(theirs.last(), ours.last());
+        let theirs = distinct(lines(Path::new("nbdcopy"), &cat, "-", "null:"));
+        assert_eq!(theirs, stream, "nbdcopy: {theirs:?}");
     }
-    assert_eq!(*lines.last().unwrap(), "100/100");
+}
+
+/// -v: the library's log messages, printed by the command (the library
+/// itself never writes to stderr).
+#[test]
+fn verbose_prints_the_library_log() {
+    let Some(b) = bin() else { return };
+    let d = tmpdir("verbose-log");
+    let src = d.join("src");
+    std::fs::write(&src, data(1 << 20, 5)).unwrap();
+    let o = Command::new(&b)
+        .arg(&src)
+        .arg(d.join("dst"))
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert_eq!(stderr(&o), "", "quiet without -v");
+    let o = Command::new(&b)
+        .arg("-v")
+        .arg(&src)
+        .arg(d.join("dst"))
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert!(stderr(&o).contains("nbdcpy: ") && stderr(&o).contains("data path"));
+    // Debug knobs are config keys, reachable with --set.
+    let o = Command::new(&b)
+        .args(["--set=file-lock=0", "--set=uring-file-writes=1"])
+        .arg(&src)
+        .arg(d.join("dst"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(common::cmp(&src, &d.join("dst")));
+    let o = Command::new(&b)
+        .args(["--set=bogus=1"])
+        .arg(&src)
+        .arg(d.join("dst"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("bogus"));
 }
 
 mod common;
@@ -465,9 +546,8 @@ fn splice_with_a_small_pipe() {
             _ => "null:".to_string(),
         };
         let o = Command::new(&b)
-            .env("NBDCPY_SPLICE", "1")
-            .env("NBDCPY_PIPE_SIZE", "65536")
-            .args(["-v", "--request-size=1048576"])
+            .args(["-v", "--splice=on", "--set=pipe-size=64k"])
+            .args(["--request-size=1048576"])
             .args(&extra)
             .arg(s.uri())
             .arg(&dst)

@@ -7,7 +7,7 @@
 //! bounded time, and the destination outside the copied range is intact.
 
 mod common;
-use common::hostile::{pattern_byte, Hostile, Mode, ALL_BAD};
+use common::hostile::{pattern_byte, Hostile, Mode, ALL_BAD, SLOW_OP};
 use common::*;
 use std::time::{Duration, Instant};
 
@@ -205,9 +205,7 @@ fn copy_cancelled_after_300ms(
     let shared = job.shared().clone();
     let canceller = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(300));
-        shared
-            .cancel
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        shared.cancel();
         Instant::now()
     });
     let e = job
@@ -278,5 +276,61 @@ fn cancel_mid_payload() {
             took < Duration::from_millis(100),
             "splice={splice}: cancel took {took:?}"
         );
+    }
+}
+
+/// A FLUSH or WRITE_ZEROES that takes longer than "timeout" is not a
+/// stalled server: by default only "slow-timeout" (none) bounds it, as
+/// nbdcopy has no limit at all; a silent server is still caught while
+/// reads and writes are outstanding (hostile_destination above).
+#[test]
+fn slow_flush_and_zeroes_are_not_stalls() {
+    let d = TempDir::new("slow-ops");
+    // Data, written zeroes (zero detection sends WRITE_ZEROES), data.
+    let mut v = pattern(SIZE as usize, 11);
+    v[(2 << 20)..(3 << 20)].fill(0);
+    let zeroes = d.file("zeroes");
+    write_file(&zeroes, &v);
+    // 1 MiB of data, then a hole: mostly holes, so the destination is
+    // zeroed up front (a WRITE_ZEROES with FAST_ZERO) and then per range.
+    let holes = d.file("holes");
+    write_file(&holes, &v[..1 << 20]);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&holes)
+        .unwrap()
+        .set_len(SIZE)
+        .unwrap();
+    for splice in ["0", "1"] {
+        for (mode, src, flush) in [
+            (Mode::SlowFlush, &zeroes, "1"),
+            (Mode::SlowZero, &zeroes, "0"),
+            (Mode::SlowZero, &holes, "0"),
+        ] {
+            let h = Hostile::start(d.path(), mode, SIZE, false);
+            let t0 = Instant::now();
+            let r = copy(
+                src.to_str().unwrap(),
+                &h.uri(),
+                &[("timeout", "1"), ("flush", flush), ("splice", splice)],
+            );
+            let what = format!("{mode:?} {} splice={splice}", src.display());
+            assert!(r.is_ok(), "{what}: {r:?}");
+            assert!(t0.elapsed() >= SLOW_OP, "{what}: the slow request was sent");
+            // The limit for them can still be set.
+            let h = Hostile::start(d.path(), mode, SIZE, false);
+            let e = copy(
+                src.to_str().unwrap(),
+                &h.uri(),
+                &[
+                    ("timeout", "1"),
+                    ("slow-timeout", "1"),
+                    ("flush", flush),
+                    ("splice", splice),
+                ],
+            )
+            .unwrap_err();
+            assert_eq!(e.errno, libc::ETIMEDOUT, "{what}: {}", e.msg);
+        }
     }
 }

@@ -102,6 +102,46 @@ pub struct Job {
     cfg: Config,
     shared: Arc<Shared>,
     ran: bool,
+    log: Option<Logger>,
+}
+
+/// How much a log message matters (the C API's `NBDCPY_LOG_*` values).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// Something the user should know; always passed on.
+    Warning = 1,
+    /// What was negotiated and decided; only with `verbose`.
+    Info = 2,
+    /// Details for debugging; only with `verbose`.
+    Debug = 3,
+}
+
+/// A function receiving log messages.
+pub type LogFn = dyn Fn(Level, &str) + Send;
+/// Where a job's log messages go (the library never prints them).
+pub type Logger = Box<LogFn>;
+
+/// The job's logger and its verbosity, borrowed for one run.
+struct Log<'a> {
+    sink: Option<&'a LogFn>,
+    verbose: bool,
+}
+
+impl Log<'_> {
+    /// Passes the message on if there is a logger and the level is
+    /// wanted: warnings always, the rest with `verbose`.
+    fn emit(&self, level: Level, msg: impl FnOnce() -> String) {
+        if let Some(f) = self.sink {
+            if level == Level::Warning || self.verbose {
+                f(level, &msg());
+            }
+        }
+    }
+}
+
+/// A limit in seconds as a wait bound (0: practically unbounded).
+fn limit(secs: u64) -> Duration {
+    Duration::from_secs(if secs > 0 { secs } else { 100 * 365 * 86400 })
 }
 
 impl Job {
@@ -152,6 +192,9 @@ impl Job {
         }
         let shared = Arc::new(Shared::new());
         shared.size.store(src.size().unwrap_or(0), Relaxed);
+        shared
+            .size_known
+            .store(src.size().is_some() as u64, Relaxed);
         Ok(Job {
             src_spec,
             dst_spec,
@@ -160,15 +203,23 @@ impl Job {
             cfg,
             shared,
             ran: false,
+            log: None,
         })
+    }
+
+    /// Sends this job's log messages to `f` (none are printed otherwise).
+    pub fn set_logger(&mut self, f: Logger) {
+        self.log = Some(f);
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
     }
 
-    /// Copies everything.  `progress` is called on this thread every
-    /// `interval` and once at the end; returning false cancels.
+    /// Copies everything.  `progress` is called on this thread at most
+    /// once per `interval` while the copy runs (never in the first
+    /// `interval`), and exactly once more after a successful copy; it is
+    /// never called after a failure.  Returning false cancels.
     pub fn run(
         &mut self,
         interval: Duration,
@@ -188,7 +239,7 @@ impl Job {
             Err(e) => Err(e),
             Ok(()) => match self.shared.take_error() {
                 Some(e) => Err(e),
-                None if self.shared.cancel.load(Relaxed) => Err(Error::cancelled()),
+                None if self.shared.cancelled() => Err(Error::cancelled()),
                 None => Ok(()),
             },
         };
@@ -244,12 +295,11 @@ impl Job {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get() as u32)
             .unwrap_or(1);
-        let splice_mode = match std::env::var("NBDCPY_SPLICE").as_deref() {
-            Ok("1") => Some(true),
-            Ok("0") => Some(false),
-            _ => cfg.splice,
+        let log = Log {
+            sink: self.log.as_deref(),
+            verbose: cfg.verbose,
         };
-        let use_splice = self.splice_wins(splice_mode, self.sparse_block());
+        let use_splice = self.splice_wins(cfg.splice, self.sparse_block());
         // By default as many connections as cores (2 to 4): measured on 2
         // cores, 2 connections beat 4 on most workloads, since the servers
         // share those cores (BENCHMARKS.md).  One connection for local
@@ -295,37 +345,31 @@ impl Job {
         // source is then skipped instead of being sent as a request.
         let fast_zero = match (&mut self.dst, src_size) {
             (Endpoint::Nbd(n), Some(len))
-                if !dst_is_zero
-                    && !cfg.allocated
-                    && n.can_fast_zero_all()
-                    && std::env::var_os("NBDCPY_NO_FAST_ZERO").is_none() =>
+                if !dst_is_zero && !cfg.allocated && n.can_fast_zero_all() && cfg.fast_zero =>
             {
-                let t = Duration::from_secs(if cfg.timeout_secs > 0 {
-                    cfg.timeout_secs
-                } else {
-                    3600
-                });
+                // Block status answers quickly; zeroing may not.
+                let t = limit(cfg.timeout_secs);
+                let slow = limit(cfg.slow_timeout_secs);
                 // Only for sources that are mostly holes: zeroing first
                 // would otherwise deallocate a destination that is then
                 // written all over again (slow on re-copies).
                 let sparse = match &mut self.src {
                     Endpoint::Nbd(s) if !cfg.no_extents => s
-                        .sample_zero_fraction(t, &self.shared.cancel)
+                        .sample_zero_fraction(t, &|| self.shared.cancelled())
                         .map_err(|e| e.context(format!("source {}", self.src_spec)))?,
                     Endpoint::File(f) if !cfg.no_extents => f.sample_zero_fraction(),
                     _ => None,
                 };
-                if let (true, Some(f)) = (cfg.verbose, sparse) {
-                    eprintln!(
-                        "nbdcpy: {:.0}% of the source's start reads as zero",
-                        f * 100.0
-                    );
+                if let Some(f) = sparse {
+                    log.emit(Level::Debug, || {
+                        format!("{:.0}% of the source's start reads as zero", f * 100.0)
+                    });
                 }
                 // And not for sources that are all holes: the whole
                 // destination is zeroed either way, and the lanes do it
                 // in parallel with reading the source's extents.
                 if sparse.is_some_and(|f| (0.5..1.0).contains(&f)) {
-                    n.fast_zero_start(len, t)?
+                    n.fast_zero_start(len, slow)?
                 } else {
                     None
                 }
@@ -354,18 +398,18 @@ impl Job {
                 .and(mine)
         })?;
         if let (Some(fz), Endpoint::Nbd(n)) = (fast_zero, &mut self.dst) {
-            dst_is_zero = n.fast_zero_finish(fz, &self.shared.cancel)?;
-            if cfg.verbose {
-                eprintln!(
-                    "nbdcpy: destination {}: fast zero {}",
+            dst_is_zero = n.fast_zero_finish(fz, &|| self.shared.cancelled())?;
+            log.emit(Level::Debug, || {
+                format!(
+                    "destination {}: fast zero {}",
                     self.dst_spec,
                     if dst_is_zero {
                         "done: zero ranges will be skipped"
                     } else {
                         "not available"
                     }
-                );
-            }
+                )
+            });
         }
 
         // Buffered writes into one file are serialised by the kernel (and
@@ -409,7 +453,9 @@ impl Job {
             },
             flush: cfg.flush,
             timeout: (cfg.timeout_secs > 0).then(|| Duration::from_secs(cfg.timeout_secs)),
-            verbose: cfg.verbose,
+            slow_timeout: (cfg.slow_timeout_secs > 0)
+                .then(|| Duration::from_secs(cfg.slow_timeout_secs)),
+            pipe_size: cfg.pipe_size.map(|v| v as usize),
             // Zero blocks are whole destination blocks.
             sparse: match self.sparse_block() {
                 0 => 0,
@@ -426,10 +472,10 @@ impl Job {
                 _ => BIG_PIECE,
             },
             direct_file_writes: matches!(&self.dst, Endpoint::File(f) if f.kind == FileKind::Regular)
-                && std::env::var_os("NBDCPY_URING_FILE_WRITES").is_none(),
+                && !cfg.uring_file_writes,
             file_lock: (matches!(&self.dst, Endpoint::File(f) if f.kind == FileKind::Regular)
-                && std::env::var_os("NBDCPY_NO_FILE_LOCK").is_none())
-            .then(|| Arc::new(std::sync::Mutex::new(()))),
+                && cfg.file_lock)
+                .then(|| Arc::new(std::sync::Mutex::new(()))),
             align: self.align(),
             stage_reads: self.dst_align() > 1 && matches!(&self.src, Endpoint::Nbd(_)),
         };
@@ -467,14 +513,15 @@ impl Job {
                 spliced += lane.enable_splice(splice::Ctl {
                     shared: self.shared.clone(),
                     timeout: params.timeout,
+                    slow_timeout: params.slow_timeout,
                 }) as usize;
             }
             lanes.push(lane);
         }
         self.shared.connections.store(lanes_n as u64, Relaxed);
-        if cfg.verbose {
-            eprintln!(
-                "nbdcpy: {} -> {}: size {}, {} lane(s) on {} thread(s), {} requests of {} bytes, \
+        log.emit(Level::Info, || {
+            format!(
+                "{} -> {}: size {}, {} lane(s) on {} thread(s), {} requests of {} bytes, \
                  {} data path",
                 self.src_spec,
                 self.dst_spec,
@@ -490,8 +537,8 @@ impl Job {
                 } else {
                     "receive"
                 }
-            );
-        }
+            )
+        });
 
         // Large pieces, but enough of them to keep every lane busy.
         let size = src_size.unwrap_or(u64::MAX);
@@ -541,17 +588,22 @@ impl Job {
                     })
                     .map_err(|e| Error::os("cannot start worker thread", e))?;
             }
-            // Wake at once when a worker ends; otherwise report progress.
+            // Wake at once when a worker ends; otherwise report progress
+            // once per `interval`, whether or not the size is known.
             let mut running = workers_n;
             let tick = interval.clamp(Duration::from_millis(10), Duration::from_millis(100));
+            let mut last = std::time::Instant::now();
             while running > 0 {
                 match done_rx.recv_timeout(tick) {
                     Ok(()) => running -= 1,
                     Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                     Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
                 }
-                if running > 0 && !progress(shared) {
-                    shared.cancel.store(true, Relaxed);
+                if running > 0 && last.elapsed() >= interval {
+                    last = std::time::Instant::now();
+                    if !progress(shared) {
+                        shared.cancel();
+                    }
                 }
             }
             Ok::<(), Error>(())

@@ -60,13 +60,29 @@ impl Pipe {
 #[derive(Clone)]
 pub struct Ctl {
     pub shared: Arc<Shared>,
+    /// The stall limit (None: wait forever).
     pub timeout: Option<Duration>,
+    /// The stall limit while the peer may be busy with a FLUSH or
+    /// WRITE_ZEROES (None: wait forever).
+    pub slow_timeout: Option<Duration>,
 }
 
 /// Poll slice: how quickly a blocked step notices cancellation.
 const SLICE_MS: i32 = 20;
 
 impl Ctl {
+    /// This Ctl, with the slow limit as its stall limit when `slow`.
+    pub fn slow_if(self, slow: bool) -> Ctl {
+        if slow {
+            Ctl {
+                timeout: self.slow_timeout,
+                ..self
+            }
+        } else {
+            self
+        }
+    }
+
     /// Waits until `fd` is ready for `events`.  Fails with ECANCELED when
     /// the job is cancelled or another worker failed, ETIMEDOUT after the
     /// stall timeout; `who` names the endpoint for that message.

@@ -6,13 +6,16 @@
 
 use crate::error::Error;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 #[derive(Default)]
 pub struct Shared {
     /// Bytes to copy (0 until known for a stream source).
     pub size: AtomicU64,
+    /// 1 when `size` is final: from the start for sources of known size,
+    /// at its end for a stream.
+    pub size_known: AtomicU64,
     /// Bytes whose destination write (or skip) has completed.
     pub bytes_done: AtomicU64,
     /// Bytes written as data.
@@ -36,7 +39,9 @@ pub struct Shared {
     start: Mutex<Option<Instant>>,
     end_ns: AtomicU64,
     finished: AtomicBool,
-    pub cancel: AtomicBool,
+    cancel: AtomicBool,
+    /// A cancel request made outside the job (the C API's handle table).
+    external_cancel: OnceLock<Box<dyn Fn() -> bool + Send + Sync>>,
     failed: AtomicBool,
     error: Mutex<Option<Error>>,
 }
@@ -81,7 +86,23 @@ impl Shared {
 
     /// True once the job must stop: failed or cancelled.
     pub fn stopping(&self) -> bool {
-        self.failed.load(Relaxed) || self.cancel.load(Relaxed)
+        self.failed.load(Relaxed) || self.cancelled()
+    }
+
+    /// Asks the job to stop; it then fails with ECANCELED.
+    pub fn cancel(&self) {
+        self.cancel.store(true, Relaxed);
+    }
+
+    /// Whether the job was asked to stop (by `cancel` or the watcher).
+    pub fn cancelled(&self) -> bool {
+        self.cancel.load(Relaxed) || self.external_cancel.get().is_some_and(|f| f())
+    }
+
+    /// Makes `f` a second source of cancellation, polled wherever the job
+    /// checks for it.  Only the first watcher set counts.
+    pub fn watch_cancel(&self, f: Box<dyn Fn() -> bool + Send + Sync>) {
+        let _ = self.external_cancel.set(f);
     }
 
     pub fn take_error(&self) -> Option<Error> {

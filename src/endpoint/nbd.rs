@@ -19,7 +19,7 @@ use crate::proto::{consts, HeaderMode, Negotiated};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
+
 use std::time::Duration;
 
 /// How long one handshake may take before the server is declared dead.
@@ -221,13 +221,13 @@ impl NbdEndpoint {
     /// zero range.  Ok(false): the server cannot zero quickly (it said
     /// ENOTSUP, or refused otherwise); the copy then zeroes range by range
     /// as usual.  Err: the connection broke.
-    pub fn fast_zero_finish(&mut self, fz: FastZero, cancel: &AtomicBool) -> Result<bool> {
+    pub fn fast_zero_finish(&mut self, fz: FastZero, cancelled: &dyn Fn() -> bool) -> Result<bool> {
         let FastZero {
             mut parser,
             pending,
             timeout,
         } = fz;
-        let r = self.collect(&mut parser, pending, timeout, cancel, &mut |_| {});
+        let r = self.collect(&mut parser, pending, timeout, cancelled, &mut |_| {});
         r.map_err(|e| e.context(self.zeroing()))
     }
 
@@ -237,7 +237,7 @@ impl NbdEndpoint {
     pub fn sample_zero_fraction(
         &mut self,
         timeout: Duration,
-        cancel: &AtomicBool,
+        cancelled: &dyn Fn() -> bool,
     ) -> Result<Option<f64>> {
         if !self.info.can_block_status() || self.info.size == 0 {
             return Ok(None);
@@ -255,7 +255,7 @@ impl NbdEndpoint {
         };
         let (mut zero, mut total) = (0u64, 0u64);
         let ok = self
-            .collect(&mut parser, 1, timeout, cancel, &mut |c| {
+            .collect(&mut parser, 1, timeout, cancelled, &mut |c| {
                 if let Chunk::BlockStatus { extents, .. } = c {
                     for e in extents {
                         total += e.len;
@@ -271,14 +271,14 @@ impl NbdEndpoint {
 
     /// Reads replies on the first connection until `pending` requests
     /// registered in `parser` are complete, handing each chunk to
-    /// `on_chunk`; every wait is bounded by `timeout` and ends on `cancel`.
+    /// `on_chunk`; every wait is bounded by `timeout` and ends when `cancelled()`.
     /// Ok(false): the server failed one of them.
     fn collect(
         &self,
         parser: &mut ReplyParser,
         mut pending: usize,
         timeout: Duration,
-        cancel: &AtomicBool,
+        cancelled: &dyn Fn() -> bool,
         on_chunk: &mut dyn FnMut(Chunk),
     ) -> Result<bool> {
         let Some(Some(sock)) = self.socks.first() else {
@@ -308,7 +308,7 @@ impl NbdEndpoint {
                     break Err(Error::new(libc::EPROTO, "protocol error: reply too large"));
                 }
                 Ok(Parse::Incomplete { .. }) => {
-                    match wait_readable(fd, timeout, cancel).and_then(|()| {
+                    match wait_readable(fd, timeout, cancelled).and_then(|()| {
                         s.read(&mut buf[have..])
                             .map_err(|e| timeout_err("receive", e, timeout))
                     }) {
@@ -421,10 +421,10 @@ pub struct FastZero {
 }
 
 /// Waits until `fd` is readable, in steps that notice cancellation.
-fn wait_readable(fd: RawFd, timeout: Duration, cancel: &AtomicBool) -> Result<()> {
+fn wait_readable(fd: RawFd, timeout: Duration, cancelled: &dyn Fn() -> bool) -> Result<()> {
     let deadline = std::time::Instant::now() + timeout;
     loop {
-        if cancel.load(Ordering::Relaxed) {
+        if cancelled() {
             return Err(Error::cancelled());
         }
         let left = deadline.saturating_duration_since(std::time::Instant::now());

@@ -11,12 +11,12 @@ use crate::copy::stats::Shared;
 use crate::copy::Job;
 use crate::endpoint::Spec;
 use crate::error::Error;
-use handles::Registry;
-use std::cell::RefCell;
+use handles::{Kind, Refused, Table};
+use std::cell::{Cell, RefCell};
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// `side` argument of nbdcpy_config_set_command: the source.
@@ -24,7 +24,26 @@ pub const NBDCPY_SOURCE: c_int = 0;
 /// `side` argument of nbdcpy_config_set_command: the destination.
 pub const NBDCPY_DESTINATION: c_int = 1;
 
-/// Counters of a copy, read with nbdcpy_stats().
+/// Log level: something the user should know.  Always passed to the log
+/// callback.
+pub const NBDCPY_LOG_WARNING: c_int = 1;
+/// Log level: what was negotiated and decided (sizes, lanes, threads,
+/// data path).  Passed on only with the "verbose" option.
+pub const NBDCPY_LOG_INFO: c_int = 2;
+/// Log level: details for debugging (zero sampling, up-front zeroing).
+/// Passed on only with the "verbose" option.
+pub const NBDCPY_LOG_DEBUG: c_int = 3;
+
+/// Counters of a copy, read with nbdcpy_stats().  Every counter is
+/// available from nbdcpy_open() on: right after it, `size` is already the
+/// source's size (for a source of known size) and the others are 0.
+///
+/// For a stream source ("-", a pipe, a FIFO, a socket), whose size is not
+/// known before its end: `size` is the number of bytes read from the
+/// stream so far (0 after nbdcpy_open()) and `size_known` is 0, so
+/// bytes_done / size is not a fraction of the whole copy; once the stream
+/// ends, `size` is its length and `size_known` becomes 1.  Every other
+/// field means the same for streams as for other sources.
 ///
 /// New fields are only ever added at the end; pass sizeof(struct
 /// nbdcpy_stats) as the caller knows it.
@@ -32,7 +51,7 @@ pub const NBDCPY_DESTINATION: c_int = 1;
 #[derive(Debug, Default, Clone, Copy)]
 #[allow(non_camel_case_types)]
 pub struct nbdcpy_stats {
-    /// Bytes to copy (the source size; 0 until known for a stream source).
+    /// Bytes to copy: the source's size (see above for streams).
     pub size: u64,
     /// Bytes completed: written, zeroed or skipped, and acknowledged.
     /// Monotonic; use it for progress.
@@ -45,47 +64,87 @@ pub struct nbdcpy_stats {
     pub bytes_skipped: u64,
     /// NBD requests and file operations issued.
     pub requests: u64,
-    /// Nanoseconds since nbdcpy_run started (fixed once it returns).
+    /// Nanoseconds since nbdcpy_run started (0 before; fixed once it
+    /// returns).
     pub elapsed_ns: u64,
     /// Payload bytes copied in user space (memcpy).  0 on zero-copy paths.
     pub bytes_memcpy: u64,
     /// I/O system calls made (io_uring_enter, plus direct file writes and
     /// the splice path's calls).
     pub syscalls: u64,
-    /// Connections used per NBD side (lanes).
+    /// Connections used per NBD side (lanes); 0 until nbdcpy_run has
+    /// opened them.
     pub connections: u32,
     /// 1 once nbdcpy_run has returned.
     pub finished: u32,
     /// Data bytes moved by splice (socket -> pipe -> destination), never
     /// entering user space.
     pub bytes_spliced: u64,
+    /// 1 when `size` is the final size of the source: always for sources
+    /// of known size, and for a stream once it has ended.
+    pub size_known: u32,
+    /// Always 0 (room for a future flag).
+    pub reserved: u32,
 }
 
-/// Progress callback: called on the thread running nbdcpy_run, at the
-/// interval given to nbdcpy_config_set_progress and once after a
-/// successful copy.  Return 0 to continue, non-zero to cancel the copy.
+/// Progress callback: called on the thread running nbdcpy_run, at most
+/// once per `interval_ms` given to nbdcpy_config_set_progress while the
+/// copy runs (the first time after one interval; also for stream
+/// sources), and exactly once more after a successful copy, with every
+/// byte counted in `bytes_done`.  Never called after a failure or a
+/// cancellation.  Return 0 to continue, non-zero to cancel the copy.
 #[allow(non_camel_case_types)]
 pub type nbdcpy_progress_cb =
     Option<extern "C" fn(user_data: *mut c_void, stats: *const nbdcpy_stats) -> c_int>;
 
+/// Log callback: `level` is one of NBDCPY_LOG_WARNING, NBDCPY_LOG_INFO or
+/// NBDCPY_LOG_DEBUG; `message` is one line without a trailing newline and
+/// without a "nbdcpy: " prefix, valid only during the call.  Called on the
+/// thread running nbdcpy_run.  The library never writes to stderr itself.
+#[allow(non_camel_case_types)]
+pub type nbdcpy_log_cb =
+    Option<extern "C" fn(user_data: *mut c_void, level: c_int, message: *const c_char)>;
+
 /// Options for nbdcpy_open().
 ///
-/// Thread safety: a config may be used by one thread at a time; it may be
-/// freed as soon as nbdcpy_open() returns (the handle keeps a copy).
+/// Thread safety: a config may be used from any thread; calls on one
+/// config are serialised.  It may be freed as soon as nbdcpy_open()
+/// returns (the handle keeps a copy).
 pub struct Config {
+    data: Mutex<ConfigData>,
+}
+
+#[derive(Clone)]
+struct ConfigData {
     cfg: CopyConfig,
     progress: nbdcpy_progress_cb,
     progress_data: usize,
     progress_ms: u32,
+    log: nbdcpy_log_cb,
+    log_data: usize,
     commands: [Option<Vec<String>>; 2],
+}
+
+impl Default for ConfigData {
+    fn default() -> Self {
+        ConfigData {
+            cfg: CopyConfig::default(),
+            progress: None,
+            progress_data: 0,
+            progress_ms: 1000,
+            log: None,
+            log_data: 0,
+            commands: [None, None],
+        }
+    }
 }
 
 /// One copy job, from nbdcpy_open() to nbdcpy_close().
 ///
 /// Thread safety: nbdcpy_run() runs on one thread; nbdcpy_stats() and
 /// nbdcpy_cancel() may be called from any thread at the same time (and
-/// nbdcpy_cancel() from a signal handler).  nbdcpy_close() must not race
-/// with any other call on the same handle.
+/// nbdcpy_cancel() from a signal handler).  nbdcpy_close() may be called
+/// while other calls on the handle are still running (see there).
 pub struct Handle {
     job: Mutex<Option<Job>>,
     shared: Arc<Shared>,
@@ -96,15 +155,27 @@ pub struct Handle {
 }
 
 thread_local! {
-    static LAST_ERROR: RefCell<Option<(CString, i32)>> = const { RefCell::new(None) };
+    // Plain cells without destructors, so recording an error in
+    // nbdcpy_cancel allocates nothing.
+    static LAST_ERRNO: Cell<c_int> = const { Cell::new(0) };
+    static LAST_STATIC: Cell<Option<&'static CStr>> = const { Cell::new(None) };
+    static LAST_MSG: RefCell<Option<CString>> = const { RefCell::new(None) };
 }
 
-static CONFIGS: Registry = Registry::new();
-static HANDLES: Registry = Registry::new();
+static CONFIGS: Table<Config> = Table::new(Kind::Config);
+static HANDLES: Table<Handle> = Table::new(Kind::Handle);
 
 fn set_error(e: &Error) {
     let msg = CString::new(e.msg.replace('\0', " ")).unwrap_or_default();
-    LAST_ERROR.with(|l| *l.borrow_mut() = Some((msg, e.errno)));
+    LAST_MSG.with(|l| *l.borrow_mut() = Some(msg));
+    LAST_STATIC.with(|l| l.set(None));
+    LAST_ERRNO.with(|l| l.set(if e.errno > 0 { e.errno } else { libc::EIO }));
+}
+
+/// Records an error without allocating (for nbdcpy_cancel).
+fn set_static_error(errno: c_int, msg: &'static CStr) {
+    LAST_STATIC.with(|l| l.set(Some(msg)));
+    LAST_ERRNO.with(|l| l.set(errno));
 }
 
 /// Runs `f` inside a panic boundary; errors are recorded and `fail` returned.
@@ -132,6 +203,13 @@ fn guard<T>(fail: T, f: impl FnOnce() -> Result<T, Error>) -> T {
 
 fn null(what: &str) -> Error {
     Error::new(libc::EFAULT, format!("{what} must not be NULL"))
+}
+
+fn refused(what: &str, r: Refused) -> Error {
+    Error::invalid(match r {
+        Refused::NotOurs => format!("{what} is not an {what} pointer from this library"),
+        Refused::Stale => format!("{what} was already freed or closed (stale pointer)"),
+    })
 }
 
 /// # Safety
@@ -200,8 +278,11 @@ pub unsafe extern "C" fn nbdcpy_supports(feature: *const c_char) -> c_int {
 /// call on this thread.
 #[no_mangle]
 pub extern "C" fn nbdcpy_get_error() -> *const c_char {
-    LAST_ERROR.with(|l| match &*l.borrow() {
-        Some((m, _)) => m.as_ptr(),
+    if let Some(m) = LAST_STATIC.with(|l| l.get()) {
+        return m.as_ptr();
+    }
+    LAST_MSG.with(|l| match &*l.borrow() {
+        Some(m) => m.as_ptr(),
         None => std::ptr::null(),
     })
 }
@@ -209,49 +290,69 @@ pub extern "C" fn nbdcpy_get_error() -> *const c_char {
 /// The errno of the last failed call on this thread (0 if none failed).
 #[no_mangle]
 pub extern "C" fn nbdcpy_get_errno() -> c_int {
-    LAST_ERROR.with(|l| l.borrow().as_ref().map_or(0, |(_, e)| *e))
+    LAST_ERRNO.with(|l| l.get())
 }
 
 /// A new config with nbdcopy's defaults.  Free with nbdcpy_config_free().
+/// Fails with EMFILE when 4096 configs are alive.
 #[no_mangle]
 pub extern "C" fn nbdcpy_config_new() -> *mut Config {
     guard(std::ptr::null_mut(), || {
-        let p = Box::into_raw(Box::new(Config {
-            cfg: CopyConfig::default(),
-            progress: None,
-            progress_data: 0,
-            progress_ms: 1000,
-            commands: [None, None],
-        }));
-        CONFIGS.insert(p as usize);
-        Ok(p)
+        let c = Box::new(Config {
+            data: Mutex::new(ConfigData::default()),
+        });
+        CONFIGS
+            .insert(c)
+            .map_err(|_| Error::new(libc::EMFILE, "too many live nbdcpy_config objects"))
     })
 }
 
-/// # Safety
-/// `config` is NULL or was returned by nbdcpy_config_new().
-unsafe fn config_mut<'a>(config: *mut Config) -> Result<&'a mut Config, Error> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs `f` on the live config `config` names.
+fn with_config<T>(
+    config: *const Config,
+    f: impl FnOnce(&mut ConfigData) -> Result<T, Error>,
+) -> Result<T, Error> {
     if config.is_null() {
         return Err(null("config"));
     }
-    if !CONFIGS.contains(config as usize) {
-        return Err(Error::invalid("config is not a live nbdcpy_config"));
-    }
-    // SAFETY: registered, so it is a live Box<Config>; the contract says
-    // one thread at a time uses it.
-    Ok(unsafe { &mut *config })
+    let c = CONFIGS.get(config).map_err(|r| refused("config", r))?;
+    let mut data = lock(&c.data);
+    f(&mut data)
 }
 
-/// Sets option `name` (nbdcopy's long option name without the dashes:
-/// "connections", "requests", "request-size", "queue-size", "sparse",
-/// "threads", "allocated", "destination-is-zero", "flush", "no-extents",
-/// "synchronous", "verbose", "timeout"; and the extension "splice":
-/// "auto", "1" or "0", see nbdcpy(1) --splice) to `value`.  Flags take
-/// NULL, "1" or "0"; sizes take nbdcopy's human forms ("1M", "256k").
-/// Unknown names and bad values are errors (EINVAL) that say which.
+/// Sets option `name` to `value`.  The names are nbdcopy's long options
+/// without the dashes: "connections", "requests", "request-size",
+/// "queue-size", "sparse", "threads", "allocated", "destination-is-zero"
+/// (or "target-is-zero"), "flush", "no-extents", "synchronous", "verbose"
+/// (pass NBDCPY_LOG_INFO and NBDCPY_LOG_DEBUG messages to the log
+/// callback); and nbdcpy's own:
+///  - "timeout": seconds without any I/O completing, while only reads,
+///    writes and block status queries are outstanding, after which the
+///    copy fails with ETIMEDOUT (default 60; 0: never).
+///  - "slow-timeout": the same limit while a FLUSH, WRITE_ZEROES (also
+///    the up-front zeroing), fsync or fallocate is outstanding, which can
+///    legitimately take long (default 0: never, like nbdcopy).
+///  - "splice": "auto" (default), "1" or "0", see nbdcpy(1) --splice.
+///
+/// Debug knobs, for measurements and tests (defaults are what is best):
+///  - "fast-zero" (default 1): 0 never zeroes an NBD destination up front.
+///  - "uring-file-writes" (default 0): 1 writes regular-file destinations
+///    through io_uring instead of pwrite from the worker thread.
+///  - "file-lock" (default 1): 0 lets lanes write one regular file
+///    concurrently instead of one at a time.
+///  - "pipe-size" (default 4 request sizes, at least 1M): the splice
+///    pipes' capacity, 4k to 1G.
+///
+/// The library reads no environment variable.  Flags take NULL, "1" or
+/// "0"; sizes take nbdcopy's human forms ("1M", "256k").  Unknown names
+/// and bad values are errors (EINVAL) that say which.
 ///
 /// # Safety
-/// `config` is NULL or a live config; `name` and `value` are NULL or
+/// `config` is NULL or a config pointer; `name` and `value` are NULL or
 /// NUL-terminated strings.
 #[no_mangle]
 pub unsafe extern "C" fn nbdcpy_config_set(
@@ -261,8 +362,6 @@ pub unsafe extern "C" fn nbdcpy_config_set(
 ) -> c_int {
     guard(-1, || {
         // SAFETY: per this function's contract.
-        let c = unsafe { config_mut(config) }?;
-        // SAFETY: as above.
         let name = unsafe { str_arg(name, "name") }?;
         let value = if value.is_null() {
             None
@@ -270,16 +369,18 @@ pub unsafe extern "C" fn nbdcpy_config_set(
             // SAFETY: as above.
             Some(unsafe { str_arg(value, "value") }?)
         };
-        c.cfg.set(name, value)?;
+        with_config(config, |c| c.cfg.set(name, value))?;
         Ok(0)
     })
 }
 
-/// Registers a progress callback, called every `interval_ms` milliseconds
-/// (0 means 1000) on the thread running nbdcpy_run().  `cb` NULL removes it.
+/// Registers a progress callback (see nbdcpy_progress_cb), called at most
+/// every `interval_ms` milliseconds (0 means 1000; the finest step is
+/// 10 ms) on the thread running nbdcpy_run().  `cb` NULL removes it.
 ///
 /// # Safety
-/// `config` is NULL or a live config; `user_data` is passed back untouched.
+/// `config` is NULL or a config pointer; `user_data` is passed back
+/// untouched.
 #[no_mangle]
 pub unsafe extern "C" fn nbdcpy_config_set_progress(
     config: *mut Config,
@@ -288,12 +389,33 @@ pub unsafe extern "C" fn nbdcpy_config_set_progress(
     interval_ms: u32,
 ) -> c_int {
     guard(-1, || {
-        // SAFETY: per this function's contract.
-        let c = unsafe { config_mut(config) }?;
-        c.progress = cb;
-        c.progress_data = user_data as usize;
-        c.progress_ms = if interval_ms == 0 { 1000 } else { interval_ms };
-        Ok(0)
+        with_config(config, |c| {
+            c.progress = cb;
+            c.progress_data = user_data as usize;
+            c.progress_ms = if interval_ms == 0 { 1000 } else { interval_ms };
+            Ok(0)
+        })
+    })
+}
+
+/// Registers a log callback (see nbdcpy_log_cb).  Without one, messages
+/// are dropped: the library never prints.  `cb` NULL removes it.
+///
+/// # Safety
+/// `config` is NULL or a config pointer; `user_data` is passed back
+/// untouched.
+#[no_mangle]
+pub unsafe extern "C" fn nbdcpy_config_set_log(
+    config: *mut Config,
+    cb: nbdcpy_log_cb,
+    user_data: *mut c_void,
+) -> c_int {
+    guard(-1, || {
+        with_config(config, |c| {
+            c.log = cb;
+            c.log_data = user_data as usize;
+            Ok(0)
+        })
     })
 }
 
@@ -305,8 +427,8 @@ pub unsafe extern "C" fn nbdcpy_config_set_progress(
 /// error).  `argv` NULL clears the command.
 ///
 /// # Safety
-/// `config` is NULL or a live config; `argv` is NULL or a NULL-terminated
-/// array of NUL-terminated strings.
+/// `config` is NULL or a config pointer; `argv` is NULL or a
+/// NULL-terminated array of NUL-terminated strings.
 #[no_mangle]
 pub unsafe extern "C" fn nbdcpy_config_set_command(
     config: *mut Config,
@@ -314,50 +436,50 @@ pub unsafe extern "C" fn nbdcpy_config_set_command(
     argv: *const *const c_char,
 ) -> c_int {
     guard(-1, || {
-        // SAFETY: per this function's contract.
-        let c = unsafe { config_mut(config) }?;
         let idx = match side {
             NBDCPY_SOURCE => 0,
             NBDCPY_DESTINATION => 1,
             _ => return Err(Error::invalid(format!("bad side {side}"))),
         };
-        if argv.is_null() {
-            c.commands[idx] = None;
-            return Ok(0);
-        }
-        let mut v = Vec::new();
-        for i in 0.. {
-            if i > 4096 {
-                return Err(Error::invalid("argv has no NULL terminator"));
+        let cmd = if argv.is_null() {
+            None
+        } else {
+            let mut v = Vec::new();
+            for i in 0.. {
+                if i > 4096 {
+                    return Err(Error::invalid("argv has no NULL terminator"));
+                }
+                // SAFETY: argv is NULL-terminated; we stop at the NULL.
+                let p = unsafe { *argv.add(i) };
+                if p.is_null() {
+                    break;
+                }
+                // SAFETY: each element is a NUL-terminated string.
+                v.push(unsafe { str_arg(p, "argv element") }?.to_string());
             }
-            // SAFETY: argv is NULL-terminated; we stop at the NULL.
-            let p = unsafe { *argv.add(i) };
-            if p.is_null() {
-                break;
+            if v.is_empty() {
+                return Err(Error::invalid("command argv is empty"));
             }
-            // SAFETY: each element is a NUL-terminated string.
-            v.push(unsafe { str_arg(p, "argv element") }?.to_string());
-        }
-        if v.is_empty() {
-            return Err(Error::invalid("command argv is empty"));
-        }
-        c.commands[idx] = Some(v);
-        Ok(0)
+            Some(v)
+        };
+        with_config(config, |c| {
+            c.commands[idx] = cmd;
+            Ok(0)
+        })
     })
 }
 
-/// Frees a config.  NULL is allowed.  Freeing a config twice is detected
-/// and ignored.
+/// Frees a config.  NULL is allowed.  A pointer that is not a live config
+/// (freed already, or never one) is detected and ignored, and
+/// nbdcpy_get_error() then says so (see the README, "Handles").
 ///
 /// # Safety
-/// `config` is NULL or was returned by nbdcpy_config_new().
+/// None: any pointer value is accepted.
 #[no_mangle]
 pub unsafe extern "C" fn nbdcpy_config_free(config: *mut Config) {
     guard((), || {
-        if !config.is_null() && CONFIGS.remove(config as usize) {
-            // SAFETY: it was registered, so it is our live Box; removing it
-            // from the registry first makes a second free a no-op.
-            drop(unsafe { Box::from_raw(config) });
+        if !config.is_null() {
+            CONFIGS.remove(config).map_err(|r| refused("config", r))?;
         }
         Ok(())
     })
@@ -369,10 +491,13 @@ pub unsafe extern "C" fn nbdcpy_config_free(config: *mut Config) {
 /// accepts: an NBD URI, a file or block device path, "-" (stdin/stdout),
 /// "null:" (destination only), or NULL for a side given as a command with
 /// nbdcpy_config_set_command().  `config` may be NULL (defaults).
-/// Returns NULL on error.  Close with nbdcpy_close().
+/// Returns NULL on error; EMFILE when 4096 handles are open.  Close with
+/// nbdcpy_close().  nbdcpy_stats() on the new handle already reports the
+/// source's size (0 for a stream source).
 ///
 /// # Safety
-/// Strings are NULL or NUL-terminated; `config` is NULL or a live config.
+/// Strings are NULL or NUL-terminated; `config` is NULL or a config
+/// pointer.
 #[no_mangle]
 pub unsafe extern "C" fn nbdcpy_open(
     source: *const c_char,
@@ -380,21 +505,10 @@ pub unsafe extern "C" fn nbdcpy_open(
     config: *const Config,
 ) -> *mut Handle {
     guard(std::ptr::null_mut(), || {
-        let default;
-        let c: &Config = if config.is_null() {
-            default = Config {
-                cfg: CopyConfig::default(),
-                progress: None,
-                progress_data: 0,
-                progress_ms: 1000,
-                commands: [None, None],
-            };
-            &default
-        } else if CONFIGS.contains(config as usize) {
-            // SAFETY: registered, live; only read here.
-            unsafe { &*config }
+        let c = if config.is_null() {
+            ConfigData::default()
         } else {
-            return Err(Error::invalid("config is not a live nbdcpy_config"));
+            with_config(config, |c| Ok(c.clone()))?
         };
         let spec = |p: *const c_char, idx: usize, what: &str| -> Result<Spec, Error> {
             match (&c.commands[idx], p.is_null()) {
@@ -408,62 +522,59 @@ pub unsafe extern "C" fn nbdcpy_open(
         };
         let src = spec(source, 0, "source")?;
         let dst = spec(destination, 1, "destination")?;
-        let job = Job::open(src, dst, c.cfg.clone())?;
+        let mut job = Job::open(src, dst, c.cfg.clone())?;
+        if let Some(f) = c.log {
+            let data = c.log_data;
+            job.set_logger(Box::new(move |level, msg| {
+                let m = CString::new(msg.replace('\0', " ")).unwrap_or_default();
+                f(data as *mut c_void, level as c_int, m.as_ptr());
+            }));
+        }
         let shared = job.shared().clone();
-        let p = Box::into_raw(Box::new(Handle {
+        let h = Box::new(Handle {
             job: Mutex::new(Some(job)),
-            shared,
+            shared: shared.clone(),
             progress: c.progress,
             progress_data: c.progress_data,
             progress_ms: c.progress_ms,
             finished: std::sync::atomic::AtomicBool::new(false),
-        }));
-        HANDLES.insert(p as usize);
+        });
+        let p: *mut Handle = HANDLES
+            .insert(h)
+            .map_err(|_| Error::new(libc::EMFILE, "too many open nbdcpy handles"))?;
+        // nbdcpy_cancel sets a bit in the handle's slot, never touching the
+        // job: the job polls that bit.
+        shared.watch_cancel(Box::new(HANDLES.cancel_watch(p)));
         Ok(p)
     })
 }
 
-/// # Safety
-/// `h` is NULL or was returned by nbdcpy_open().
-unsafe fn handle_ref<'a>(h: *const Handle) -> Result<&'a Handle, Error> {
+/// The live handle `h` names, held until the guard drops.
+fn handle(h: *const Handle) -> Result<handles::Guard<'static, Handle>, Error> {
     if h.is_null() {
         return Err(null("handle"));
     }
-    if !HANDLES.contains(h as usize) {
-        return Err(Error::invalid("handle is not a live nbdcpy handle"));
-    }
-    // SAFETY: registered, so live; shared access only.
-    Ok(unsafe { &*h })
+    HANDLES.get(h).map_err(|r| refused("handle", r))
 }
 
 /// Copies everything; blocks until done, failed or cancelled.  Returns 0
 /// only when every byte was written and acknowledged (and flushed with
 /// "flush").  Cancelled copies fail with errno ECANCELED.  A handle runs
-/// once.
+/// once (EALREADY after that).
 ///
 /// # Safety
-/// `h` is NULL or a live handle.
+/// None: any pointer value is accepted.
 #[no_mangle]
 pub unsafe extern "C" fn nbdcpy_run(h: *mut Handle) -> c_int {
     guard(-1, || {
-        // SAFETY: per this function's contract.
-        let h = unsafe { handle_ref(h) }?;
-        let mut job = h
-            .job
-            .lock()
-            .map_err(|_| Error::new(libc::EIO, "handle lock poisoned"))?;
+        let h = handle(h)?;
+        let mut job = lock(&h.job);
         let job = job
             .as_mut()
             .ok_or_else(|| Error::new(libc::EALREADY, "handle has no job"))?;
         let interval = Duration::from_millis(h.progress_ms as u64);
-        let mut last = std::time::Instant::now();
         let mut cb = |s: &Shared| -> bool {
             let Some(f) = h.progress else { return true };
-            let done = s.bytes_done.load(Relaxed) >= s.size.load(Relaxed);
-            if last.elapsed() < interval && !done {
-                return true;
-            }
-            last = std::time::Instant::now();
             let st = snapshot(s, false);
             f(h.progress_data as *mut c_void, &st) == 0
         };
@@ -487,17 +598,19 @@ fn snapshot(s: &Shared, finished: bool) -> nbdcpy_stats {
         connections: s.connections.load(Relaxed) as u32,
         finished: finished as u32,
         bytes_spliced: s.bytes_spliced.load(Relaxed),
+        size_known: s.size_known.load(Relaxed) as u32,
+        reserved: 0,
     }
 }
 
 /// Copies the current counters into `out` (`out_size` bytes: pass
-/// sizeof(struct nbdcpy_stats)).  Callable from any thread, also while
-/// nbdcpy_run() runs.  A larger struct (newer header) gets its extra
-/// bytes zeroed; a smaller one gets a prefix.
+/// sizeof(struct nbdcpy_stats)).  Callable from any thread, from
+/// nbdcpy_open() on, also while nbdcpy_run() runs.  A larger struct (newer
+/// header) gets its extra bytes zeroed; a smaller one gets a prefix.
 ///
 /// # Safety
-/// `h` is NULL or a live handle; `out` is NULL or points to `out_size`
-/// writable bytes.
+/// `out` is NULL or points to `out_size` writable bytes; any `h` value is
+/// accepted.
 #[no_mangle]
 pub unsafe extern "C" fn nbdcpy_stats(
     h: *const Handle,
@@ -505,8 +618,7 @@ pub unsafe extern "C" fn nbdcpy_stats(
     out_size: usize,
 ) -> c_int {
     guard(-1, || {
-        // SAFETY: per this function's contract.
-        let h = unsafe { handle_ref(h) }?;
+        let h = handle(h)?;
         if out.is_null() {
             return Err(null("out"));
         }
@@ -516,7 +628,8 @@ pub unsafe extern "C" fn nbdcpy_stats(
         let st = snapshot(&h.shared, h.finished.load(Relaxed));
         let n = out_size.min(std::mem::size_of::<nbdcpy_stats>());
         // SAFETY: `out` has out_size writable bytes; we write n <= out_size
-        // from our struct, then zero the rest of the caller's struct.
+        // from our struct (no padding: every byte is a field), then zero
+        // the rest of the caller's struct.
         unsafe {
             std::ptr::copy_nonoverlapping(
                 (&st as *const nbdcpy_stats).cast::<u8>(),
@@ -532,38 +645,56 @@ pub unsafe extern "C" fn nbdcpy_stats(
 }
 
 /// Asks a running (or future) nbdcpy_run() to stop; it then fails with
-/// ECANCELED within about 100 ms.  Safe from any thread and from a signal
-/// handler (it only stores a flag).
+/// ECANCELED within about 100 ms.  Async-signal-safe: callable from any
+/// thread and from a signal handler.  It only sets a bit in the handle's
+/// slot with an atomic compare-and-swap: no lock, no allocation, and the
+/// handle's memory is not touched.  A NULL, closed or foreign `h` fails
+/// (-1, EFAULT or EINVAL) with a static message, still without
+/// allocating.
 ///
 /// # Safety
-/// `h` is NULL or a live handle.
+/// None: any pointer value is accepted.
 #[no_mangle]
 pub unsafe extern "C" fn nbdcpy_cancel(h: *mut Handle) -> c_int {
-    // Async-signal-safe: no locks, no allocation on the success path (the
-    // registry is not consulted here for that reason).
     if h.is_null() {
+        set_static_error(libc::EFAULT, c"nbdcpy_cancel: handle must not be NULL");
         return -1;
     }
-    // SAFETY: the caller guarantees a live handle (not checked against the
-    // registry, which takes a lock).
-    let h = unsafe { &*h };
-    h.shared.cancel.store(true, Relaxed);
-    0
+    match HANDLES.cancel(h) {
+        Ok(()) => 0,
+        Err(Refused::NotOurs) => {
+            set_static_error(
+                libc::EINVAL,
+                c"nbdcpy_cancel: handle is not a handle pointer from this library",
+            );
+            -1
+        }
+        Err(Refused::Stale) => {
+            set_static_error(
+                libc::EINVAL,
+                c"nbdcpy_cancel: handle was already closed (stale pointer)",
+            );
+            -1
+        }
+    }
 }
 
 /// Closes a handle: disconnects, kills and reaps server subprocesses,
-/// frees everything.  NULL is allowed; closing a handle twice is detected
-/// and ignored.  Must not be called while nbdcpy_run() runs on the handle.
+/// frees everything.  NULL is allowed.  A pointer that is not an open
+/// handle (closed already, or never one) is detected and ignored, and
+/// nbdcpy_get_error() then says so.  The pointer is invalid as soon as
+/// this is called.  If nbdcpy_run() or nbdcpy_stats() is still running on
+/// it (in another thread, or this is called from the progress callback),
+/// the run is cancelled and the handle is freed when the last of those
+/// calls returns, on that call's thread.
 ///
 /// # Safety
-/// `h` is NULL or was returned by nbdcpy_open().
+/// None: any pointer value is accepted.
 #[no_mangle]
 pub unsafe extern "C" fn nbdcpy_close(h: *mut Handle) {
     guard((), || {
-        if !h.is_null() && HANDLES.remove(h as usize) {
-            // SAFETY: registered, so our live Box; removed first, so a
-            // second close is a no-op.
-            drop(unsafe { Box::from_raw(h) });
+        if !h.is_null() {
+            HANDLES.remove(h).map_err(|r| refused("handle", r))?;
         }
         Ok(())
     })

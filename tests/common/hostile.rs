@@ -71,7 +71,16 @@ pub enum Mode {
     SimpleReplyToStructuredRead,
     /// Correct, except that FLUSH fails with EIO.
     FlushError,
+    /// Correct, but every FLUSH takes `SLOW_OP` to answer (a server
+    /// writing back a large cache).
+    SlowFlush,
+    /// Correct, but every WRITE_ZEROES takes `SLOW_OP` to answer (a server
+    /// that zeroes by writing).
+    SlowZero,
 }
+
+/// How long SlowFlush and SlowZero take per request.
+pub const SLOW_OP: Duration = Duration::from_millis(2500);
 
 pub const ALL_BAD: &[Mode] = &[
     Mode::GreetingGarbage,
@@ -407,11 +416,17 @@ impl Conn {
                     self.send(&r)?;
                 }
                 6 | 4 => {
+                    if cmd == 6 && self.mode == Mode::SlowZero {
+                        std::thread::sleep(SLOW_OP);
+                    }
                     self.writes.lock().unwrap().push((off, len));
                     let r = self.simple(0, cookie);
                     self.send(&r)?;
                 }
                 3 => {
+                    if self.mode == Mode::SlowFlush {
+                        std::thread::sleep(SLOW_OP);
+                    }
                     let err = if self.mode == Mode::FlushError { 5 } else { 0 };
                     let r = self.simple(err, cookie);
                     self.send(&r)?;

@@ -66,6 +66,13 @@ enum Kind {
     Status,
 }
 
+impl Kind {
+    /// Requests a server may take long to answer without being stuck.
+    fn is_slow(self) -> bool {
+        matches!(self, Kind::Zero | Kind::Flush)
+    }
+}
+
 struct Pending {
     slot: u32,
     offset: u64,
@@ -131,6 +138,9 @@ pub struct NbdConn {
     parser: ReplyParser,
     next_seq: u64,
     reqs: HashMap<u64, Pending>,
+    /// Requests in `reqs` that may legitimately take long (FLUSH,
+    /// WRITE_ZEROES): the stall limit is then the slow one.
+    slow: usize,
     // Sending: `batch` is owned by the kernel while `send_busy`.
     queue: Vec<SendItem>,
     batch: Vec<SendItem>,
@@ -172,6 +182,7 @@ impl NbdConn {
             info,
             next_seq: 1,
             reqs: HashMap::new(),
+            slow: 0,
             queue: Vec::new(),
             batch: Vec::new(),
             batch_len: 0,
@@ -216,8 +227,16 @@ impl NbdConn {
         self.parser
             .register(req)
             .map_err(|e| self.err(e.to_string()))?;
+        if p.kind.is_slow() {
+            self.slow += 1;
+        }
         self.reqs.insert(req.cookie, p);
         Ok(())
+    }
+
+    /// Whether a FLUSH or WRITE_ZEROES is awaiting its reply.
+    pub fn slow_pending(&self) -> bool {
+        self.slow > 0
     }
 
     /// The server closed the connection (or reset it): it is broken.
@@ -755,6 +774,9 @@ impl NbdConn {
             .reqs
             .remove(&cookie)
             .ok_or_else(|| self.err(format!("reply for unknown cookie {cookie}")))?;
+        if p.kind.is_slow() {
+            self.slow -= 1;
+        }
         if p.kind == Kind::Status {
             // A failed block status is not fatal: the range is read.
             events.push(RecvEvent::StatusDone {

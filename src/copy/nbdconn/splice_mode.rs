@@ -73,6 +73,8 @@ impl NbdConn {
         let Some(ctl) = self.sync.clone() else {
             return Ok(());
         };
+        // A server busy with a FLUSH or WRITE_ZEROES may stop reading.
+        let ctl = ctl.slow_if(self.slow_pending());
         while !self.queue.is_empty() {
             let n = self.queue.len().min(MAX_BATCH);
             self.iov.clear();
@@ -109,6 +111,7 @@ impl NbdConn {
         let Some(ctl) = self.sync.clone() else {
             return Err(self.err("internal error: pipe write without splice mode"));
         };
+        let ctl = ctl.slow_if(self.slow_pending());
         let req = self.register_write(slot, offset, len)?;
         self.push_hdr(&req);
         let r = self.send_queue_now(true).and_then(|()| {

@@ -132,6 +132,7 @@ impl Worker<'_> {
                 // End of the stream: its size is now known.
                 lane.exhausted = true;
                 self.shared.size.store(lane.stream_pos, Relaxed);
+                self.shared.size_known.store(1, Relaxed);
                 if slot.filled == 0 {
                     slot.busy = false;
                     lane.free_slots.push(si);
@@ -293,10 +294,13 @@ impl Worker<'_> {
                     .offset(off)
                     .build()
             }
-            OpKind::Fallocate(mode) => opcode::Fallocate::new(types::Fd(fd), op.len)
-                .offset(op.offset)
-                .mode(mode)
-                .build(),
+            OpKind::Fallocate(mode) => {
+                lane.slow_file_ops += 1;
+                opcode::Fallocate::new(types::Fd(fd), op.len)
+                    .offset(op.offset)
+                    .mode(mode)
+                    .build()
+            }
         };
         // SAFETY: the data lives in a slot buffer or receive block owned by
         // `lane` and held (slot busy / block reference) until this
@@ -320,6 +324,7 @@ impl Worker<'_> {
             (op.offset + op.done, op.len - op.done, op.kind)
         };
         if let OpKind::Fallocate(_) = kind {
+            lane.slow_file_ops -= 1;
             if res == -libc::EOPNOTSUPP || res == -libc::EINVAL || res == -libc::ENODEV {
                 // Not supported here: degrade (punch -> zero range -> write).
                 let next = match lane.zero_mode {

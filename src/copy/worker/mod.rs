@@ -22,7 +22,6 @@ use crate::ring::Ring;
 use io_uring::{opcode, types};
 use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::RawFd;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 mod fileio;
@@ -73,8 +72,14 @@ pub struct LaneParams {
     /// Bytes the destination can hold (None: unlimited, e.g. a new file).
     pub dst_size: Option<u64>,
     pub flush: bool,
+    /// Stall limit while only reads, writes and block status queries are
+    /// outstanding (None: none).
     pub timeout: Option<Duration>,
-    pub verbose: bool,
+    /// Stall limit while a FLUSH, WRITE_ZEROES, fsync or fallocate is
+    /// outstanding (None: none).
+    pub slow_timeout: Option<Duration>,
+    /// Splice pipe capacity (None: from the request size).
+    pub pipe_size: Option<usize>,
     /// Zero-detection block size (0: off).
     pub sparse: u64,
     /// Zeroes must be allocated on the destination (no holes).
@@ -185,6 +190,8 @@ pub struct Lane {
     zero_mode: ZeroMode,
     flushed: bool,
     flushing: bool,
+    /// fallocate operations in the ring (they may take long).
+    slow_file_ops: u32,
     /// Reused scratch space for zero-detection runs.
     runs: Vec<(usize, usize, bool)>,
     /// The splice data path, when this lane uses it.
@@ -253,6 +260,7 @@ impl Lane {
             zero_mode,
             flushed: false,
             flushing: false,
+            slow_file_ops: 0,
             runs: Vec::new(),
             splice: None,
             p,
@@ -300,6 +308,13 @@ impl Lane {
             DstIo::File { name, .. } => format!("destination {name}"),
             DstIo::Null => "destination null:".into(),
         }
+    }
+
+    /// Whether a FLUSH, WRITE_ZEROES, fsync or fallocate is outstanding.
+    fn slow_pending(&self) -> bool {
+        (self.flushing && !self.flushed)
+            || self.slow_file_ops > 0
+            || matches!(&self.dst, DstIo::Nbd(c) if c.slow_pending())
     }
 
     fn busy_slots(&self) -> usize {
@@ -569,7 +584,7 @@ impl Worker<'_> {
         }
         loop {
             if self.shared.stopping() {
-                if self.shared.cancel.load(Relaxed) {
+                if self.shared.cancelled() {
                     return Err(Error::cancelled());
                 }
                 return Ok(()); // another worker failed; its error is kept
@@ -622,7 +637,13 @@ impl Worker<'_> {
     }
 
     fn check_timeout(&self, lanes: &[Lane]) -> Result<()> {
-        let Some(t) = lanes.first().and_then(|l| l.p.timeout) else {
+        // While an operation that may take long is outstanding, a silent
+        // peer is not a stuck one: the slow limit applies.
+        let slow = lanes.iter().any(Lane::slow_pending);
+        let limit = lanes
+            .first()
+            .and_then(|l| if slow { l.p.slow_timeout } else { l.p.timeout });
+        let Some(t) = limit else {
             return Ok(());
         };
         if self.ring.in_flight() > 0 && self.last_progress.elapsed() > t {

@@ -36,13 +36,9 @@ impl Lane {
         let rs = self.p.request_size as usize;
         // Room for a whole request even when the kernel fills pipe slots
         // with less than a page each.  A smaller pipe (the system's limit,
-        // or NBDCPY_PIPE_SIZE for tests) works too: payloads then move in
-        // pieces.
-        let want = std::env::var("NBDCPY_PIPE_SIZE")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or((4 * rs).max(1 << 20))
-            .max(4096);
+        // or the "pipe-size" option for tests) works too: payloads then
+        // move in pieces.
+        let want = self.p.pipe_size.unwrap_or((4 * rs).max(1 << 20)).max(4096);
         let Some(pipe) = Pipe::new(want.min(64 << 10), want) else {
             return false;
         };
