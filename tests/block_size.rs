@@ -284,17 +284,3 @@ fn explicit_request_size_reaches_the_server() {
         }
     }
 }
-
-fn nbdcpy_bin() -> Option<PathBuf> {
-    let p = std::env::var_os("NBDCPY_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("build/nbdcpy"));
-    if p.exists() {
-        Some(p)
-    } else if std::env::var_os("NBDCPY_REQUIRE_SERVERS").is_some() {
-        panic!("{} not built (run make cli)", p.display());
-    } else {
-        eprintln!("SKIP: {} not built (run make cli)", p.display());
-        None
-    }
-}

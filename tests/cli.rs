@@ -8,20 +8,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-fn bin() -> Option<PathBuf> {
-    let p = std::env::var_os("NBDCPY_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("build/nbdcpy"));
-    if p.exists() {
-        Some(p)
-    } else if std::env::var_os("NBDCPY_REQUIRE_SERVERS").is_some() {
-        panic!("{} not built (run make cli)", p.display());
-    } else {
-        eprintln!("SKIP: {} not built (run make cli)", p.display());
-        None
-    }
-}
-
 fn tmpdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("nbdcpy-cli-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -30,7 +16,7 @@ fn tmpdir(name: &str) -> PathBuf {
 }
 
 fn run(args: &[&str]) -> Option<Output> {
-    let b = bin()?;
+    let b = common::nbdcpy_bin()?;
     Some(Command::new(b).args(args).output().unwrap())
 }
 
@@ -97,7 +83,9 @@ fn missing_source_names_it() {
 
 #[test]
 fn file_copies_with_every_local_option() {
-    let Some(b) = bin() else { return };
+    let Some(b) = common::nbdcpy_bin() else {
+        return;
+    };
     let d = tmpdir("opts");
     let src = d.join("src");
     std::fs::write(&src, data((2 << 20) + 4095, 1)).unwrap();
@@ -145,7 +133,9 @@ fn file_copies_with_every_local_option() {
 
 #[test]
 fn destination_is_zero_skips_zeroes() {
-    let Some(b) = bin() else { return };
+    let Some(b) = common::nbdcpy_bin() else {
+        return;
+    };
     let d = tmpdir("diz");
     let src = d.join("src");
     let mut v = data(1 << 20, 2);
@@ -171,7 +161,9 @@ fn destination_is_zero_skips_zeroes() {
 
 #[test]
 fn stdin_and_stdout_stream() {
-    let Some(b) = bin() else { return };
+    let Some(b) = common::nbdcpy_bin() else {
+        return;
+    };
     let d = tmpdir("stdio");
     let v = data((3 << 20) + 11, 3);
     // stdin -> file
@@ -197,7 +189,9 @@ fn stdin_and_stdout_stream() {
 
 #[test]
 fn progress_fd_writes_percentages() {
-    let Some(b) = bin() else { return };
+    let Some(b) = common::nbdcpy_bin() else {
+        return;
+    };
     let d = tmpdir("progress");
     let src = d.join("src");
     std::fs::write(&src, data(8 << 20, 4)).unwrap();
@@ -266,7 +260,9 @@ fn progress_fd_writes_percentages() {
 /// itself never writes to stderr).
 #[test]
 fn verbose_prints_the_library_log() {
-    let Some(b) = bin() else { return };
+    let Some(b) = common::nbdcpy_bin() else {
+        return;
+    };
     let d = tmpdir("verbose-log");
     let src = d.join("src");
     std::fs::write(&src, data(1 << 20, 5)).unwrap();
@@ -322,7 +318,9 @@ fn procs_with(needle: &str) -> Vec<String> {
 
 #[test]
 fn subprocess_servers_both_ends_and_none_left_behind() {
-    let Some(b) = bin() else { return };
+    let Some(b) = common::nbdcpy_bin() else {
+        return;
+    };
     if !common::require("qemu-nbd") || !common::require("nbdkit") || !common::require("qemu-img") {
         return;
     }
@@ -421,7 +419,9 @@ fn subprocess_servers_both_ends_and_none_left_behind() {
 
 #[test]
 fn nbd_streams_to_stdout_and_from_stdin() {
-    let Some(b) = bin() else { return };
+    let Some(b) = common::nbdcpy_bin() else {
+        return;
+    };
     if !common::require("nbdkit") {
         return;
     }
@@ -473,7 +473,9 @@ fn nbd_streams_to_stdout_and_from_stdin() {
 
 #[test]
 fn ctrl_c_cancels_cleanly() {
-    let Some(b) = bin() else { return };
+    let Some(b) = common::nbdcpy_bin() else {
+        return;
+    };
     if !common::require("nbdkit") {
         return;
     }
@@ -520,7 +522,9 @@ fn ctrl_c_cancels_cleanly() {
 /// checked with cmp against the source.
 #[test]
 fn splice_with_a_small_pipe() {
-    let Some(b) = bin() else { return };
+    let Some(b) = common::nbdcpy_bin() else {
+        return;
+    };
     if !common::require("qemu-nbd") {
         return;
     }

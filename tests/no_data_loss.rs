@@ -16,20 +16,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-fn bin() -> Option<PathBuf> {
-    let p = std::env::var_os("NBDCPY_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("build/nbdcpy"));
-    if p.exists() {
-        Some(p)
-    } else if std::env::var_os("NBDCPY_REQUIRE_SERVERS").is_some() {
-        panic!("{} not built (run make cli)", p.display());
-    } else {
-        eprintln!("SKIP: {} not built (run make cli)", p.display());
-        None
-    }
-}
-
 const MIB: usize = 1 << 20;
 /// Size of the fixed-size destinations (device, export): larger than
 /// every data set, so the bytes past the stream's end must survive.
@@ -104,7 +90,7 @@ fn run(b: &Path, args: &[String], stdin_data: Option<&[u8]>, stdin_file: Option<
 
 /// Every source kind and data set x every mode into one destination kind.
 fn matrix(dst: Dst) {
-    let Some(b) = bin() else { return };
+    let Some(b) = nbdcpy_bin() else { return };
     if !require("nbdkit") {
         return;
     }
@@ -233,7 +219,7 @@ fn into_dirty_nbd_export() {
 /// the destination; the destination's bytes past what was written stay.
 #[test]
 fn stream_longer_than_fixed_destination_fails() {
-    let Some(b) = bin() else { return };
+    let Some(b) = nbdcpy_bin() else { return };
     if !require("nbdkit") {
         return;
     }
@@ -262,7 +248,7 @@ fn stream_longer_than_fixed_destination_fails() {
 /// it, the same NBD URI (also spelled differently).
 #[test]
 fn copy_onto_itself_is_refused() {
-    let Some(b) = bin() else { return };
+    let Some(b) = nbdcpy_bin() else { return };
     let dir = TempDir::new("noloss-self");
     let data = pattern(MIB + 17, 11);
     let f = dir.file("disk.img");

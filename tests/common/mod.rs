@@ -66,6 +66,23 @@ pub fn require(cmd: &str) -> bool {
     false
 }
 
+/// The `nbdcpy` command under test: $NBDCPY_BIN or build/nbdcpy (`make
+/// cli`).  None (with a SKIP line) when not built, unless
+/// NBDCPY_REQUIRE_SERVERS is set: then a panic.
+pub fn nbdcpy_bin() -> Option<PathBuf> {
+    let p = std::env::var_os("NBDCPY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("build/nbdcpy"));
+    if p.exists() {
+        Some(p)
+    } else if std::env::var_os("NBDCPY_REQUIRE_SERVERS").is_some() {
+        panic!("{} not built (run make cli)", p.display());
+    } else {
+        eprintln!("SKIP: {} not built (run make cli)", p.display());
+        None
+    }
+}
+
 /// A server process; killed (TERM, then KILL) and reaped on drop.
 pub struct Server {
     child: Option<Child>,
