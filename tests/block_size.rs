@@ -244,7 +244,7 @@ fn explicit_request_size_reaches_the_server() {
     }
     let dir = TempDir::new("bs-rs");
     for (rs, bytes) in [("32M", 32u64 << 20), ("4M", 4 << 20), ("64k", 64 << 10)] {
-        for splice in ["auto", "0"] {
+        for splice in ["auto", "0", "1"] {
             let log = dir.file(&format!("log-{rs}-{splice}"));
             let d = nbdkit(
                 &dir,

@@ -625,11 +625,9 @@ impl Job {
             return false;
         }
         // An explicit request size above the splice default is honoured
-        // by the receive path (a pipe may not hold it whole).
-        if mode.is_none()
-            && self.cfg.request_size_set
-            && self.cfg.request_size > SPLICE_REQUEST_SIZE
-        {
+        // by the receive path (a pipe may not hold it whole), also when
+        // splicing was asked for.
+        if self.cfg.request_size_set && self.cfg.request_size > SPLICE_REQUEST_SIZE {
             return false;
         }
         let unix_src = match &self.src {
