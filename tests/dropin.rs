@@ -10,20 +10,6 @@ use common::*;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-fn nbdcpy() -> Option<std::path::PathBuf> {
-    let p = std::env::var_os("NBDCPY_BIN")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("build/nbdcpy"));
-    if p.exists() {
-        Some(p)
-    } else if std::env::var_os("NBDCPY_REQUIRE_SERVERS").is_some() {
-        panic!("{} not built", p.display());
-    } else {
-        eprintln!("SKIP: {} not built", p.display());
-        None
-    }
-}
-
 fn run(prog: &Path, args: &[String]) -> Output {
     Command::new(prog)
         .args(args)
@@ -34,7 +20,9 @@ fn run(prog: &Path, args: &[String]) -> Output {
 
 #[test]
 fn same_results_as_nbdcopy_for_every_option() {
-    let Some(ours) = nbdcpy() else { return };
+    let Some(ours) = common::nbdcpy_bin() else {
+        return;
+    };
     if !require("nbdcopy") || !require("nbdkit") {
         return;
     }
@@ -109,7 +97,9 @@ fn same_results_as_nbdcopy_for_every_option() {
 
 #[test]
 fn same_failures_as_nbdcopy() {
-    let Some(ours) = nbdcpy() else { return };
+    let Some(ours) = common::nbdcpy_bin() else {
+        return;
+    };
     if !require("nbdcopy") {
         return;
     }
@@ -163,7 +153,9 @@ fn same_failures_as_nbdcopy() {
 
 #[test]
 fn stdout_streams_like_nbdcopy() {
-    let Some(ours) = nbdcpy() else { return };
+    let Some(ours) = common::nbdcpy_bin() else {
+        return;
+    };
     if !require("nbdcopy") || !require("nbdkit") {
         return;
     }

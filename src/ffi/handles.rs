@@ -190,9 +190,14 @@ impl<T: Send + Sync> Table<T> {
         }
     }
 
-    /// Sets the cancel bit of the live object `p` names.  Lock-free and
-    /// allocation-free (async-signal-safe); never touches the object.
-    pub fn cancel<P>(&self, p: *const P) -> Result<(), Refused> {
+    /// Applies `change` to the word of the live slot `p` names, in one
+    /// compare-and-swap (lock- and allocation-free); returns the slot's
+    /// index and the new word.
+    fn update_live<P>(
+        &self,
+        p: *const P,
+        change: impl Fn(u64) -> u64,
+    ) -> Result<(usize, u64), Refused> {
         let t = Token::from_ptr(p, self.kind)?;
         let slot = &self.slots[t.idx];
         let mut w = slot.word.load(Acquire);
@@ -200,14 +205,18 @@ impl<T: Send + Sync> Table<T> {
             if gen_of(w) != t.gen || w & LIVE == 0 {
                 return Err(Refused::Stale);
             }
-            match slot
-                .word
-                .compare_exchange_weak(w, w | CANCEL, AcqRel, Acquire)
-            {
-                Ok(_) => return Ok(()),
+            let new = change(w);
+            match slot.word.compare_exchange_weak(w, new, AcqRel, Acquire) {
+                Ok(_) => return Ok((t.idx, new)),
                 Err(now) => w = now,
             }
         }
+    }
+
+    /// Sets the cancel bit of the live object `p` names.  Lock-free and
+    /// allocation-free (async-signal-safe); never touches the object.
+    pub fn cancel<P>(&self, p: *const P) -> Result<(), Refused> {
+        self.update_live(p, |w| w | CANCEL).map(|_| ())
     }
 
     /// A test of the cancel bit of the object `p` names, for the object's
@@ -228,24 +237,11 @@ impl<T: Send + Sync> Table<T> {
     /// call using it returns.  Sets the cancel bit, so a run still using
     /// it stops.  Err: `p` was not live (already removed, or not ours).
     pub fn remove<P>(&self, p: *const P) -> Result<(), Refused> {
-        let t = Token::from_ptr(p, self.kind)?;
-        let slot = &self.slots[t.idx];
-        let mut w = slot.word.load(Acquire);
-        loop {
-            if gen_of(w) != t.gen || w & LIVE == 0 {
-                return Err(Refused::Stale);
-            }
-            let closing = (w & !LIVE) | CLOSING | CANCEL;
-            match slot.word.compare_exchange_weak(w, closing, AcqRel, Acquire) {
-                Ok(_) => {
-                    if closing & USERS == 0 {
-                        self.free(t.idx, closing);
-                    }
-                    return Ok(());
-                }
-                Err(now) => w = now,
-            }
+        let (idx, closing) = self.update_live(p, |w| (w & !LIVE) | CLOSING | CANCEL)?;
+        if closing & USERS == 0 {
+            self.free(idx, closing);
         }
+        Ok(())
     }
 
     /// Drops the object of a closing slot without users, then opens the
