@@ -284,3 +284,23 @@ fn explicit_request_size_reaches_the_server() {
         }
     }
 }
+
+/// READs to a server with DF come back in one chunk: nothing is assembled
+/// (copied) for a destination that needs whole blocks, even from a sparse
+/// qemu-nbd source that would otherwise send holes as separate chunks.
+#[test]
+fn reads_with_df_need_no_assembly() {
+    if !require("qemu-nbd") || !require("nbdkit") {
+        return;
+    }
+    let dir = TempDir::new("bs-df");
+    let (src, data) = sparse_source(&dir, 4 * MIB);
+    let s = qemu_nbd(&dir, &src, &["-r"]);
+    let out = dir.file("dst.img");
+    write_file(&out, &vec![0x44; 4 * MIB]);
+    let d = strict_nbdkit(&dir, &out, 65536, 32 << 20, false);
+    let st = copy(&s.uri(), &d.uri(), &[]).unwrap();
+    drop(d);
+    assert!(std::fs::read(&out).unwrap() == data, "differs");
+    assert!(st.memcpy < 4096, "{} bytes assembled", st.memcpy);
+}

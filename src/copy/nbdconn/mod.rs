@@ -138,6 +138,9 @@ pub struct NbdConn {
     parser: ReplyParser,
     next_seq: u64,
     reqs: HashMap<u64, Pending>,
+    /// Flags of every READ: DF where the destination needs whole requests
+    /// (a reply in one chunk goes on without being assembled).
+    read_flags: u16,
     /// Requests in `reqs` that may legitimately take long (FLUSH,
     /// WRITE_ZEROES): the stall limit is then the slow one.
     slow: usize,
@@ -174,6 +177,11 @@ impl NbdConn {
         let max_msg = (p.request_size as usize).max(64 << 10) + 64;
         let block_size = (4 * max_msg).max(2 << 20);
         let mut pool = BlockPool::new(block_size);
+        let read_flags = if p.stage_reads && info.can_df() && info.mode != HeaderMode::Simple {
+            consts::NBD_CMD_FLAG_DF
+        } else {
+            0
+        };
         let cur = pool.take();
         NbdConn {
             name,
@@ -183,6 +191,7 @@ impl NbdConn {
             next_seq: 1,
             reqs: HashMap::new(),
             slow: 0,
+            read_flags,
             queue: Vec::new(),
             batch: Vec::new(),
             batch_len: 0,
@@ -266,7 +275,7 @@ impl NbdConn {
     pub fn queue_read(&mut self, slot: u32, offset: u64, len: u64) -> Result<()> {
         let req = Request {
             cmd: consts::NBD_CMD_READ,
-            flags: 0,
+            flags: self.read_flags,
             cookie: self.cookie(slot),
             offset,
             length: len,
