@@ -46,6 +46,7 @@ usage (FILE *fp, int status)
 "         [--queue-size=N] [--request-size=N] [-R N|--requests=N]\n"
 "         [-S N|--sparse=N] [--splice=auto|on|off] [--synchronous]\n"
 "         [-T N|--threads=N] [--timeout=SECONDS] [--slow-timeout=SECONDS]\n"
+"         [--retries=N] [--retry-delay=SECONDS]\n"
 "         [--set=KEY=VALUE] [-v|--verbose]\n"
 "         SOURCE DESTINATION\n"
 "\n"
@@ -205,7 +206,7 @@ main (int argc, char *argv[])
     DESTINATION_IS_ZERO_OPTION, FLUSH_OPTION, NO_EXTENTS_OPTION,
     QUEUE_SIZE_OPTION, REQUEST_SIZE_OPTION, SYNCHRONOUS_OPTION,
     TIMEOUT_OPTION, SLOW_TIMEOUT_OPTION, SET_OPTION,
-    SPLICE_OPTION,
+    SPLICE_OPTION, RETRIES_OPTION, RETRY_DELAY_OPTION,
   };
   static const char short_options[] = "C:pR:S:T:vV";
   static const struct option long_options[] = {
@@ -227,6 +228,8 @@ main (int argc, char *argv[])
     { "threads", required_argument, NULL, 'T' },
     { "timeout", required_argument, NULL, TIMEOUT_OPTION },
     { "slow-timeout", required_argument, NULL, SLOW_TIMEOUT_OPTION },
+    { "retries", required_argument, NULL, RETRIES_OPTION },
+    { "retry-delay", required_argument, NULL, RETRY_DELAY_OPTION },
     { "set", required_argument, NULL, SET_OPTION },
     { "splice", required_argument, NULL, SPLICE_OPTION },
     { "verbose", no_argument, NULL, 'v' },
@@ -300,6 +303,8 @@ main (int argc, char *argv[])
       break;
     }
     case SPLICE_OPTION: set (cfg, "splice", optarg); break;
+    case RETRIES_OPTION: set (cfg, "retries", optarg); break;
+    case RETRY_DELAY_OPTION: set (cfg, "retry-delay", optarg); break;
     case 'v': verbose = 1; set (cfg, "verbose", "1"); break;
     case 'V': {
       const char *slash = strrchr (argv[0], '/');
@@ -388,11 +393,12 @@ main (int argc, char *argv[])
                "%" PRIu64 " zeroed, %" PRIu64 " skipped, %" PRIu64
                " requests, %" PRIu64 " bytes memcpy, %" PRIu64
                " bytes spliced, %" PRIu64
-               " I/O system calls, %u connection(s)\n",
+               " I/O system calls, %u connection(s), %" PRIu64
+               " reconnect(s)\n",
                now_s () - t0, st.bytes_done, st.bytes_copied,
                st.bytes_zeroed, st.bytes_skipped, st.requests,
                st.bytes_memcpy, st.bytes_spliced, st.syscalls,
-               st.connections);
+               st.connections, st.reconnects);
   }
   nbdcpy_close (h);
   if (r == -1) {

@@ -70,7 +70,18 @@ pub struct Config {
     /// (auto, the default) where it is measured to win, Some(true) wherever
     /// the source is NBD, Some(false) never.  An nbdcpy extension.
     pub splice: Option<bool>,
+    /// Reconnect attempts after a lost NBD connection (0, the default:
+    /// none, like nbdcopy).  Config key "retries".
+    pub retries: u32,
+    /// Delay before the first reconnect attempt, doubled for each further
+    /// one up to `RETRY_DELAY_CAP`.  Config key "retry-delay" (seconds,
+    /// fractions allowed).
+    pub retry_delay: std::time::Duration,
 }
+
+/// The longest wait between two reconnect attempts (or `retry_delay`,
+/// when that is longer).
+pub const RETRY_DELAY_CAP: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Default for Config {
     fn default() -> Self {
@@ -95,6 +106,8 @@ impl Default for Config {
             file_lock: true,
             pipe_size: None,
             splice: None,
+            retries: 0,
+            retry_delay: std::time::Duration::from_secs(1),
         }
     }
 }
@@ -121,6 +134,8 @@ pub const OPTION_NAMES: &[&str] = &[
     "uring-file-writes",
     "file-lock",
     "pipe-size",
+    "retries",
+    "retry-delay",
 ];
 
 impl Config {
@@ -153,6 +168,16 @@ impl Config {
             "slow-timeout" => {
                 self.slow_timeout_secs =
                     parse_u32_in(name, need(name, value)?, 0, 7 * 86400)? as u64
+            }
+            "retries" => self.retries = parse_u32_in(name, need(name, value)?, 0, 1000)?,
+            "retry-delay" => {
+                let v = need(name, value)?;
+                self.retry_delay = v
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|s| (0.0..=3600.0).contains(s))
+                    .map(std::time::Duration::from_secs_f64)
+                    .ok_or_else(|| bad(name, value, "must be seconds between 0 and 3600"))?;
             }
             "fast-zero" => self.fast_zero = parse_flag(name, value)?,
             "uring-file-writes" => self.uring_file_writes = parse_flag(name, value)?,

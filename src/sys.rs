@@ -49,6 +49,16 @@ pub fn send(fd: RawFd, buf: &[u8], flags: libc::c_int) -> io::Result<usize> {
     })
 }
 
+/// shutdown(2) of both directions of socket `fd`: its pending receives
+/// and sends complete, and the peer sees the connection end.
+pub fn shutdown(fd: RawFd) -> io::Result<()> {
+    // SAFETY: shutdown takes no memory arguments.
+    if unsafe { libc::shutdown(fd, libc::SHUT_RDWR) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// sendmsg(2) of `bufs` in order; MSG_NOSIGNAL is always added.
 pub fn sendmsg(fd: RawFd, bufs: &[IoSlice<'_>], flags: libc::c_int) -> io::Result<usize> {
     // SAFETY: msghdr is plain data; all-zero is a valid value.

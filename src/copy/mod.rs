@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use nbdconn::NbdConn;
+use nbdconn::{NbdConn, Retry};
 use worker::{DstIo, Lane, LaneParams, SrcIo};
 
 /// Hands out the source's byte range in large pieces to lanes.
@@ -411,6 +411,8 @@ impl Job {
             file_lock: plan.file_lock.then(|| Arc::new(std::sync::Mutex::new(()))),
             align: plan.align,
             stage_reads: plan.stage_reads,
+            retries: cfg.retries,
+            retry_delay: cfg.retry_delay,
         };
         let mut lanes = Vec::with_capacity(plan.lanes as usize);
         let mut spliced = 0;
@@ -535,11 +537,9 @@ impl Job {
 /// The connection of lane `i` to the NBD endpoint `n`.
 fn lane_conn(n: &mut NbdEndpoint, i: usize, p: &LaneParams, whole_reads: bool) -> Result<NbdConn> {
     let (fd, name) = n.lane_socket(i)?;
-    Ok(NbdConn::new(
-        fd,
-        name,
-        n.info.clone(),
-        p.request_size,
-        whole_reads,
-    ))
+    let mut c = NbdConn::new(fd, name, n.info.clone(), p.request_size, whole_reads);
+    if let Some(dial) = n.redialer().filter(|_| p.retries > 0) {
+        c.enable_retries(Retry::new(dial, p.retries, p.retry_delay, whole_reads));
+    }
+    Ok(c)
 }

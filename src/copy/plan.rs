@@ -257,6 +257,12 @@ fn splice_wins(src: &EndFacts, dst: &EndFacts, cfg: &Config, align: u64, sparse:
     if align > 1 {
         return false;
     }
+    // A lost connection is resumed by sending its requests again, which
+    // the receive path can do at any point; a payload half in a pipe
+    // cannot be taken back.
+    if cfg.retries > 0 {
+        return false;
+    }
     // An explicit request size above the splice default is honoured by
     // the receive path (a pipe may not hold it whole), also when splicing
     // was asked for.
@@ -387,6 +393,8 @@ mod tests {
              2, (false, 2, 2, 4 << 20, 2)),
             ("splice off",
              nbd(true), nbd(true), cfg(|c| c.splice = Some(false)), 2, (false, 2, 2, 256 << 10, 32)),
+            ("retries: receive path even with splice on",
+             nbd(true), nbd(true), cfg(|c| { c.retries = 3; c.splice = Some(true) }), 2, (false, 2, 2, 256 << 10, 32)),
             ("splice forced over tcp",
              nbd(false), nbd(false), cfg(|c| c.splice = Some(true)), 2, (true, 2, 2, 1 << 20, 8)),
         ];

@@ -38,6 +38,8 @@ pub struct Shared {
     pub connections: AtomicU64,
     /// Data bytes moved by splice, never entering user space.
     pub bytes_spliced: AtomicU64,
+    /// NBD connections made again after being lost (`--retries`).
+    pub reconnects: AtomicU64,
     start: Mutex<Option<Instant>>,
     end_ns: AtomicU64,
     finished: AtomicBool,

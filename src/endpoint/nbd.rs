@@ -134,6 +134,17 @@ impl NbdEndpoint {
         Ok((fd, format!("{} {}", self.side, self.name)))
     }
 
+    /// What a lane needs to connect to this server again after losing its
+    /// connection (`--retries`); None for a server run as a subprocess,
+    /// which is never reconnected.
+    pub fn redialer(&self) -> Option<Redial> {
+        self.server.is_none().then(|| Redial {
+            transport: self.transport.clone(),
+            export: self.export.clone(),
+            want_meta: self.want_meta,
+        })
+    }
+
     /// Starts zeroing [0, len) of the export (the range the copy will
     /// write) with WRITE_ZEROES + FAST_ZERO on the first connection, before
     /// the copy starts (like qemu-img convert).  The requests are sent now;
@@ -403,6 +414,21 @@ impl NbdEndpoint {
 impl Drop for NbdEndpoint {
     fn drop(&mut self) {
         self.disconnect();
+    }
+}
+
+/// Connects to an endpoint's server again (see `NbdEndpoint::redialer`).
+pub struct Redial {
+    transport: Transport,
+    export: String,
+    want_meta: bool,
+}
+
+impl Redial {
+    /// A new connected, negotiated socket (blocking: connect and
+    /// handshake are bounded by the handshake timeout).
+    pub fn dial(&self) -> Result<(OwnedFd, Negotiated)> {
+        connect_one(&self.transport, &self.export, self.want_meta)
     }
 }
 

@@ -87,6 +87,9 @@ pub struct nbdcpy_stats {
     pub size_known: u32,
     /// Always 0 (room for a future flag).
     pub reserved: u32,
+    /// NBD connections made again after being lost (the "retries"
+    /// option), over both sides.  Since version 0.2.
+    pub reconnects: u64,
 }
 
 /// Progress callback: called on the thread running nbdcpy_run, at most
@@ -339,6 +342,14 @@ fn with_config<T>(
 ///    the up-front zeroing), fsync or fallocate is outstanding, which can
 ///    legitimately take long (default 0: never, like nbdcopy).
 ///  - "splice": "auto" (default), "1" or "0", see nbdcpy(1) --splice.
+///  - "retries": how many times to try reconnecting an NBD connection
+///    that was lost (reset, EOF, or no I/O for "timeout" seconds) before
+///    failing (default 0: never, like nbdcopy); see nbdcpy(1) --retries.
+///    Servers run with nbdcpy_config_set_command() are not reconnected.
+///    Since version 0.2.
+///  - "retry-delay": seconds (fractions allowed) before the first
+///    reconnect attempt, doubled for each further one up to 30 (default
+///    1).  Since version 0.2.
 ///
 /// Debug knobs, for measurements and tests (defaults are what is best):
 ///  - "fast-zero" (default 1): 0 never zeroes an NBD destination up front.
@@ -602,6 +613,7 @@ fn snapshot(s: &Shared, finished: bool) -> nbdcpy_stats {
         bytes_spliced: s.bytes_spliced.load(Relaxed),
         size_known: s.size_known.load(Relaxed) as u32,
         reserved: 0,
+        reconnects: s.reconnects.load(Relaxed),
     }
 }
 

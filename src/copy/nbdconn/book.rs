@@ -7,6 +7,7 @@
 // flight asked for, and the event its reply completes.
 
 use super::ConnEvent;
+use crate::copy::buf::Span;
 use crate::error::{Error, Result};
 use crate::proto::reply::RequestError;
 use std::collections::HashMap;
@@ -40,13 +41,22 @@ impl Kind {
 }
 
 /// One request awaiting its reply.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 pub struct Pending {
     /// The lane slot it belongs to (unused for FLUSH and BLOCK_STATUS).
     pub slot: u32,
     pub offset: u64,
     pub len: u64,
     pub kind: Kind,
+    /// What was sent, to send it again on a new connection (`redial`):
+    /// the command, its flags, and a WRITE's payload (valid until the
+    /// reply: its slot or block is held until then).
+    pub cmd: u16,
+    pub flags: u16,
+    pub payload: Option<Span>,
+    /// The peer receive block the payload is in, released at the reply
+    /// when the connection may be resumed (else once sent).
+    pub block: Option<u32>,
 }
 
 /// Cookies and the requests in flight.
@@ -57,6 +67,8 @@ pub struct RequestBook {
     /// Requests in `pending` that may legitimately take long (FLUSH,
     /// WRITE_ZEROES): the stall limit is then the slow one.
     slow: usize,
+    /// Replies completed so far (progress, for `redial`).
+    pub completed: u64,
 }
 
 impl RequestBook {
@@ -85,6 +97,20 @@ impl RequestBook {
         self.slow > 0
     }
 
+    /// The peer block a request with `cookie` holds until its reply.
+    pub fn held_block(&self, cookie: u64) -> Option<u32> {
+        self.pending.get(&cookie).and_then(|p| p.block)
+    }
+
+    /// Every request in flight, in the order they were issued, leaving
+    /// the book empty (to be sent again on a new connection).
+    pub fn take_all(&mut self) -> Vec<Pending> {
+        let mut all: Vec<(u64, Pending)> = self.pending.drain().collect();
+        all.sort_unstable_by_key(|&(cookie, _)| cookie);
+        self.slow = 0;
+        all.into_iter().map(|(_, p)| p).collect()
+    }
+
     /// The slot of the request with `cookie`.
     pub fn slot_of(&self, name: &str, cookie: u64) -> Result<u32> {
         self.pending
@@ -109,6 +135,7 @@ impl RequestBook {
         if p.kind.is_slow() {
             self.slow -= 1;
         }
+        self.completed += 1;
         if p.kind == Kind::Status {
             return Ok(ConnEvent::StatusDone {
                 offset: p.offset,
@@ -156,7 +183,32 @@ mod tests {
             offset: 4096,
             len: 512,
             kind,
+            cmd: 0,
+            flags: 0,
+            payload: None,
+            block: None,
         }
+    }
+
+    #[test]
+    fn take_all_gives_requests_in_issue_order() {
+        let mut b = RequestBook::default();
+        let mut cookies = Vec::new();
+        for (slot, kind) in [(4, Kind::Write), (1, Kind::Zero), (7, Kind::Read), (0, Kind::Flush)] {
+            let c = b.cookie(slot);
+            let mut q = p(slot, kind);
+            q.block = Some(slot + 10);
+            b.insert(c, q);
+            cookies.push(c);
+        }
+        assert_eq!(b.held_block(cookies[2]), Some(17));
+        b.complete("d", cookies[2], Ok(())).unwrap();
+        assert_eq!(b.completed, 1);
+        let all = b.take_all();
+        let got: Vec<(u32, Kind)> = all.iter().map(|q| (q.slot, q.kind)).collect();
+        assert_eq!(got, [(4, Kind::Write), (1, Kind::Zero), (0, Kind::Flush)]);
+        assert_eq!(b.in_flight(), 0);
+        assert!(!b.slow_pending());
     }
 
     #[test]

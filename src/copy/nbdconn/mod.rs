@@ -9,8 +9,11 @@
 
 mod book;
 mod recv;
+mod redial;
 mod send;
 mod splice_mode;
+
+pub use redial::Retry;
 
 use super::align::Extent;
 use super::buf::Span;
@@ -81,6 +84,10 @@ pub struct NbdConn {
     /// Destination in splice mode: every send is a direct system call, in
     /// order, so pipe payloads can follow their headers.
     sync_send: Option<WaitLimits>,
+    /// A receive is in the ring.
+    recv_busy: bool,
+    /// Reconnecting after a lost connection (`--retries`), when on.
+    retry: Option<Box<Retry>>,
 }
 
 impl NbdConn {
@@ -114,6 +121,8 @@ impl NbdConn {
             broken: false,
             splice: None,
             sync_send: None,
+            recv_busy: false,
+            retry: None,
         }
     }
 
@@ -185,6 +194,12 @@ impl NbdConn {
         self.parser
             .register(&req)
             .map_err(|e| self.err(e.to_string()))?;
+        // A connection that may be resumed keeps the payload's block until
+        // the reply, to send it again.
+        let (held, block) = match self.retry {
+            Some(_) => (block, None),
+            None => (None, block),
+        };
         self.book.insert(
             req.cookie,
             Pending {
@@ -192,6 +207,10 @@ impl NbdConn {
                 offset: req.offset,
                 len: req.length,
                 kind,
+                cmd: req.cmd,
+                flags: req.flags,
+                payload,
+                block: held,
             },
         );
         let mut hdr = [0u8; 32];
@@ -296,7 +315,9 @@ impl NbdConn {
         let greedy = self.splice.is_none();
         let first = self.first_read();
         self.recv
-            .post(ring, self.fd, base | RECV, first, greedy, &self.name)
+            .post(ring, self.fd, base | RECV, first, greedy, &self.name)?;
+        self.recv_busy = true;
+        Ok(())
     }
 
     /// Bytes to read at a message boundary when nothing of the next
@@ -323,11 +344,18 @@ impl NbdConn {
         res: i32,
         events: &mut Vec<ConnEvent>,
     ) -> Result<()> {
+        if idx == RECV {
+            self.recv_busy = false;
+        }
+        if self.is_lost() {
+            return Ok(self.lost_completion(idx));
+        }
         if idx == SEND {
             if res < 0 {
                 self.send.busy = false;
                 self.broken = true;
-                return Err(Error::from_res(format!("{}: send", self.name), res));
+                let e = Error::from_res(format!("{}: send", self.name), res);
+                return self.lost_or(e, res);
             }
             return match self.send.sent(res as usize) {
                 None => self.send.post(ring, self.fd, base | SEND),
@@ -339,10 +367,12 @@ impl NbdConn {
         }
         if res < 0 && res != -libc::ECONNRESET {
             self.broken = true;
-            return Err(Error::from_res(format!("{}: receive", self.name), res));
+            let e = Error::from_res(format!("{}: receive", self.name), res);
+            return self.lost_or(e, res);
         }
         if res <= 0 {
-            return Err(self.closed());
+            let e = self.closed();
+            return self.lost_or(e, res);
         }
         self.recv.tail += res as usize;
         if let Some(sp) = self.splice.as_mut() {
@@ -448,6 +478,8 @@ impl NbdConn {
             }
             self.recv.head += len;
             if let Some(c) = done {
+                let held = self.book.held_block(c.cookie);
+                events.extend(held.map(|block| ConnEvent::Release { block }));
                 events.push(self.book.complete(&self.name, c.cookie, c.result)?);
             }
         }

@@ -174,6 +174,16 @@ impl SendQueue {
         unsafe { ring.push(&e) }
     }
 
+    /// Forgets everything queued or half sent (the connection is gone;
+    /// the request book sends it all again).  Nothing may be in the ring.
+    pub fn clear(&mut self) {
+        debug_assert!(!self.busy);
+        self.queue.clear();
+        self.batch.clear();
+        self.batch_len = 0;
+        self.batch_sent = 0;
+    }
+
     /// `n` more bytes of the batch were sent.  When the whole batch is
     /// out, returns the receive blocks its items referred to; None while
     /// some of it is left (post again).

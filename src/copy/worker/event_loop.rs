@@ -24,9 +24,9 @@ pub(super) const K_DST_WRITE: u64 = 2;
 /// The destination file's fsync.
 pub(super) const K_DST_FSYNC: u64 = 3;
 /// The source NBD connection's send or receive (index: which).
-const K_SRC_NBD: u64 = 4;
+pub(super) const K_SRC_NBD: u64 = 4;
 /// ... and the destination's.
-const K_DST_NBD: u64 = 5;
+pub(super) const K_DST_NBD: u64 = 5;
 
 /// The user_data of an operation: lane, kind and an index (48 bits).
 #[inline]
@@ -91,7 +91,7 @@ pub(super) struct Worker<'a> {
     pub(super) shared: &'a Shared,
     cqes: Vec<(u64, i32, u32)>,
     events: Vec<ConnEvent>,
-    last_progress: Instant,
+    pub(super) last_progress: Instant,
 }
 
 impl Worker<'_> {
@@ -125,6 +125,7 @@ impl Worker<'_> {
             if all_done {
                 return Ok(());
             }
+            self.redial_lost(lanes)?;
             for (i, lane) in lanes.iter_mut().enumerate() {
                 if let SrcIo::Nbd(c) = &mut lane.src {
                     c.kick(&mut self.ring, user_data(i, K_SRC_NBD, 0))?;
@@ -142,7 +143,8 @@ impl Worker<'_> {
                 // io_uring_enter as non-blocking and keeps its big lock
                 // across it) it is what lets a cancelling thread run.
                 std::thread::yield_now();
-                self.check_timeout(lanes)?;
+                self.check_timeout(lanes)
+                    .or_else(|e| self.stall_as_loss(lanes, e))?;
                 continue;
             }
             self.last_progress = Instant::now();

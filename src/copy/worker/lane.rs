@@ -85,6 +85,10 @@ pub struct LaneParams {
     /// several chunks are assembled in the slot's buffer and handed on
     /// whole (a chunk boundary need not be aligned).
     pub stage_reads: bool,
+    /// Reconnect attempts after losing an NBD connection (0: none), and
+    /// the wait before the first (`--retries`, `--retry-delay`).
+    pub retries: u32,
+    pub retry_delay: Duration,
 }
 
 pub(super) struct Slot {

@@ -18,6 +18,7 @@ mod dispatch;
 mod event_loop;
 mod fileio;
 mod lane;
+mod reconnect;
 mod splice_lane;
 mod zero;
 
