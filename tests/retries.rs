@@ -1,0 +1,530 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// Copyright (C) 2026 The nbdcpy authors
+
+//! --retries: NBD servers killed and restarted on the same address mid-copy.
+//
+// The command runs a slowed-down copy (nbdkit's delay filter, qemu-nbd's
+// throttle driver) while the test kills its server (SIGKILL) at random
+// points and starts it again on the same socket or port; the result is
+// checked with cmp(1) against the source file.  Also: a server that comes
+// back with another size, one that never comes back, cancelling during
+// the backoff, error replies, and the default (no retries).
+
+mod common;
+
+use common::{cmp, nbdcpy_bin, pattern, require, write_file, TempDir};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where a restartable server listens.
+enum Addr {
+    Unix(PathBuf),
+    Tcp(u16),
+}
+
+/// A server that can be killed and started again on the same address.
+struct Srv {
+    /// The command, without the address arguments.
+    prog: &'static str,
+    args: Vec<String>,
+    addr: Addr,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Srv {
+    fn nbdkit(dir: &TempDir, tcp: bool, args: &[&str]) -> Srv {
+        let addr = if tcp {
+            Addr::Tcp(free_port())
+        } else {
+            Addr::Unix(dir.file("nbdkit.sock"))
+        };
+        Srv::new(dir, "nbdkit", addr, args)
+    }
+
+    /// qemu-nbd on a raw file, throttled to `bps` bytes per second.
+    fn qemu_nbd(dir: &TempDir, name: &str, file: &Path, bps: u64) -> Srv {
+        let group = format!("throttle-group,id=tg0,x-bps-total={bps}");
+        let opts = format!(
+            "driver=throttle,throttle-group=tg0,file.driver=file,file.filename={}",
+            file.display()
+        );
+        let addr = Addr::Unix(dir.file(&format!("{name}.sock")));
+        let args = ["-t", "-e", "16", "--object", &group, "--image-opts", &opts];
+        Srv::new(dir, "qemu-nbd", addr, &args)
+    }
+
+    fn new(dir: &TempDir, prog: &'static str, addr: Addr, args: &[&str]) -> Srv {
+        let name = match &addr {
+            Addr::Unix(p) => p.file_stem().unwrap().to_string_lossy().into_owned(),
+            Addr::Tcp(port) => format!("tcp{port}"),
+        };
+        let mut s = Srv {
+            prog,
+            args: args.iter().map(|a| a.to_string()).collect(),
+            addr,
+            log: dir.file(&format!("{name}.log")),
+            child: None,
+        };
+        s.start();
+        s
+    }
+
+    fn uri(&self) -> String {
+        match &self.addr {
+            Addr::Unix(p) => format!("nbd+unix:///?socket={}", p.display()),
+            Addr::Tcp(port) => format!("nbd://127.0.0.1:{port}/"),
+        }
+    }
+
+    /// Starts the server (again) and waits for its greeting.
+    fn start(&mut self) {
+        assert!(self.child.is_none());
+        let mut cmd = Command::new(self.prog);
+        match (&self.addr, self.prog) {
+            (Addr::Unix(p), "nbdkit") => {
+                // A killed server leaves its socket file behind.
+                let _ = std::fs::remove_file(p);
+                cmd.args(["-f", "--exit-with-parent", "-U"]).arg(p);
+            }
+            (Addr::Unix(p), _) => {
+                let _ = std::fs::remove_file(p);
+                cmd.arg("-k").arg(p);
+            }
+            (Addr::Tcp(port), _) => {
+                cmd.args(["-f", "--exit-with-parent", "-i", "127.0.0.1", "-p"])
+                    .arg(port.to_string());
+            }
+        }
+        cmd.args(&self.args);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        // SAFETY: prctl is async-signal-safe; the server dies with the test.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        self.child = Some(cmd.spawn().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.greets() {
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("{} exited ({st}): {}", self.prog, self.log_text());
+            }
+            assert!(Instant::now() < deadline, "{} not ready", self.prog);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn greets(&self) -> bool {
+        use std::io::Read;
+        let mut b = [0u8; 8];
+        let t = Some(Duration::from_secs(2));
+        match &self.addr {
+            Addr::Unix(p) => std::os::unix::net::UnixStream::connect(p).is_ok_and(|mut s| {
+                s.set_read_timeout(t).unwrap();
+                s.read_exact(&mut b).is_ok()
+            }),
+            Addr::Tcp(port) => std::net::TcpStream::connect(("127.0.0.1", *port)).is_ok_and(|mut s| {
+                s.set_read_timeout(t).unwrap();
+                s.read_exact(&mut b).is_ok()
+            }),
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Srv {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A small random generator seeded from the clock (the seed is printed).
+struct Rng(u64);
+
+impl Rng {
+    fn new() -> Rng {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos() as u64
+            | 1;
+        eprintln!("random seed {seed}");
+        Rng(seed)
+    }
+    /// A duration in [lo, hi) milliseconds.
+    fn ms(&mut self, lo: u64, hi: u64) -> Duration {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        Duration::from_millis(lo + self.0 % (hi - lo))
+    }
+}
+
+/// The command running a copy, its stderr in a file.
+struct CopyRun {
+    child: Child,
+    err: PathBuf,
+    started: Instant,
+}
+
+impl CopyRun {
+    fn start(dir: &TempDir, args: &[&str]) -> Option<CopyRun> {
+        let bin = nbdcpy_bin()?;
+        let err = dir.file("nbdcpy.err");
+        let child = Command::new(bin)
+            .arg("-v")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap();
+        Some(CopyRun {
+            child,
+            err,
+            started: Instant::now(),
+        })
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Waits (at most `limit`, then kills it and fails): status, stderr.
+    fn wait(mut self, limit: Duration) -> (ExitStatus, String) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return (st, std::fs::read_to_string(&self.err).unwrap_or_default());
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "copy still running after {limit:?}: {}",
+                    std::fs::read_to_string(&self.err).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The reconnect count of the command's -v summary line.
+fn reconnects(stderr: &str) -> u64 {
+    let at = stderr
+        .find(" reconnect(s)")
+        .unwrap_or_else(|| panic!("no reconnect count in: {stderr}"));
+    let start = stderr[..at].rfind(' ').map_or(0, |i| i + 1);
+    stderr[start..at].parse().unwrap()
+}
+
+/// An image of `mib` MiB: data, with every third MiB zero (so zero
+/// detection sends WRITE_ZEROES too).
+fn image(path: &Path, mib: usize, seed: u64) {
+    let mut v = pattern(mib << 20, seed);
+    for m in (0..mib).step_by(3) {
+        v[m << 20..(m + 1) << 20].fill(0);
+    }
+    write_file(path, &v);
+}
+
+/// Kills `srvs` (in turn) at random points of `run`, `kills` times, each
+/// started again after a random pause.  Returns how many kills happened
+/// while the copy ran.
+fn chaos(run: &mut CopyRun, srvs: &mut [&mut Srv], kills: usize, rng: &mut Rng) -> usize {
+    let mut n = 0;
+    for k in 0..kills {
+        std::thread::sleep(rng.ms(150, 600));
+        if !run.running() {
+            break;
+        }
+        let s = &mut srvs[k % srvs.len()];
+        s.kill();
+        n += 1;
+        std::thread::sleep(rng.ms(0, 400));
+        s.start();
+    }
+    n
+}
+
+fn check_ok(st: ExitStatus, err: &str, kills: usize, src: &Path, dst: &Path) {
+    assert!(st.success(), "copy failed ({st}): {err}");
+    assert!(kills > 0, "the copy ended before the first kill: {err}");
+    let r = reconnects(err);
+    assert!(r >= 1, "{kills} kill(s) but no reconnect: {err}");
+    assert!(cmp(src, dst), "destination differs from source: {err}");
+    eprintln!("{kills} kill(s), {r} reconnect(s)");
+}
+
+#[test]
+fn nbdkit_unix_source_killed_and_restarted() {
+    if !require("nbdkit") {
+        return;
+    }
+    let dir = TempDir::new("retry-src");
+    let (src, dst) = (dir.file("src.img"), dir.file("dst.img"));
+    image(&src, 16, 1);
+    let f = format!("file={}", src.display());
+    let mut s = Srv::nbdkit(&dir, false, &["--filter=delay", "file", &f, "delay-read=20ms"]);
+    let uri = s.uri();
+    let args = [
+        "--retries=5",
+        "--retry-delay=0.1",
+        "--requests=2",
+        "--request-size=64k",
+        &uri,
+        dst.to_str().unwrap(),
+    ];
+    let Some(mut run) = CopyRun::start(&dir, &args) else {
+        return;
+    };
+    let kills = chaos(&mut run, &mut [&mut s], 3, &mut Rng::new());
+    let (st, err) = run.wait(Duration::from_secs(60));
+    check_ok(st, &err, kills, &src, &dst);
+}
+
+#[test]
+fn nbdkit_tcp_destination_killed_and_restarted() {
+    if !require("nbdkit") {
+        return;
+    }
+    let dir = TempDir::new("retry-dst");
+    let (src, dst) = (dir.file("src.img"), dir.file("dst.img"));
+    image(&src, 16, 2);
+    write_file(&dst, &vec![0x55; 16 << 20]);
+    let f = format!("file={}", dst.display());
+    let mut s = Srv::nbdkit(
+        &dir,
+        true,
+        &["--filter=delay", "file", &f, "delay-write=20ms", "delay-zero=20ms"],
+    );
+    let uri = s.uri();
+    let args = [
+        "--retries=5",
+        "--retry-delay=0.1",
+        "--requests=2",
+        "--request-size=64k",
+        "--flush",
+        src.to_str().unwrap(),
+        &uri,
+    ];
+    let Some(mut run) = CopyRun::start(&dir, &args) else {
+        return;
+    };
+    let kills = chaos(&mut run, &mut [&mut s], 3, &mut Rng::new());
+    let (st, err) = run.wait(Duration::from_secs(60));
+    check_ok(st, &err, kills, &src, &dst);
+}
+
+#[test]
+fn qemu_nbd_source_and_destination_killed_and_restarted() {
+    if !require("qemu-nbd") {
+        return;
+    }
+    let dir = TempDir::new("retry-qemu");
+    let (src, dst) = (dir.file("src.img"), dir.file("dst.img"));
+    image(&src, 12, 3);
+    write_file(&dst, &vec![0xaa; 12 << 20]);
+    let mut s = Srv::qemu_nbd(&dir, "qsrc", &src, 4 << 20);
+    let mut d = Srv::qemu_nbd(&dir, "qdst", &dst, 8 << 20);
+    let (su, du) = (s.uri(), d.uri());
+    let args = ["--retries=5", "--retry-delay=0.1", "--request-size=64k", &su, &du];
+    let Some(mut run) = CopyRun::start(&dir, &args) else {
+        return;
+    };
+    let kills = chaos(&mut run, &mut [&mut s, &mut d], 4, &mut Rng::new());
+    let (st, err) = run.wait(Duration::from_secs(60));
+    drop(d); // the destination's writes are in its file either way
+    check_ok(st, &err, kills, &src, &dst);
+}
+
+#[test]
+fn a_server_back_with_another_size_is_an_error() {
+    if !require("nbdkit") {
+        return;
+    }
+    let dir = TempDir::new("retry-size");
+    let (src, other, dst) = (dir.file("src.img"), dir.file("other.img"), dir.file("dst.img"));
+    image(&src, 16, 4);
+    image(&other, 17, 4);
+    let f = format!("file={}", src.display());
+    let mut s = Srv::nbdkit(&dir, false, &["--filter=delay", "file", &f, "delay-read=20ms"]);
+    let uri = s.uri();
+    let args = [
+        "--retries=100",
+        "--retry-delay=0.1",
+        "--requests=2",
+        "--request-size=64k",
+        &uri,
+        dst.to_str().unwrap(),
+    ];
+    let Some(mut run) = CopyRun::start(&dir, &args) else {
+        return;
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(run.running());
+    s.kill();
+    s.args[2] = format!("file={}", other.display());
+    s.start();
+    let back = Instant::now();
+    let (st, err) = run.wait(Duration::from_secs(30));
+    assert_eq!(st.code(), Some(1), "{err}");
+    assert!(
+        err.contains("size changed from 16777216 to 17825792 bytes"),
+        "{err}"
+    );
+    assert!(err.contains("source nbd+unix://"), "names the endpoint: {err}");
+    assert!(back.elapsed() < Duration::from_secs(5), "no retry loop");
+}
+
+#[test]
+fn a_server_that_never_comes_back_fails_in_bounded_time() {
+    if !require("nbdkit") {
+        return;
+    }
+    let dir = TempDir::new("retry-gone");
+    let (src, dst) = (dir.file("src.img"), dir.file("dst.img"));
+    image(&src, 16, 5);
+    let f = format!("file={}", dst.display());
+    write_file(&dst, &vec![0; 16 << 20]);
+    let mut s = Srv::nbdkit(&dir, false, &["--filter=delay", "file", &f, "delay-write=20ms"]);
+    let uri = s.uri();
+    let args = [
+        "--retries=3",
+        "--retry-delay=0.2",
+        "--requests=2",
+        "--request-size=64k",
+        src.to_str().unwrap(),
+        &uri,
+    ];
+    let Some(mut run) = CopyRun::start(&dir, &args) else {
+        return;
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(run.running());
+    s.kill();
+    let gone = Instant::now();
+    let (st, err) = run.wait(Duration::from_secs(30));
+    assert_eq!(st.code(), Some(1), "{err}");
+    assert!(err.contains("gave up after 3 reconnect attempt(s)"), "{err}");
+    assert!(err.contains("destination nbd+unix://"), "{err}");
+    // 0.2 + 0.4 + 0.8 s of backoff, then the error.
+    let t = gone.elapsed();
+    assert!(t >= Duration::from_millis(1400), "backoff too short: {t:?}");
+    assert!(t < Duration::from_secs(10), "took {t:?}");
+}
+
+#[test]
+fn sigint_during_the_backoff_cancels() {
+    if !require("nbdkit") {
+        return;
+    }
+    let dir = TempDir::new("retry-cancel");
+    let (src, dst) = (dir.file("src.img"), dir.file("dst.img"));
+    image(&src, 16, 6);
+    let f = format!("file={}", src.display());
+    let mut s = Srv::nbdkit(&dir, false, &["--filter=delay", "file", &f, "delay-read=20ms"]);
+    let uri = s.uri();
+    let args = [
+        "--retries=100",
+        "--retry-delay=20",
+        "--requests=2",
+        "--request-size=64k",
+        &uri,
+        dst.to_str().unwrap(),
+    ];
+    let Some(mut run) = CopyRun::start(&dir, &args) else {
+        return;
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    s.kill();
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(run.running(), "waits to reconnect");
+    // SAFETY: signalling the child this test started.
+    unsafe { libc::kill(run.child.id() as i32, libc::SIGINT) };
+    let sent = Instant::now();
+    let (st, err) = run.wait(Duration::from_secs(10));
+    assert!(!st.success(), "{err}");
+    assert!(sent.elapsed() < Duration::from_secs(2), "{:?}", sent.elapsed());
+    assert!(err.to_lowercase().contains("cancel"), "{err}");
+}
+
+#[test]
+fn error_replies_are_not_retried() {
+    if !require("nbdkit") {
+        return;
+    }
+    let dir = TempDir::new("retry-eio");
+    let (src, dst) = (dir.file("src.img"), dir.file("dst.img"));
+    image(&src, 4, 7);
+    let f = format!("file={}", src.display());
+    let s = Srv::nbdkit(
+        &dir,
+        false,
+        &["--filter=error", "file", &f, "error=EIO", "error-pread-rate=100%"],
+    );
+    let uri = s.uri();
+    let args = ["--retries=5", "--retry-delay=5", &uri, dst.to_str().unwrap()];
+    let Some(run) = CopyRun::start(&dir, &args) else {
+        return;
+    };
+    let t = run.started;
+    let (st, err) = run.wait(Duration::from_secs(30));
+    assert_eq!(st.code(), Some(1), "{err}");
+    assert!(err.contains("READ at offset"), "{err}");
+    assert_eq!(reconnects(&err), 0, "{err}");
+    assert!(t.elapsed() < Duration::from_secs(4), "no backoff: {err}");
+}
+
+#[test]
+fn without_retries_a_lost_connection_fails_the_copy() {
+    if !require("nbdkit") {
+        return;
+    }
+    let dir = TempDir::new("retry-off");
+    let (src, dst) = (dir.file("src.img"), dir.file("dst.img"));
+    image(&src, 16, 8);
+    let f = format!("file={}", src.display());
+    let mut s = Srv::nbdkit(&dir, false, &["--filter=delay", "file", &f, "delay-read=20ms"]);
+    let uri = s.uri();
+    let args = ["--requests=2", "--request-size=64k", &uri, dst.to_str().unwrap()];
+    let Some(run) = CopyRun::start(&dir, &args) else {
+        return;
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    s.kill();
+    s.start();
+    let (st, err) = run.wait(Duration::from_secs(30));
+    assert_eq!(st.code(), Some(1), "{err}");
+    assert!(err.contains("server closed the connection"), "{err}");
+}
