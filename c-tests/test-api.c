@@ -716,6 +716,33 @@ test_stats_after_open (void)
   CHECK (st.bytes_done == 0 && st.requests == 0 && st.elapsed_ns == 0);
   CHECK (st.finished == 0);
   CHECK (st.reserved == 0);
+  CHECK (st.reconnects == 0);
+  nbdcpy_close (h);
+}
+
+/* The reconnect keys: values checked; a copy with them on still works
+ * and counts no reconnect when none was needed.
+ */
+static void
+test_retry_keys (void)
+{
+  struct nbdcpy_config *c = nbdcpy_config_new ();
+  CHECK (nbdcpy_config_set (c, "retries", "3") == 0);
+  CHECK (nbdcpy_config_set (c, "retries", "-1") == -1);
+  CHECK (nbdcpy_get_errno () == EINVAL);
+  CHECK (nbdcpy_config_set (c, "retries", NULL) == -1);
+  CHECK (nbdcpy_config_set (c, "retry-delay", "0.25") == 0);
+  CHECK (nbdcpy_config_set (c, "retry-delay", "soon") == -1);
+  CHECK (nbdcpy_get_error () && strstr (nbdcpy_get_error (), "retry-delay"));
+  CHECK (nbdcpy_config_set (c, "retry-delay", "-1") == -1);
+  make_file (path ("retry-src"), 2 * 1024 * 1024, 9);
+  struct nbdcpy *h = nbdcpy_open (path ("retry-src"), "null:", c);
+  nbdcpy_config_free (c);
+  CHECK (h && nbdcpy_run (h) == 0);
+  struct nbdcpy_stats st;
+  CHECK (h && nbdcpy_stats (h, &st, sizeof st) == 0);
+  CHECK (st.bytes_done == 2 * 1024 * 1024);
+  CHECK (st.reconnects == 0);
   nbdcpy_close (h);
 }
 
@@ -891,6 +918,7 @@ main (void)
   RUN (test_close_during_run);
   RUN (test_progress_calls);
   RUN (test_stats_after_open);
+  RUN (test_retry_keys);
   RUN (test_log_callback_not_stderr);
   RUN (test_no_environment_overrides);
   RUN (test_nothing_left_behind);

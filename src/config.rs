@@ -289,6 +289,7 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn human_sizes() {
@@ -325,6 +326,21 @@ mod tests {
         assert_eq!(c.sparse, Some(0));
         c.set("threads", Some("0")).unwrap();
         assert_eq!(c.threads, 0);
+    }
+
+    #[test]
+    fn retries_and_their_delay() {
+        let mut c = Config::default();
+        assert_eq!((c.retries, c.retry_delay), (0, Duration::from_secs(1)));
+        c.set("retries", Some("4")).unwrap();
+        c.set("retry-delay", Some("0.25")).unwrap();
+        assert_eq!((c.retries, c.retry_delay), (4, Duration::from_millis(250)));
+        for bad in ["-1", "soon", "NaN", "3601", ""] {
+            let e = c.set("retry-delay", Some(bad)).unwrap_err();
+            assert!(e.msg.contains("retry-delay"), "{bad}: {}", e.msg);
+        }
+        assert!(c.set("retries", Some("1001")).is_err());
+        assert_eq!((c.retries, c.retry_delay), (4, Duration::from_millis(250)));
     }
 
     #[test]

@@ -134,10 +134,12 @@ impl Srv {
                 s.set_read_timeout(t).unwrap();
                 s.read_exact(&mut b).is_ok()
             }),
-            Addr::Tcp(port) => std::net::TcpStream::connect(("127.0.0.1", *port)).is_ok_and(|mut s| {
-                s.set_read_timeout(t).unwrap();
-                s.read_exact(&mut b).is_ok()
-            }),
+            Addr::Tcp(port) => {
+                std::net::TcpStream::connect(("127.0.0.1", *port)).is_ok_and(|mut s| {
+                    s.set_read_timeout(t).unwrap();
+                    s.read_exact(&mut b).is_ok()
+                })
+            }
         }
     }
 
@@ -295,7 +297,11 @@ fn nbdkit_unix_source_killed_and_restarted() {
     let (src, dst) = (dir.file("src.img"), dir.file("dst.img"));
     image(&src, 16, 1);
     let f = format!("file={}", src.display());
-    let mut s = Srv::nbdkit(&dir, false, &["--filter=delay", "file", &f, "delay-read=20ms"]);
+    let mut s = Srv::nbdkit(
+        &dir,
+        false,
+        &["--filter=delay", "file", &f, "delay-read=20ms"],
+    );
     let uri = s.uri();
     let args = [
         "--retries=5",
@@ -326,7 +332,13 @@ fn nbdkit_tcp_destination_killed_and_restarted() {
     let mut s = Srv::nbdkit(
         &dir,
         true,
-        &["--filter=delay", "file", &f, "delay-write=20ms", "delay-zero=20ms"],
+        &[
+            "--filter=delay",
+            "file",
+            &f,
+            "delay-write=20ms",
+            "delay-zero=20ms",
+        ],
     );
     let uri = s.uri();
     let args = [
@@ -358,7 +370,13 @@ fn qemu_nbd_source_and_destination_killed_and_restarted() {
     let mut s = Srv::qemu_nbd(&dir, "qsrc", &src, 4 << 20);
     let mut d = Srv::qemu_nbd(&dir, "qdst", &dst, 8 << 20);
     let (su, du) = (s.uri(), d.uri());
-    let args = ["--retries=5", "--retry-delay=0.1", "--request-size=64k", &su, &du];
+    let args = [
+        "--retries=5",
+        "--retry-delay=0.1",
+        "--request-size=64k",
+        &su,
+        &du,
+    ];
     let Some(mut run) = CopyRun::start(&dir, &args) else {
         return;
     };
@@ -374,11 +392,19 @@ fn a_server_back_with_another_size_is_an_error() {
         return;
     }
     let dir = TempDir::new("retry-size");
-    let (src, other, dst) = (dir.file("src.img"), dir.file("other.img"), dir.file("dst.img"));
+    let (src, other, dst) = (
+        dir.file("src.img"),
+        dir.file("other.img"),
+        dir.file("dst.img"),
+    );
     image(&src, 16, 4);
     image(&other, 17, 4);
     let f = format!("file={}", src.display());
-    let mut s = Srv::nbdkit(&dir, false, &["--filter=delay", "file", &f, "delay-read=20ms"]);
+    let mut s = Srv::nbdkit(
+        &dir,
+        false,
+        &["--filter=delay", "file", &f, "delay-read=20ms"],
+    );
     let uri = s.uri();
     let args = [
         "--retries=100",
@@ -403,7 +429,10 @@ fn a_server_back_with_another_size_is_an_error() {
         err.contains("size changed from 16777216 to 17825792 bytes"),
         "{err}"
     );
-    assert!(err.contains("source nbd+unix://"), "names the endpoint: {err}");
+    assert!(
+        err.contains("source nbd+unix://"),
+        "names the endpoint: {err}"
+    );
     assert!(back.elapsed() < Duration::from_secs(5), "no retry loop");
 }
 
@@ -417,7 +446,11 @@ fn a_server_that_never_comes_back_fails_in_bounded_time() {
     image(&src, 16, 5);
     let f = format!("file={}", dst.display());
     write_file(&dst, &vec![0; 16 << 20]);
-    let mut s = Srv::nbdkit(&dir, false, &["--filter=delay", "file", &f, "delay-write=20ms"]);
+    let mut s = Srv::nbdkit(
+        &dir,
+        false,
+        &["--filter=delay", "file", &f, "delay-write=20ms"],
+    );
     let uri = s.uri();
     let args = [
         "--retries=3",
@@ -436,7 +469,10 @@ fn a_server_that_never_comes_back_fails_in_bounded_time() {
     let gone = Instant::now();
     let (st, err) = run.wait(Duration::from_secs(30));
     assert_eq!(st.code(), Some(1), "{err}");
-    assert!(err.contains("gave up after 3 reconnect attempt(s)"), "{err}");
+    assert!(
+        err.contains("gave up after 3 reconnect attempt(s)"),
+        "{err}"
+    );
     assert!(err.contains("destination nbd+unix://"), "{err}");
     // 0.2 + 0.4 + 0.8 s of backoff, then the error.
     let t = gone.elapsed();
@@ -453,7 +489,11 @@ fn sigint_during_the_backoff_cancels() {
     let (src, dst) = (dir.file("src.img"), dir.file("dst.img"));
     image(&src, 16, 6);
     let f = format!("file={}", src.display());
-    let mut s = Srv::nbdkit(&dir, false, &["--filter=delay", "file", &f, "delay-read=20ms"]);
+    let mut s = Srv::nbdkit(
+        &dir,
+        false,
+        &["--filter=delay", "file", &f, "delay-read=20ms"],
+    );
     let uri = s.uri();
     let args = [
         "--retries=100",
@@ -475,7 +515,11 @@ fn sigint_during_the_backoff_cancels() {
     let sent = Instant::now();
     let (st, err) = run.wait(Duration::from_secs(10));
     assert!(!st.success(), "{err}");
-    assert!(sent.elapsed() < Duration::from_secs(2), "{:?}", sent.elapsed());
+    assert!(
+        sent.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        sent.elapsed()
+    );
     assert!(err.to_lowercase().contains("cancel"), "{err}");
 }
 
@@ -491,10 +535,21 @@ fn error_replies_are_not_retried() {
     let s = Srv::nbdkit(
         &dir,
         false,
-        &["--filter=error", "file", &f, "error=EIO", "error-pread-rate=100%"],
+        &[
+            "--filter=error",
+            "file",
+            &f,
+            "error=EIO",
+            "error-pread-rate=100%",
+        ],
     );
     let uri = s.uri();
-    let args = ["--retries=5", "--retry-delay=5", &uri, dst.to_str().unwrap()];
+    let args = [
+        "--retries=5",
+        "--retry-delay=5",
+        &uri,
+        dst.to_str().unwrap(),
+    ];
     let Some(run) = CopyRun::start(&dir, &args) else {
         return;
     };
@@ -515,9 +570,18 @@ fn without_retries_a_lost_connection_fails_the_copy() {
     let (src, dst) = (dir.file("src.img"), dir.file("dst.img"));
     image(&src, 16, 8);
     let f = format!("file={}", src.display());
-    let mut s = Srv::nbdkit(&dir, false, &["--filter=delay", "file", &f, "delay-read=20ms"]);
+    let mut s = Srv::nbdkit(
+        &dir,
+        false,
+        &["--filter=delay", "file", &f, "delay-read=20ms"],
+    );
     let uri = s.uri();
-    let args = ["--requests=2", "--request-size=64k", &uri, dst.to_str().unwrap()];
+    let args = [
+        "--requests=2",
+        "--request-size=64k",
+        &uri,
+        dst.to_str().unwrap(),
+    ];
     let Some(run) = CopyRun::start(&dir, &args) else {
         return;
     };
@@ -527,4 +591,48 @@ fn without_retries_a_lost_connection_fails_the_copy() {
     let (st, err) = run.wait(Duration::from_secs(30));
     assert_eq!(st.code(), Some(1), "{err}");
     assert!(err.contains("server closed the connection"), "{err}");
+}
+
+#[test]
+fn a_stalled_server_is_reconnected_after_the_timeout() {
+    if !require("nbdkit") {
+        return;
+    }
+    let dir = TempDir::new("retry-stall");
+    let (src, dst) = (dir.file("src.img"), dir.file("dst.img"));
+    image(&src, 16, 9);
+    let f = format!("file={}", src.display());
+    let mut s = Srv::nbdkit(
+        &dir,
+        false,
+        &["--filter=delay", "file", &f, "delay-read=20ms"],
+    );
+    let uri = s.uri();
+    let args = [
+        "--retries=5",
+        "--retry-delay=0.1",
+        "--timeout=1",
+        "--requests=2",
+        "--request-size=64k",
+        &uri,
+        dst.to_str().unwrap(),
+    ];
+    let Some(mut run) = CopyRun::start(&dir, &args) else {
+        return;
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    // The server stops answering (its connections stay open) ...
+    let pid = s.child.as_ref().unwrap().id() as i32;
+    // SAFETY: signalling the server this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    // ... past the timeout (the first reconnect hangs in its handshake),
+    // then is replaced by a new one.
+    std::thread::sleep(Duration::from_millis(2000));
+    assert!(run.running(), "waits for the server");
+    s.kill();
+    s.start();
+    let (st, err) = run.wait(Duration::from_secs(60));
+    assert!(st.success(), "copy failed ({st}): {err}");
+    assert!(reconnects(&err) >= 1, "{err}");
+    assert!(cmp(&src, &dst), "destination differs: {err}");
 }

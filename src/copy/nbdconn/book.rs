@@ -194,7 +194,12 @@ mod tests {
     fn take_all_gives_requests_in_issue_order() {
         let mut b = RequestBook::default();
         let mut cookies = Vec::new();
-        for (slot, kind) in [(4, Kind::Write), (1, Kind::Zero), (7, Kind::Read), (0, Kind::Flush)] {
+        for (slot, kind) in [
+            (4, Kind::Write),
+            (1, Kind::Zero),
+            (7, Kind::Read),
+            (0, Kind::Flush),
+        ] {
             let c = b.cookie(slot);
             let mut q = p(slot, kind);
             q.block = Some(slot + 10);

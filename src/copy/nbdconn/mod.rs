@@ -348,7 +348,7 @@ impl NbdConn {
             self.recv_busy = false;
         }
         if self.is_lost() {
-            return Ok(self.lost_completion(idx));
+            return self.lost_completion(idx);
         }
         if idx == SEND {
             if res < 0 {

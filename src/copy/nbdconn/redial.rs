@@ -121,11 +121,12 @@ impl NbdConn {
 
     /// A completion of the lost socket's send or receive: nothing more
     /// than that it is out of the ring.
-    pub(super) fn lost_completion(&mut self, idx: u64) {
+    pub(super) fn lost_completion(&mut self, idx: u64) -> Result<()> {
         if idx == SEND {
             self.send.busy = false;
         }
         debug_assert!(idx == SEND || idx == RECV);
+        Ok(())
     }
 
     /// After a failed send or receive with result `res`: when the
@@ -178,7 +179,10 @@ impl NbdConn {
         if r.lost.is_none() || self.send.busy || self.recv_busy {
             return Ok(false);
         }
-        let lost = r.lost.take().unwrap_or_else(|| Error::new(libc::EIO, "lost"));
+        let lost = r
+            .lost
+            .take()
+            .unwrap_or_else(|| Error::new(libc::EIO, "lost"));
         if self.book.completed != r.completed_then {
             r.attempts = 0; // the last connection made progress
         }
