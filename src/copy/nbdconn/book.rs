@@ -69,6 +69,9 @@ pub struct RequestBook {
     slow: usize,
     /// Replies completed so far (progress, for `redial`).
     pub completed: u64,
+    /// READ ranges already handed on, by cookie (only on connections
+    /// that may be resumed: a READ sent again must not hand them on twice).
+    delivered: HashMap<u64, Vec<(u64, u64)>>,
 }
 
 impl RequestBook {
@@ -102,13 +105,32 @@ impl RequestBook {
         self.pending.get(&cookie).and_then(|p| p.block)
     }
 
-    /// Every request in flight, in the order they were issued, leaving
-    /// the book empty (to be sent again on a new connection).
-    pub fn take_all(&mut self) -> Vec<Pending> {
+    /// Every request in flight, in the order they were issued, with the
+    /// READ ranges already handed on, leaving the book empty (to be sent
+    /// again on a new connection).
+    pub fn take_all(&mut self) -> Vec<(Pending, Option<Vec<(u64, u64)>>)> {
         let mut all: Vec<(u64, Pending)> = self.pending.drain().collect();
         all.sort_unstable_by_key(|&(cookie, _)| cookie);
         self.slow = 0;
-        all.into_iter().map(|(_, p)| p).collect()
+        let mut delivered = std::mem::take(&mut self.delivered);
+        all.into_iter()
+            .map(|(c, p)| (p, delivered.remove(&c)))
+            .collect()
+    }
+
+    /// Records that READ `cookie`'s [offset, offset+len) was handed on.
+    pub fn set_delivered(&mut self, cookie: u64, ranges: Vec<(u64, u64)>) {
+        self.delivered.insert(cookie, ranges);
+    }
+
+    /// The parts of READ `cookie`'s chunk [offset, offset+len) not handed
+    /// on yet (sent again after a reconnect, a READ may bring some
+    /// twice); records the chunk as handed on.
+    pub fn undelivered(&mut self, cookie: u64, offset: u64, len: u64) -> Vec<(u64, u64)> {
+        let seen = self.delivered.entry(cookie).or_default();
+        let out = uncovered(seen, offset, len);
+        seen.push((offset, len));
+        out
     }
 
     /// The slot of the request with `cookie`.
@@ -136,6 +158,7 @@ impl RequestBook {
             self.slow -= 1;
         }
         self.completed += 1;
+        self.delivered.remove(&cookie);
         if p.kind == Kind::Status {
             return Ok(ConnEvent::StatusDone {
                 offset: p.offset,
@@ -166,6 +189,33 @@ impl RequestBook {
     }
 }
 
+/// The parts of [offset, offset+len) that no range of `seen` covers.
+fn uncovered(seen: &[(u64, u64)], offset: u64, len: u64) -> Vec<(u64, u64)> {
+    let mut ranges: Vec<(u64, u64)> = seen.to_vec();
+    ranges.sort_unstable();
+    let (mut at, end) = (offset, offset + len);
+    let mut out = Vec::new();
+    for (o, l) in ranges {
+        if o + l <= at {
+            continue;
+        }
+        if o >= end {
+            break;
+        }
+        if o > at {
+            out.push((at, o - at));
+        }
+        at = at.max(o + l);
+        if at >= end {
+            break;
+        }
+    }
+    if at < end {
+        out.push((at, end - at));
+    }
+    out
+}
+
 fn unknown(name: &str, cookie: u64) -> Error {
     Error::new(
         libc::EIO,
@@ -191,6 +241,31 @@ mod tests {
     }
 
     #[test]
+    fn chunks_handed_on_before_are_not_handed_on_again() {
+        assert_eq!(uncovered(&[], 0, 100), [(0, 100)]);
+        assert_eq!(uncovered(&[(0, 100)], 0, 100), []);
+        assert_eq!(
+            uncovered(&[(20, 10), (50, 10)], 0, 100),
+            [(0, 20), (30, 20), (60, 40)]
+        );
+        assert_eq!(uncovered(&[(50, 10), (0, 60)], 40, 30), [(60, 10)]);
+        assert_eq!(uncovered(&[(200, 10)], 0, 100), [(0, 100)]);
+        let mut b = RequestBook::default();
+        let c = b.cookie(2);
+        b.insert(c, p(2, Kind::Read));
+        assert_eq!(b.undelivered(c, 0, 64), [(0, 64)]);
+        let (_, seen) = b.take_all().pop().unwrap();
+        // Sent again: the first 64 bytes arrive again, with more.
+        let c2 = b.cookie(2);
+        b.insert(c2, p(2, Kind::Read));
+        b.set_delivered(c2, seen.unwrap());
+        assert_eq!(b.undelivered(c2, 0, 128), [(64, 64)]);
+        assert_eq!(b.undelivered(c2, 0, 128), []);
+        b.complete("s", c2, Ok(())).unwrap();
+        assert!(b.delivered.is_empty());
+    }
+
+    #[test]
     fn take_all_gives_requests_in_issue_order() {
         let mut b = RequestBook::default();
         let mut cookies = Vec::new();
@@ -210,7 +285,7 @@ mod tests {
         b.complete("d", cookies[2], Ok(())).unwrap();
         assert_eq!(b.completed, 1);
         let all = b.take_all();
-        let got: Vec<(u32, Kind)> = all.iter().map(|q| (q.slot, q.kind)).collect();
+        let got: Vec<(u32, Kind)> = all.iter().map(|(q, _)| (q.slot, q.kind)).collect();
         assert_eq!(got, [(4, Kind::Write), (1, Kind::Zero), (0, Kind::Flush)]);
         assert_eq!(b.in_flight(), 0);
         assert!(!b.slow_pending());

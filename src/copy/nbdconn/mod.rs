@@ -440,6 +440,18 @@ impl NbdConn {
                     cookie,
                     offset,
                     payload,
+                } if self.retry.is_some() => {
+                    self.resumable_data(cookie, offset, payload.start, payload.len(), events)?
+                }
+                Chunk::Hole {
+                    cookie,
+                    offset,
+                    len,
+                } if self.retry.is_some() => self.resumable_hole(cookie, offset, len, events)?,
+                Chunk::Data {
+                    cookie,
+                    offset,
+                    payload,
                 } => {
                     let slot = self.book.slot_of(&self.name, cookie)?;
                     let (data, block) = self.recv.take_span(payload.start, payload.len());

@@ -13,7 +13,7 @@
 // in flight when no write of its lane is).  A server's error reply is not
 // a lost connection and is never retried.
 
-use super::{NbdConn, RECV, SEND};
+use super::{ConnEvent, NbdConn, RECV, SEND};
 use crate::config::RETRY_DELAY_CAP;
 use crate::copy::stats::Shared;
 use crate::endpoint::nbd::Redial;
@@ -242,7 +242,7 @@ impl NbdConn {
         self.recv.need = None;
         self.send.clear();
         self.broken = false;
-        for p in self.book.take_all() {
+        for (p, delivered) in self.book.take_all() {
             let flags = if p.cmd == consts::NBD_CMD_READ {
                 self.read_flags
             } else {
@@ -255,7 +255,58 @@ impl NbdConn {
                 offset: p.offset,
                 length: p.len,
             };
+            let cookie = req.cookie;
             self.queue(req, p.slot, p.kind, p.payload, p.block)?;
+            if let Some(d) = delivered {
+                self.book.set_delivered(cookie, d);
+            }
+        }
+        Ok(())
+    }
+
+    /// A READ data chunk on a connection that may be resumed: only what
+    /// was not handed on before (over a lost connection) goes on.
+    /// `start` is where the payload starts in the unparsed bytes.
+    pub(super) fn resumable_data(
+        &mut self,
+        cookie: u64,
+        offset: u64,
+        start: usize,
+        len: usize,
+        events: &mut Vec<ConnEvent>,
+    ) -> Result<()> {
+        let slot = self.book.slot_of(&self.name, cookie)?;
+        let pieces = self.book.undelivered(cookie, offset, len as u64);
+        for (o, l) in pieces {
+            let (data, block) = self
+                .recv
+                .take_span(start + (o - offset) as usize, l as usize);
+            events.push(ConnEvent::Data {
+                slot,
+                offset: o,
+                data,
+                block,
+            });
+        }
+        Ok(())
+    }
+
+    /// A READ hole chunk, the same way.
+    pub(super) fn resumable_hole(
+        &mut self,
+        cookie: u64,
+        offset: u64,
+        len: u64,
+        events: &mut Vec<ConnEvent>,
+    ) -> Result<()> {
+        let slot = self.book.slot_of(&self.name, cookie)?;
+        let pieces = self.book.undelivered(cookie, offset, len);
+        for (o, l) in pieces {
+            events.push(ConnEvent::Hole {
+                slot,
+                offset: o,
+                len: l as u32,
+            });
         }
         Ok(())
     }
