@@ -59,6 +59,9 @@ pub struct Pending {
     pub block: Option<u32>,
 }
 
+/// Byte ranges (offset, length) of a READ already handed on.
+pub type Ranges = Vec<(u64, u64)>;
+
 /// Cookies and the requests in flight.
 #[derive(Default)]
 pub struct RequestBook {
@@ -71,7 +74,7 @@ pub struct RequestBook {
     pub completed: u64,
     /// READ ranges already handed on, by cookie (only on connections
     /// that may be resumed: a READ sent again must not hand them on twice).
-    delivered: HashMap<u64, Vec<(u64, u64)>>,
+    delivered: HashMap<u64, Ranges>,
 }
 
 impl RequestBook {
@@ -108,7 +111,7 @@ impl RequestBook {
     /// Every request in flight, in the order they were issued, with the
     /// READ ranges already handed on, leaving the book empty (to be sent
     /// again on a new connection).
-    pub fn take_all(&mut self) -> Vec<(Pending, Option<Vec<(u64, u64)>>)> {
+    pub fn take_all(&mut self) -> Vec<(Pending, Option<Ranges>)> {
         let mut all: Vec<(u64, Pending)> = self.pending.drain().collect();
         all.sort_unstable_by_key(|&(cookie, _)| cookie);
         self.slow = 0;
@@ -119,14 +122,14 @@ impl RequestBook {
     }
 
     /// Records that READ `cookie`'s [offset, offset+len) was handed on.
-    pub fn set_delivered(&mut self, cookie: u64, ranges: Vec<(u64, u64)>) {
+    pub fn set_delivered(&mut self, cookie: u64, ranges: Ranges) {
         self.delivered.insert(cookie, ranges);
     }
 
     /// The parts of READ `cookie`'s chunk [offset, offset+len) not handed
     /// on yet (sent again after a reconnect, a READ may bring some
     /// twice); records the chunk as handed on.
-    pub fn undelivered(&mut self, cookie: u64, offset: u64, len: u64) -> Vec<(u64, u64)> {
+    pub fn undelivered(&mut self, cookie: u64, offset: u64, len: u64) -> Ranges {
         let seen = self.delivered.entry(cookie).or_default();
         let out = uncovered(seen, offset, len);
         seen.push((offset, len));
@@ -190,8 +193,8 @@ impl RequestBook {
 }
 
 /// The parts of [offset, offset+len) that no range of `seen` covers.
-fn uncovered(seen: &[(u64, u64)], offset: u64, len: u64) -> Vec<(u64, u64)> {
-    let mut ranges: Vec<(u64, u64)> = seen.to_vec();
+fn uncovered(seen: &[(u64, u64)], offset: u64, len: u64) -> Ranges {
+    let mut ranges: Ranges = seen.to_vec();
     ranges.sort_unstable();
     let (mut at, end) = (offset, offset + len);
     let mut out = Vec::new();
