@@ -449,7 +449,7 @@ fn a_server_back_with_another_size_is_an_error() {
         err.contains("source nbd+unix://"),
         "names the endpoint: {err}"
     );
-    assert!(back.elapsed() < Duration::from_secs(5), "no retry loop");
+    assert!(back.elapsed() < Duration::from_secs(10), "no retry loop");
 }
 
 #[test]
@@ -493,7 +493,7 @@ fn a_server_that_never_comes_back_fails_in_bounded_time() {
     // 0.2 + 0.4 + 0.8 s of backoff, then the error.
     let t = gone.elapsed();
     assert!(t >= Duration::from_millis(1400), "backoff too short: {t:?}");
-    assert!(t < Duration::from_secs(10), "took {t:?}");
+    assert!(t < Duration::from_secs(20), "took {t:?}");
 }
 
 #[test]
@@ -532,7 +532,7 @@ fn sigint_during_the_backoff_cancels() {
     let (st, err) = run.wait(Duration::from_secs(10));
     assert!(!st.success(), "{err}");
     assert!(
-        sent.elapsed() < Duration::from_secs(2),
+        sent.elapsed() < Duration::from_secs(5),
         "{:?}",
         sent.elapsed()
     );
@@ -562,7 +562,7 @@ fn error_replies_are_not_retried() {
     let uri = s.uri();
     let args = [
         "--retries=5",
-        "--retry-delay=5",
+        "--retry-delay=10",
         &uri,
         dst.to_str().unwrap(),
     ];
@@ -574,7 +574,7 @@ fn error_replies_are_not_retried() {
     assert_eq!(st.code(), Some(1), "{err}");
     assert!(err.contains("READ at offset"), "{err}");
     assert_eq!(reconnects(&err), 0, "{err}");
-    assert!(t.elapsed() < Duration::from_secs(4), "no backoff: {err}");
+    assert!(t.elapsed() < Duration::from_secs(8), "no backoff: {err}");
 }
 
 #[test]
