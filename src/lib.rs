@@ -14,6 +14,7 @@ pub mod error;
 pub mod ffi;
 pub mod proto;
 pub mod ring;
+pub mod tls;
 
 pub use config::Config;
 pub use error::{Error, Result};

@@ -1,0 +1,307 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// Copyright (C) 2026 The nbdcpy authors
+
+//! One TLS session over an NBD socket: blocking on the socket during the
+//! handshake, then over memory buffers (ciphertext in, plaintext out;
+//! plaintext in, ciphertext out) so io_uring keeps doing the socket I/O.
+
+use crate::error::{Error, Result};
+use openssl::ssl::{ErrorCode, SslStream};
+use std::io::{Read, Write};
+use std::mem::ManuallyDrop;
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+
+/// Ciphertext receive buffer: many records per receive.
+pub const RX_SIZE: usize = 1 << 20;
+
+/// The byte stream under OpenSSL: the socket itself (blocking mode), or
+/// memory buffers that the caller fills from and drains to the socket.
+pub struct Wire {
+    sock: ManuallyDrop<UnixStream>,
+    pub(crate) fd: RawFd,
+    mem: bool,
+    /// Received ciphertext not yet given to OpenSSL: rx[rx_start..rx_end].
+    pub(crate) rx: Box<[u8]>,
+    pub(crate) rx_start: usize,
+    pub(crate) rx_end: usize,
+    /// The peer closed its end (a receive returned 0).
+    pub(crate) eof: bool,
+    /// Ciphertext OpenSSL produced, not yet handed to the socket.
+    pub(crate) tx: Vec<u8>,
+}
+
+impl Wire {
+    fn new(fd: RawFd) -> Wire {
+        Wire {
+            // SAFETY: borrowed; ManuallyDrop never closes it, and the
+            // endpoint that owns the fd outlives every session on it.
+            sock: ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(fd) }),
+            fd,
+            mem: false,
+            rx: Box::new([]),
+            rx_start: 0,
+            rx_end: 0,
+            eof: false,
+            tx: Vec::new(),
+        }
+    }
+}
+
+impl Read for Wire {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if !self.mem {
+            return self.sock.read(buf);
+        }
+        if self.rx_start == self.rx_end {
+            return if self.eof {
+                Ok(0)
+            } else {
+                Err(std::io::ErrorKind::WouldBlock.into())
+            };
+        }
+        let n = buf.len().min(self.rx_end - self.rx_start);
+        buf[..n].copy_from_slice(&self.rx[self.rx_start..self.rx_start + n]);
+        self.rx_start += n;
+        Ok(n)
+    }
+}
+
+impl Write for Wire {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if !self.mem {
+            return self.sock.write(buf);
+        }
+        self.tx.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What [`TlsSession::decrypt`] produced.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decrypted {
+    /// This many plaintext bytes.
+    Data(usize),
+    /// No whole record yet: receive more ciphertext.
+    More,
+    /// The server closed TLS properly (close_notify).
+    Closed,
+}
+
+/// A TLS client session on one NBD socket.
+pub struct TlsSession {
+    pub(crate) s: SslStream<Wire>,
+}
+
+impl TlsSession {
+    /// Wraps a handshaken stream.
+    pub(crate) fn from_stream(s: SslStream<Wire>) -> TlsSession {
+        TlsSession { s }
+    }
+
+    pub(crate) fn wire(fd: RawFd) -> Wire {
+        Wire::new(fd)
+    }
+
+    /// Protocol and cipher, for messages ("TLSv1.3 TLS_AES_256_GCM_SHA384").
+    pub fn describe(&self) -> String {
+        let ssl = self.s.ssl();
+        format!(
+            "{} {}",
+            ssl.version_str(),
+            ssl.current_cipher().map_or("?", |c| c.name())
+        )
+    }
+
+    /// Plaintext bytes OpenSSL holds that a read returns without waiting.
+    pub fn pending(&self) -> usize {
+        self.s.ssl().pending()
+    }
+
+    /// Switches to memory buffers: from now on ciphertext is exchanged
+    /// through [`rx_space`](Self::rx_space) / [`received`](Self::received)
+    /// and [`take_tx`](Self::take_tx).
+    pub fn into_memory(&mut self) {
+        let w = self.s.get_mut();
+        if !w.mem {
+            w.mem = true;
+            w.rx = vec![0u8; RX_SIZE].into_boxed_slice();
+        }
+    }
+
+    /// Where the next ciphertext receive may write (compacting first).
+    pub fn rx_space(&mut self) -> (*mut u8, usize) {
+        let w = self.s.get_mut();
+        if w.rx_start == w.rx_end {
+            w.rx_start = 0;
+            w.rx_end = 0;
+        } else if w.rx.len() - w.rx_end < (64 << 10) {
+            w.rx.copy_within(w.rx_start..w.rx_end, 0);
+            w.rx_end -= w.rx_start;
+            w.rx_start = 0;
+        }
+        let end = w.rx_end;
+        // SAFETY: end <= rx.len(): a pointer inside (or one past) rx.
+        (unsafe { w.rx.as_mut_ptr().add(end) }, w.rx.len() - end)
+    }
+
+    /// `n` bytes of ciphertext arrived at [`rx_space`](Self::rx_space)
+    /// (0: the peer closed the socket).
+    pub fn received(&mut self, n: usize) {
+        let w = self.s.get_mut();
+        if n == 0 {
+            w.eof = true;
+        }
+        w.rx_end = (w.rx_end + n).min(w.rx.len());
+    }
+
+    /// Decrypts what was received into `out`, as much as fits.
+    pub fn decrypt(&mut self, out: &mut [u8]) -> Result<Decrypted> {
+        let mut n = 0;
+        while n < out.len() {
+            match self.s.ssl_read(&mut out[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) => match e.code() {
+                    ErrorCode::WANT_READ if !self.s.get_ref().eof => break,
+                    _ if n > 0 => break, // the data first, the error next time
+                    ErrorCode::ZERO_RETURN => return Ok(Decrypted::Closed),
+                    _ if self.s.get_ref().eof => {
+                        return Err(Error::new(
+                            libc::ECONNRESET,
+                            "TLS: the server cut the connection without close_notify \
+                             (the stream may be truncated)",
+                        ))
+                    }
+                    _ => return Err(ssl_error("TLS", &e)),
+                },
+            }
+        }
+        Ok(if n > 0 {
+            Decrypted::Data(n)
+        } else {
+            Decrypted::More
+        })
+    }
+
+    /// Encrypts `data` into the ciphertext to send (memory mode).
+    pub fn encrypt(&mut self, mut data: &[u8]) -> Result<()> {
+        while !data.is_empty() {
+            match self.s.ssl_write(data) {
+                Ok(k) => data = &data[k..],
+                Err(e) => return Err(ssl_error("TLS: encrypt", &e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Ciphertext waiting to be sent.
+    pub fn tx(&self) -> &[u8] {
+        &self.s.get_ref().tx
+    }
+
+    /// Swaps the ciphertext waiting to be sent with `buf` (empty), so it
+    /// can be sent while OpenSSL goes on writing into a fresh buffer.
+    pub fn take_tx(&mut self, buf: &mut Vec<u8>) {
+        debug_assert!(buf.is_empty());
+        std::mem::swap(buf, &mut self.s.get_mut().tx);
+    }
+
+    /// Best-effort goodbye without blocking: `last` (an NBD_CMD_DISC, or
+    /// nothing) and close_notify, sent with MSG_DONTWAIT.
+    pub fn goodbye(&mut self, last: &[u8]) {
+        self.into_memory();
+        if !last.is_empty() {
+            let _ = self.encrypt(last);
+        }
+        let _ = self.s.shutdown();
+        let w = self.s.get_mut();
+        let tx = std::mem::take(&mut w.tx);
+        // SAFETY: tx is valid for its length during the call.
+        unsafe {
+            libc::send(
+                w.fd,
+                tx.as_ptr() as *const libc::c_void,
+                tx.len(),
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
+    }
+}
+
+/// Blocking mode (before [`TlsSession::into_memory`]): the handshake and
+/// the endpoint's requests before the copy.
+impl Read for TlsSession {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            match self.s.ssl_read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.code() == ErrorCode::ZERO_RETURN => return Ok(0),
+                Err(e) => {
+                    let eof_cut = e.code() == ErrorCode::SYSCALL && e.io_error().is_none()
+                        || e.ssl_error().is_some_and(|s| {
+                            s.errors().iter().any(|x| {
+                                x.reason().is_some_and(|r| r.contains("unexpected eof"))
+                            })
+                        });
+                    if eof_cut {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::ConnectionReset,
+                            "TLS: the server cut the connection without close_notify",
+                        ));
+                    }
+                    match e.into_io_error() {
+                        Ok(io) if io.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Ok(io) => return Err(io),
+                        Err(e) => {
+                            return Err(std::io::Error::other(
+                                ssl_error("TLS", &e).msg,
+                            ))
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Write for TlsSession {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.s.ssl_write(buf).map_err(|e| match e.into_io_error() {
+            Ok(io) => io,
+            Err(e) => std::io::Error::other(ssl_error("TLS", &e).msg),
+        })
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An OpenSSL error in words: the library's reasons (alerts included).
+pub(crate) fn ssl_error(what: &str, e: &openssl::ssl::Error) -> Error {
+    let reasons: Vec<String> = e
+        .ssl_error()
+        .map(|s| {
+            s.errors()
+                .iter()
+                .map(|x| x.reason().unwrap_or("unknown error").to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    let detail = if !reasons.is_empty() {
+        reasons.join("; ")
+    } else if let Some(io) = e.io_error() {
+        io.to_string()
+    } else {
+        format!("OpenSSL error code {:?}", e.code())
+    };
+    let errno = if reasons.iter().any(|r| r.contains("alert")) {
+        libc::EACCES
+    } else {
+        libc::EPROTO
+    };
+    Error::new(errno, format!("{what}: {detail}"))
+}
