@@ -619,6 +619,13 @@ impl Job {
     /// NBD -> file with zero detection (the same two copies either way),
     /// not file -> file.
     fn splice_wins(&self, mode: Option<bool>, sparse: u64) -> bool {
+        // TLS payloads are encrypted in user space: nothing to splice.
+        if [&self.src, &self.dst]
+            .iter()
+            .any(|e| matches!(e, Endpoint::Nbd(n) if n.is_tls()))
+        {
+            return false;
+        }
         // Pipes hand payloads on in pieces of what they hold, which need
         // not be whole blocks of a server that wants aligned requests.
         if self.align() > 1 {

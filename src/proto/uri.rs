@@ -39,6 +39,22 @@ pub struct TlsParams {
     pub username: Option<String>,
 }
 
+impl TlsParams {
+    /// These parameters, with `defaults` where they say nothing (a URI
+    /// that names certificates or a PSK file takes neither from them).
+    pub fn or(&self, defaults: &TlsParams) -> TlsParams {
+        let own = self.certificates.is_some() || self.psk_file.is_some();
+        let d = |x: &Option<String>| if own { None } else { x.clone() };
+        TlsParams {
+            certificates: self.certificates.clone().or(d(&defaults.certificates)),
+            verify_peer: self.verify_peer.or(defaults.verify_peer),
+            hostname: self.hostname.clone().or(defaults.hostname.clone()),
+            psk_file: self.psk_file.clone().or(d(&defaults.psk_file)),
+            username: self.username.clone().or(defaults.username.clone()),
+        }
+    }
+}
+
 /// A boolean query parameter's value, as libnbd reads them.
 pub fn parse_bool(v: &str) -> Option<bool> {
     match v.to_ascii_lowercase().as_str() {

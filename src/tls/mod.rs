@@ -175,6 +175,33 @@ impl TlsClient {
         }
     }
 
+    /// An NBD negotiation error on a TLS session, explained: a TLS alert
+    /// the server sent before closing (TLS 1.3 servers reject a client
+    /// certificate only after the client's handshake completed).
+    pub fn explain(&self, sess: &mut TlsSession, e: Error) -> Error {
+        if e.errno == libc::ETIMEDOUT {
+            return e;
+        }
+        let mut b = [0u8; 1];
+        let alert = match sess.s.ssl_read(&mut b) {
+            Err(x) => Some(session::ssl_error("", &x).msg)
+                .filter(|m| m.contains("alert"))
+                .map(|m| m.trim_start_matches(": ").to_string()),
+            Ok(_) => None,
+        };
+        let hint = match &self.auth {
+            Auth::X509 { .. } => {
+                " (the server ended the TLS session: does it require a client certificate \
+                 (client-cert.pem and client-key.pem in tls-certificates=), or reject this one?)"
+            }
+            Auth::Psk { .. } => " (the server ended the TLS session)",
+        };
+        match alert {
+            Some(a) => Error::new(libc::EACCES, format!("{}: TLS alert from the server: {a}{hint}", e.msg)),
+            None => Error::new(e.errno, format!("{}{hint}", e.msg)),
+        }
+    }
+
     fn handshake_error(&self, mid: &openssl::ssl::MidHandshakeSslStream<session::Wire>) -> Error {
         let v = mid.ssl().verify_result();
         if v != X509VerifyResult::OK {
@@ -207,9 +234,12 @@ impl TlsClient {
                     " (the server rejected the TLS-PSK identity \"{username}\" or its key)"
                 )
             }
-            Auth::Psk { .. } if detail.contains("unexpected eof") || mid.error().io_error().is_some() => {
-                " (the server closed the connection: unknown TLS-PSK identity or wrong key?)"
-                    .to_string()
+            Auth::Psk { username }
+                if detail.contains("unexpected eof") || detail.contains("closed the connection") =>
+            {
+                format!(
+                    " during the TLS-PSK handshake: unknown identity \"{username}\" or wrong key"
+                )
             }
             Auth::X509 { .. } if detail.contains("alert") => {
                 " (does the server require a client certificate? client-cert.pem and \

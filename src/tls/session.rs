@@ -295,6 +295,8 @@ pub(crate) fn ssl_error(what: &str, e: &openssl::ssl::Error) -> Error {
         reasons.join("; ")
     } else if let Some(io) = e.io_error() {
         io.to_string()
+    } else if e.code() == ErrorCode::SYSCALL {
+        "the server closed the connection".to_string()
     } else {
         format!("OpenSSL error code {:?}", e.code())
     };

@@ -168,6 +168,8 @@ pub struct NbdConn {
     /// Destination in splice mode: every send is a direct system call, in
     /// order, so pipe payloads can follow their headers.
     sync: Option<Ctl>,
+    /// TLS: sends are encrypted, receives decrypted (crate::tls::uring).
+    tls: Option<crate::tls::uring::RingTls>,
 }
 
 impl NbdConn {
@@ -211,7 +213,13 @@ impl NbdConn {
             broken: false,
             splice: None,
             sync: None,
+            tls: None,
         }
+    }
+
+    /// Runs this connection through its TLS session (never with splice).
+    pub fn set_tls(&mut self, sess: crate::tls::TlsSession) {
+        self.tls = Some(crate::tls::uring::RingTls::new(sess, self.fd));
     }
 
     /// Posts the first receive.
@@ -528,6 +536,11 @@ impl NbdConn {
                 skip = 0;
             }
         }
+        if let Some(t) = self.tls.as_mut() {
+            self.send_busy = true;
+            // SAFETY: the iovecs point into the batch items, valid now.
+            return unsafe { t.post_send(ring, &self.iov, base | SEND) };
+        }
         self.msg.msg_iov = self.iov.as_mut_ptr();
         self.msg.msg_iovlen = self.iov.len() as _;
         let e = opcode::SendMsg::new(types::Fd(self.fd), &*self.msg as *const libc::msghdr)
@@ -585,6 +598,11 @@ impl NbdConn {
         };
         // SAFETY: tail + len <= bs (both branches), inside the block.
         let ptr = unsafe { self.pool.ptr(self.cur).add(self.tail) };
+        if let Some(t) = self.tls.as_mut() {
+            self.recv_busy = true;
+            // SAFETY: as for the plain receive below.
+            return unsafe { t.post_recv(ring, ptr, len, base | RECV) };
+        }
         let e = opcode::Recv::new(types::Fd(self.fd), ptr, len as u32)
             .build()
             .user_data(base | RECV);
@@ -631,7 +649,21 @@ impl NbdConn {
                     self.broken = true;
                     return Err(Error::from_res(format!("{}: send", self.name), res));
                 }
-                self.batch_sent += res as usize;
+                let res = match self.tls.as_mut() {
+                    Some(t) => match t.send_done(ring, res, base | SEND) {
+                        Ok(true) => self.batch_len - self.batch_sent,
+                        Ok(false) => {
+                            self.send_busy = true;
+                            return Ok(());
+                        }
+                        Err(e) => {
+                            self.broken = true;
+                            return Err(e.context(&self.name));
+                        }
+                    },
+                    None => res as usize,
+                };
+                self.batch_sent += res;
                 if self.batch_sent < self.batch_len {
                     return self.post_send(ring, base);
                 }
@@ -644,6 +676,21 @@ impl NbdConn {
             }
             _ => {
                 self.recv_busy = false;
+                let res = match self.tls.as_mut() {
+                    Some(t) => match t.recv_done(ring, res, base | RECV) {
+                        Ok(Some(n)) => n,
+                        Ok(None) => {
+                            self.recv_busy = true;
+                            return Ok(());
+                        }
+                        Err(e) => {
+                            self.broken = true;
+                            let n = self.reqs.len();
+                            return Err(e.context(format!("{} ({n} request(s) in flight)", self.name)));
+                        }
+                    },
+                    None => res,
+                };
                 if res < 0 && res != -libc::ECONNRESET {
                     self.broken = true;
                     return Err(Error::from_res(format!("{}: receive", self.name), res));
@@ -836,6 +883,11 @@ impl NbdConn {
         }
         let mut buf = [0u8; 32];
         let n = request::encode(self.info.mode, &request::DISC, &mut buf);
+        if let Some(t) = self.tls.as_mut() {
+            t.goodbye(&buf[..n]);
+            self.broken = true;
+            return;
+        }
         // SAFETY: buf is valid for n bytes during the call.
         unsafe {
             libc::send(
