@@ -540,6 +540,19 @@ impl Job {
             )
         });
 
+        for (side, spec, e) in [
+            ("source", &self.src_spec, &self.src),
+            ("destination", &self.dst_spec, &self.dst),
+        ] {
+            if let Endpoint::Nbd(n) = e {
+                if let Some(t) = n.tls_summary() {
+                    log.emit(Level::Info, || {
+                        format!("{side} {spec}: {t}, {}", crate::tls::record_layer())
+                    });
+                }
+            }
+        }
+
         // Large pieces, but enough of them to keep every lane busy.
         let size = src_size.unwrap_or(u64::MAX);
         // Sources that report extents get bigger ranges: one block status

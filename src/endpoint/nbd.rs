@@ -46,6 +46,8 @@ pub struct NbdEndpoint {
     tls: Option<Arc<TlsClient>>,
     /// The TLS session of each socket in `socks` (until a lane takes it).
     sessions: Vec<Option<TlsSession>>,
+    /// What the first connection's TLS negotiated, for the log.
+    tls_summary: Option<String>,
 }
 
 impl NbdEndpoint {
@@ -78,7 +80,15 @@ impl NbdEndpoint {
             path: server.socket_path().to_string_lossy().into_owned(),
         };
         let name = format!("[ {} ]", argv.join(" "));
-        Self::new(transport, String::new(), name, side, cfg, Some(server), None)
+        Self::new(
+            transport,
+            String::new(),
+            name,
+            side,
+            cfg,
+            Some(server),
+            None,
+        )
     }
 
     fn new(
@@ -109,9 +119,18 @@ impl NbdEndpoint {
             no_disc: vec![false],
             server,
             want_meta,
+            tls_summary: tls
+                .as_ref()
+                .zip(sess.as_ref())
+                .map(|(c, t)| format!("{}, {}", t.describe(), c.describe())),
             tls,
             sessions: vec![sess],
         })
+    }
+
+    /// "TLSv1.3 TLS_AES_256_GCM_SHA384, TLS-PSK as \"alice\"" for nbds://.
+    pub fn tls_summary(&self) -> Option<&str> {
+        self.tls_summary.as_deref()
     }
 
     /// Whether connections run TLS (then no splice: payloads are
@@ -140,8 +159,12 @@ impl NbdEndpoint {
     /// negotiation must agree with the first.
     pub fn lane_conn(&mut self, i: usize, p: &LaneParams) -> Result<NbdConn> {
         while self.socks.len() <= i {
-            let (sock, info, sess) =
-                connect_one(&self.transport, &self.export, self.want_meta, self.tls.as_deref())?;
+            let (sock, info, sess) = connect_one(
+                &self.transport,
+                &self.export,
+                self.want_meta,
+                self.tls.as_deref(),
+            )?;
             self.adopt(sock, info, sess)?;
         }
         self.no_disc[i] = true;
@@ -733,13 +756,7 @@ fn handshake(
         let n = match s.read(&mut buf[have..]) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(tls_explain(
-                    tls,
-                    &mut sess,
-                    io_err("handshake: receive", e),
-                ))
-            }
+            Err(e) => return Err(tls_explain(tls, &mut sess, io_err("handshake: receive", e))),
         };
         if n == 0 {
             return Err(tls_explain(

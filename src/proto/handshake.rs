@@ -727,7 +727,10 @@ pub(crate) mod tests {
             s.extend(rep(NBD_OPT_STARTTLS, code, b"no TLS here"));
             let (r, sent) = run(&s, o, true);
             let e = r.unwrap_err();
-            assert!(e.contains("does not offer it") && e.contains("no TLS here"), "{e}");
+            assert!(
+                e.contains("does not offer it") && e.contains("no TLS here"),
+                "{e}"
+            );
             // only the flags and STARTTLS were sent
             assert_eq!(sent.len(), 4 + 16, "{sent:?}");
         }
@@ -780,7 +783,11 @@ pub(crate) mod tests {
     #[test]
     fn plain_client_told_to_use_tls() {
         let mut s = greeting(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES);
-        s.extend(rep(NBD_OPT_EXTENDED_HEADERS, NBD_REP_ERR_TLS_REQD, b"TLS required"));
+        s.extend(rep(
+            NBD_OPT_EXTENDED_HEADERS,
+            NBD_REP_ERR_TLS_REQD,
+            b"TLS required",
+        ));
         let e = both(&s, opts()).unwrap_err();
         assert!(e.contains("requires TLS") && e.contains("nbds://"), "{e}");
     }

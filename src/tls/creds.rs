@@ -18,7 +18,12 @@ pub struct Psk {
 impl std::fmt::Debug for Psk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the key.
-        write!(f, "Psk {{ username: {:?}, key: [{} bytes] }}", self.username, self.key.len())
+        write!(
+            f,
+            "Psk {{ username: {:?}, key: [{} bytes] }}",
+            self.username,
+            self.key.len()
+        )
     }
 }
 
@@ -68,8 +73,8 @@ pub fn find_psk(text: &str, username: &str, file: &str) -> Result<Psk> {
 
 /// Reads `file` and finds `username`'s key.
 pub fn load_psk(file: &str, username: &str) -> Result<Psk> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| Error::os(format!("TLS PSK file {file}"), e))?;
+    let text =
+        std::fs::read_to_string(file).map_err(|e| Error::os(format!("TLS PSK file {file}"), e))?;
     find_psk(&text, username, file)
 }
 
@@ -128,12 +133,19 @@ mod tests {
     fn psk_files() {
         let t = "alice:0123456789abcdefABCDEF\n\nbob:00ff\r\n";
         let p = find_psk(t, "alice", "f").unwrap();
-        assert_eq!(p.key, vec![0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0xab, 0xcd, 0xef]);
+        assert_eq!(
+            p.key,
+            vec![0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0xab, 0xcd, 0xef]
+        );
         assert_eq!(find_psk(t, "bob", "f").unwrap().key, vec![0, 255]);
         let e = find_psk(t, "carol", "f").unwrap_err();
         assert!(e.msg.contains("no key for user \"carol\""), "{}", e.msg);
         let e = find_psk("alice:abc\n", "alice", "f").unwrap_err();
-        assert!(e.msg.contains("line 1") && e.msg.contains("hex"), "{}", e.msg);
+        assert!(
+            e.msg.contains("line 1") && e.msg.contains("hex"),
+            "{}",
+            e.msg
+        );
         let e = find_psk("bob:00\nalice:zz\n", "alice", "f").unwrap_err();
         assert!(e.msg.contains("line 2"), "{}", e.msg);
         let e = find_psk("garbage\n", "alice", "f").unwrap_err();
@@ -162,7 +174,13 @@ mod tests {
         let d = home.join(".pki/libnbd");
         assert_eq!(cert_dir(d.to_str(), true, None).unwrap(), Some(d.clone()));
         assert!(cert_dir(Some("/nonexistent/dir"), false, None).is_err());
-        assert_eq!(cert_files(Some(&d)), CertFiles { ca: None, client: None });
+        assert_eq!(
+            cert_files(Some(&d)),
+            CertFiles {
+                ca: None,
+                client: None
+            }
+        );
         std::fs::write(d.join("ca-cert.pem"), "x").unwrap();
         std::fs::write(d.join("client-cert.pem"), "x").unwrap();
         let c = cert_files(Some(&d));

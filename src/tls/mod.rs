@@ -24,9 +24,20 @@ pub fn ktls_available() -> bool {
     std::path::Path::new("/proc/net/tls_stat").exists()
 }
 
+/// Where records are encrypted, for the log.
+pub fn record_layer() -> &'static str {
+    if ktls_available() {
+        "records in user space (kernel TLS present but not used)"
+    } else {
+        "records in user space (no kernel TLS: no /proc/net/tls_stat)"
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Auth {
-    Psk { username: String },
+    Psk {
+        username: String,
+    },
     X509 {
         verify: bool,
         /// The name the server's certificate must carry (None: not checked).
@@ -46,9 +57,8 @@ impl TlsClient {
     /// From a URI's parameters, `host` the URI's host (None for unix
     /// sockets and vsock, where only `tls-hostname` names the server).
     pub fn new(p: &TlsParams, host: Option<&str>) -> Result<Arc<TlsClient>> {
-        let ossl = |e: openssl::error::ErrorStack| {
-            Error::new(libc::EPROTO, format!("TLS setup: {e}"))
-        };
+        let ossl =
+            |e: openssl::error::ErrorStack| Error::new(libc::EPROTO, format!("TLS setup: {e}"));
         let mut b = SslContext::builder(SslMethod::tls_client()).map_err(ossl)?;
         // TLS 1.3 preferred (OpenSSL offers it first), 1.2 accepted.
         b.set_min_proto_version(Some(SslVersion::TLS1_2))
@@ -98,7 +108,8 @@ impl TlsClient {
                         format!("TLS: cannot load {}: {e}", what.display()),
                     )
                 };
-                b.set_certificate_chain_file(cert).map_err(|e| bad(cert, e))?;
+                b.set_certificate_chain_file(cert)
+                    .map_err(|e| bad(cert, e))?;
                 b.set_private_key_file(key, openssl::ssl::SslFiletype::PEM)
                     .map_err(|e| bad(key, e))?;
                 b.check_private_key().map_err(|e| bad(key, e))?;
@@ -163,10 +174,9 @@ impl TlsClient {
         }
         match ssl.connect(TlsSession::wire(fd)) {
             Ok(s) => Ok(TlsSession::from_stream(s)),
-            Err(HandshakeError::SetupFailure(e)) => Err(Error::new(
-                libc::EPROTO,
-                format!("TLS setup: {e}"),
-            )),
+            Err(HandshakeError::SetupFailure(e)) => {
+                Err(Error::new(libc::EPROTO, format!("TLS setup: {e}")))
+            }
             Err(HandshakeError::WouldBlock(_)) => Err(Error::new(
                 libc::ETIMEDOUT,
                 "TLS handshake: the server did not answer in time",
@@ -197,7 +207,10 @@ impl TlsClient {
             Auth::Psk { .. } => " (the server ended the TLS session)",
         };
         match alert {
-            Some(a) => Error::new(libc::EACCES, format!("{}: TLS alert from the server: {a}{hint}", e.msg)),
+            Some(a) => Error::new(
+                libc::EACCES,
+                format!("{}: TLS alert from the server: {a}{hint}", e.msg),
+            ),
             None => Error::new(e.errno, format!("{}{hint}", e.msg)),
         }
     }
@@ -220,7 +233,10 @@ impl TlsClient {
                      the directory with ca-cert.pem)",
                     v.error_string()
                 ),
-                _ => format!("the server's certificate was rejected: {}", v.error_string()),
+                _ => format!(
+                    "the server's certificate was rejected: {}",
+                    v.error_string()
+                ),
             };
             return Error::new(libc::EACCES, format!("TLS handshake failed: {why}"));
         }
@@ -228,14 +244,15 @@ impl TlsClient {
         let detail = e.msg.trim_start_matches(": ").to_string();
         let hint = match &self.auth {
             Auth::Psk { username }
-                if detail.contains("alert") || detail.contains("decrypt") || detail.contains("bad record mac") =>
+                if detail.contains("alert")
+                    || detail.contains("decrypt")
+                    || detail.contains("bad record mac") =>
             {
-                format!(
-                    " (the server rejected the TLS-PSK identity \"{username}\" or its key)"
-                )
+                format!(" (the server rejected the TLS-PSK identity \"{username}\" or its key)")
             }
             Auth::Psk { username }
-                if detail.contains("unexpected eof") || detail.contains("closed the connection") =>
+                if detail.contains("unexpected eof")
+                    || detail.contains("closed the connection") =>
             {
                 format!(
                     " during the TLS-PSK handshake: unknown identity \"{username}\" or wrong key"
@@ -279,15 +296,23 @@ fn passwd_entry() -> Option<(String, String)> {
     // SAFETY: all pointers are valid for the call; buf outlives the
     // strings read from pw below.
     let r = unsafe {
-        libc::getpwuid_r(libc::geteuid(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut out)
+        libc::getpwuid_r(
+            libc::geteuid(),
+            &mut pw,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut out,
+        )
     };
     if r != 0 || out.is_null() {
         return None;
     }
     // SAFETY: on success pw_name and pw_dir point to NUL-terminated
     // strings inside buf.
-    let s = |p: *const libc::c_char| unsafe { std::ffi::CStr::from_ptr(p) }
-        .to_string_lossy()
-        .into_owned();
+    let s = |p: *const libc::c_char| {
+        unsafe { std::ffi::CStr::from_ptr(p) }
+            .to_string_lossy()
+            .into_owned()
+    };
     Some((s(pw.pw_name), s(pw.pw_dir)))
 }

@@ -243,9 +243,9 @@ impl Read for TlsSession {
                 Err(e) => {
                     let eof_cut = e.code() == ErrorCode::SYSCALL && e.io_error().is_none()
                         || e.ssl_error().is_some_and(|s| {
-                            s.errors().iter().any(|x| {
-                                x.reason().is_some_and(|r| r.contains("unexpected eof"))
-                            })
+                            s.errors()
+                                .iter()
+                                .any(|x| x.reason().is_some_and(|r| r.contains("unexpected eof")))
                         });
                     if eof_cut {
                         return Err(std::io::Error::new(
@@ -256,11 +256,7 @@ impl Read for TlsSession {
                     match e.into_io_error() {
                         Ok(io) if io.kind() == std::io::ErrorKind::Interrupted => continue,
                         Ok(io) => return Err(io),
-                        Err(e) => {
-                            return Err(std::io::Error::other(
-                                ssl_error("TLS", &e).msg,
-                            ))
-                        }
+                        Err(e) => return Err(std::io::Error::other(ssl_error("TLS", &e).msg)),
                     }
                 }
             }

@@ -686,7 +686,9 @@ impl NbdConn {
                         Err(e) => {
                             self.broken = true;
                             let n = self.reqs.len();
-                            return Err(e.context(format!("{} ({n} request(s) in flight)", self.name)));
+                            return Err(
+                                e.context(format!("{} ({n} request(s) in flight)", self.name))
+                            );
                         }
                     },
                     None => res,
