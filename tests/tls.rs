@@ -153,6 +153,7 @@ fn tls_uri(s: &Server, user: Option<&str>, params: &str) -> String {
 
 fn assert_err(r: nbdcpy::Result<Stats>, words: &[&str], started: Instant) {
     let e = r.expect_err("the copy must fail");
+    eprintln!("expected error: {}", e.msg);
     for w in words {
         assert!(e.msg.contains(w), "error lacks \"{w}\": {}", e.msg);
     }
@@ -593,6 +594,7 @@ fn server_killed_mid_copy_is_an_error() {
     s.kill_now();
     let r = h.join().unwrap();
     let e = r.expect_err("a copy whose server died must fail");
+    eprintln!("expected error: {}", e.msg);
     assert!(
         e.msg.contains("close_notify") || e.msg.contains("closed the connection"),
         "{}",

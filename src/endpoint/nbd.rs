@@ -43,11 +43,16 @@ pub struct NbdEndpoint {
     server: Option<ServerProcess>,
     want_meta: bool,
     /// nbds://: every connection runs its own TLS session.
-    tls: Option<Arc<TlsClient>>,
-    /// The TLS session of each socket in `socks` (until a lane takes it).
+    tls: Option<Box<EndpointTls>>,
+}
+
+/// An nbds:// endpoint's TLS: the client and each socket's session.
+struct EndpointTls {
+    client: Arc<TlsClient>,
+    /// The session of each socket in `socks` (until a lane takes it).
     sessions: Vec<Option<TlsSession>>,
     /// What the first connection's TLS negotiated, for the log.
-    tls_summary: Option<String>,
+    summary: String,
 }
 
 impl NbdEndpoint {
@@ -119,18 +124,32 @@ impl NbdEndpoint {
             no_disc: vec![false],
             server,
             want_meta,
-            tls_summary: tls
-                .as_ref()
-                .zip(sess.as_ref())
-                .map(|(c, t)| format!("{}, {}", t.describe(), c.describe())),
-            tls,
-            sessions: vec![sess],
+            tls: tls.map(|client| {
+                Box::new(EndpointTls {
+                    summary: sess.as_ref().map_or(String::new(), |t| {
+                        format!("{}, {}", t.describe(), client.describe())
+                    }),
+                    client,
+                    sessions: vec![sess],
+                })
+            }),
         })
     }
 
     /// "TLSv1.3 TLS_AES_256_GCM_SHA384, TLS-PSK as \"alice\"" for nbds://.
     pub fn tls_summary(&self) -> Option<&str> {
-        self.tls_summary.as_deref()
+        self.tls.as_ref().map(|t| t.summary.as_str())
+    }
+
+    fn tls_client(&self) -> Option<&TlsClient> {
+        self.tls.as_ref().map(|t| &*t.client)
+    }
+
+    fn take_session(&mut self, i: usize) -> Option<TlsSession> {
+        self.tls
+            .as_mut()
+            .and_then(|t| t.sessions.get_mut(i))
+            .and_then(Option::take)
     }
 
     /// Whether connections run TLS (then no splice: payloads are
@@ -163,7 +182,7 @@ impl NbdEndpoint {
                 &self.transport,
                 &self.export,
                 self.want_meta,
-                self.tls.as_deref(),
+                self.tls_client(),
             )?;
             self.adopt(sock, info, sess)?;
         }
@@ -178,7 +197,7 @@ impl NbdEndpoint {
             self.info.clone(),
             p,
         );
-        if let Some(sess) = self.sessions[i].take() {
+        if let Some(sess) = self.take_session(i) {
             conn.set_tls(sess);
         }
         Ok(conn)
@@ -248,7 +267,7 @@ impl NbdEndpoint {
         // SAFETY: borrowed for this call only; ManuallyDrop keeps the
         // wrapper from closing the fd, which self.socks owns.
         let mut s = std::mem::ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(fd) });
-        let r = match self.sessions[0].as_mut() {
+        let r = match self.tls.as_mut().and_then(|t| t.sessions[0].as_mut()) {
             Some(t) => t.write_all(&out),
             None => s.write_all(&out),
         };
@@ -337,7 +356,7 @@ impl NbdEndpoint {
         let fd = sock.as_raw_fd();
         // SAFETY: as in fast_zero_start.
         let mut plain = std::mem::ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(fd) });
-        let mut tls = self.sessions[0].as_mut();
+        let mut tls = self.tls.as_mut().and_then(|t| t.sessions[0].as_mut());
         // Room for a block status reply with many extents.
         let mut buf = vec![0u8; 4 << 20];
         let (mut have, mut all_ok) = (0usize, true);
@@ -399,7 +418,7 @@ impl NbdEndpoint {
             return Ok(());
         }
         let (t, e, m) = (&self.transport, self.export.as_str(), self.want_meta);
-        let tls = self.tls.as_deref();
+        let tls = self.tls_client();
         let got: Vec<Result<Connected>> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..need)
                 .map(|_| s.spawn(move || connect_one(t, e, m, tls)))
@@ -437,7 +456,9 @@ impl NbdEndpoint {
         }
         self.socks.push(Some(sock));
         self.no_disc.push(false);
-        self.sessions.push(sess);
+        if let Some(t) = self.tls.as_mut() {
+            t.sessions.push(sess);
+        }
         Ok(())
     }
 
@@ -447,7 +468,12 @@ impl NbdEndpoint {
         let n = request::encode(self.info.mode, &request::DISC, &mut disc);
         for (i, s) in self.socks.iter_mut().enumerate() {
             if let Some(fd) = s.take() {
-                if let Some(t) = self.sessions.get_mut(i).and_then(Option::take) {
+                let sess = self
+                    .tls
+                    .as_mut()
+                    .and_then(|t| t.sessions.get_mut(i))
+                    .and_then(Option::take);
+                if let Some(t) = sess {
                     // Through TLS, and close_notify (a lane's connection
                     // has no session here: the lane says goodbye).
                     t_goodbye(t, if self.no_disc[i] { &[] } else { &disc[..n] });

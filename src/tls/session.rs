@@ -303,3 +303,164 @@ pub(crate) fn ssl_error(what: &str, e: &openssl::ssl::Error) -> Error {
     };
     Error::new(errno, format!("{what}: {detail}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::uri::TlsParams;
+    use openssl::ssl::{SslAcceptor, SslMethod, SslVersion};
+    use std::os::fd::AsRawFd;
+
+    const KEY: [u8; 32] = [0x42; 32];
+
+    /// An in-process OpenSSL PSK server on one end of a socket pair,
+    /// running `serve` after its handshake; the client session on the
+    /// other end, in memory mode.
+    fn pair(
+        version: SslVersion,
+        serve: impl FnOnce(&mut openssl::ssl::SslStream<UnixStream>) + Send + 'static,
+    ) -> (TlsSession, UnixStream, std::thread::JoinHandle<()>) {
+        let (a, b) = UnixStream::pair().unwrap();
+        let h = std::thread::spawn(move || {
+            let mut acc = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).unwrap();
+            acc.set_psk_server_callback(|_ssl, id, key| {
+                assert_eq!(id, Some(&b"alice"[..]));
+                key[..32].copy_from_slice(&KEY);
+                Ok(32)
+            });
+            acc.set_cipher_list("PSK").unwrap();
+            acc.set_min_proto_version(Some(version)).unwrap();
+            acc.set_max_proto_version(Some(version)).unwrap();
+            let acc = acc.build();
+            let mut s = acc.accept(b).unwrap();
+            serve(&mut s);
+        });
+        let dir = std::env::temp_dir().join(format!(
+            "nbdcpy-sess-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let psk = dir.join("k.psk");
+        let hex: String = KEY.iter().map(|b| format!("{b:02x}")).collect();
+        std::fs::write(&psk, format!("bob:00\nalice:{hex}\n")).unwrap();
+        let c = crate::tls::TlsClient::new(
+            &TlsParams {
+                psk_file: Some(psk.to_string_lossy().into()),
+                username: Some("alice".into()),
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap();
+        let mut t = c.connect(a.as_raw_fd()).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(t.describe().contains(match version {
+            SslVersion::TLS1_2 => "TLSv1.2",
+            _ => "TLSv1.3",
+        }));
+        t.into_memory();
+        (t, a, h)
+    }
+
+    /// Receives ciphertext from `sock` in pieces of at most `step`.
+    fn recv_some(t: &mut TlsSession, sock: &mut UnixStream, step: usize) -> usize {
+        let (p, room) = t.rx_space();
+        // SAFETY: rx_space gives a writable region of `room` bytes.
+        let buf = unsafe { std::slice::from_raw_parts_mut(p, room.min(step)) };
+        let n = sock.read(buf).unwrap();
+        t.received(n);
+        n
+    }
+
+    #[test]
+    fn memory_mode_both_ways_in_small_pieces() {
+        for version in [SslVersion::TLS1_3, SslVersion::TLS1_2] {
+            let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+            let d2 = data.clone();
+            let (mut t, mut sock, h) = pair(version, move |s| {
+                s.write_all(&d2).unwrap();
+                let mut back = vec![0u8; 5000];
+                s.read_exact(&mut back).unwrap();
+                assert!(back.iter().enumerate().all(|(i, &b)| b == (i % 253) as u8));
+                s.shutdown().unwrap();
+            });
+            // Decrypt into targets of odd sizes, fed odd-sized ciphertext.
+            let mut got = Vec::new();
+            let mut out = vec![0u8; 7777];
+            while got.len() < data.len() {
+                match t.decrypt(&mut out[..1 + got.len() % 7000]).unwrap() {
+                    Decrypted::Data(n) => got.extend_from_slice(&out[..n]),
+                    Decrypted::More => {
+                        assert!(recv_some(&mut t, &mut sock, 3001) > 0);
+                    }
+                    Decrypted::Closed => panic!("closed early"),
+                }
+            }
+            assert_eq!(got, data);
+            // Plaintext in, ciphertext out.
+            let back: Vec<u8> = (0..5000).map(|i| (i % 253) as u8).collect();
+            t.encrypt(&back[..10]).unwrap();
+            t.encrypt(&back[10..]).unwrap();
+            let mut tx = Vec::new();
+            t.take_tx(&mut tx);
+            assert!(tx.len() > back.len() && !tx.windows(10).any(|w| w == &back[100..110]));
+            sock.write_all(&tx).unwrap();
+            // close_notify: Closed, not an error.
+            let closed = loop {
+                match t.decrypt(&mut out).unwrap() {
+                    Decrypted::Closed => break true,
+                    Decrypted::Data(_) => panic!("data after the end"),
+                    Decrypted::More => {
+                        if recv_some(&mut t, &mut sock, 1 << 20) == 0 {
+                            break false;
+                        }
+                    }
+                }
+            };
+            assert!(closed, "close_notify seen");
+            h.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn cut_mid_record_is_an_error_not_a_short_read() {
+        let (mut t, mut sock, h) = pair(SslVersion::TLS1_3, |s| {
+            s.write_all(&[9u8; 10000]).unwrap();
+        });
+        h.join().unwrap();
+        // Take all ciphertext, but hand over only part of the record.
+        let mut all = Vec::new();
+        sock.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+            .unwrap();
+        let mut b = [0u8; 65536];
+        while let Ok(n) = sock.read(&mut b) {
+            if n == 0 {
+                break;
+            }
+            all.extend_from_slice(&b[..n]);
+        }
+        assert!(all.len() > 10000);
+        let (p, room) = t.rx_space();
+        let part = all.len() - 100;
+        assert!(room >= part);
+        // SAFETY: rx_space gives room writable bytes.
+        unsafe { std::ptr::copy_nonoverlapping(all.as_ptr(), p, part) };
+        t.received(part);
+        let mut out = vec![0u8; 20000];
+        // Records before the cut decrypt; the cut one never shows.
+        let mut got = 0;
+        loop {
+            match t.decrypt(&mut out) {
+                Ok(Decrypted::Data(n)) => got += n,
+                Ok(Decrypted::More) => t.received(0),
+                Ok(Decrypted::Closed) => panic!("a cut is not a close"),
+                Err(e) => {
+                    assert!(e.msg.contains("close_notify"), "{}", e.msg);
+                    break;
+                }
+            }
+        }
+        assert!(got < 10000, "the truncated record must not be delivered");
+    }
+}
