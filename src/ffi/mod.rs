@@ -239,7 +239,7 @@ const FEATURES: &[(&str, bool)] = &[
     ("socket-activation", true),
     ("splice", true),
     ("blkhash", false),
-    ("tls", false),
+    ("tls", true),
 ];
 
 /// 1 if `feature` is available, 0 if not (also for names this version
@@ -247,9 +247,9 @@ const FEATURES: &[(&str, bool)] = &[
 /// path, the "splice" option), "extended-headers" (NBD 64-bit requests),
 /// "socket-activation" (servers run by nbdcpy_config_set_command),
 /// "io_uring" (1 only if this kernel lets the process create an
-/// io_uring, which every copy needs), "tls" (nbds:// URIs) and "blkhash"
-/// (nbdcopy's --blkhash), which this version lacks.  Never fails; does
-/// not touch nbdcpy_get_error().
+/// io_uring, which every copy needs), "tls" (nbds:// URIs: X.509 and
+/// TLS-PSK through OpenSSL) and "blkhash" (nbdcopy's --blkhash), which
+/// this version lacks.  Never fails; does not touch nbdcpy_get_error().
 ///
 /// # Safety
 /// `feature` is NULL or a NUL-terminated string.
