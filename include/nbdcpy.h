@@ -191,6 +191,11 @@ struct nbdcpy_config *nbdcpy_config_new(void);
 //    the up-front zeroing), fsync or fallocate is outstanding, which can
 //    legitimately take long (default 0: never, like nbdcopy).
 //  - "splice": "auto" (default), "1" or "0", see nbdcpy(1) --splice.
+//  - "tls-certificates", "tls-verify-peer", "tls-hostname",
+//    "tls-psk-file", "tls-username": TLS settings for every nbds://
+//    endpoint whose URI does not give them (the URI's query parameters of
+//    the same names, and its user, win; a URI naming certificates or a
+//    PSK file takes neither from here).
 //
 // Debug knobs, for measurements and tests (defaults are what is best):
 //  - "fast-zero" (default 1): 0 never zeroes an NBD destination up front.
