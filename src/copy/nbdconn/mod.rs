@@ -537,9 +537,11 @@ impl NbdConn {
             }
         }
         if let Some(t) = self.tls.as_mut() {
-            self.send_busy = true;
             // SAFETY: the iovecs point into the batch items, valid now.
-            return unsafe { t.post_send(ring, &self.iov, base | SEND) };
+            let r = unsafe { t.post_send(ring, &self.iov, base | SEND) };
+            self.send_busy = r.is_ok();
+            self.broken |= r.is_err();
+            return r.map_err(|e| e.context(&self.name));
         }
         self.msg.msg_iov = self.iov.as_mut_ptr();
         self.msg.msg_iovlen = self.iov.len() as _;
@@ -599,9 +601,11 @@ impl NbdConn {
         // SAFETY: tail + len <= bs (both branches), inside the block.
         let ptr = unsafe { self.pool.ptr(self.cur).add(self.tail) };
         if let Some(t) = self.tls.as_mut() {
-            self.recv_busy = true;
             // SAFETY: as for the plain receive below.
-            return unsafe { t.post_recv(ring, ptr, len, base | RECV) };
+            let r = unsafe { t.post_recv(ring, ptr, len, base | RECV) };
+            self.recv_busy = r.is_ok();
+            self.broken |= r.is_err();
+            return r.map_err(|e| e.context(&self.name));
         }
         let e = opcode::Recv::new(types::Fd(self.fd), ptr, len as u32)
             .build()
