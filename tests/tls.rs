@@ -408,6 +408,21 @@ fn qemu_nbd_x509_and_psk_tls13_and_tls12() {
                 &[("connections", "2")],
             )
             .unwrap_or_else(|e| panic!("{kind} {prio}: {}", e.msg));
+            // Extended headers, negotiated inside TLS.
+            let ep = nbdcpy::endpoint::Endpoint::open(
+                &nbdcpy::endpoint::Spec::parse(&tls_uri(&s, user, &params)),
+                nbdcpy::endpoint::Side::Source,
+                &nbdcpy::Config::default(),
+            )
+            .unwrap();
+            match &ep {
+                nbdcpy::endpoint::Endpoint::Nbd(n) => {
+                    assert_eq!(n.info.mode, nbdcpy::proto::HeaderMode::Extended);
+                    assert!(n.tls_summary().is_some_and(|t| t.contains("TLSv1.")));
+                }
+                _ => panic!("not an NBD endpoint"),
+            }
+            drop(ep);
             // The version asked for was the one negotiated (the log says).
             if let Some(b) = nbdcpy_bin() {
                 let o = Command::new(b)

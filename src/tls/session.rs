@@ -424,6 +424,38 @@ mod tests {
     }
 
     #[test]
+    fn tls_alert_is_named() {
+        // The server does not know the identity: OpenSSL sends an alert.
+        let (a, b) = UnixStream::pair().unwrap();
+        let h = std::thread::spawn(move || {
+            let mut acc = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).unwrap();
+            acc.set_psk_server_callback(|_ssl, _id, _key| Ok(0));
+            acc.set_cipher_list("PSK").unwrap();
+            acc.set_max_proto_version(Some(SslVersion::TLS1_2)).unwrap();
+            assert!(acc.build().accept(b).is_err());
+        });
+        let dir = std::env::temp_dir().join(format!("nbdcpy-alert-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let psk = dir.join("k.psk");
+        std::fs::write(&psk, "alice:0011223344556677\n").unwrap();
+        let c = crate::tls::TlsClient::new(
+            &TlsParams {
+                psk_file: Some(psk.to_string_lossy().into()),
+                username: Some("alice".into()),
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap();
+        let e = c.connect(a.as_raw_fd()).err().expect("handshake must fail");
+        std::fs::remove_dir_all(&dir).unwrap();
+        h.join().unwrap();
+        assert!(e.msg.contains("alert"), "{}", e.msg);
+        assert!(e.msg.contains("\"alice\""), "{}", e.msg);
+        assert_eq!(e.errno, libc::EACCES);
+    }
+
+    #[test]
     fn cut_mid_record_is_an_error_not_a_short_read() {
         let (mut t, mut sock, h) = pair(SslVersion::TLS1_3, |s| {
             s.write_all(&[9u8; 10000]).unwrap();
