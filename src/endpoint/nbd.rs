@@ -1,21 +1,21 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 // Copyright (C) 2026 The nbdcpy authors
 
-//! NBD endpoints: connecting (unix, TCP, vsock, or a socket-activated
-//! subprocess), the blocking handshake driven through `proto::handshake`,
-//! and the extra connections used for multi-conn.
+//! NBD endpoints: connecting, the blocking handshake, and multi-conn connections.
+//
+// NBD endpoints: connecting (unix, TCP, vsock, or a socket-activated
+// subprocess), the blocking handshake driven through `proto::handshake`,
+// and the extra connections used for multi-conn.
 
 use super::subprocess::ServerProcess;
 use super::Side;
 use crate::config::Config;
-use crate::copy::nbdconn::NbdConn;
-use crate::copy::worker::{LaneParams, BIG_PIECE, ZERO_PIECE};
 use crate::error::{Error, Result};
 use crate::proto::handshake::{Handshake, HandshakeOptions};
 use crate::proto::reply::{Chunk, Parse, ReplyParser};
 use crate::proto::request::{self, Request};
 use crate::proto::uri::{self, Transport};
-use crate::proto::{consts, HeaderMode, Negotiated};
+use crate::proto::{consts, Negotiated, COMPACT_MAX_EFFECT};
 use crate::tls::{TlsClient, TlsSession};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
@@ -145,7 +145,9 @@ impl NbdEndpoint {
         self.tls.as_ref().map(|t| &*t.client)
     }
 
-    fn take_session(&mut self, i: usize) -> Option<TlsSession> {
+    /// The TLS session of lane `i`'s socket (nbds://), for the lane's
+    /// connection to take over after [`lane_socket`](Self::lane_socket).
+    pub fn take_session(&mut self, i: usize) -> Option<TlsSession> {
         self.tls
             .as_mut()
             .and_then(|t| t.sessions.get_mut(i))
@@ -174,9 +176,11 @@ impl NbdEndpoint {
         matches!(self.transport, Transport::Unix { .. })
     }
 
-    /// The connection for lane `i`: the first one, or a new one whose
-    /// negotiation must agree with the first.
-    pub fn lane_conn(&mut self, i: usize, p: &LaneParams) -> Result<NbdConn> {
+    /// The connected, negotiated socket for lane `i` (the first one, or
+    /// a new one whose negotiation agrees with the first: `info`), and
+    /// the connection's name for messages.  The endpoint keeps owning the
+    /// socket; the lane says goodbye (DISC) on it, not `disconnect`.
+    pub fn lane_socket(&mut self, i: usize) -> Result<(RawFd, String)> {
         while self.socks.len() <= i {
             let (sock, info, sess) = connect_one(
                 &self.transport,
@@ -191,16 +195,7 @@ impl NbdEndpoint {
             .as_ref()
             .map(|s| s.as_raw_fd())
             .ok_or_else(|| Error::new(libc::EBADF, "connection already closed"))?;
-        let mut conn = NbdConn::new(
-            fd,
-            format!("{} {}", self.side, self.name),
-            self.info.clone(),
-            p,
-        );
-        if let Some(sess) = self.take_session(i) {
-            conn.set_tls(sess);
-        }
-        Ok(conn)
+        Ok((fd, format!("{} {}", self.side, self.name)))
     }
 
     /// Starts zeroing [0, len) of the export (the range the copy will
@@ -215,11 +210,7 @@ impl NbdEndpoint {
             return Ok(None);
         }
         // Extended headers carry 64-bit lengths: pieces far over 4 GiB.
-        let max = if self.info.mode == HeaderMode::Extended {
-            BIG_PIECE
-        } else {
-            ZERO_PIECE
-        };
+        let max = self.info.max_effect_len();
         let reqs: Vec<Request> = (0..len.div_ceil(max))
             .map(|i| Request {
                 cmd: consts::NBD_CMD_WRITE_ZEROES,
@@ -316,7 +307,7 @@ impl NbdEndpoint {
             flags: 0,
             cookie: 1,
             offset: 0,
-            length: self.info.size.min(ZERO_PIECE),
+            length: self.info.size.min(COMPACT_MAX_EFFECT),
         };
         let ctx = |e: Error| e.context("block status");
         let Some(mut parser) = self.send_requests(&[req], timeout).map_err(ctx)? else {

@@ -1,12 +1,14 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 // Copyright (C) 2026 The nbdcpy authors
 
-//! The client side of fixed-newstyle negotiation, as a state machine over
-//! bytes: EXTENDED_HEADERS (else STRUCTURED_REPLY, else simple replies),
-//! SET_META_CONTEXT base:allocation, then GO with BLOCK_SIZE (falling
-//! back to EXPORT_NAME when GO is unsupported).  With TLS, STARTTLS comes
-//! first; the driver then runs the TLS handshake (see
-//! [`Handshake::tls_pending`]) and every later option goes through TLS.
+//! The client side of fixed-newstyle negotiation, as a state machine over bytes.
+//
+// The client side of fixed-newstyle negotiation, as a state machine over
+// bytes: EXTENDED_HEADERS (else STRUCTURED_REPLY, else simple replies),
+// SET_META_CONTEXT base:allocation, then GO with BLOCK_SIZE (falling
+// back to EXPORT_NAME when GO is unsupported).  With TLS, STARTTLS comes
+// first; the driver then runs the TLS handshake (Handshake::tls_pending)
+// and every later option goes through TLS.
 
 use super::consts::*;
 use super::{be16, be32, be64, BlockSize, HeaderMode, Negotiated};
@@ -87,10 +89,6 @@ impl Handshake {
             self.out.clear();
             self.sent = 0;
         }
-    }
-
-    pub fn wants_input(&self) -> bool {
-        !matches!(self.state, State::Done | State::TlsPending)
     }
 
     /// The server acknowledged NBD_OPT_STARTTLS: the driver must run the
@@ -754,7 +752,7 @@ pub(crate) mod tests {
         let mut more = ack.clone();
         more.extend([0x16, 3, 1]);
         assert_eq!(h.feed(&more).unwrap(), ack.len());
-        assert!(h.tls_pending() && !h.wants_input() && h.output().is_empty());
+        assert!(h.tls_pending() && h.output().is_empty());
         assert_eq!(h.feed(&more[ack.len()..]).unwrap(), 0);
         h.tls_started();
         assert!(!h.tls_pending());
