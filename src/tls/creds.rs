@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 // Copyright (C) 2026 The nbdcpy authors
 
-//! TLS credentials on disk: PSK files (`username:hexkey` lines, as nbdkit,
-//! qemu and libnbd use) and X.509 certificate directories (libnbd's
-//! defaults when none is named).
+//! TLS credentials on disk: PSK files and X.509 certificate directories.
+//
+// TLS credentials on disk: PSK files (`username:hexkey` lines, as nbdkit,
+// qemu and libnbd use) and X.509 certificate directories (libnbd's
+// defaults when none is named).
 
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};

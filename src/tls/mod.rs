@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 // Copyright (C) 2026 The nbdcpy authors
 
-//! TLS for NBD connections (nbds:// URIs) through OpenSSL: X.509 and
-//! TLS-PSK clients, sessions over memory buffers, and their io_uring glue.
+//! TLS for NBD connections (nbds://) through OpenSSL.
+//
+// TLS for NBD connections (nbds:// URIs) through OpenSSL: X.509 and
+// TLS-PSK clients, sessions over memory buffers, and their io_uring glue.
 
 pub mod creds;
 pub mod session;

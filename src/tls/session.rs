@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 // Copyright (C) 2026 The nbdcpy authors
 
-//! One TLS session over an NBD socket: blocking on the socket during the
-//! handshake, then over memory buffers (ciphertext in, plaintext out;
-//! plaintext in, ciphertext out) so io_uring keeps doing the socket I/O.
+//! One TLS session on an NBD socket, blocking or over memory buffers.
+//
+// One TLS session over an NBD socket: blocking on the socket during the
+// handshake, then over memory buffers (ciphertext in, plaintext out;
+// plaintext in, ciphertext out) so io_uring keeps doing the socket I/O.
 
 use crate::error::{Error, Result};
 use openssl::ssl::{ErrorCode, SslStream};

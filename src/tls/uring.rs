@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 // Copyright (C) 2026 The nbdcpy authors
 
-//! TLS on an io_uring NBD connection: the connection's receives land as
-//! ciphertext and are decrypted straight into its receive buffer; its
-//! send batches are encrypted from where the data lies and the ciphertext
-//! sent in one go.  One receive and one send in flight, as without TLS.
+//! TLS on an io_uring NBD connection: decrypt receives, encrypt send batches.
+//
+// TLS on an io_uring NBD connection: the connection's receives land as
+// ciphertext and are decrypted straight into its receive buffer; its
+// send batches are encrypted from where the data lies and the ciphertext
+// sent in one go.  One receive and one send in flight, as without TLS.
 
 use super::session::{Decrypted, TlsSession};
 use crate::error::Result;
