@@ -77,6 +77,10 @@ pub struct Config {
     /// one up to `RETRY_DELAY_CAP`.  Config key "retry-delay" (seconds,
     /// fractions allowed).
     pub retry_delay: std::time::Duration,
+    /// TLS settings for nbds:// endpoints whose URI does not give them
+    /// (keys "tls-certificates", "tls-verify-peer", "tls-hostname",
+    /// "tls-psk-file", "tls-username"; the URI's own parameters win).
+    pub tls: crate::proto::uri::TlsParams,
 }
 
 /// The longest wait between two reconnect attempts (or `retry_delay`,
@@ -108,6 +112,7 @@ impl Default for Config {
             splice: None,
             retries: 0,
             retry_delay: std::time::Duration::from_secs(1),
+            tls: Default::default(),
         }
     }
 }
@@ -136,6 +141,11 @@ pub const OPTION_NAMES: &[&str] = &[
     "pipe-size",
     "retries",
     "retry-delay",
+    "tls-certificates",
+    "tls-verify-peer",
+    "tls-hostname",
+    "tls-psk-file",
+    "tls-username",
 ];
 
 impl Config {
@@ -179,6 +189,11 @@ impl Config {
                     .map(std::time::Duration::from_secs_f64)
                     .ok_or_else(|| bad(name, value, "must be seconds between 0 and 3600"))?;
             }
+            "tls-certificates" => self.tls.certificates = Some(need(name, value)?.to_string()),
+            "tls-hostname" => self.tls.hostname = Some(need(name, value)?.to_string()),
+            "tls-psk-file" => self.tls.psk_file = Some(need(name, value)?.to_string()),
+            "tls-username" => self.tls.username = Some(need(name, value)?.to_string()),
+            "tls-verify-peer" => self.tls.verify_peer = Some(parse_flag(name, value)?),
             "fast-zero" => self.fast_zero = parse_flag(name, value)?,
             "uring-file-writes" => self.uring_file_writes = parse_flag(name, value)?,
             "file-lock" => self.file_lock = parse_flag(name, value)?,
@@ -326,6 +341,22 @@ mod tests {
         assert_eq!(c.sparse, Some(0));
         c.set("threads", Some("0")).unwrap();
         assert_eq!(c.threads, 0);
+        c.set("tls-psk-file", Some("/k.psk")).unwrap();
+        c.set("tls-username", Some("alice")).unwrap();
+        c.set("tls-certificates", Some("/pki")).unwrap();
+        c.set("tls-hostname", Some("srv")).unwrap();
+        c.set("tls-verify-peer", Some("false")).unwrap();
+        assert_eq!(
+            c.tls,
+            crate::proto::uri::TlsParams {
+                certificates: Some("/pki".into()),
+                verify_peer: Some(false),
+                hostname: Some("srv".into()),
+                psk_file: Some("/k.psk".into()),
+                username: Some("alice".into()),
+            }
+        );
+        assert!(c.set("tls-psk-file", None).is_err());
     }
 
     #[test]
