@@ -7,6 +7,7 @@
 //! its io_uring workers) -> `endpoint` (what can be copied from/to) ->
 //! `ring` (io_uring primitives) and `proto` (sans-I/O NBD).
 
+pub mod blkhash;
 pub mod config;
 pub mod copy;
 pub mod endpoint;
