@@ -6,6 +6,7 @@
 
 pub mod align;
 pub mod buf;
+pub mod integrity;
 pub mod nbdconn;
 pub mod splice;
 pub mod stats;
@@ -103,6 +104,13 @@ pub struct Job {
     shared: Arc<Shared>,
     ran: bool,
     log: Option<Logger>,
+    /// Block hash (--blkhash, --verify): the hasher while the copy runs,
+    /// then its result.
+    hasher: Option<Arc<crate::blkhash::BlockHasher>>,
+    hashed: Option<integrity::Outcome>,
+    /// A read-back for --verify: only this many bytes of the source, and
+    /// each block's fingerprint kept.
+    readback: Option<u64>,
 }
 
 /// How much a log message matters (the C API's `NBDCPY_LOG_*` values).
@@ -165,6 +173,9 @@ impl Job {
                 )));
             }
         }
+        if cfg.verify {
+            integrity::check_readable(&dst_spec, &dst)?;
+        }
         if let Endpoint::Nbd(n) = &dst {
             if n.info.read_only() {
                 return Err(Error::new(
@@ -204,6 +215,9 @@ impl Job {
             shared,
             ran: false,
             log: None,
+            hasher: None,
+            hashed: None,
+            readback: None,
         })
     }
 
@@ -244,11 +258,86 @@ impl Job {
             },
         };
         let r = r.and_then(|()| self.finish_destination());
+        let r = r.and_then(|()| self.finish_blkhash());
+        self.close_endpoints();
+        let r = r.and_then(|()| self.verify_destination());
         if r.is_ok() {
             progress(&self.shared);
         }
-        self.close_endpoints();
         r
+    }
+
+    /// Whether this job computes a block hash (--blkhash or --verify).
+    pub fn hashes(&self) -> bool {
+        self.cfg.blkhash.is_some() || self.cfg.verify
+    }
+
+    /// The block hash of the copied data, after a successful run with
+    /// --blkhash or --verify.
+    pub fn blkhash(&self) -> Option<&crate::blkhash::Hash> {
+        self.hashed.as_ref().map(|o| &o.digest)
+    }
+
+    /// The source's length as this job copies it (a read-back stops at
+    /// the length copied).
+    fn src_size(&self) -> Option<u64> {
+        let s = self.src.size()?;
+        Some(self.readback.map_or(s, |l| s.min(l)))
+    }
+
+    /// After a successful copy: the block hash of what was copied.
+    fn finish_blkhash(&mut self) -> Result<()> {
+        let Some(h) = self.hasher.take() else {
+            return Ok(());
+        };
+        let length = self
+            .src_size()
+            .unwrap_or_else(|| self.shared.size.load(Relaxed));
+        let digest = h.finish(length)?;
+        self.hashed = Some(integrity::Outcome {
+            digest,
+            length,
+            prints: h.fingerprints(),
+        });
+        Ok(())
+    }
+
+    /// --verify: reads the destination back (its holes through extents)
+    /// and compares its block hash with the source's; then writes the
+    /// hash file if asked.
+    fn verify_destination(&mut self) -> Result<()> {
+        let Some(src) = &self.hashed else {
+            return Ok(());
+        };
+        let spec = self.cfg.blkhash.unwrap_or_default();
+        if self.cfg.verify {
+            let cfg = integrity::readback_config(&self.cfg, spec);
+            let ctx = |e: Error| e.context(format!("--verify: reading back {}", self.dst_spec));
+            let mut job = Job::open(self.dst_spec.clone(), Spec::Null, cfg).map_err(ctx)?;
+            job.readback = Some(src.length);
+            let main = self.shared.clone();
+            job.run(Duration::from_millis(100), &mut |_| !main.cancelled())
+                .map_err(ctx)?;
+            let dst = job.hashed.as_ref().ok_or_else(|| {
+                Error::new(libc::EIO, "internal error: the read-back computed no hash")
+            })?;
+            integrity::compare(&self.dst_spec, spec, src, dst)?;
+            let log = Log {
+                sink: self.log.as_deref(),
+                verbose: self.cfg.verbose,
+            };
+            log.emit(Level::Info, || {
+                format!(
+                    "--verify: destination {} read back: block hash {spec} {} matches",
+                    self.dst_spec,
+                    dst.digest.to_hex()
+                )
+            });
+        }
+        if let Some(f) = &self.cfg.blkhash_file {
+            integrity::write_hash_file(f, &src.digest)?;
+        }
+        Ok(())
     }
 
     /// After a successful copy from a stream into a regular file: the file
@@ -279,8 +368,15 @@ impl Job {
         interval: Duration,
         progress: &mut dyn FnMut(&Shared) -> bool,
     ) -> Result<()> {
+        let src_size = self.src_size();
+        if self.cfg.blkhash.is_some() || self.cfg.verify || self.readback.is_some() {
+            self.hasher = Some(Arc::new(crate::blkhash::BlockHasher::new(
+                self.cfg.blkhash.unwrap_or_default(),
+                src_size,
+                self.cfg.verify || self.readback.is_some(),
+            )));
+        }
         let cfg = &self.cfg;
-        let src_size = self.src.size();
         let src_stream = src_size.is_none();
         // Regular-file destinations are truncated and extended: they then
         // read as zeroes (like nbdcopy).
@@ -299,7 +395,9 @@ impl Job {
             sink: self.log.as_deref(),
             verbose: cfg.verbose,
         };
-        let use_splice = self.splice_wins(cfg.splice, self.sparse_block());
+        // Hashing needs the data in user space: the receive path then
+        // (BENCHMARKS.md, "--blkhash and the splice path").
+        let use_splice = self.hasher.is_none() && self.splice_wins(cfg.splice, self.sparse_block());
         // By default as many connections as cores (2 to 4): measured on 2
         // cores, 2 connections beat 4 on most workloads, since the servers
         // share those cores (BENCHMARKS.md).  One connection for local
@@ -478,6 +576,7 @@ impl Job {
                 .then(|| Arc::new(std::sync::Mutex::new(()))),
             align: self.align(),
             stage_reads: self.dst_align() > 1 && matches!(&self.src, Endpoint::Nbd(_)),
+            hash: self.hasher.clone(),
         };
 
         let mut lanes = Vec::with_capacity(lanes_n as usize);

@@ -108,6 +108,9 @@ pub struct LaneParams {
     /// several chunks are assembled in the slot's buffer and handed on
     /// whole (a chunk boundary need not be aligned).
     pub stage_reads: bool,
+    /// The block hash of the source (--blkhash, --verify): fed the data
+    /// as it arrives and the zero ranges, by offset.
+    pub hash: Option<std::sync::Arc<crate::blkhash::BlockHasher>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -686,6 +689,9 @@ impl Worker<'_> {
             slot.busy = true;
             if let Piece::Zero(..) = piece {
                 slot.read_done = true;
+                if let Some(h) = &lane.p.hash {
+                    h.zero(off, len);
+                }
                 self.dst_zero(li, lane, si, off, len)?;
                 continue;
             }
@@ -842,6 +848,11 @@ impl Worker<'_> {
         room: usize,
         block: Option<u32>,
     ) -> Result<()> {
+        if let (Some(h), true) = (&lane.p.hash, len > 0) {
+            // SAFETY: ptr..ptr+len is the data the read completed, which
+            // nothing writes while the slot or receive block is held.
+            h.data(off, unsafe { std::slice::from_raw_parts(ptr, len) });
+        }
         let sparse = lane.p.sparse;
         if sparse == 0 || len == 0 {
             return self.dst_write(li, lane, si, off, ptr, len as u32, room, block);
@@ -1077,6 +1088,9 @@ impl Worker<'_> {
                 self.stage_chunk(lane, slot, offset, None, len as u64, None)
             }
             RecvEvent::Hole { slot, offset, len } => {
+                if let Some(h) = &lane.p.hash {
+                    h.zero(offset, len as u64);
+                }
                 self.dst_zero(li, lane, slot, offset, len as u64)
             }
             RecvEvent::ReadDone { slot } => {
