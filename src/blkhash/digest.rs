@@ -93,7 +93,7 @@ impl Digest {
     }
 
     /// Digest length in bytes.
-    pub fn len(self) -> usize {
+    pub fn size(self) -> usize {
         match self {
             Digest::Md5 => 16,
             Digest::Sha1 => 20,
@@ -208,7 +208,7 @@ mod tests {
         ];
         for (d, hex) in want {
             assert_eq!(d.hash(b"abc").to_hex(), hex, "{}", d.name());
-            assert_eq!(d.hash(b"abc").as_bytes().len(), d.len());
+            assert_eq!(d.hash(b"abc").as_bytes().len(), d.size());
             let mut c = d.ctx();
             c.update(b"a");
             c.update(b"bc");
