@@ -322,6 +322,7 @@ BENCH ?= ../shared/bench/run.sh
 # Alternating runs, medians and the ratio table (bench/compare.sh).
 bench: all
 	BENCH=$(BENCH) NBDCPY=$(CURDIR)/$(B)/nbdcpy bench/compare.sh $(WORKLOADS)
+	BENCH=$(BENCH) NBDCPY=$(CURDIR)/$(B)/nbdcpy bench/blkhash.sh
 
 clean:
 	$(CARGO) clean
