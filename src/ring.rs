@@ -111,11 +111,6 @@ impl Ring {
         }
     }
 
-    /// Submits everything queued without waiting.
-    pub fn submit_now(&mut self) -> Result<()> {
-        self.submit(0)
-    }
-
     fn submit(&mut self, want: usize) -> Result<()> {
         self.enters += 1;
         match self.uring.submit_and_wait(want) {

@@ -25,7 +25,6 @@ use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 mod fileio;
-mod hashing;
 mod splice_lane;
 use fileio::file_extents;
 use splice_lane::LaneSplice;
@@ -539,7 +538,6 @@ pub fn run_worker(mut lanes: Vec<Lane>, q: &WorkQueue, shared: &Shared) {
         cqes: Vec::with_capacity(256),
         events: Vec::with_capacity(64),
         last_progress: Instant::now(),
-        hash_later: Vec::new(),
     };
     if let Err(e) = w.run(&mut lanes) {
         shared.fail(e);
@@ -575,8 +573,6 @@ struct Worker<'a> {
     cqes: Vec<(u64, i32, u32)>,
     events: Vec<RecvEvent>,
     last_progress: Instant,
-    /// Data to block-hash once this turn's sends are submitted.
-    hash_later: Vec<hashing::Deferred>,
 }
 
 impl Worker<'_> {
@@ -618,7 +614,6 @@ impl Worker<'_> {
                     c.kick(&mut self.ring, ud(i, K_DST_NBD, 0))?;
                 }
             }
-            self.hash_deferred()?;
             self.ring.submit_and_wait(Duration::from_millis(50))?;
             self.cqes.clear();
             self.ring.reap(&mut self.cqes);
@@ -853,9 +848,13 @@ impl Worker<'_> {
         room: usize,
         block: Option<u32>,
     ) -> Result<()> {
+        if let (Some(h), true) = (&lane.p.hash, len > 0) {
+            // SAFETY: ptr..ptr+len is the data the read completed, which
+            // nothing writes while the slot or receive block is held.
+            h.data(off, unsafe { std::slice::from_raw_parts(ptr, len) });
+        }
         let sparse = lane.p.sparse;
         if sparse == 0 || len == 0 {
-            self.hash_data(lane, off, ptr, len, true);
             return self.dst_write(li, lane, si, off, ptr, len as u32, room, block);
         }
         // SAFETY: ptr..ptr+len is initialised data that the kernel has
@@ -865,10 +864,8 @@ impl Worker<'_> {
         zero_runs(data, off, sparse, &mut runs);
         if runs.len() == 1 && !runs[0].2 {
             lane.runs = runs;
-            self.hash_data(lane, off, ptr, len, true);
             return self.dst_write(li, lane, si, off, ptr, len as u32, room, block);
         }
-        self.hash_data(lane, off, ptr, len, false);
         let n_data = runs.iter().filter(|r| !r.2).count();
         if let (Some(b), SrcIo::Nbd(c)) = (block, &mut lane.src) {
             // One reference per data run; none if all zero.
