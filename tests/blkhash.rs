@@ -406,6 +406,35 @@ fn verify_passes_and_catches_a_dropped_write() {
     assert_eq!(h.len(), 40);
     drop(q);
     assert!(cmp(&img, &back));
+    // A stream source: the read-back stops at the length streamed.
+    let out2 = d.file("out2.img");
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cat '{}' | '{}' --verify --blkhash=sha1/1M - '{}'",
+            img.display(),
+            nbdcpy_bin().unwrap().display(),
+            out2.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(cmp(&img, &out2));
+    let o = run(&[
+        "--verify",
+        img.to_str().unwrap(),
+        "--",
+        "[",
+        "nbdkit",
+        "memory",
+        "3M",
+        "]",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "a server command cannot be read back"
+    );
     // A server that drops the write at 2 MiB: the copy "succeeds", the
     // read-back does not, and the message names the block.
     let lossy = d.file("lossy.img");
