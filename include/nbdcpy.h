@@ -158,9 +158,10 @@ const char *nbdcpy_version(void);
 // path, the "splice" option), "extended-headers" (NBD 64-bit requests),
 // "socket-activation" (servers run by nbdcpy_config_set_command),
 // "io_uring" (1 only if this kernel lets the process create an
-// io_uring, which every copy needs), "tls" (nbds:// URIs) and "blkhash"
-// (nbdcopy's --blkhash), which this version lacks.  Never fails; does
-// not touch nbdcpy_get_error().
+// io_uring, which every copy needs), "tls" (nbds:// URIs, which this
+// version lacks) and "blkhash" (nbdcopy's --blkhash: the "blkhash",
+// "blkhash-file" and "verify" keys and nbdcpy_get_blkhash()).  Never
+// fails; does not touch nbdcpy_get_error().
 //
 // # Safety
 // `feature` is NULL or a NUL-terminated string.
