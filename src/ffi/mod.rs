@@ -241,7 +241,7 @@ const FEATURES: &[(&str, bool)] = &[
     ("socket-activation", true),
     ("splice", true),
     ("blkhash", true),
-    ("tls", false),
+    ("tls", true),
 ];
 
 /// 1 if `feature` is available, 0 if not (also for names this version
@@ -249,10 +249,10 @@ const FEATURES: &[(&str, bool)] = &[
 /// path, the "splice" option), "extended-headers" (NBD 64-bit requests),
 /// "socket-activation" (servers run by nbdcpy_config_set_command),
 /// "io_uring" (1 only if this kernel lets the process create an
-/// io_uring, which every copy needs), "tls" (nbds:// URIs, which this
-/// version lacks) and "blkhash" (nbdcopy's --blkhash: the "blkhash",
-/// "blkhash-file" and "verify" keys and nbdcpy_get_blkhash()).  Never
-/// fails; does not touch nbdcpy_get_error().
+/// io_uring, which every copy needs), "tls" (nbds:// URIs: X.509 and
+/// TLS-PSK through OpenSSL) and "blkhash" (nbdcopy's --blkhash: the
+/// "blkhash", "blkhash-file" and "verify" keys and nbdcpy_get_blkhash()).
+/// Never fails; does not touch nbdcpy_get_error().
 ///
 /// # Safety
 /// `feature` is NULL or a NUL-terminated string.
@@ -340,6 +340,11 @@ fn with_config<T>(
 ///    the up-front zeroing), fsync or fallocate is outstanding, which can
 ///    legitimately take long (default 0: never, like nbdcopy).
 ///  - "splice": "auto" (default), "1" or "0", see nbdcpy(1) --splice.
+///  - "tls-certificates", "tls-verify-peer", "tls-hostname",
+///    "tls-psk-file", "tls-username": TLS settings for every nbds://
+///    endpoint whose URI does not give them (the URI's query parameters of
+///    the same names, and its user, win; a URI naming certificates or a
+///    PSK file takes neither from here).
 ///  - "blkhash": compute the block hash of the source while copying, as
 ///    nbdcopy 1.24's --blkhash and blksum do: "DIGEST[/BLOCKSIZE]" (md5,
 ///    sha1, sha224, sha256, sha384, sha512; the size in bytes or with a
