@@ -128,12 +128,14 @@ check-header: $(STAMP)
 	fi
 
 # Symbol versions: every exported nbdcpy_* symbol is defined in a version
-# node (NBDCPY_0.1 for now), nothing else is exported, every function of
-# the header is in the map, and the command records a need for NBDCPY_0.1.
+# node (NBDCPY_0.1, or NBDCPY_0.2 for what 0.2 added), each in the node the
+# map and debian/libnbdcpy0.symbols give it, nothing else is exported, every
+# function of the header is in the map, and the command records a need for
+# NBDCPY_0.1.
 check-symbols: $(LIBSO) $(B)/nbdcpy
 	@set -e; syms=$$(readelf --dyn-syms -W $(LIBSO) | awk '$$7 != "UND" && $$8 ~ /^nbdcpy_/ {print $$8}'); \
 	[ -n "$$syms" ] || { echo "no nbdcpy_* symbols exported"; exit 1; }; \
-	bad=$$(printf '%s\n' $$syms | grep -v '@@NBDCPY_0\.1$$' || true); \
+	bad=$$(printf '%s\n' $$syms | grep -v '@@NBDCPY_0\.[12]$$' || true); \
 	[ -z "$$bad" ] || { echo "unversioned or wrongly versioned symbols:"; echo "$$bad"; exit 1; }; \
 	other=$$(readelf --dyn-syms -W $(LIBSO) | awk '$$7 != "UND" && $$5 != "LOCAL" && NR > 3 && $$8 != "" {print $$8}' | grep -v '^nbdcpy_\|^NBDCPY_' || true); \
 	[ -z "$$other" ] || { echo "unexpected exported symbols: $$other"; exit 1; }; \
@@ -142,7 +144,11 @@ check-symbols: $(LIBSO) $(B)/nbdcpy
 	readelf -V $(B)/nbdcpy | grep -A3 'File: libnbdcpy.so.$(SOVERSION)' | grep -q 'Name: NBDCPY_0\.1' || \
 	  { echo "$(B)/nbdcpy records no need for NBDCPY_0.1"; exit 1; }; \
 	readelf -d $(LIBSO) | grep -q 'SONAME.*libnbdcpy.so.$(SOVERSION)'; \
-	echo "check-symbols: $$(echo $$syms | wc -w) symbols @@NBDCPY_0.1, command needs NBDCPY_0.1"
+	for f in $$(sed -n 's/^ *\(nbdcpy_[a-z0-9_]*\);/\1/p' $(MAP)); do \
+	  v=$$(awk -v f="$$f;" '/^NBDCPY_/ {n=$$1} $$1 == f {print n}' $(MAP)); \
+	  printf '%s\n' $$syms | grep -qx "$$f@@$$v" || { echo "$$f is not exported @@$$v"; exit 1; }; \
+	  grep -q "^ $$f@$$v " debian/libnbdcpy0.symbols || { echo "$$f@$$v missing in debian/libnbdcpy0.symbols"; exit 1; }; done; \
+	echo "check-symbols: $$(echo $$syms | wc -w) symbols @@NBDCPY_0.1 or 0.2 as the map says, command needs NBDCPY_0.1"
 
 check-rust: all
 	NBDCPY_BIN=$(CURDIR)/$(B)/nbdcpy $(CARGO) test --profile $(CARGO_PROFILE) $(CARGOFLAGS) \
@@ -198,8 +204,8 @@ check-spdx:
 # missing Debian packages are installed; elsewhere (a distro build root,
 # Fedora's %check) the commands are only looked for, and tests that need a
 # missing one skip (or fail with NBDCPY_REQUIRE_SERVERS=1).
-TEST_PKGS := nbdkit nbd-server libnbd-bin qemu-utils valgrind pkg-config libssl-dev openssl gnutls-bin
-TEST_CMDS := nbdkit nbd-server nbdcopy nbdinfo qemu-nbd qemu-img valgrind pkg-config openssl
+TEST_PKGS := nbdkit nbd-server libnbd-bin qemu-utils valgrind pkg-config libssl-dev openssl gnutls-bin python3
+TEST_CMDS := nbdkit nbd-server nbdcopy nbdinfo qemu-nbd qemu-img valgrind pkg-config openssl python3
 test-deps:
 	@if command -v apt-get >/dev/null && command -v dpkg >/dev/null; then \
 	  missing=""; for p in $(TEST_PKGS); do \
@@ -316,6 +322,7 @@ BENCH ?= ../shared/bench/run.sh
 # Alternating runs, medians and the ratio table (bench/compare.sh).
 bench: all
 	BENCH=$(BENCH) NBDCPY=$(CURDIR)/$(B)/nbdcpy bench/compare.sh $(WORKLOADS)
+	BENCH=$(BENCH) NBDCPY=$(CURDIR)/$(B)/nbdcpy bench/blkhash.sh
 
 clean:
 	$(CARGO) clean

@@ -25,7 +25,7 @@ main (void)
     return 1;
   }
   if (nbdcpy_supports ("splice") != 1 || nbdcpy_supports ("tls") != 1 ||
-      nbdcpy_supports ("blkhash") != 0 || nbdcpy_supports ("no-such") != 0 ||
+      nbdcpy_supports ("blkhash") != 1 || nbdcpy_supports ("no-such") != 0 ||
       nbdcpy_supports (NULL) != 0 || nbdcpy_supports ("io_uring") != 1) {
     fprintf (stderr, "nbdcpy_supports gives wrong answers\n");
     return 1;

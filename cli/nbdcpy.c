@@ -27,6 +27,8 @@ static int last_percent = -1;
 static int last_fd_percent = -1;
 static int bar_drawn;
 static int verbose;
+static int want_blkhash;       /* --blkhash or --blkhash-file */
+static int blkhash_to_file;    /* --blkhash-file: not printed on stdout */
 
 /* Run as "nbdcopy" (the compat link, see nbdcpy(1) "NBDCOPY
  * COMPATIBILITY"), --version answers like libnbd's nbdcopy: the nbdcopy
@@ -40,14 +42,15 @@ usage (FILE *fp, int status)
   fprintf (fp,
 "Copy to and from an NBD server:\n"
 "\n"
-"  nbdcpy [--allocated] [-C N|--connections=N]\n"
+"  nbdcpy [--allocated] [--blkhash[=DIGEST[/BLOCKSIZE]]]\n"
+"         [--blkhash-file=FILE] [-C N|--connections=N]\n"
 "         [--destination-is-zero|--target-is-zero] [--flush]\n"
 "         [--no-extents] [-p|--progress|--progress=FD]\n"
 "         [--queue-size=N] [--request-size=N] [-R N|--requests=N]\n"
 "         [-S N|--sparse=N] [--splice=auto|on|off] [--synchronous]\n"
 "         [-T N|--threads=N] [--timeout=SECONDS] [--slow-timeout=SECONDS]\n"
 "         [--retries=N] [--retry-delay=SECONDS]\n"
-"         [--set=KEY=VALUE] [-v|--verbose]\n"
+"         [--set=KEY=VALUE] [--verify] [-v|--verbose]\n"
 "         SOURCE DESTINATION\n"
 "\n"
 "  SOURCE, DESTINATION := - | FILE | DEVICE | NBD-URI | [ CMD ARGS ... ]\n"
@@ -209,6 +212,7 @@ main (int argc, char *argv[])
     QUEUE_SIZE_OPTION, REQUEST_SIZE_OPTION, SYNCHRONOUS_OPTION,
     TIMEOUT_OPTION, SLOW_TIMEOUT_OPTION, SET_OPTION,
     SPLICE_OPTION, RETRIES_OPTION, RETRY_DELAY_OPTION,
+    BLKHASH_OPTION, BLKHASH_FILE_OPTION, VERIFY_OPTION,
   };
   static const char short_options[] = "C:pR:S:T:vV";
   static const struct option long_options[] = {
@@ -216,6 +220,8 @@ main (int argc, char *argv[])
     { "long-options", no_argument, NULL, LONG_OPTIONS },
     { "short-options", no_argument, NULL, SHORT_OPTIONS },
     { "allocated", no_argument, NULL, ALLOCATED_OPTION },
+    { "blkhash", optional_argument, NULL, BLKHASH_OPTION },
+    { "blkhash-file", required_argument, NULL, BLKHASH_FILE_OPTION },
     { "connections", required_argument, NULL, 'C' },
     { "destination-is-zero", no_argument, NULL, DESTINATION_IS_ZERO_OPTION },
     { "target-is-zero", no_argument, NULL, DESTINATION_IS_ZERO_OPTION },
@@ -234,6 +240,7 @@ main (int argc, char *argv[])
     { "retry-delay", required_argument, NULL, RETRY_DELAY_OPTION },
     { "set", required_argument, NULL, SET_OPTION },
     { "splice", required_argument, NULL, SPLICE_OPTION },
+    { "verify", no_argument, NULL, VERIFY_OPTION },
     { "verbose", no_argument, NULL, 'v' },
     { "version", no_argument, NULL, 'V' },
     { NULL }
@@ -265,6 +272,15 @@ main (int argc, char *argv[])
           printf ("-%c\n", short_options[j]);
       exit (EXIT_SUCCESS);
     case ALLOCATED_OPTION: set (cfg, "allocated", "1"); break;
+    case BLKHASH_OPTION:
+      set (cfg, "blkhash", optarg ? optarg : "");
+      want_blkhash = 1;
+      break;
+    case BLKHASH_FILE_OPTION:
+      set (cfg, "blkhash-file", optarg);
+      want_blkhash = blkhash_to_file = 1;
+      break;
+    case VERIFY_OPTION: set (cfg, "verify", "1"); break;
     case 'C': set (cfg, "connections", optarg); break;
     case DESTINATION_IS_ZERO_OPTION: set (cfg, "destination-is-zero", "1"); break;
     case FLUSH_OPTION: set (cfg, "flush", "1"); break;
@@ -302,6 +318,10 @@ main (int argc, char *argv[])
       }
       *eq = '\0';
       set (cfg, optarg, eq + 1);
+      if (strcmp (optarg, "blkhash") == 0)
+        want_blkhash = 1;
+      else if (strcmp (optarg, "blkhash-file") == 0)
+        want_blkhash = blkhash_to_file = 1;
       break;
     }
     case SPLICE_OPTION: set (cfg, "splice", optarg); break;
@@ -348,6 +368,15 @@ main (int argc, char *argv[])
     usage (stderr, EXIT_FAILURE);
   }
 
+  /* Like nbdcopy: the block hash goes to stdout unless written to a
+   * file, so stdout cannot also be the destination.
+   */
+  if (want_blkhash && !blkhash_to_file && ends[1] && strcmp (ends[1], "-") == 0) {
+    fprintf (stderr, "nbdcpy: --blkhash: the destination is stdout, "
+             "so the block hash cannot be printed there: use --blkhash-file=FILE\n");
+    exit (EXIT_FAILURE);
+  }
+
   if (progress_bar || progress_fd >= 0)
     nbdcpy_config_set_progress (cfg, on_progress, NULL,
                                 progress_bar && isatty (2) ? 250 : 1000);
@@ -386,6 +415,26 @@ main (int argc, char *argv[])
   g_handle = NULL;
   if (bar_drawn && progress_bar && isatty (2))
     fprintf (stderr, "\n");
+
+  if (r == 0 && want_blkhash && !blkhash_to_file) {
+    unsigned char md[64];
+    int n = nbdcpy_get_blkhash (h, md, sizeof md);
+    if (n == -1) {
+      r = -1;
+      err = nbdcpy_get_errno ();
+      msg = strdup (nbdcpy_get_error ());
+    }
+    else {
+      for (int j = 0; j < n; j++)
+        printf ("%02x", md[j]);
+      printf ("\n");
+      if (fflush (stdout) == EOF) {
+        r = -1;
+        err = errno;
+        msg = strdup ("--blkhash: cannot write the block hash to stdout");
+      }
+    }
+  }
 
   if (verbose) {
     struct nbdcpy_stats st;

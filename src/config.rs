@@ -77,6 +77,16 @@ pub struct Config {
     /// one up to `RETRY_DELAY_CAP`.  Config key "retry-delay" (seconds,
     /// fractions allowed).
     pub retry_delay: std::time::Duration,
+    /// Compute the block hash of the source as it is copied (nbdcopy 1.24's
+    /// --blkhash): key "blkhash", value "DIGEST[/BLOCKSIZE]" or empty for
+    /// sha256/64k.  None: off.
+    pub blkhash: Option<crate::blkhash::Spec>,
+    /// Write the block hash (hex and a newline) to this file after a
+    /// successful copy; implies "blkhash".  Key "blkhash-file".
+    pub blkhash_file: Option<String>,
+    /// Read the destination back after the copy and compare its block hash
+    /// with the source's (an nbdcpy extension).  Key "verify".
+    pub verify: bool,
     /// TLS settings for nbds:// endpoints whose URI does not give them
     /// (keys "tls-certificates", "tls-verify-peer", "tls-hostname",
     /// "tls-psk-file", "tls-username"; the URI's own parameters win).
@@ -112,6 +122,9 @@ impl Default for Config {
             splice: None,
             retries: 0,
             retry_delay: std::time::Duration::from_secs(1),
+            blkhash: None,
+            blkhash_file: None,
+            verify: false,
             tls: Default::default(),
         }
     }
@@ -141,6 +154,9 @@ pub const OPTION_NAMES: &[&str] = &[
     "pipe-size",
     "retries",
     "retry-delay",
+    "blkhash",
+    "blkhash-file",
+    "verify",
     "tls-certificates",
     "tls-verify-peer",
     "tls-hostname",
@@ -166,6 +182,21 @@ impl Config {
                 }
             }
             "synchronous" => self.synchronous = parse_flag(name, value)?,
+            "blkhash" => {
+                self.blkhash = Some(
+                    crate::blkhash::Spec::parse(value.unwrap_or(""))
+                        .map_err(|e| bad(name, value, &e))?,
+                )
+            }
+            "blkhash-file" => {
+                let f = need(name, value)?;
+                if f.is_empty() {
+                    return Err(bad(name, value, "expected a file name"));
+                }
+                self.blkhash_file = Some(f.to_string());
+                self.blkhash.get_or_insert_with(Default::default);
+            }
+            "verify" => self.verify = parse_flag(name, value)?,
             "verbose" => self.verbose = parse_flag(name, value)?,
             "connections" => {
                 self.connections = parse_u32_in(name, need(name, value)?, 1, 64)?;
@@ -341,6 +372,22 @@ mod tests {
         assert_eq!(c.sparse, Some(0));
         c.set("threads", Some("0")).unwrap();
         assert_eq!(c.threads, 0);
+        c.set("blkhash", None).unwrap();
+        assert_eq!(c.blkhash, Some(crate::blkhash::Spec::default()));
+        c.set("blkhash", Some("md5/4")).unwrap();
+        assert_eq!(c.blkhash.unwrap().block_size, 4);
+        let mut c = Config::default();
+        c.set("blkhash-file", Some("out.hash")).unwrap();
+        assert_eq!(c.blkhash, Some(crate::blkhash::Spec::default()));
+        assert_eq!(c.blkhash_file.as_deref(), Some("out.hash"));
+        let e = c.set("blkhash", Some("crc32/64k")).unwrap_err();
+        assert!(
+            e.msg.contains("crc32") && e.msg.contains("sha256"),
+            "{}",
+            e.msg
+        );
+        c.set("verify", None).unwrap();
+        assert!(c.verify);
         c.set("tls-psk-file", Some("/k.psk")).unwrap();
         c.set("tls-username", Some("alice")).unwrap();
         c.set("tls-certificates", Some("/pki")).unwrap();

@@ -10,6 +10,7 @@
 // `ring` (io_uring primitives), `sys` (safe system call wrappers) and
 // `proto` (sans-I/O NBD).
 
+pub mod blkhash;
 pub mod config;
 pub mod copy;
 pub mod endpoint;

@@ -8,6 +8,7 @@
 
 pub mod align;
 pub mod buf;
+pub mod integrity;
 pub mod nbdconn;
 pub mod plan;
 pub mod splice;
@@ -95,6 +96,13 @@ pub struct Job {
     shared: Arc<Shared>,
     ran: bool,
     log: Option<Logger>,
+    /// Block hash (--blkhash, --verify): the hasher while the copy runs,
+    /// then its result.
+    hasher: Option<Arc<crate::blkhash::BlockHasher>>,
+    hashed: Option<integrity::Outcome>,
+    /// A read-back for --verify: only this many bytes of the source, and
+    /// each block's fingerprint kept.
+    readback: Option<u64>,
 }
 
 /// How much a log message matters (the C API's `NBDCPY_LOG_*` values).
@@ -157,6 +165,9 @@ impl Job {
                 )));
             }
         }
+        if cfg.verify {
+            integrity::check_readable(&dst_spec, &dst)?;
+        }
         if let Endpoint::Nbd(n) = &dst {
             if n.info.read_only() {
                 return Err(Error::new(
@@ -196,6 +207,9 @@ impl Job {
             shared,
             ran: false,
             log: None,
+            hasher: None,
+            hashed: None,
+            readback: None,
         })
     }
 
@@ -236,11 +250,82 @@ impl Job {
             },
         };
         let r = r.and_then(|()| self.finish_destination());
+        let r = r.and_then(|()| self.finish_blkhash());
+        self.close_endpoints();
+        let r = r.and_then(|()| self.verify_destination());
         if r.is_ok() {
             progress(&self.shared);
         }
-        self.close_endpoints();
         r
+    }
+
+    /// Whether this job computes a block hash (--blkhash or --verify).
+    pub fn hashes(&self) -> bool {
+        self.cfg.blkhash.is_some() || self.cfg.verify
+    }
+
+    /// The block hash of the copied data, after a successful run with
+    /// --blkhash or --verify.
+    pub fn blkhash(&self) -> Option<&crate::blkhash::Hash> {
+        self.hashed.as_ref().map(|o| &o.digest)
+    }
+
+    /// The source's length as this job copies it (a read-back stops at
+    /// the length copied).
+    fn src_size(&self) -> Option<u64> {
+        let s = self.src.size()?;
+        Some(self.readback.map_or(s, |l| s.min(l)))
+    }
+
+    /// After a successful copy: the block hash of what was copied.
+    fn finish_blkhash(&mut self) -> Result<()> {
+        let Some(h) = self.hasher.take() else {
+            return Ok(());
+        };
+        let length = self
+            .src_size()
+            .unwrap_or_else(|| self.shared.size.load(Relaxed));
+        let digest = h.finish(length)?;
+        self.hashed = Some(integrity::Outcome {
+            digest,
+            length,
+            prints: h.fingerprints(),
+        });
+        Ok(())
+    }
+
+    /// --verify: reads the destination back (its holes through extents)
+    /// and compares its block hash with the source's; then writes the
+    /// hash file if asked.
+    fn verify_destination(&mut self) -> Result<()> {
+        let Some(src) = &self.hashed else {
+            return Ok(());
+        };
+        let spec = self.cfg.blkhash.unwrap_or_default();
+        if self.cfg.verify {
+            let cfg = integrity::readback_config(&self.cfg, spec);
+            let ctx = |e: Error| e.context(format!("--verify: reading back {}", self.dst_spec));
+            let mut job = Job::open(self.dst_spec.clone(), Spec::Null, cfg).map_err(ctx)?;
+            job.readback = Some(src.length);
+            let main = self.shared.clone();
+            job.run(Duration::from_millis(100), &mut |_| !main.cancelled())
+                .map_err(ctx)?;
+            let dst = job.hashed.as_ref().ok_or_else(|| {
+                Error::new(libc::EIO, "internal error: the read-back computed no hash")
+            })?;
+            integrity::compare(&self.dst_spec, spec, src, dst)?;
+            self.log().emit(Level::Info, || {
+                format!(
+                    "--verify: destination {} read back: block hash {spec} {} matches",
+                    self.dst_spec,
+                    dst.digest.to_hex()
+                )
+            });
+        }
+        if let Some(f) = &self.cfg.blkhash_file {
+            integrity::write_hash_file(f, &src.digest)?;
+        }
+        Ok(())
     }
 
     /// After a successful copy from a stream into a regular file: the file
@@ -271,7 +356,14 @@ impl Job {
         interval: Duration,
         progress: &mut dyn FnMut(&Shared) -> bool,
     ) -> Result<()> {
-        let src_size = self.src.size();
+        let src_size = self.src_size();
+        if self.cfg.blkhash.is_some() || self.cfg.verify || self.readback.is_some() {
+            self.hasher = Some(Arc::new(crate::blkhash::BlockHasher::new(
+                self.cfg.blkhash.unwrap_or_default(),
+                src_size,
+                self.cfg.verify || self.readback.is_some(),
+            )));
+        }
         // Regular-file destinations are truncated and extended: they then
         // read as zeroes (like nbdcopy).
         let mut dst_is_zero = self.cfg.destination_is_zero;
@@ -283,12 +375,9 @@ impl Job {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get() as u32)
             .unwrap_or(1);
-        let plan = plan::plan(
-            &EndFacts::of(&self.src),
-            &EndFacts::of(&self.dst),
-            &self.cfg,
-            cores,
-        );
+        let mut src_facts = EndFacts::of(&self.src);
+        src_facts.size = src_size;
+        let plan = plan::plan(&src_facts, &EndFacts::of(&self.dst), &self.cfg, cores);
         let fast_zero = self.fast_zero_start(dst_is_zero)?;
         self.open_connections(plan.lanes as usize)?;
         if let (Some(fz), Endpoint::Nbd(n)) = (fast_zero, &mut self.dst) {
@@ -413,6 +502,7 @@ impl Job {
             stage_reads: plan.stage_reads,
             retries: cfg.retries,
             retry_delay: cfg.retry_delay,
+            hash: self.hasher.clone(),
         };
         let mut lanes = Vec::with_capacity(plan.lanes as usize);
         let mut spliced = 0;

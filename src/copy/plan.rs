@@ -257,8 +257,10 @@ pub fn plan(src: &EndFacts, dst: &EndFacts, cfg: &Config, cores: u32) -> Plan {
 /// (the same two copies either way), not file -> file.
 fn splice_wins(src: &EndFacts, dst: &EndFacts, cfg: &Config, align: u64, sparse: u64) -> bool {
     // TLS payloads are decrypted and encrypted in user space (no kernel
-    // TLS): nothing to splice, also when splicing was asked for.
-    if src.tls || dst.tls {
+    // TLS), and block hashing (--blkhash, --verify) needs the bytes in user
+    // space too (BENCHMARKS.md, issue 18): nothing to splice, also when
+    // splicing was asked for.
+    if src.tls || dst.tls || cfg.blkhash.is_some() || cfg.verify {
         return false;
     }
     // Pipes hand payloads on in pieces of what they hold, which need not
@@ -409,6 +411,11 @@ mod tests {
              nbd(true), nbd(true), cfg(|c| c.splice = Some(false)), 2, (false, 2, 2, 256 << 10, 32)),
             ("retries: receive path even with splice on",
              nbd(true), nbd(true), cfg(|c| { c.retries = 3; c.splice = Some(true) }), 2, (false, 2, 2, 256 << 10, 32)),
+            ("block hash: receive path even with splice on",
+             nbd(true), nbd(true), cfg(|c| { c.blkhash = Some(Default::default()); c.splice = Some(true) }),
+             2, (false, 2, 2, 256 << 10, 32)),
+            ("verify: receive path",
+             nbd(true), nbd(true), cfg(|c| c.verify = true), 2, (false, 2, 2, 256 << 10, 32)),
             ("splice forced over tcp",
              nbd(false), nbd(false), cfg(|c| c.splice = Some(true)), 2, (true, 2, 2, 1 << 20, 8)),
             ("tls source: receive path, also with splice on",

@@ -243,7 +243,7 @@ const FEATURES: &[(&str, bool)] = &[
     ("io_uring", true),
     ("socket-activation", true),
     ("splice", true),
-    ("blkhash", false),
+    ("blkhash", true),
     ("tls", true),
 ];
 
@@ -253,8 +253,9 @@ const FEATURES: &[(&str, bool)] = &[
 /// "socket-activation" (servers run by nbdcpy_config_set_command),
 /// "io_uring" (1 only if this kernel lets the process create an
 /// io_uring, which every copy needs), "tls" (nbds:// URIs: X.509 and
-/// TLS-PSK through OpenSSL) and "blkhash" (nbdcopy's --blkhash), which
-/// this version lacks.  Never fails; does not touch nbdcpy_get_error().
+/// TLS-PSK through OpenSSL) and "blkhash" (nbdcopy's --blkhash: the
+/// "blkhash", "blkhash-file" and "verify" keys and nbdcpy_get_blkhash()).
+/// Never fails; does not touch nbdcpy_get_error().
 ///
 /// # Safety
 /// `feature` is NULL or a NUL-terminated string.
@@ -355,6 +356,20 @@ fn with_config<T>(
 ///    endpoint whose URI does not give them (the URI's query parameters of
 ///    the same names, and its user, win; a URI naming certificates or a
 ///    PSK file takes neither from here).
+///  - "blkhash": compute the block hash of the source while copying, as
+///    nbdcopy 1.24's --blkhash and blksum do: "DIGEST[/BLOCKSIZE]" (md5,
+///    sha1, sha224, sha256, sha384, sha512; the size in bytes or with a
+///    suffix such as "64k", "1M"), NULL or "" for "sha256/64k".  Read it
+///    with nbdcpy_get_blkhash() after nbdcpy_run().
+///  - "blkhash-file": after a successful copy, write the block hash in
+///    lower-case hexadecimal and a newline to this file; implies
+///    "blkhash".
+///  - "verify" (flag): after the copy, read the destination back (its
+///    holes through extents), compute the same block hash and fail with
+///    EIO, naming the offset of the first block that differs, if it is
+///    not the source's.  nbdcpy_open() refuses it (EINVAL) for
+///    destinations that cannot be read back: "-", "null:", streams and
+///    server commands.
 ///
 /// Debug knobs, for measurements and tests (defaults are what is best):
 ///  - "fast-zero" (default 1): 0 never zeroes an NBD destination up front.
@@ -660,6 +675,68 @@ pub unsafe extern "C" fn nbdcpy_stats(
             }
         }
         Ok(0)
+    })
+}
+
+/// Copies the block hash ("blkhash" or "verify") computed by a successful
+/// nbdcpy_run() into `buf`, which has `len` bytes, and returns its length
+/// in bytes: 16 (md5), 20 (sha1), 28, 32, 48 or 64 (sha512); never more
+/// than 64.  `buf` may be NULL when `len` is 0: only the length is
+/// returned.  Errors (-1, nothing written): EINVAL when neither "blkhash"
+/// nor "verify" was set; ENODATA before nbdcpy_run() has succeeded;
+/// EBUSY while it runs; ERANGE when `len` is too small.  The command
+/// prints it in hexadecimal, as nbdcopy does.
+///
+/// # Safety
+/// `buf` is NULL or points to `len` writable bytes; any `h` value is
+/// accepted.
+#[no_mangle]
+pub unsafe extern "C" fn nbdcpy_get_blkhash(h: *const Handle, buf: *mut u8, len: usize) -> c_int {
+    guard(-1, || {
+        let h = handle(h)?;
+        let job = match h.job.try_lock() {
+            Ok(j) => j,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                return Err(Error::new(
+                    libc::EBUSY,
+                    "nbdcpy_get_blkhash: nbdcpy_run is running on this handle",
+                ))
+            }
+        };
+        let job = job
+            .as_ref()
+            .ok_or_else(|| Error::new(libc::EINVAL, "handle has no job"))?;
+        if !job.hashes() {
+            return Err(Error::invalid(
+                "nbdcpy_get_blkhash: neither \"blkhash\" nor \"verify\" was set",
+            ));
+        }
+        let digest = job.blkhash().ok_or_else(|| {
+            Error::new(
+                libc::ENODATA,
+                "nbdcpy_get_blkhash: no block hash: nbdcpy_run has not succeeded",
+            )
+        })?;
+        let d = digest.as_bytes();
+        if buf.is_null() && len == 0 {
+            return Ok(d.len() as c_int);
+        }
+        if buf.is_null() {
+            return Err(null("buf"));
+        }
+        if len < d.len() {
+            return Err(Error::new(
+                libc::ERANGE,
+                format!(
+                    "nbdcpy_get_blkhash: len {len} is less than the digest's {} bytes",
+                    d.len()
+                ),
+            ));
+        }
+        // SAFETY: `buf` has `len` >= d.len() writable bytes (contract).
+        unsafe { std::ptr::copy_nonoverlapping(d.as_ptr(), buf, d.len()) };
+        Ok(d.len() as c_int)
     })
 }
 

@@ -76,6 +76,9 @@ impl Worker<'_> {
         data: Span,
         block: Option<u32>,
     ) -> Result<()> {
+        if let Some(h) = &lane.params.hash {
+            h.data(off, data.as_slice());
+        }
         let sparse = lane.params.sparse;
         if sparse == 0 || data.is_empty() {
             return self.dst_write(lane_id, lane, slot_id, off, data, block);
@@ -321,6 +324,9 @@ impl Worker<'_> {
                 self.stage_chunk(lane, slot, offset, len as u64, None)
             }
             ConnEvent::Hole { slot, offset, len } => {
+                if let Some(h) = &lane.params.hash {
+                    h.zero(offset, len as u64);
+                }
                 self.dst_zero(lane_id, lane, slot, offset, len as u64)
             }
             ConnEvent::ReadDone { slot } => {

@@ -212,6 +212,9 @@ impl Worker<'_> {
             slot.busy = true;
             if piece.zero {
                 slot.read_done = true;
+                if let Some(h) = &lane.params.hash {
+                    h.zero(off, len);
+                }
                 self.dst_zero(lane_id, lane, slot_id, off, len)?;
                 continue;
             }

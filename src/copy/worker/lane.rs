@@ -89,6 +89,9 @@ pub struct LaneParams {
     /// the wait before the first (`--retries`, `--retry-delay`).
     pub retries: u32,
     pub retry_delay: Duration,
+    /// The block hash of the source (--blkhash, --verify): fed the data
+    /// as it arrives and the zero ranges, by offset.
+    pub hash: Option<std::sync::Arc<crate::blkhash::BlockHasher>>,
 }
 
 pub(super) struct Slot {
