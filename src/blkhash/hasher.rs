@@ -522,7 +522,11 @@ mod tests {
         h.zero(0, size / 2);
         h.zero(size / 2, size / 2);
         let got = h.finish(size).unwrap();
-        assert!(t.elapsed().as_secs_f64() < 1.0, "{:?}", t.elapsed());
+        // Optimised builds only: unoptimised SHA-256 over the 32 MiB of
+        // zero-block digests alone takes seconds.
+        if !cfg!(debug_assertions) {
+            assert!(t.elapsed().as_secs_f64() < 1.0, "{:?}", t.elapsed());
+        }
         // The same with the zero block's digest written out.
         let z = Digest::Sha256.hash(&vec![0u8; 65536]);
         let mut outer = Digest::Sha256.ctx();
