@@ -127,22 +127,29 @@ check-header: $(STAMP)
 	  { echo "include/nbdcpy.h is stale: run 'make header' and commit it"; exit 1; }; \
 	fi
 
-# Symbol versions: every exported nbdcpy_* symbol is defined in a version
-# node (NBDCPY_0.1 for now), nothing else is exported, every function of
-# the header is in the map, and the command records a need for NBDCPY_0.1.
+# Symbol versions: every exported nbdcpy_* symbol has the version of the
+# node the map lists it in (NBDCPY_0.1, NBDCPY_0.2, ...), nothing else is
+# exported, every function of the header is in the map, and the command
+# records a need for NBDCPY_0.1 and a version for every nbdcpy_* symbol it
+# uses.
 check-symbols: $(LIBSO) $(B)/nbdcpy
 	@set -e; syms=$$(readelf --dyn-syms -W $(LIBSO) | awk '$$7 != "UND" && $$8 ~ /^nbdcpy_/ {print $$8}'); \
 	[ -n "$$syms" ] || { echo "no nbdcpy_* symbols exported"; exit 1; }; \
-	bad=$$(printf '%s\n' $$syms | grep -v '@@NBDCPY_0\.1$$' || true); \
-	[ -z "$$bad" ] || { echo "unversioned or wrongly versioned symbols:"; echo "$$bad"; exit 1; }; \
+	printf '%s\n' $$syms | sort > $(B)/syms.got; \
+	awk '/^NBDCPY_[0-9.]* *[{]/ {n = $$1} /^ *nbdcpy_[a-z0-9_]*;/ {s = $$1; sub(";", "", s); print s "@@" n}' \
+	  $(MAP) | sort > $(B)/syms.want; \
+	diff -u $(B)/syms.want $(B)/syms.got || \
+	  { echo "exported symbols or their versions differ from $(MAP) (- map, + library)"; exit 1; }; \
 	other=$$(readelf --dyn-syms -W $(LIBSO) | awk '$$7 != "UND" && $$5 != "LOCAL" && NR > 3 && $$8 != "" {print $$8}' | grep -v '^nbdcpy_\|^NBDCPY_' || true); \
 	[ -z "$$other" ] || { echo "unexpected exported symbols: $$other"; exit 1; }; \
 	for f in $$(sed -n 's/^[a-z].* \**\(nbdcpy_[a-z0-9_]*\)(.*/\1/p' include/nbdcpy.h); do \
 	  grep -q "^ *$$f;" $(MAP) || { echo "$$f is in nbdcpy.h but not in $(MAP)"; exit 1; }; done; \
-	readelf -V $(B)/nbdcpy | grep -A3 'File: libnbdcpy.so.$(SOVERSION)' | grep -q 'Name: NBDCPY_0\.1' || \
+	readelf -V $(B)/nbdcpy | grep -A4 'File: libnbdcpy.so.$(SOVERSION)' | grep -q 'Name: NBDCPY_0\.1' || \
 	  { echo "$(B)/nbdcpy records no need for NBDCPY_0.1"; exit 1; }; \
+	unver=$$(readelf --dyn-syms -W $(B)/nbdcpy | awk '$$7 == "UND" && $$8 ~ /^nbdcpy_/ && $$8 !~ /@NBDCPY_[0-9.]*$$/ {print $$8}'); \
+	[ -z "$$unver" ] || { echo "$(B)/nbdcpy uses unversioned symbols: $$unver"; exit 1; }; \
 	readelf -d $(LIBSO) | grep -q 'SONAME.*libnbdcpy.so.$(SOVERSION)'; \
-	echo "check-symbols: $$(echo $$syms | wc -w) symbols @@NBDCPY_0.1, command needs NBDCPY_0.1"
+	echo "check-symbols: $$(echo $$syms | wc -w) symbols in their map nodes ($$(cut -d@ -f3 $(B)/syms.got | sort -u | tr '\n' ' ')), command's symbols versioned"
 
 check-rust: all
 	NBDCPY_BIN=$(CURDIR)/$(B)/nbdcpy $(CARGO) test --profile $(CARGO_PROFILE) $(CARGOFLAGS) \

@@ -12,6 +12,7 @@ pub mod stats;
 pub mod worker;
 
 use crate::config::Config;
+use crate::endpoint::connect::Limits;
 use crate::endpoint::file::FileKind;
 use crate::endpoint::{Endpoint, Side, Spec};
 use crate::error::{Error, Result};
@@ -147,14 +148,31 @@ fn limit(secs: u64) -> Duration {
 impl Job {
     /// Opens both ends, negotiates, and checks that the copy can work.
     pub fn open(src_spec: Spec, dst_spec: Spec, cfg: Config) -> Result<Job> {
+        Job::open_with(src_spec, dst_spec, cfg, Arc::new(Shared::new()))
+    }
+
+    /// [`open`](Self::open) with counters and a cancel flag made before
+    /// (the C API's handle exists before it connects): waiting for the
+    /// servers is bounded by the `timeout` option and ends on a cancel.
+    pub fn open_with(
+        src_spec: Spec,
+        dst_spec: Spec,
+        cfg: Config,
+        shared: Arc<Shared>,
+    ) -> Result<Job> {
         if same_nbd_export(&src_spec, &dst_spec) {
             return Err(Error::invalid(format!(
                 "source {src_spec} and destination {dst_spec} are the same NBD export: \
                  copying it onto itself would destroy it"
             )));
         }
-        let src = Endpoint::open(&src_spec, Side::Source, &cfg)?;
-        let dst = Endpoint::open(&dst_spec, Side::Destination, &cfg)?;
+        let lim = {
+            let sh = shared.clone();
+            let timeout = (cfg.timeout_secs > 0).then(|| Duration::from_secs(cfg.timeout_secs));
+            Limits::new(timeout, Arc::new(move || sh.cancelled()))
+        };
+        let src = Endpoint::open(&src_spec, Side::Source, &cfg, &lim)?;
+        let dst = Endpoint::open(&dst_spec, Side::Destination, &cfg, &lim)?;
         // Nothing has been written yet (a destination file is only
         // truncated when the copy runs).
         if let (Endpoint::File(s), Endpoint::File(d)) = (&src, &dst) {
@@ -190,7 +208,6 @@ impl Job {
                 ));
             }
         }
-        let shared = Arc::new(Shared::new());
         shared.size.store(src.size().unwrap_or(0), Relaxed);
         shared
             .size_known

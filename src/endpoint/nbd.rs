@@ -5,6 +5,7 @@
 //! subprocess), the blocking handshake driven through `proto::handshake`,
 //! and the extra connections used for multi-conn.
 
+use super::connect::{self, GivenSocket, Limits};
 use super::subprocess::ServerProcess;
 use super::Side;
 use crate::config::Config;
@@ -17,13 +18,10 @@ use crate::proto::request::{self, Request};
 use crate::proto::uri::{self, Transport};
 use crate::proto::{consts, HeaderMode, Negotiated};
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
 use std::time::Duration;
-
-/// How long one handshake may take before the server is declared dead.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct NbdEndpoint {
     /// What the first connection negotiated; later ones must match.
@@ -40,10 +38,14 @@ pub struct NbdEndpoint {
     no_disc: Vec<bool>,
     server: Option<ServerProcess>,
     want_meta: bool,
+    /// Bounds every later connect and handshake (renewed for each).
+    limits: Limits,
+    /// A socket the caller handed over: no further connections.
+    single: bool,
 }
 
 impl NbdEndpoint {
-    pub fn connect_uri(u: &str, side: Side, cfg: &Config) -> Result<NbdEndpoint> {
+    pub fn connect_uri(u: &str, side: Side, cfg: &Config, lim: &Limits) -> Result<NbdEndpoint> {
         let parsed = uri::parse(u).map_err(|e| Error::invalid(e.to_string()))?;
         if parsed.tls {
             return Err(Error::new(
@@ -58,17 +60,46 @@ impl NbdEndpoint {
             side,
             cfg,
             None,
+            (lim, None),
         )
     }
 
-    pub fn spawn(argv: &[String], side: Side, cfg: &Config) -> Result<NbdEndpoint> {
+    pub fn spawn(argv: &[String], side: Side, cfg: &Config, lim: &Limits) -> Result<NbdEndpoint> {
         let server = ServerProcess::spawn(argv)
             .map_err(|e| Error::os(format!("cannot run {}", argv.first().map_or("", |s| s)), e))?;
         let transport = Transport::Unix {
             path: server.socket_path().to_string_lossy().into_owned(),
         };
         let name = format!("[ {} ]", argv.join(" "));
-        Self::new(transport, String::new(), name, side, cfg, Some(server))
+        Self::new(
+            transport,
+            String::new(),
+            name,
+            side,
+            cfg,
+            Some(server),
+            (lim, None),
+        )
+    }
+
+    /// Negotiates on a socket the caller connected (one connection only).
+    pub fn given(s: &GivenSocket, side: Side, cfg: &Config, lim: &Limits) -> Result<NbdEndpoint> {
+        let fd = s.take_fd().ok_or_else(|| {
+            Error::new(libc::EBUSY, "the socket was already used by another handle")
+        })?;
+        let transport =
+            connect::transport_of(fd.as_raw_fd()).map_err(|e| Error::os("socket", e))?;
+        connect::set_blocking(fd.as_raw_fd()).map_err(|e| Error::os("socket", e))?;
+        let name = format!("socket fd {}", s.caller_fd);
+        Self::new(
+            transport,
+            s.export.clone(),
+            name,
+            side,
+            cfg,
+            None,
+            (lim, Some(fd)),
+        )
     }
 
     fn new(
@@ -78,10 +109,15 @@ impl NbdEndpoint {
         side: Side,
         cfg: &Config,
         server: Option<ServerProcess>,
+        (lim, given): (&Limits, Option<OwnedFd>),
     ) -> Result<NbdEndpoint> {
         // Block status is only asked of a source, and only when used.
         let want_meta = side == Side::Source && !cfg.no_extents;
-        let (sock, info) = connect_one(&transport, &export, want_meta)?;
+        let single = given.is_some();
+        let (sock, info) = match given {
+            Some(fd) => negotiate(fd, &transport, &export, want_meta, lim)?,
+            None => connect_one(&transport, &export, want_meta, lim)?,
+        };
         if info.size > i64::MAX as u64 {
             return Err(Error::new(
                 libc::EOVERFLOW,
@@ -98,6 +134,8 @@ impl NbdEndpoint {
             no_disc: vec![false],
             server,
             want_meta,
+            limits: lim.clone(),
+            single,
         })
     }
 
@@ -105,7 +143,7 @@ impl NbdEndpoint {
     /// multi-conn (and servers run as subprocesses get one, like nbdcopy:
     /// qemu-nbd accepts one client by default).
     pub fn max_connections(&self) -> u32 {
-        if self.info.can_multi_conn() && self.server.is_none() {
+        if self.info.can_multi_conn() && self.server.is_none() && !self.single {
             u32::MAX
         } else {
             1
@@ -121,7 +159,8 @@ impl NbdEndpoint {
     /// negotiation must agree with the first.
     pub fn lane_conn(&mut self, i: usize, p: &LaneParams) -> Result<NbdConn> {
         while self.socks.len() <= i {
-            let (sock, info) = connect_one(&self.transport, &self.export, self.want_meta)?;
+            let lim = self.limits.renew();
+            let (sock, info) = connect_one(&self.transport, &self.export, self.want_meta, &lim)?;
             self.adopt(sock, info)?;
         }
         self.no_disc[i] = true;
@@ -337,9 +376,10 @@ impl NbdEndpoint {
             return Ok(());
         }
         let (t, e, m) = (&self.transport, self.export.as_str(), self.want_meta);
+        let lim = &self.limits.renew();
         let got: Vec<Result<(OwnedFd, Negotiated)>> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..need)
-                .map(|_| s.spawn(move || connect_one(t, e, m)))
+                .map(|_| s.spawn(move || connect_one(t, e, m, lim)))
                 .collect();
             hs.into_iter()
                 .map(|h| {
@@ -467,79 +507,28 @@ fn timeout_err(what: &str, e: std::io::Error, timeout: Duration) -> Error {
     }
 }
 
-/// Connects one socket and runs the handshake on it.
-fn connect_one(t: &Transport, export: &str, want_meta: bool) -> Result<(OwnedFd, Negotiated)> {
-    let fd = connect_socket(t)?;
-    set_timeouts(fd.as_raw_fd(), Some(HANDSHAKE_TIMEOUT));
-    let info = handshake(fd.as_raw_fd(), export, want_meta)?;
-    set_timeouts(fd.as_raw_fd(), None);
+/// Connects one socket and runs the handshake on it, within `lim`.
+fn connect_one(
+    t: &Transport,
+    export: &str,
+    want_meta: bool,
+    lim: &Limits,
+) -> Result<(OwnedFd, Negotiated)> {
+    let fd = connect::connect(t, lim)?;
+    negotiate(fd, t, export, want_meta, lim)
+}
+
+/// Runs the handshake on a connected socket, within `lim`.
+fn negotiate(
+    fd: OwnedFd,
+    t: &Transport,
+    export: &str,
+    want_meta: bool,
+    lim: &Limits,
+) -> Result<(OwnedFd, Negotiated)> {
+    let info = handshake(fd.as_raw_fd(), export, want_meta, lim)?;
     tune_socket(fd.as_raw_fd(), t);
     Ok((fd, info))
-}
-
-fn connect_socket(t: &Transport) -> Result<OwnedFd> {
-    match t {
-        Transport::Unix { path } => {
-            let s = UnixStream::connect(path)
-                .map_err(|e| Error::os(format!("connect to unix socket {path}"), e))?;
-            // SAFETY: into_raw_fd hands over ownership of an open socket.
-            Ok(unsafe { OwnedFd::from_raw_fd(s.into_raw_fd()) })
-        }
-        Transport::Tcp { host, port } => {
-            use std::net::{TcpStream, ToSocketAddrs};
-            let h = host.trim_start_matches('[').trim_end_matches(']');
-            let addrs: Vec<_> = (h, *port)
-                .to_socket_addrs()
-                .map_err(|e| Error::os(format!("resolve {host}"), e))?
-                .collect();
-            let mut last = None;
-            for a in addrs {
-                match TcpStream::connect_timeout(&a, HANDSHAKE_TIMEOUT) {
-                    Ok(s) => {
-                        let _ = s.set_nodelay(true);
-                        // SAFETY: as above.
-                        return Ok(unsafe { OwnedFd::from_raw_fd(s.into_raw_fd()) });
-                    }
-                    Err(e) => last = Some(e),
-                }
-            }
-            Err(match last {
-                Some(e) => Error::os(format!("connect to {host}:{port}"), e),
-                None => Error::new(libc::EHOSTUNREACH, format!("{host}: no address")),
-            })
-        }
-        Transport::Vsock { cid, port } => connect_vsock(*cid, *port),
-    }
-}
-
-fn connect_vsock(cid: u32, port: u32) -> Result<OwnedFd> {
-    // SAFETY: socket() takes no memory arguments.
-    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(Error::os("vsock socket", std::io::Error::last_os_error()));
-    }
-    // SAFETY: fd is a fresh socket we own.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: sockaddr_vm is plain data; all-zero is a valid value.
-    let mut sa: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
-    sa.svm_family = libc::AF_VSOCK as libc::sa_family_t;
-    sa.svm_cid = cid;
-    sa.svm_port = port;
-    // SAFETY: sa is a valid sockaddr_vm of the given length.
-    let r = unsafe {
-        libc::connect(
-            fd,
-            &sa as *const libc::sockaddr_vm as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        return Err(Error::os(
-            format!("connect to vsock {cid}:{port}"),
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(owned)
 }
 
 fn set_timeouts(fd: RawFd, t: Option<Duration>) {
@@ -598,7 +587,7 @@ fn tune_socket(fd: RawFd, t: &Transport) {
 }
 
 /// Drives the sans-I/O handshake over a blocking socket.
-fn handshake(fd: RawFd, export: &str, want_meta: bool) -> Result<Negotiated> {
+fn handshake(fd: RawFd, export: &str, want_meta: bool, lim: &Limits) -> Result<Negotiated> {
     // SAFETY: we borrow fd for the handshake only; ManuallyDrop keeps the
     // UnixStream wrapper from closing it (the caller owns it).
     let mut s = std::mem::ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(fd) });
@@ -614,6 +603,7 @@ fn handshake(fd: RawFd, export: &str, want_meta: bool) -> Result<Negotiated> {
     let mut have = 0usize;
     loop {
         while !hs.output().is_empty() {
+            lim.wait(fd, libc::POLLOUT, "handshake")?;
             let n = match s.write(hs.output()) {
                 Ok(n) => n,
                 // A signal handler in the host program: not an error.
@@ -643,6 +633,7 @@ fn handshake(fd: RawFd, export: &str, want_meta: bool) -> Result<Negotiated> {
                 "handshake: server reply too large",
             ));
         }
+        lim.wait(fd, libc::POLLIN, "handshake")?;
         let n = match s.read(&mut buf[have..]) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -668,18 +659,5 @@ fn handshake(fd: RawFd, export: &str, want_meta: bool) -> Result<Negotiated> {
 }
 
 fn io_err(what: &str, e: std::io::Error) -> Error {
-    if matches!(
-        e.kind(),
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-    ) {
-        Error::new(
-            libc::ETIMEDOUT,
-            format!(
-                "{what}: server did not answer within {} seconds",
-                HANDSHAKE_TIMEOUT.as_secs()
-            ),
-        )
-    } else {
-        Error::os(what, e)
-    }
+    Error::os(what, e)
 }
