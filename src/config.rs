@@ -68,6 +68,9 @@ pub struct Config {
     /// (auto, the default) where it is measured to win, Some(true) wherever
     /// the source is NBD, Some(false) never.  An nbdcpy extension.
     pub splice: Option<bool>,
+    /// Most bytes per second read from the source, over all connections
+    /// and threads (0, the default: no limit).  Option "rate".
+    pub rate: u64,
 }
 
 impl Default for Config {
@@ -93,6 +96,7 @@ impl Default for Config {
             file_lock: true,
             pipe_size: None,
             splice: None,
+            rate: 0,
         }
     }
 }
@@ -119,6 +123,7 @@ pub const OPTION_NAMES: &[&str] = &[
     "uring-file-writes",
     "file-lock",
     "pipe-size",
+    "rate",
 ];
 
 impl Config {
@@ -161,6 +166,12 @@ impl Config {
                     return Err(bad(name, value, "must be between 4k and 1G"));
                 }
                 self.pipe_size = Some(v);
+            }
+            "rate" => {
+                // A size per second: "10M" or "10M/s"; 0 is no limit.
+                let v = need(name, value)?;
+                let v = v.trim().strip_suffix("/s").unwrap_or(v);
+                self.rate = parse_size(v).map_err(|e| bad(name, value, &e))?;
             }
             "request-size" => {
                 let v = parse_size(need(name, value)?).map_err(|e| bad(name, value, &e))?;
@@ -298,6 +309,13 @@ mod tests {
         assert_eq!(c.sparse, Some(0));
         c.set("threads", Some("0")).unwrap();
         assert_eq!(c.threads, 0);
+        c.set("rate", Some("10M")).unwrap();
+        assert_eq!(c.rate, 10 << 20);
+        c.set("rate", Some("512k/s")).unwrap();
+        assert_eq!(c.rate, 512 << 10);
+        c.set("rate", Some("0")).unwrap();
+        assert_eq!(c.rate, 0);
+        assert!(c.set("rate", Some("fast")).is_err());
     }
 
     #[test]
