@@ -7,6 +7,7 @@
 pub mod align;
 pub mod buf;
 pub mod nbdconn;
+pub mod rate;
 pub mod splice;
 pub mod stats;
 pub mod worker;
@@ -446,11 +447,15 @@ impl Job {
         };
         // The splice path pays per request (a few system calls), not per
         // byte: bigger requests unless the size was asked for.
-        let request_size = self.effective_request_size(match (cfg.request_size_set, use_splice) {
-            (false, true) if file_splice => FILE_SPLICE_REQUEST_SIZE,
-            (false, true) => SPLICE_REQUEST_SIZE,
-            _ => cfg.request_size,
-        });
+        let request_size = self.effective_request_size(rate::request_size(
+            match (cfg.request_size_set, use_splice) {
+                (false, true) if file_splice => FILE_SPLICE_REQUEST_SIZE,
+                (false, true) => SPLICE_REQUEST_SIZE,
+                _ => cfg.request_size,
+            },
+            cfg.rate,
+            cfg.request_size_set,
+        ));
         // queue-size bounds the bytes in flight of the whole copy (so
         // memory does not grow with the number of connections); each lane
         // gets its share, and at least two requests.
@@ -495,6 +500,10 @@ impl Job {
                 .then(|| Arc::new(std::sync::Mutex::new(()))),
             align: self.align(),
             stage_reads: self.dst_align() > 1 && matches!(&self.src, Endpoint::Nbd(_)),
+            // Bursts of at most 4 requests (late wake-ups on a busy
+            // machine lose nothing up to that).
+            rate: (cfg.rate > 0)
+                .then(|| Arc::new(rate::Limiter::new(cfg.rate, 4 * request_size, request_size))),
         };
 
         let mut lanes = Vec::with_capacity(lanes_n as usize);

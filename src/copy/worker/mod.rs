@@ -108,6 +108,8 @@ pub struct LaneParams {
     /// several chunks are assembled in the slot's buffer and handed on
     /// whole (a chunk boundary need not be aligned).
     pub stage_reads: bool,
+    /// The "rate" option's limiter, shared by all lanes (None: no limit).
+    pub rate: Option<std::sync::Arc<crate::copy::rate::Limiter>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -535,6 +537,7 @@ pub fn run_worker(mut lanes: Vec<Lane>, q: &WorkQueue, shared: &Shared) {
         cqes: Vec::with_capacity(256),
         events: Vec::with_capacity(64),
         last_progress: Instant::now(),
+        rate_wait: None,
     };
     if let Err(e) = w.run(&mut lanes) {
         shared.fail(e);
@@ -570,6 +573,8 @@ struct Worker<'a> {
     cqes: Vec<(u64, i32, u32)>,
     events: Vec<RecvEvent>,
     last_progress: Instant,
+    /// A lane waits for the rate limit: how long (the ring wait's bound).
+    rate_wait: Option<Duration>,
 }
 
 impl Worker<'_> {
@@ -611,7 +616,13 @@ impl Worker<'_> {
                     c.kick(&mut self.ring, ud(i, K_DST_NBD, 0))?;
                 }
             }
-            self.ring.submit_and_wait(Duration::from_millis(50))?;
+            let wait = self
+                .rate_wait
+                .take()
+                .map_or(Duration::from_millis(50), |d| {
+                    d.clamp(Duration::from_millis(1), Duration::from_millis(50))
+                });
+            self.ring.submit_and_wait(wait)?;
             self.cqes.clear();
             self.ring.reap(&mut self.cqes);
             if self.cqes.is_empty() {
@@ -669,9 +680,18 @@ impl Worker<'_> {
                     break;
                 }
             }
+            // The "rate" option (copy/rate.rs): no read while in debt.
+            let rs = lane.p.request_size;
+            if let Some(d) = lane.p.rate.as_ref().and_then(|r| r.wait_for(rs)) {
+                self.rate_wait = Some(self.rate_wait.map_or(d, |w| w.min(d)));
+                break;
+            }
             let Some(piece) = lane.claim(self.q)? else {
                 break;
             };
+            if let (Some(r), Piece::Data(_, len)) = (&lane.p.rate, piece) {
+                r.take(len);
+            }
             lane.free_slots.pop();
             let (off, len) = match piece {
                 Piece::Data(o, l) | Piece::Zero(o, l) => (o, l),
