@@ -194,11 +194,18 @@ struct nbdcpy_config *nbdcpy_config_new(void);
 // callback); and nbdcpy's own:
 //  - "timeout": seconds without any I/O completing, while only reads,
 //    writes and block status queries are outstanding, after which the
-//    copy fails with ETIMEDOUT (default 60; 0: never).
+//    copy fails with ETIMEDOUT (default 60; 0: never).  It also bounds
+//    nbdcpy_connect (and nbdcpy_open): connecting to the servers and
+//    their handshakes.
 //  - "slow-timeout": the same limit while a FLUSH, WRITE_ZEROES (also
 //    the up-front zeroing), fsync or fallocate is outstanding, which can
 //    legitimately take long (default 0: never, like nbdcopy).
 //  - "splice": "auto" (default), "1" or "0", see nbdcpy(1) --splice.
+//  - "rate": most bytes per second read from the source, over all
+//    connections and threads ("20M", also "20M/s"; default 0: no limit).
+//    A token bucket that starts empty, bursts of at most 4 requests;
+//    unless "request-size" is set, requests are at most 1/8 s's worth
+//    (at least 64k).  Since version 0.2.
 //
 // Debug knobs, for measurements and tests (defaults are what is best):
 //  - "fast-zero" (default 1): 0 never zeroes an NBD destination up front.
