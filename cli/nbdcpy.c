@@ -530,7 +530,8 @@ main (int argc, char *argv[])
   sigaction (SIGHUP, &sa, NULL);
   signal (SIGPIPE, SIG_IGN);
 
-  struct nbdcpy *h = nbdcpy_open (ends[0], ends[1], cfg);
+  /* Create, then connect: a signal also ends a connect that hangs. */
+  struct nbdcpy *h = nbdcpy_create (ends[0], ends[1], cfg);
   nbdcpy_config_free (cfg);
   free (cmds[0]);
   free (cmds[1]);
@@ -546,12 +547,13 @@ main (int argc, char *argv[])
     exit (err == ECANCELED ? 130 : EXIT_FAILURE);
   }
   g_handle = h;
-  if (progress_fd >= 0) {
+  int connected = nbdcpy_connect (h) == 0;
+  if (connected && progress_fd >= 0) {
     progress_line (0);
     last_fd_percent = 0;
   }
   double t0 = now_s ();
-  int r = nbdcpy_run (h);
+  int r = connected ? nbdcpy_run (h) : -1;
   if (r == 0 && progress_fd >= 0)
     progress_line (100);
   int err = r == -1 ? nbdcpy_get_errno () : 0;
@@ -561,7 +563,7 @@ main (int argc, char *argv[])
   if (bar_drawn && progress_bar && isatty (2))
     fprintf (stderr, "\n");
 
-  if (verbose) {
+  if (verbose && connected) {
     struct nbdcpy_stats st;
     if (nbdcpy_stats (h, &st, sizeof st) == 0)
       fprintf (stderr,

@@ -62,11 +62,13 @@ impl Limits {
     }
 
     fn timed_out(&self, what: &str) -> Error {
+        let secs = self.timeout.unwrap_or_default().as_secs();
         Error::new(
             libc::ETIMEDOUT,
             format!(
-                "{what}: the server did not answer within {} seconds (the \"timeout\" option)",
-                self.timeout.unwrap_or_default().as_secs()
+                "{what}: the server did not answer within {secs} second{} (the \"timeout\" \
+                 option)",
+                if secs == 1 { "" } else { "s" }
             ),
         )
     }
