@@ -50,7 +50,7 @@ MULTIARCH  := $(shell $(CC) -print-multiarch 2>/dev/null || echo x86_64-linux-gn
 
 .PHONY: all lib cli fuzz check check-rust check-c check-header check-style check-valgrind \
         check-warnings check-symbols check-install check-spdx check-deb header \
-        test-deps deps demo install uninstall bench deb deb-deps clean
+        test-deps deps demo install uninstall bench deb deb-deps clean dist check-dist
 
 all: $(B)/nbdcpy $(B)/nbdcpy.install $(LIBSO) $(B)/libnbdcpy.so $(B)/libnbdcpy.a
 
@@ -265,6 +265,35 @@ uninstall:
 	  $(DESTDIR)$(PKGCONFIGDIR)/nbdcpy.pc $(DESTDIR)$(MANDIR)/man1/nbdcpy.1 \
 	  $(DESTDIR)$(MANDIR)/man3/nbdcpy.3 $(DESTDIR)$(LIBEXECDIR)/nbdcpy/compat/nbdcopy
 	-rmdir $(DESTDIR)$(LIBEXECDIR)/nbdcpy/compat $(DESTDIR)$(LIBEXECDIR)/nbdcpy
+
+# A source tarball with the crates vendored, nbdcpy.spec's Source0
+# (README "Building offline"): the files of the commit HEAD, vendor/ and
+# .cargo/config.toml pointing cargo at it, in nbdcpy-VERSION/.  cargo
+# fetches the crates from crates.io, or with VENDORFLAGS=--offline takes
+# them from its local registry cache.  check-dist builds the tarball's
+# tree with an empty CARGO_HOME and no network (cargo --offline): every
+# crate must come from vendor/.
+VENDORFLAGS ?=
+DIST := $(B)/nbdcpy-$(VERSION)-vendored.tar.gz
+dist:
+	@set -e; st=$$(mktemp -d); trap 'rm -rf $$st' EXIT; d=$$st/nbdcpy-$(VERSION); \
+	mkdir -p $(B) $$d/.cargo; \
+	git archive --format=tar HEAD | tar -x -C $$d; \
+	(cd $$d && $(CARGO) vendor --locked $(VENDORFLAGS) vendor > $$st/vendor.toml); \
+	grep -q 'directory = "vendor"' $$st/vendor.toml; \
+	cp $$st/vendor.toml $$d/.cargo/config.toml; \
+	tar -C $$st --sort=name --owner=0 --group=0 --numeric-owner \
+	  --mtime="@$$(git log -1 --format=%ct HEAD)" -czf $(CURDIR)/$(DIST) nbdcpy-$(VERSION); \
+	echo "dist: $(DIST) ($$(du -h $(DIST) | cut -f1))"
+
+check-dist: dist
+	@set -e; st=$$(mktemp -d); trap 'rm -rf $$st' EXIT; \
+	tar -C $$st -xzf $(DIST); mkdir $$st/cargo-home; \
+	CARGO_HOME=$$st/cargo-home CARGO_TARGET_DIR=$$st/target \
+	  $(MAKE) -s -C $$st/nbdcpy-$(VERSION) CARGOFLAGS="--offline --locked" all; \
+	LD_LIBRARY_PATH=$$st/nbdcpy-$(VERSION)/build $$st/nbdcpy-$(VERSION)/build/nbdcpy --version; \
+	test -z "$$(ls -A $$st/cargo-home/registry 2>/dev/null)"; \
+	echo "check-dist: the vendored tarball builds offline"
 
 # Debian packages, built from a copy of the tree's files in build/deb/
 # (dpkg-buildpackage writes into the parent directory), with their own
