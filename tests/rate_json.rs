@@ -96,6 +96,9 @@ fn all_fields(j: &HashMap<String, String>) {
 
 #[test]
 fn json_on_success() {
+    if !require("python3") {
+        return;
+    }
     let d = TempDir::new("json-ok");
     let (src, dst) = (d.file("src.img"), d.file("dst.img"));
     let mut img = data(3 << 20, 1);
@@ -136,6 +139,9 @@ fn json_on_success() {
 /// reported as the user wrote it; odd file names stay valid JSON.
 #[test]
 fn json_on_fd_and_odd_names() {
+    if !require("python3") {
+        return;
+    }
     if !require("nbdkit") {
         return;
     }
@@ -200,6 +206,9 @@ fn json_on_fd_and_odd_names() {
 /// copy that fails half way.
 #[test]
 fn json_on_failure() {
+    if !require("python3") {
+        return;
+    }
     if !require("nbdkit") {
         return;
     }
@@ -280,6 +289,9 @@ fn limited_copy(args: &[&str]) -> (f64, f64, String) {
 /// slower only if the machine is too busy, so a slow run is retried.
 #[test]
 fn rate_limits_nbd_source() {
+    if !require("python3") {
+        return;
+    }
     if !require("qemu-nbd") {
         return;
     }
@@ -335,6 +347,9 @@ fn rate_limits_nbd_source() {
 /// The config key through --set, on a local file source: the same bound.
 #[test]
 fn rate_config_key() {
+    if !require("python3") {
+        return;
+    }
     let d = TempDir::new("rate-key");
     let src = d.file("src.img");
     write_file(&src, &data(24 << 20, 4));
