@@ -82,21 +82,11 @@ impl Limits {
             let step = self
                 .left()
                 .map_or(50, |l| l.as_millis().clamp(1, 50) as libc::c_int);
-            let mut p = libc::pollfd {
-                fd,
-                events,
-                revents: 0,
-            };
-            // SAFETY: p is one valid pollfd for the duration of the call.
-            let r = unsafe { libc::poll(&mut p, 1, step) };
-            if r > 0 {
-                return Ok(());
-            }
-            if r < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(Error::os(format!("{what}: poll"), e));
-                }
+            match crate::sys::poll_one(fd, events, step) {
+                Ok(0) => {}
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::os(format!("{what}: poll"), e)),
             }
         }
     }
@@ -285,13 +275,8 @@ fn so_error(fd: RawFd) -> libc::c_int {
 }
 
 pub fn set_blocking(fd: RawFd) -> std::io::Result<()> {
-    // SAFETY: fcntl with F_GETFL/F_SETFL takes no memory arguments.
-    let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    // SAFETY: as above.
-    if fl < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, fl & !libc::O_NONBLOCK) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    let fl = crate::sys::fcntl_int(fd, libc::F_GETFL, 0)?;
+    crate::sys::fcntl_int(fd, libc::F_SETFL, fl & !libc::O_NONBLOCK).map(|_| ())
 }
 
 /// The transport a socket handed over by the caller uses (its address
@@ -357,18 +342,9 @@ pub struct GivenSocket {
 impl GivenSocket {
     /// Duplicates `fd` (close-on-exec): the caller keeps its own.
     pub fn dup(fd: RawFd, export: &str) -> Result<GivenSocket> {
-        // SAFETY: F_DUPFD_CLOEXEC takes no memory arguments; a bad fd is
-        // reported as EBADF.
-        let d = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
-        if d < 0 {
-            return Err(Error::os(
-                format!("socket fd {fd}"),
-                std::io::Error::last_os_error(),
-            ));
-        }
-        // SAFETY: d is a fresh descriptor nobody else owns.
-        let owned = unsafe { OwnedFd::from_raw_fd(d) };
-        transport_of(d).map_err(|e| Error::os(format!("socket fd {fd}"), e))?;
+        let what = || format!("socket fd {fd}");
+        let owned = crate::sys::dup_cloexec(fd).map_err(|e| Error::os(what(), e))?;
+        transport_of(owned.as_raw_fd()).map_err(|e| Error::os(what(), e))?;
         Ok(GivenSocket {
             fd: Arc::new(std::sync::Mutex::new(Some(owned))),
             caller_fd: fd,
