@@ -52,6 +52,8 @@ usage (FILE *fp, int status)
 "\n"
 "  SOURCE, DESTINATION := - | FILE | DEVICE | NBD-URI | [ CMD ARGS ... ]\n"
 "  DESTINATION += null:\n"
+"  nbds:// (TLS): ?tls-certificates=DIR|tls-psk-file=FILE, tls-username=,\n"
+"    tls-hostname=, tls-verify-peer=false (nbdcpy(1) TLS)\n"
 "\n"
 "  nbdcpy --help | -V|--version\n"
 "\n"

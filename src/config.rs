@@ -73,6 +73,10 @@ pub struct Config {
     /// Most bytes per second read from the source, over all connections
     /// and threads (0, the default: no limit).  Option "rate".
     pub rate: u64,
+    /// TLS settings for nbds:// endpoints whose URI does not give them
+    /// (keys "tls-certificates", "tls-verify-peer", "tls-hostname",
+    /// "tls-psk-file", "tls-username"; the URI's own parameters win).
+    pub tls: crate::proto::uri::TlsParams,
 }
 
 impl Default for Config {
@@ -99,6 +103,7 @@ impl Default for Config {
             pipe_size: None,
             splice: None,
             rate: 0,
+            tls: Default::default(),
         }
     }
 }
@@ -126,6 +131,11 @@ pub const OPTION_NAMES: &[&str] = &[
     "file-lock",
     "pipe-size",
     "rate",
+    "tls-certificates",
+    "tls-verify-peer",
+    "tls-hostname",
+    "tls-psk-file",
+    "tls-username",
 ];
 
 impl Config {
@@ -159,6 +169,11 @@ impl Config {
                 self.slow_timeout_secs =
                     parse_u32_in(name, need(name, value)?, 0, 7 * 86400)? as u64
             }
+            "tls-certificates" => self.tls.certificates = Some(need(name, value)?.to_string()),
+            "tls-hostname" => self.tls.hostname = Some(need(name, value)?.to_string()),
+            "tls-psk-file" => self.tls.psk_file = Some(need(name, value)?.to_string()),
+            "tls-username" => self.tls.username = Some(need(name, value)?.to_string()),
+            "tls-verify-peer" => self.tls.verify_peer = Some(parse_flag(name, value)?),
             "fast-zero" => self.fast_zero = parse_flag(name, value)?,
             "uring-file-writes" => self.uring_file_writes = parse_flag(name, value)?,
             "file-lock" => self.file_lock = parse_flag(name, value)?,
@@ -318,6 +333,22 @@ mod tests {
         c.set("rate", Some("0")).unwrap();
         assert_eq!(c.rate, 0);
         assert!(c.set("rate", Some("fast")).is_err());
+        c.set("tls-psk-file", Some("/k.psk")).unwrap();
+        c.set("tls-username", Some("alice")).unwrap();
+        c.set("tls-certificates", Some("/pki")).unwrap();
+        c.set("tls-hostname", Some("srv")).unwrap();
+        c.set("tls-verify-peer", Some("false")).unwrap();
+        assert_eq!(
+            c.tls,
+            crate::proto::uri::TlsParams {
+                certificates: Some("/pki".into()),
+                verify_peer: Some(false),
+                hostname: Some("srv".into()),
+                psk_file: Some("/k.psk".into()),
+                username: Some("alice".into()),
+            }
+        );
+        assert!(c.set("tls-psk-file", None).is_err());
     }
 
     #[test]

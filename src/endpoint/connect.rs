@@ -56,7 +56,8 @@ impl Limits {
         Ok(())
     }
 
-    fn left(&self) -> Option<Duration> {
+    /// Time left before the deadline (None: no deadline).
+    pub fn left(&self) -> Option<Duration> {
         self.deadline
             .map(|d| d.saturating_duration_since(Instant::now()))
     }

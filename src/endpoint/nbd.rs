@@ -17,11 +17,15 @@ use crate::proto::reply::{Chunk, Parse, ReplyParser};
 use crate::proto::request::{self, Request};
 use crate::proto::uri::{self, Transport};
 use crate::proto::{consts, Negotiated, COMPACT_MAX_EFFECT};
+use crate::tls::{TlsClient, TlsSession};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 
 use std::time::Duration;
+
+/// How long one handshake may take before the server is declared dead.
 
 pub struct NbdEndpoint {
     /// What the first connection negotiated; later ones must match.
@@ -38,21 +42,35 @@ pub struct NbdEndpoint {
     no_disc: Vec<bool>,
     server: Option<ServerProcess>,
     want_meta: bool,
+    /// nbds://: every connection runs its own TLS session.
+    tls: Option<Box<EndpointTls>>,
     /// Bounds every later connect and handshake (renewed for each).
     limits: Limits,
     /// A socket the caller handed over: no further connections.
     single: bool,
 }
 
+/// An nbds:// endpoint's TLS: the client and each socket's session.
+struct EndpointTls {
+    client: Arc<TlsClient>,
+    /// The session of each socket in `socks` (until a lane takes it).
+    sessions: Vec<Option<TlsSession>>,
+    /// What the first connection's TLS negotiated, for the log.
+    summary: String,
+}
+
 impl NbdEndpoint {
     pub fn connect_uri(u: &str, side: Side, cfg: &Config, lim: &Limits) -> Result<NbdEndpoint> {
         let parsed = uri::parse(u).map_err(|e| Error::invalid(e.to_string()))?;
-        if parsed.tls {
-            return Err(Error::new(
-                libc::ENOTSUP,
-                "TLS (nbds://) is not supported yet",
-            ));
-        }
+        let tls = if parsed.tls {
+            let host = match &parsed.transport {
+                Transport::Tcp { host, .. } => Some(host.as_str()),
+                _ => None,
+            };
+            Some(TlsClient::new(&parsed.tls_params.or(&cfg.tls), host)?)
+        } else {
+            None
+        };
         Self::new(
             parsed.transport,
             parsed.export_name,
@@ -60,6 +78,7 @@ impl NbdEndpoint {
             side,
             cfg,
             None,
+            tls,
             (lim, None),
         )
     }
@@ -78,6 +97,7 @@ impl NbdEndpoint {
             side,
             cfg,
             Some(server),
+            None,
             (lim, None),
         )
     }
@@ -98,6 +118,7 @@ impl NbdEndpoint {
             side,
             cfg,
             None,
+            None,
             (lim, Some(fd)),
         )
     }
@@ -109,14 +130,15 @@ impl NbdEndpoint {
         side: Side,
         cfg: &Config,
         server: Option<ServerProcess>,
+        tls: Option<Arc<TlsClient>>,
         (lim, given): (&Limits, Option<OwnedFd>),
     ) -> Result<NbdEndpoint> {
         // Block status is only asked of a source, and only when used.
         let want_meta = side == Side::Source && !cfg.no_extents;
         let single = given.is_some();
-        let (sock, info) = match given {
-            Some(fd) => negotiate(fd, &transport, &export, want_meta, lim)?,
-            None => connect_one(&transport, &export, want_meta, lim)?,
+        let (sock, info, sess) = match given {
+            Some(fd) => negotiate(fd, &transport, &export, want_meta, tls.as_deref(), lim)?,
+            None => connect_one(&transport, &export, want_meta, tls.as_deref(), lim)?,
         };
         if info.size > i64::MAX as u64 {
             return Err(Error::new(
@@ -134,9 +156,42 @@ impl NbdEndpoint {
             no_disc: vec![false],
             server,
             want_meta,
+            tls: tls.map(|client| {
+                Box::new(EndpointTls {
+                    summary: sess.as_ref().map_or(String::new(), |t| {
+                        format!("{}, {}", t.describe(), client.describe())
+                    }),
+                    client,
+                    sessions: vec![sess],
+                })
+            }),
             limits: lim.clone(),
             single,
         })
+    }
+
+    /// "TLSv1.3 TLS_AES_256_GCM_SHA384, TLS-PSK as \"alice\"" for nbds://.
+    pub fn tls_summary(&self) -> Option<&str> {
+        self.tls.as_ref().map(|t| t.summary.as_str())
+    }
+
+    fn tls_client(&self) -> Option<&TlsClient> {
+        self.tls.as_ref().map(|t| &*t.client)
+    }
+
+    /// The TLS session of lane `i`'s socket (nbds://), for the lane's
+    /// connection to take over after [`lane_socket`](Self::lane_socket).
+    pub fn take_session(&mut self, i: usize) -> Option<TlsSession> {
+        self.tls
+            .as_mut()
+            .and_then(|t| t.sessions.get_mut(i))
+            .and_then(Option::take)
+    }
+
+    /// Whether connections run TLS (then no splice: payloads are
+    /// encrypted in user space).
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// Connections this endpoint allows: 1 unless the server advertises
@@ -161,9 +216,14 @@ impl NbdEndpoint {
     /// socket; the lane says goodbye (DISC) on it, not `disconnect`.
     pub fn lane_socket(&mut self, i: usize) -> Result<(RawFd, String)> {
         while self.socks.len() <= i {
-            let lim = self.limits.renew();
-            let (sock, info) = connect_one(&self.transport, &self.export, self.want_meta, &lim)?;
-            self.adopt(sock, info)?;
+            let (sock, info, sess) = connect_one(
+                &self.transport,
+                &self.export,
+                self.want_meta,
+                self.tls_client(),
+                &self.limits.renew(),
+            )?;
+            self.adopt(sock, info, sess)?;
         }
         self.no_disc[i] = true;
         let fd = self.socks[i]
@@ -233,7 +293,10 @@ impl NbdEndpoint {
         // SAFETY: borrowed for this call only; ManuallyDrop keeps the
         // wrapper from closing the fd, which self.socks owns.
         let mut s = std::mem::ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(fd) });
-        let r = s.write_all(&out);
+        let r = match self.tls.as_mut().and_then(|t| t.sessions[0].as_mut()) {
+            Some(t) => t.write_all(&out),
+            None => s.write_all(&out),
+        };
         set_timeouts(fd, None);
         if let Err(e) = r {
             self.no_disc[0] = true;
@@ -306,7 +369,7 @@ impl NbdEndpoint {
     /// `on_chunk`; every wait is bounded by `timeout` and ends when `cancelled()`.
     /// Ok(false): the server failed one of them.
     fn collect(
-        &self,
+        &mut self,
         parser: &mut ReplyParser,
         mut pending: usize,
         timeout: Duration,
@@ -318,7 +381,8 @@ impl NbdEndpoint {
         };
         let fd = sock.as_raw_fd();
         // SAFETY: as in fast_zero_start.
-        let mut s = std::mem::ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(fd) });
+        let mut plain = std::mem::ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(fd) });
+        let mut tls = self.tls.as_mut().and_then(|t| t.sessions[0].as_mut());
         // Room for a block status reply with many extents.
         let mut buf = vec![0u8; 4 << 20];
         let (mut have, mut all_ok) = (0usize, true);
@@ -340,7 +404,18 @@ impl NbdEndpoint {
                     break Err(Error::new(libc::EPROTO, "protocol error: reply too large"));
                 }
                 Ok(Parse::Incomplete { .. }) => {
-                    match wait_readable(fd, timeout, cancelled).and_then(|()| {
+                    // Plaintext TLS already holds needs no wait.
+                    let ready = tls.as_ref().is_some_and(|t| t.pending() > 0);
+                    let waited = if ready {
+                        Ok(())
+                    } else {
+                        wait_readable(fd, timeout, cancelled)
+                    };
+                    let s: &mut dyn Read = match tls.as_mut() {
+                        Some(t) => &mut **t,
+                        None => &mut *plain,
+                    };
+                    match waited.and_then(|()| {
                         s.read(&mut buf[have..])
                             .map_err(|e| timeout_err("receive", e, timeout))
                     }) {
@@ -369,10 +444,11 @@ impl NbdEndpoint {
             return Ok(());
         }
         let (t, e, m) = (&self.transport, self.export.as_str(), self.want_meta);
+        let tls = self.tls_client();
         let lim = &self.limits.renew();
-        let got: Vec<Result<(OwnedFd, Negotiated)>> = std::thread::scope(|s| {
+        let got: Vec<Result<Connected>> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..need)
-                .map(|_| s.spawn(move || connect_one(t, e, m, lim)))
+                .map(|_| s.spawn(move || connect_one(t, e, m, tls, lim)))
                 .collect();
             hs.into_iter()
                 .map(|h| {
@@ -383,14 +459,14 @@ impl NbdEndpoint {
                 .collect()
         });
         for r in got {
-            let (sock, info) = r?;
-            self.adopt(sock, info)?;
+            let (sock, info, sess) = r?;
+            self.adopt(sock, info, sess)?;
         }
         Ok(())
     }
 
     /// Keeps a further connection after checking it agrees with the first.
-    fn adopt(&mut self, sock: OwnedFd, info: Negotiated) -> Result<()> {
+    fn adopt(&mut self, sock: OwnedFd, info: Negotiated, sess: Option<TlsSession>) -> Result<()> {
         if info.size != self.info.size
             || info.mode != self.info.mode
             || info.tflags != self.info.tflags
@@ -407,6 +483,9 @@ impl NbdEndpoint {
         }
         self.socks.push(Some(sock));
         self.no_disc.push(false);
+        if let Some(t) = self.tls.as_mut() {
+            t.sessions.push(sess);
+        }
         Ok(())
     }
 
@@ -416,7 +495,16 @@ impl NbdEndpoint {
         let n = request::encode(self.info.mode, &request::DISC, &mut disc);
         for (i, s) in self.socks.iter_mut().enumerate() {
             if let Some(fd) = s.take() {
-                if !self.no_disc[i] {
+                let sess = self
+                    .tls
+                    .as_mut()
+                    .and_then(|t| t.sessions.get_mut(i))
+                    .and_then(Option::take);
+                if let Some(t) = sess {
+                    // Through TLS, and close_notify (a lane's connection
+                    // has no session here: the lane says goodbye).
+                    t_goodbye(t, if self.no_disc[i] { &[] } else { &disc[..n] });
+                } else if !self.no_disc[i] {
                     // At a message boundary and not a lane's: say goodbye
                     // (best effort, never blocking).
                     // SAFETY: disc is valid for n bytes during the call.
@@ -445,6 +533,13 @@ impl Drop for NbdEndpoint {
         self.disconnect();
     }
 }
+
+fn t_goodbye(mut t: TlsSession, last: &[u8]) {
+    t.goodbye(last);
+}
+
+/// A connected socket, what it negotiated, and its TLS session.
+type Connected = (OwnedFd, Negotiated, Option<TlsSession>);
 
 /// Zeroing requests sent by `fast_zero_start`, awaiting their replies.
 pub struct FastZero {
@@ -500,28 +595,38 @@ fn timeout_err(what: &str, e: std::io::Error, timeout: Duration) -> Error {
     }
 }
 
-/// Connects one socket and runs the handshake on it, within `lim`.
+/// Connects one socket and runs the handshake on it (with TLS first when
+/// `tls` is given), within `lim`.
 fn connect_one(
     t: &Transport,
     export: &str,
     want_meta: bool,
+    tls: Option<&TlsClient>,
     lim: &Limits,
-) -> Result<(OwnedFd, Negotiated)> {
+) -> Result<Connected> {
     let fd = connect::connect(t, lim)?;
-    negotiate(fd, t, export, want_meta, lim)
+    negotiate(fd, t, export, want_meta, tls, lim)
 }
 
-/// Runs the handshake on a connected socket, within `lim`.
+/// Runs the handshake on a connected socket, within `lim`: plaintext
+/// waits are polled (cancellable); OpenSSL's own reads and writes are
+/// bounded by socket timeouts set to what is left.
 fn negotiate(
     fd: OwnedFd,
     t: &Transport,
     export: &str,
     want_meta: bool,
+    tls: Option<&TlsClient>,
     lim: &Limits,
-) -> Result<(OwnedFd, Negotiated)> {
-    let info = handshake(fd.as_raw_fd(), export, want_meta, lim)?;
+) -> Result<Connected> {
+    set_timeouts(
+        fd.as_raw_fd(),
+        lim.left().map(|l| l.max(Duration::from_millis(1))),
+    );
+    let (info, sess) = handshake(fd.as_raw_fd(), export, want_meta, tls, lim)?;
+    set_timeouts(fd.as_raw_fd(), None);
     tune_socket(fd.as_raw_fd(), t);
-    Ok((fd, info))
+    Ok((fd, info, sess))
 }
 
 fn set_timeouts(fd: RawFd, t: Option<Duration>) {
@@ -579,31 +684,57 @@ fn tune_socket(fd: RawFd, t: &Transport) {
     }
 }
 
-/// Drives the sans-I/O handshake over a blocking socket.
-fn handshake(fd: RawFd, export: &str, want_meta: bool, lim: &Limits) -> Result<Negotiated> {
+/// Drives the sans-I/O handshake over a blocking socket; with `tls`, the
+/// TLS handshake after STARTTLS and everything after it through TLS.
+fn handshake(
+    fd: RawFd,
+    export: &str,
+    want_meta: bool,
+    tls: Option<&TlsClient>,
+    lim: &Limits,
+) -> Result<(Negotiated, Option<TlsSession>)> {
     // SAFETY: we borrow fd for the handshake only; ManuallyDrop keeps the
     // UnixStream wrapper from closing it (the caller owns it).
-    let mut s = std::mem::ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(fd) });
+    let mut plain = std::mem::ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(fd) });
+    let mut sess: Option<TlsSession> = None;
     let mut hs = Handshake::new(HandshakeOptions {
         export_name: export.to_string(),
         extended_headers: true,
         structured_replies: true,
         meta_context: want_meta.then(|| "base:allocation".to_string()),
         request_block_size: true,
-        tls: false,
+        tls: tls.is_some(),
     });
     let mut buf = vec![0u8; 64 << 10];
     let mut have = 0usize;
     loop {
         while !hs.output().is_empty() {
             lim.wait(fd, libc::POLLOUT, "handshake")?;
+            let s: &mut dyn Write = match sess.as_mut() {
+                Some(t) => t,
+                None => &mut *plain,
+            };
             let n = match s.write(hs.output()) {
                 Ok(n) => n,
                 // A signal handler in the host program: not an error.
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(io_err("handshake: send", e)),
+                Err(e) => return Err(tls_explain(tls, &mut sess, io_err("handshake: send", e))),
             };
             hs.consume_output(n);
+        }
+        if hs.tls_pending() {
+            if have > 0 {
+                return Err(Error::new(
+                    libc::EPROTO,
+                    "handshake: server sent data after acknowledging NBD_OPT_STARTTLS",
+                ));
+            }
+            let Some(client) = tls else {
+                return Err(Error::new(libc::EPROTO, "handshake: unexpected STARTTLS"));
+            };
+            sess = Some(client.connect(fd)?);
+            hs.tls_started();
+            continue;
         }
         if hs.is_done() {
             break;
@@ -614,7 +745,7 @@ fn handshake(fd: RawFd, export: &str, want_meta: bool, lim: &Limits) -> Result<N
             .map_err(|e| Error::new(libc::EPROTO, format!("handshake: {e}")))?;
         buf.copy_within(used..have, 0);
         have -= used;
-        if hs.is_done() || !hs.output().is_empty() {
+        if hs.is_done() || hs.tls_pending() || !hs.output().is_empty() {
             continue;
         }
         if used > 0 && have > 0 {
@@ -626,16 +757,24 @@ fn handshake(fd: RawFd, export: &str, want_meta: bool, lim: &Limits) -> Result<N
                 "handshake: server reply too large",
             ));
         }
-        lim.wait(fd, libc::POLLIN, "handshake")?;
+        // Plaintext the TLS session holds already needs no wait.
+        if sess.as_ref().is_none_or(|t| t.pending() == 0) {
+            lim.wait(fd, libc::POLLIN, "handshake")?;
+        }
+        let s: &mut dyn Read = match sess.as_mut() {
+            Some(t) => t,
+            None => &mut *plain,
+        };
         let n = match s.read(&mut buf[have..]) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io_err("handshake: receive", e)),
+            Err(e) => return Err(tls_explain(tls, &mut sess, io_err("handshake: receive", e))),
         };
         if n == 0 {
-            return Err(Error::new(
-                libc::ECONNRESET,
-                "handshake: server closed the connection",
+            return Err(tls_explain(
+                tls,
+                &mut sess,
+                Error::new(libc::ECONNRESET, "handshake: server closed the connection"),
             ));
         }
         have += n;
@@ -646,11 +785,31 @@ fn handshake(fd: RawFd, export: &str, want_meta: bool, lim: &Limits) -> Result<N
             "handshake: server sent data after the negotiation ended",
         ));
     }
-    hs.result()
+    let info = hs
+        .result()
         .cloned()
-        .ok_or_else(|| Error::new(libc::EPROTO, "handshake ended without a result"))
+        .ok_or_else(|| Error::new(libc::EPROTO, "handshake ended without a result"))?;
+    Ok((info, sess))
+}
+
+/// A negotiation error inside TLS, with what TLS knows about it.
+fn tls_explain(tls: Option<&TlsClient>, sess: &mut Option<TlsSession>, e: Error) -> Error {
+    match (tls, sess.as_mut()) {
+        (Some(c), Some(t)) => c.explain(t, e),
+        _ => e,
+    }
 }
 
 fn io_err(what: &str, e: std::io::Error) -> Error {
-    Error::os(what, e)
+    if matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    ) {
+        Error::new(
+            libc::ETIMEDOUT,
+            format!("{what}: the server did not answer in time (the \"timeout\" option)"),
+        )
+    } else {
+        Error::os(what, e)
+    }
 }
