@@ -25,8 +25,6 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
-/// How long one handshake may take before the server is declared dead.
-
 pub struct NbdEndpoint {
     /// What the first connection negotiated; later ones must match.
     pub info: Negotiated,
@@ -45,7 +43,7 @@ pub struct NbdEndpoint {
     /// nbds://: every connection runs its own TLS session.
     tls: Option<Box<EndpointTls>>,
     /// Bounds every later connect and handshake (renewed for each).
-    limits: Limits,
+    limits: Box<Limits>,
     /// A socket the caller handed over: no further connections.
     single: bool,
 }
@@ -78,8 +76,7 @@ impl NbdEndpoint {
             side,
             cfg,
             None,
-            tls,
-            (lim, None),
+            (tls, lim, None),
         )
     }
 
@@ -97,8 +94,7 @@ impl NbdEndpoint {
             side,
             cfg,
             Some(server),
-            None,
-            (lim, None),
+            (None, lim, None),
         )
     }
 
@@ -118,8 +114,7 @@ impl NbdEndpoint {
             side,
             cfg,
             None,
-            None,
-            (lim, Some(fd)),
+            (None, lim, Some(fd)),
         )
     }
 
@@ -130,8 +125,7 @@ impl NbdEndpoint {
         side: Side,
         cfg: &Config,
         server: Option<ServerProcess>,
-        tls: Option<Arc<TlsClient>>,
-        (lim, given): (&Limits, Option<OwnedFd>),
+        (tls, lim, given): (Option<Arc<TlsClient>>, &Limits, Option<OwnedFd>),
     ) -> Result<NbdEndpoint> {
         // Block status is only asked of a source, and only when used.
         let want_meta = side == Side::Source && !cfg.no_extents;
@@ -165,7 +159,7 @@ impl NbdEndpoint {
                     sessions: vec![sess],
                 })
             }),
-            limits: lim.clone(),
+            limits: Box::new(lim.clone()),
             single,
         })
     }
