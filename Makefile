@@ -50,7 +50,7 @@ MULTIARCH  := $(shell $(CC) -print-multiarch 2>/dev/null || echo x86_64-linux-gn
 
 .PHONY: all lib cli fuzz check check-rust check-c check-header check-style check-valgrind \
         check-warnings check-symbols check-install check-spdx check-deb header \
-        test-deps deps demo install uninstall bench deb deb-deps clean
+        test-deps deps demo install uninstall bench deb deb-deps clean dist check-dist
 
 all: $(B)/nbdcpy $(B)/nbdcpy.install $(LIBSO) $(B)/libnbdcpy.so $(B)/libnbdcpy.a
 
@@ -127,28 +127,33 @@ check-header: $(STAMP)
 	  { echo "include/nbdcpy.h is stale: run 'make header' and commit it"; exit 1; }; \
 	fi
 
-# Symbol versions: every exported nbdcpy_* symbol is defined in a version
-# node (NBDCPY_0.1, or NBDCPY_0.2 for what 0.2 added), each in the node the
-# map and debian/libnbdcpy0.symbols give it, nothing else is exported, every
-# function of the header is in the map, and the command records a need for
-# NBDCPY_0.1.
+# Symbol versions: every exported nbdcpy_* symbol has the version of the
+# node the map lists it in (NBDCPY_0.1, NBDCPY_0.2, ...), nothing else is
+# exported, every function of the header is in the map, and the command
+# records a need for NBDCPY_0.1 and a version for every nbdcpy_* symbol it
+# uses.
 check-symbols: $(LIBSO) $(B)/nbdcpy
 	@set -e; syms=$$(readelf --dyn-syms -W $(LIBSO) | awk '$$7 != "UND" && $$8 ~ /^nbdcpy_/ {print $$8}'); \
 	[ -n "$$syms" ] || { echo "no nbdcpy_* symbols exported"; exit 1; }; \
-	bad=$$(printf '%s\n' $$syms | grep -v '@@NBDCPY_0\.[12]$$' || true); \
-	[ -z "$$bad" ] || { echo "unversioned or wrongly versioned symbols:"; echo "$$bad"; exit 1; }; \
+	printf '%s\n' $$syms | sort > $(B)/syms.got; \
+	awk '/^NBDCPY_[0-9.]* *[{]/ {n = $$1} /^ *nbdcpy_[a-z0-9_]*;/ {s = $$1; sub(";", "", s); print s "@@" n}' \
+	  $(MAP) | sort > $(B)/syms.want; \
+	diff -u $(B)/syms.want $(B)/syms.got || \
+	  { echo "exported symbols or their versions differ from $(MAP) (- map, + library)"; exit 1; }; \
 	other=$$(readelf --dyn-syms -W $(LIBSO) | awk '$$7 != "UND" && $$5 != "LOCAL" && NR > 3 && $$8 != "" {print $$8}' | grep -v '^nbdcpy_\|^NBDCPY_' || true); \
 	[ -z "$$other" ] || { echo "unexpected exported symbols: $$other"; exit 1; }; \
 	for f in $$(sed -n 's/^[a-z].* \**\(nbdcpy_[a-z0-9_]*\)(.*/\1/p' include/nbdcpy.h); do \
 	  grep -q "^ *$$f;" $(MAP) || { echo "$$f is in nbdcpy.h but not in $(MAP)"; exit 1; }; done; \
-	readelf -V $(B)/nbdcpy | grep -A3 'File: libnbdcpy.so.$(SOVERSION)' | grep -q 'Name: NBDCPY_0\.1' || \
+	readelf -V $(B)/nbdcpy | grep -A4 'File: libnbdcpy.so.$(SOVERSION)' | grep -q 'Name: NBDCPY_0\.1' || \
 	  { echo "$(B)/nbdcpy records no need for NBDCPY_0.1"; exit 1; }; \
+	unver=$$(readelf --dyn-syms -W $(B)/nbdcpy | awk '$$7 == "UND" && $$8 ~ /^nbdcpy_/ && $$8 !~ /@NBDCPY_[0-9.]*$$/ {print $$8}'); \
+	[ -z "$$unver" ] || { echo "$(B)/nbdcpy uses unversioned symbols: $$unver"; exit 1; }; \
 	readelf -d $(LIBSO) | grep -q 'SONAME.*libnbdcpy.so.$(SOVERSION)'; \
 	for f in $$(sed -n 's/^ *\(nbdcpy_[a-z0-9_]*\);/\1/p' $(MAP)); do \
 	  v=$$(awk -v f="$$f;" '/^NBDCPY_/ {n=$$1} $$1 == f {print n}' $(MAP)); \
 	  printf '%s\n' $$syms | grep -qx "$$f@@$$v" || { echo "$$f is not exported @@$$v"; exit 1; }; \
 	  grep -q "^ $$f@$$v " debian/libnbdcpy0.symbols || { echo "$$f@$$v missing in debian/libnbdcpy0.symbols"; exit 1; }; done; \
-	echo "check-symbols: $$(echo $$syms | wc -w) symbols @@NBDCPY_0.1 or 0.2 as the map says, command needs NBDCPY_0.1"
+	echo "check-symbols: $$(echo $$syms | wc -w) symbols in their map nodes ($$(cut -d@ -f3 $(B)/syms.got | sort -u | tr '\n' ' ')), command's symbols versioned"
 
 check-rust: all
 	NBDCPY_BIN=$(CURDIR)/$(B)/nbdcpy $(CARGO) test --profile $(CARGO_PROFILE) $(CARGOFLAGS) \
@@ -264,6 +269,35 @@ uninstall:
 	  $(DESTDIR)$(PKGCONFIGDIR)/nbdcpy.pc $(DESTDIR)$(MANDIR)/man1/nbdcpy.1 \
 	  $(DESTDIR)$(MANDIR)/man3/nbdcpy.3 $(DESTDIR)$(LIBEXECDIR)/nbdcpy/compat/nbdcopy
 	-rmdir $(DESTDIR)$(LIBEXECDIR)/nbdcpy/compat $(DESTDIR)$(LIBEXECDIR)/nbdcpy
+
+# A source tarball with the crates vendored, nbdcpy.spec's Source0
+# (README "Building offline"): the files of the commit HEAD, vendor/ and
+# .cargo/config.toml pointing cargo at it, in nbdcpy-VERSION/.  cargo
+# fetches the crates from crates.io, or with VENDORFLAGS=--offline takes
+# them from its local registry cache.  check-dist builds the tarball's
+# tree with an empty CARGO_HOME and no network (cargo --offline): every
+# crate must come from vendor/.
+VENDORFLAGS ?=
+DIST := $(B)/nbdcpy-$(VERSION)-vendored.tar.gz
+dist:
+	@set -e; st=$$(mktemp -d); trap 'rm -rf $$st' EXIT; d=$$st/nbdcpy-$(VERSION); \
+	mkdir -p $(B) $$d/.cargo; \
+	git archive --format=tar HEAD | tar -x -C $$d; \
+	(cd $$d && $(CARGO) vendor --locked $(VENDORFLAGS) vendor > $$st/vendor.toml); \
+	grep -q 'directory = "vendor"' $$st/vendor.toml; \
+	cp $$st/vendor.toml $$d/.cargo/config.toml; \
+	tar -C $$st --sort=name --owner=0 --group=0 --numeric-owner \
+	  --mtime="@$$(git log -1 --format=%ct HEAD)" -czf $(CURDIR)/$(DIST) nbdcpy-$(VERSION); \
+	echo "dist: $(DIST) ($$(du -h $(DIST) | cut -f1))"
+
+check-dist: dist
+	@set -e; st=$$(mktemp -d); trap 'rm -rf $$st' EXIT; \
+	tar -C $$st -xzf $(DIST); mkdir $$st/cargo-home; \
+	CARGO_HOME=$$st/cargo-home CARGO_TARGET_DIR=$$st/target \
+	  $(MAKE) -s -C $$st/nbdcpy-$(VERSION) CARGOFLAGS="--offline --locked" all; \
+	LD_LIBRARY_PATH=$$st/nbdcpy-$(VERSION)/build $$st/nbdcpy-$(VERSION)/build/nbdcpy --version; \
+	test -z "$$(ls -A $$st/cargo-home/registry 2>/dev/null)"; \
+	echo "check-dist: the vendored tarball builds offline"
 
 # Debian packages, built from a copy of the tree's files in build/deb/
 # (dpkg-buildpackage writes into the parent directory), with their own

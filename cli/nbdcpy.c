@@ -29,6 +29,7 @@ static int bar_drawn;
 static int verbose;
 static int want_blkhash;       /* --blkhash or --blkhash-file */
 static int blkhash_to_file;    /* --blkhash-file: not printed on stdout */
+static int json_fd = -1;       /* --json[=FD]: the result as JSON */
 
 /* Run as "nbdcopy" (the compat link, see nbdcpy(1) "NBDCOPY
  * COMPATIBILITY"), --version answers like libnbd's nbdcopy: the nbdcopy
@@ -49,8 +50,8 @@ usage (FILE *fp, int status)
 "         [--queue-size=N] [--request-size=N] [-R N|--requests=N]\n"
 "         [-S N|--sparse=N] [--splice=auto|on|off] [--synchronous]\n"
 "         [-T N|--threads=N] [--timeout=SECONDS] [--slow-timeout=SECONDS]\n"
-"         [--retries=N] [--retry-delay=SECONDS]\n"
-"         [--set=KEY=VALUE] [--verify] [-v|--verbose]\n"
+"         [--retries=N] [--retry-delay=SECONDS] [--rate=SIZE]\n"
+"         [--json|--json=FD] [--set=KEY=VALUE] [--verify] [-v|--verbose]\n"
 "         SOURCE DESTINATION\n"
 "\n"
 "  SOURCE, DESTINATION := - | FILE | DEVICE | NBD-URI | [ CMD ARGS ... ]\n"
@@ -155,6 +156,152 @@ on_progress (void *opaque, const struct nbdcpy_stats *st)
   return 0;
 }
 
+/* --json: a JSON string (UTF-8; invalid bytes become U+FFFD). */
+static void
+json_string (FILE *fp, const char *s)
+{
+  const unsigned char *p = (const unsigned char *) s;
+  fputc ('"', fp);
+  while (*p) {
+    unsigned char c = *p;
+    if (c == '"' || c == '\\')
+      fprintf (fp, "\\%c", c);
+    else if (c == '\n')
+      fputs ("\\n", fp);
+    else if (c == '\t')
+      fputs ("\\t", fp);
+    else if (c < 0x20 || c == 0x7f)
+      fprintf (fp, "\\u%04x", c);
+    else if (c < 0x80)
+      fputc (c, fp);
+    else {
+      /* A whole, shortest-form UTF-8 sequence passes; anything else is
+       * replaced byte by byte.
+       */
+      int n = c >= 0xf0 && c <= 0xf4 ? 4 : c >= 0xe0 ? 3 : c >= 0xc2 && c < 0xe0 ? 2 : 0;
+      int ok = n > 0;
+      for (int k = 1; ok && k < n; k++)
+        ok = (p[k] & 0xc0) == 0x80;
+      if (ok && n == 3)
+        ok = !(c == 0xe0 && p[1] < 0xa0) && !(c == 0xed && p[1] >= 0xa0);
+      if (ok && n == 4)
+        ok = !(c == 0xf0 && p[1] < 0x90) && !(c == 0xf4 && p[1] >= 0x90);
+      if (ok) {
+        fwrite (p, 1, n, fp);
+        p += n;
+        continue;
+      }
+      fputs ("\\ufffd", fp);
+    }
+    p++;
+  }
+  fputc ('"', fp);
+}
+
+/* What --json reports (see nbdcpy(1), JSON OUTPUT). */
+struct result {
+  const char *source, *destination;
+  const struct nbdcpy_stats *st;    /* NULL: the open failed */
+  int ok;
+  const char *error;                /* NULL on success */
+  int err;                          /* errno, 0 on success */
+  int endpoint;                     /* NBDCPY_SOURCE/DESTINATION or -1 */
+  const char *blkhash;              /* hex, or NULL when not computed */
+};
+
+/* Writes the result as one JSON object and a newline to json_fd, in one
+ * write.  Fields are only ever added (documented in nbdcpy(1)).
+ */
+static int
+write_json (const struct result *r)
+{
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *fp = open_memstream (&buf, &len);
+  if (fp == NULL)
+    return -1;
+  struct nbdcpy_stats zero;
+  memset (&zero, 0, sizeof zero);
+  const struct nbdcpy_stats *st = r->st ? r->st : &zero;
+  double secs = st->elapsed_ns / 1e9;
+  const char *ename = NULL;
+#if defined __GLIBC__ && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 32))
+  if (r->err)
+    ename = strerrorname_np (r->err);
+#endif
+  fprintf (fp, "{\"success\": %s, \"source\": ", r->ok ? "true" : "false");
+  json_string (fp, r->source);
+  fputs (", \"destination\": ", fp);
+  json_string (fp, r->destination);
+  fprintf (fp, ", \"size\": %" PRIu64 ", \"size_known\": %s"
+           ", \"bytes_done\": %" PRIu64 ", \"bytes_copied\": %" PRIu64
+           ", \"bytes_zeroed\": %" PRIu64 ", \"bytes_skipped\": %" PRIu64
+           ", \"elapsed_seconds\": %.6f, \"average_rate\": %.0f"
+           ", \"requests\": %" PRIu64 ", \"connections\": %u"
+           ", \"reconnects\": %" PRIu64 ", \"blkhash\": ",
+           st->size, st->size_known ? "true" : "false", st->bytes_done,
+           st->bytes_copied, st->bytes_zeroed, st->bytes_skipped,
+           secs, secs > 0 ? st->bytes_done / secs : 0.0, st->requests,
+           st->connections, st->reconnects);
+  if (r->blkhash)
+    json_string (fp, r->blkhash);
+  else
+    fputs ("null", fp);
+  fputs (", \"error\": ", fp);
+  if (r->error)
+    json_string (fp, r->error);
+  else
+    fputs ("null", fp);
+  fprintf (fp, ", \"errno\": %d, \"errno_name\": ", r->err);
+  if (ename)
+    json_string (fp, ename);
+  else
+    fputs ("null", fp);
+  fprintf (fp, ", \"endpoint\": %s}\n",
+           r->endpoint == NBDCPY_SOURCE ? "\"source\""
+           : r->endpoint == NBDCPY_DESTINATION ? "\"destination\"" : "null");
+  if (fclose (fp) != 0) {
+    free (buf);
+    return -1;
+  }
+  size_t off = 0;
+  while (off < len) {
+    ssize_t n = write (json_fd, buf + off, len - off);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0) {
+      free (buf);
+      return -1;
+    }
+    off += n;
+  }
+  free (buf);
+  return 0;
+}
+
+/* An endpoint as the user wrote it, for --json: the word, or the
+ * command as "[ CMD ARGS ... ]".
+ */
+static char *
+endpoint_words (const char *word, char **cmd)
+{
+  if (word)
+    return strdup (word);
+  size_t n = 3;
+  for (int i = 0; cmd[i]; i++)
+    n += strlen (cmd[i]) + 1;
+  char *s = malloc (n + 1);
+  if (s == NULL)
+    return NULL;
+  strcpy (s, "[");
+  for (int i = 0; cmd[i]; i++) {
+    strcat (s, " ");
+    strcat (s, cmd[i]);
+  }
+  strcat (s, " ]");
+  return s;
+}
+
 /* Takes "[ CMD ARGS ... ]" starting at argv[*i]; returns a NULL-terminated
  * array (pointers into argv), or NULL if argv[*i] is not "[".
  */
@@ -213,6 +360,7 @@ main (int argc, char *argv[])
     TIMEOUT_OPTION, SLOW_TIMEOUT_OPTION, SET_OPTION,
     SPLICE_OPTION, RETRIES_OPTION, RETRY_DELAY_OPTION,
     BLKHASH_OPTION, BLKHASH_FILE_OPTION, VERIFY_OPTION,
+    RATE_OPTION, JSON_OPTION,
   };
   static const char short_options[] = "C:pR:S:T:vV";
   static const struct option long_options[] = {
@@ -230,6 +378,8 @@ main (int argc, char *argv[])
     { "progress", optional_argument, NULL, 'p' },
     { "queue-size", required_argument, NULL, QUEUE_SIZE_OPTION },
     { "request-size", required_argument, NULL, REQUEST_SIZE_OPTION },
+    { "rate", required_argument, NULL, RATE_OPTION },
+    { "json", optional_argument, NULL, JSON_OPTION },
     { "requests", required_argument, NULL, 'R' },
     { "sparse", required_argument, NULL, 'S' },
     { "synchronous", no_argument, NULL, SYNCHRONOUS_OPTION },
@@ -327,6 +477,22 @@ main (int argc, char *argv[])
     case SPLICE_OPTION: set (cfg, "splice", optarg); break;
     case RETRIES_OPTION: set (cfg, "retries", optarg); break;
     case RETRY_DELAY_OPTION: set (cfg, "retry-delay", optarg); break;
+    case RATE_OPTION: set (cfg, "rate", optarg); break;
+    case JSON_OPTION:
+      if (optarg) {
+        char *end;
+        errno = 0;
+        long fd = strtol (optarg, &end, 10);
+        if (errno || *end || end == optarg || fd < 0 || fd > 1000000) {
+          fprintf (stderr, "nbdcpy: --json: bad file descriptor '%s'\n",
+                   optarg);
+          exit (EXIT_FAILURE);
+        }
+        json_fd = (int) fd;
+      }
+      else
+        json_fd = STDOUT_FILENO;
+      break;
     case 'v': verbose = 1; set (cfg, "verbose", "1"); break;
     case 'V': {
       const char *slash = strrchr (argv[0], '/');
@@ -376,6 +542,18 @@ main (int argc, char *argv[])
              "so the block hash cannot be printed there: use --blkhash-file=FILE\n");
     exit (EXIT_FAILURE);
   }
+  if (json_fd == STDOUT_FILENO && ends[1] && strcmp (ends[1], "-") == 0) {
+    fprintf (stderr, "nbdcpy: --json: the destination is stdout: "
+             "use --json=FD\n");
+    exit (EXIT_FAILURE);
+  }
+  char *words[2] = { NULL, NULL };
+  if (json_fd >= 0)
+    for (int side = 0; side < 2; side++)
+      if ((words[side] = endpoint_words (ends[side], cmds[side])) == NULL) {
+        perror ("malloc");
+        exit (EXIT_FAILURE);
+      }
 
   if (progress_bar || progress_fd >= 0)
     nbdcpy_config_set_progress (cfg, on_progress, NULL,
@@ -393,30 +571,41 @@ main (int argc, char *argv[])
   sigaction (SIGHUP, &sa, NULL);
   signal (SIGPIPE, SIG_IGN);
 
-  struct nbdcpy *h = nbdcpy_open (ends[0], ends[1], cfg);
+  /* Create, then connect: a signal also ends a connect that hangs. */
+  struct nbdcpy *h = nbdcpy_create (ends[0], ends[1], cfg);
   nbdcpy_config_free (cfg);
   free (cmds[0]);
   free (cmds[1]);
   if (h == NULL) {
+    int err = nbdcpy_get_errno ();
     fprintf (stderr, "nbdcpy: %s\n", nbdcpy_get_error ());
-    exit (EXIT_FAILURE);
+    if (json_fd >= 0) {
+      struct result res = { words[0], words[1], NULL, 0, nbdcpy_get_error (),
+                            err, nbdcpy_get_error_endpoint (), NULL };
+      if (write_json (&res) == -1)
+        fprintf (stderr, "nbdcpy: --json: cannot write the result: %m\n");
+    }
+    exit (err == ECANCELED ? 130 : EXIT_FAILURE);
   }
   g_handle = h;
-  if (progress_fd >= 0) {
+  int connected = nbdcpy_connect (h) == 0;
+  if (connected && progress_fd >= 0) {
     progress_line (0);
     last_fd_percent = 0;
   }
   double t0 = now_s ();
-  int r = nbdcpy_run (h);
+  int r = connected ? nbdcpy_run (h) : -1;
   if (r == 0 && progress_fd >= 0)
     progress_line (100);
-  int err = nbdcpy_get_errno ();
+  int err = r == -1 ? nbdcpy_get_errno () : 0;
+  int err_side = r == -1 ? nbdcpy_get_error_endpoint () : -1;
   char *msg = r == -1 ? strdup (nbdcpy_get_error ()) : NULL;
   g_handle = NULL;
   if (bar_drawn && progress_bar && isatty (2))
     fprintf (stderr, "\n");
 
-  if (r == 0 && want_blkhash && !blkhash_to_file) {
+  char hex[129] = "";
+  if (r == 0 && want_blkhash) {
     unsigned char md[64];
     int n = nbdcpy_get_blkhash (h, md, sizeof md);
     if (n == -1) {
@@ -425,9 +614,11 @@ main (int argc, char *argv[])
       msg = strdup (nbdcpy_get_error ());
     }
     else {
-      for (int j = 0; j < n; j++)
-        printf ("%02x", md[j]);
-      printf ("\n");
+      for (int j = 0; j < n && j < 64; j++)
+        snprintf (hex + 2 * j, 3, "%02x", md[j]);
+    }
+    if (n != -1 && !blkhash_to_file) {
+      printf ("%s\n", hex);
       if (fflush (stdout) == EOF) {
         r = -1;
         err = errno;
@@ -436,7 +627,7 @@ main (int argc, char *argv[])
     }
   }
 
-  if (verbose) {
+  if (verbose && connected) {
     struct nbdcpy_stats st;
     if (nbdcpy_stats (h, &st, sizeof st) == 0)
       fprintf (stderr,
@@ -451,11 +642,25 @@ main (int argc, char *argv[])
                st.bytes_memcpy, st.bytes_spliced, st.syscalls,
                st.connections, st.reconnects);
   }
+  int json_failed = 0;
+  if (json_fd >= 0) {
+    struct nbdcpy_stats st;
+    int have_st = nbdcpy_stats (h, &st, sizeof st) == 0;
+    struct result res = { words[0], words[1], have_st ? &st : NULL, r == 0,
+                          r == -1 ? (msg ? msg : "unknown error") : NULL,
+                          err, err_side, hex[0] ? hex : NULL };
+    if (write_json (&res) == -1) {
+      fprintf (stderr, "nbdcpy: --json: cannot write the result: %m\n");
+      json_failed = 1;
+    }
+    free (words[0]);
+    free (words[1]);
+  }
   nbdcpy_close (h);
   if (r == -1) {
     fprintf (stderr, "nbdcpy: %s\n", msg ? msg : "unknown error");
     free (msg);
     exit (err == ECANCELED ? 130 : EXIT_FAILURE);
   }
-  exit (EXIT_SUCCESS);
+  exit (json_failed ? EXIT_FAILURE : EXIT_SUCCESS);
 }

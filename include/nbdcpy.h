@@ -46,10 +46,12 @@
 #define NBDCPY_VERSION_CHECK(major, minor, patch) \
   ((major) * 1000000 + (minor) * 1000 + (patch))
 
-// `side` argument of nbdcpy_config_set_command: the source.
+// `side` argument of nbdcpy_config_set_command and
+// nbdcpy_config_set_socket, and a value of nbdcpy_get_error_endpoint: the
+// source.
 #define NBDCPY_SOURCE 0
 
-// `side` argument of nbdcpy_config_set_command: the destination.
+// The same for the destination.
 #define NBDCPY_DESTINATION 1
 
 // Log level: something the user should know.  Always passed to the log
@@ -178,6 +180,12 @@ const char *nbdcpy_get_error(void);
 // The errno of the last failed call on this thread (0 if none failed).
 int nbdcpy_get_errno(void);
 
+// Which endpoint the last failed call on this thread failed on:
+// NBDCPY_SOURCE, NBDCPY_DESTINATION, or -1 when the error is not about
+// one of them (a bad argument, both ends) or no call failed.  Its
+// message then starts with "source " or "destination ".  Since version 0.2.
+int nbdcpy_get_error_endpoint(void);
+
 // A new config with nbdcopy's defaults.  Free with nbdcpy_config_free().
 // Fails with EMFILE when 4096 configs are alive.
 struct nbdcpy_config *nbdcpy_config_new(void);
@@ -190,7 +198,9 @@ struct nbdcpy_config *nbdcpy_config_new(void);
 // callback); and nbdcpy's own:
 //  - "timeout": seconds without any I/O completing, while only reads,
 //    writes and block status queries are outstanding, after which the
-//    copy fails with ETIMEDOUT (default 60; 0: never).
+//    copy fails with ETIMEDOUT (default 60; 0: never).  It also bounds
+//    nbdcpy_connect (and nbdcpy_open): connecting to the servers and
+//    their handshakes.
 //  - "slow-timeout": the same limit while a FLUSH, WRITE_ZEROES (also
 //    the up-front zeroing), fsync or fallocate is outstanding, which can
 //    legitimately take long (default 0: never, like nbdcopy).
@@ -198,11 +208,18 @@ struct nbdcpy_config *nbdcpy_config_new(void);
 //  - "retries": how many times to try reconnecting an NBD connection
 //    that was lost (reset, EOF, or no I/O for "timeout" seconds) before
 //    failing (default 0: never, like nbdcopy); see nbdcpy(1) --retries.
-//    Servers run with nbdcpy_config_set_command() are not reconnected.
+//    Servers run with nbdcpy_config_set_command() and sockets given
+//    with nbdcpy_config_set_socket() are not reconnected; nbds://
+//    connections run a new TLS session.
 //    Since version 0.2.
 //  - "retry-delay": seconds (fractions allowed) before the first
 //    reconnect attempt, doubled for each further one up to 30 (default
 //    1).  Since version 0.2.
+//  - "rate": most bytes per second read from the source, over all
+//    connections and threads ("20M", also "20M/s"; default 0: no limit).
+//    A token bucket that starts empty, bursts of at most 4 requests;
+//    unless "request-size" is set, requests are at most 1/8 s's worth
+//    (at least 64k).  Since version 0.2.
 //  - "tls-certificates", "tls-verify-peer", "tls-hostname",
 //    "tls-psk-file", "tls-username": TLS settings for every nbds://
 //    endpoint whose URI does not give them (the URI's query parameters of
@@ -281,15 +298,48 @@ int nbdcpy_config_set_command(struct nbdcpy_config *config, int side, const char
 // None: any pointer value is accepted.
 void nbdcpy_config_free(struct nbdcpy_config *config);
 
+// Makes `side` (NBDCPY_SOURCE or NBDCPY_DESTINATION) an NBD server on a
+// socket the caller has already connected (a socketpair with a server
+// it started, a vsock, a socket systemd passed): nbdcpy runs the NBD
+// handshake on it, asking for `export_name` (NULL or "": the server's
+// default export).  Pass NULL as that side's string to nbdcpy_open() or
+// nbdcpy_create().  That side then uses this one connection (no
+// multi-conn).  `fd` -1 clears the socket.
+//
+// Ownership: the caller's `fd` stays the caller's.  nbdcpy duplicates it
+// at once (F_DUPFD_CLOEXEC), so the caller may close its `fd` as soon as
+// this returns; it must not read or write the socket while nbdcpy uses
+// it.  The duplicate belongs to the config, moves to the handle
+// nbdcpy_create() or nbdcpy_open() makes from it (so one socket serves
+// one handle: a second handle from the same config fails with EBUSY),
+// and is closed by nbdcpy_close() after NBD_CMD_DISC and
+// shutdown(SHUT_RDWR), or by nbdcpy_config_free() if no handle took it.
+// The socket is put into blocking mode (O_NONBLOCK is shared by
+// duplicates).  Fails with EBADF for a bad `fd`, ENOTSOCK for one that is
+// not a stream socket.  Since version 0.2.
+//
+// # Safety
+// `config` is NULL or a config pointer; `export_name` is NULL or a
+// NUL-terminated string.
+int nbdcpy_config_set_socket(struct nbdcpy_config *config,
+                             int side,
+                             int fd,
+                             const char *export_name);
+
 // Opens a copy from `source` to `destination`: connects to both ends,
 // negotiates, and checks sizes (a destination smaller than the source is
 // an error here, before anything is written).  Endpoints are what nbdcopy
 // accepts: an NBD URI, a file or block device path, "-" (stdin/stdout),
 // "null:" (destination only), or NULL for a side given as a command with
-// nbdcpy_config_set_command().  `config` may be NULL (defaults).
+// nbdcpy_config_set_command() or as a socket with
+// nbdcpy_config_set_socket().  `config` may be NULL (defaults).
 // Returns NULL on error; EMFILE when 4096 handles are open.  Close with
 // nbdcpy_close().  nbdcpy_stats() on the new handle already reports the
 // source's size (0 for a stream source).
+//
+// The same as nbdcpy_create() then nbdcpy_connect() (closing the handle
+// if that fails): waiting for a server is bounded by the "timeout"
+// option.  To cancel an open from another thread, use those two.
 //
 // # Safety
 // Strings are NULL or NUL-terminated; `config` is NULL or a config
@@ -297,6 +347,34 @@ void nbdcpy_config_free(struct nbdcpy_config *config);
 struct nbdcpy *nbdcpy_open(const char *source,
                            const char *destination,
                            const struct nbdcpy_config *config);
+
+// A handle for a copy from `source` to `destination` (as for
+// nbdcpy_open()), not yet connected: nothing is opened or connected
+// until nbdcpy_connect().  The handle exists meanwhile, so another
+// thread can nbdcpy_cancel() the connect, and nbdcpy_stats() works (all
+// counters 0).  Arguments are checked here; the config is copied (free
+// it whenever you like).  Close with nbdcpy_close().  Since version 0.2.
+//
+// # Safety
+// Strings are NULL or NUL-terminated; `config` is NULL or a config
+// pointer.
+struct nbdcpy *nbdcpy_create(const char *source,
+                             const char *destination,
+                             const struct nbdcpy_config *config);
+
+// Connects a handle from nbdcpy_create(): opens both ends, negotiates,
+// and checks sizes, as nbdcpy_open() does.  Every wait for a server
+// (connect and handshake, both ends together) is bounded by the
+// "timeout" option (ETIMEDOUT; "timeout" 0: no bound), and
+// nbdcpy_cancel() from another thread (or a signal handler), or
+// nbdcpy_close(), ends it within about 50 ms with ECANCELED.  On failure
+// everything opened so far is closed (server subprocesses reaped); the
+// handle can then only be closed.  A handle connects once (EISCONN
+// after a success, EALREADY after a failure).  Since version 0.2.
+//
+// # Safety
+// None: any pointer value is accepted.
+int nbdcpy_connect(struct nbdcpy *h);
 
 // Copies everything; blocks until done, failed or cancelled.  Returns 0
 // only when every byte was written and acknowledged (and flushed with

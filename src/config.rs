@@ -87,6 +87,9 @@ pub struct Config {
     /// Read the destination back after the copy and compare its block hash
     /// with the source's (an nbdcpy extension).  Key "verify".
     pub verify: bool,
+    /// Most bytes per second read from the source, over all connections
+    /// and threads (0, the default: no limit).  Option "rate".
+    pub rate: u64,
     /// TLS settings for nbds:// endpoints whose URI does not give them
     /// (keys "tls-certificates", "tls-verify-peer", "tls-hostname",
     /// "tls-psk-file", "tls-username"; the URI's own parameters win).
@@ -125,6 +128,7 @@ impl Default for Config {
             blkhash: None,
             blkhash_file: None,
             verify: false,
+            rate: 0,
             tls: Default::default(),
         }
     }
@@ -157,6 +161,7 @@ pub const OPTION_NAMES: &[&str] = &[
     "blkhash",
     "blkhash-file",
     "verify",
+    "rate",
     "tls-certificates",
     "tls-verify-peer",
     "tls-hostname",
@@ -234,6 +239,12 @@ impl Config {
                     return Err(bad(name, value, "must be between 4k and 1G"));
                 }
                 self.pipe_size = Some(v);
+            }
+            "rate" => {
+                // A size per second: "10M" or "10M/s"; 0 is no limit.
+                let v = need(name, value)?;
+                let v = v.trim().strip_suffix("/s").unwrap_or(v);
+                self.rate = parse_size(v).map_err(|e| bad(name, value, &e))?;
             }
             "request-size" => {
                 let v = parse_size(need(name, value)?).map_err(|e| bad(name, value, &e))?;
@@ -388,6 +399,13 @@ mod tests {
         );
         c.set("verify", None).unwrap();
         assert!(c.verify);
+        c.set("rate", Some("10M")).unwrap();
+        assert_eq!(c.rate, 10 << 20);
+        c.set("rate", Some("512k/s")).unwrap();
+        assert_eq!(c.rate, 512 << 10);
+        c.set("rate", Some("0")).unwrap();
+        assert_eq!(c.rate, 0);
+        assert!(c.set("rate", Some("fast")).is_err());
         c.set("tls-psk-file", Some("/k.psk")).unwrap();
         c.set("tls-username", Some("alice")).unwrap();
         c.set("tls-certificates", Some("/pki")).unwrap();

@@ -652,3 +652,52 @@ fn a_stalled_server_is_reconnected_after_the_timeout() {
     assert!(reconnects(&err) >= 1, "{err}");
     assert!(cmp(&src, &dst), "destination differs: {err}");
 }
+
+#[test]
+fn nbds_source_killed_and_restarted_runs_a_new_tls_session() {
+    if !require("nbdkit") {
+        return;
+    }
+    let dir = TempDir::new("retry-tls");
+    let (src, dst) = (dir.file("src.img"), dir.file("dst.img"));
+    image(&src, 16, 3);
+    let psk = dir.file("keys.psk");
+    let key: String = pattern(32, 11).iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&psk, format!("alice:{key}\n")).unwrap();
+    let f = format!("file={}", src.display());
+    let tls = format!("--tls-psk={}", psk.display());
+    let mut s = Srv::nbdkit(
+        &dir,
+        false,
+        &[
+            "--tls=require",
+            &tls,
+            "--filter=delay",
+            "file",
+            &f,
+            "delay-read=20ms",
+        ],
+    );
+    let Addr::Unix(sock) = &s.addr else {
+        unreachable!()
+    };
+    let uri = format!(
+        "nbds+unix://alice@/?socket={}&tls-psk-file={}",
+        sock.display(),
+        psk.display()
+    );
+    let args = [
+        "--retries=5",
+        "--retry-delay=0.1",
+        "--requests=2",
+        "--request-size=64k",
+        &uri,
+        dst.to_str().unwrap(),
+    ];
+    let Some(mut run) = CopyRun::start(&dir, &args) else {
+        return;
+    };
+    let kills = chaos(&mut run, &mut [&mut s], 3, &mut Rng::new());
+    let (st, err) = run.wait(Duration::from_secs(60));
+    check_ok(st, &err, kills, &src, &dst);
+}

@@ -413,6 +413,7 @@ fn qemu_nbd_x509_and_psk_tls13_and_tls12() {
                 &nbdcpy::endpoint::Spec::parse(&tls_uri(&s, user, &params)),
                 nbdcpy::endpoint::Side::Source,
                 &nbdcpy::Config::default(),
+                &nbdcpy::endpoint::connect::Limits::none(),
             )
             .unwrap();
             match &ep {

@@ -11,11 +11,13 @@ pub mod buf;
 pub mod integrity;
 pub mod nbdconn;
 pub mod plan;
+pub mod rate;
 pub mod splice;
 pub mod stats;
 pub mod worker;
 
 use crate::config::Config;
+use crate::endpoint::connect::Limits;
 use crate::endpoint::file::FileKind;
 use crate::endpoint::nbd::{FastZero, NbdEndpoint};
 use crate::endpoint::{Endpoint, Side, Spec};
@@ -147,14 +149,31 @@ fn limit(secs: u64) -> Duration {
 impl Job {
     /// Opens both ends, negotiates, and checks that the copy can work.
     pub fn open(src_spec: Spec, dst_spec: Spec, cfg: Config) -> Result<Job> {
+        Job::open_with(src_spec, dst_spec, cfg, Arc::new(Shared::new()))
+    }
+
+    /// [`open`](Self::open) with counters and a cancel flag made before
+    /// (the C API's handle exists before it connects): waiting for the
+    /// servers is bounded by the `timeout` option and ends on a cancel.
+    pub fn open_with(
+        src_spec: Spec,
+        dst_spec: Spec,
+        cfg: Config,
+        shared: Arc<Shared>,
+    ) -> Result<Job> {
         if same_nbd_export(&src_spec, &dst_spec) {
             return Err(Error::invalid(format!(
                 "source {src_spec} and destination {dst_spec} are the same NBD export: \
                  copying it onto itself would destroy it"
             )));
         }
-        let src = Endpoint::open(&src_spec, Side::Source, &cfg)?;
-        let dst = Endpoint::open(&dst_spec, Side::Destination, &cfg)?;
+        let lim = {
+            let sh = shared.clone();
+            let timeout = (cfg.timeout_secs > 0).then(|| Duration::from_secs(cfg.timeout_secs));
+            Limits::new(timeout, Arc::new(move || sh.cancelled()))
+        };
+        let src = Endpoint::open(&src_spec, Side::Source, &cfg, &lim)?;
+        let dst = Endpoint::open(&dst_spec, Side::Destination, &cfg, &lim)?;
         // Nothing has been written yet (a destination file is only
         // truncated when the copy runs).
         if let (Endpoint::File(s), Endpoint::File(d)) = (&src, &dst) {
@@ -193,7 +212,6 @@ impl Job {
                 ));
             }
         }
-        let shared = Arc::new(Shared::new());
         shared.size.store(src.size().unwrap_or(0), Relaxed);
         shared
             .size_known
@@ -503,6 +521,12 @@ impl Job {
             retries: cfg.retries,
             retry_delay: cfg.retry_delay,
             hash: self.hasher.clone(),
+            // Bursts of at most 4 requests (late wake-ups on a busy
+            // machine lose nothing up to that).
+            rate: (cfg.rate > 0).then(|| {
+                let rs = plan.request_size;
+                Arc::new(rate::Limiter::new(cfg.rate, 4 * rs, rs))
+            }),
         };
         let mut lanes = Vec::with_capacity(plan.lanes as usize);
         let mut spliced = 0;

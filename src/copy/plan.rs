@@ -159,6 +159,8 @@ pub fn plan(src: &EndFacts, dst: &EndFacts, cfg: &Config, cores: u32) -> Plan {
         (false, true) => SPLICE_REQUEST_SIZE,
         _ => cfg.request_size,
     };
+    // A rate limit wants smaller requests (copy/rate.rs).
+    let want = super::rate::request_size(want, cfg.rate, cfg.request_size_set);
     let request_size = clamp_request_size(want, src, dst, align);
 
     // By default as many connections as cores (2 to 4): on 2 cores, 2

@@ -6,12 +6,14 @@
 // What can be a source or a destination: parsing the user's words
 // (`-`, `null:`, a path, an NBD URI, a server command) and opening them.
 
+pub mod connect;
 pub mod file;
 pub mod nbd;
 pub mod subprocess;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use connect::{GivenSocket, Limits};
 use std::fmt;
 
 /// An extent of a source: `len` bytes at `offset`, reading as zeroes or
@@ -58,6 +60,9 @@ pub enum Spec {
     Uri(String),
     /// `[ CMD ARGS ... ]`: an NBD server run by socket activation.
     Command(Vec<String>),
+    /// A socket already connected to an NBD server, handed over by the
+    /// caller (C API only): nbdcpy negotiates on it.
+    Socket(GivenSocket),
 }
 
 impl Spec {
@@ -82,6 +87,7 @@ impl fmt::Display for Spec {
             Spec::Stdio => f.write_str("-"),
             Spec::Path(p) | Spec::Uri(p) => f.write_str(p),
             Spec::Command(argv) => write!(f, "[ {} ]", argv.join(" ")),
+            Spec::Socket(s) => write!(f, "socket fd {}", s.caller_fd),
         }
     }
 }
@@ -94,8 +100,9 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    /// Opens (and for NBD, connects and negotiates) one endpoint.
-    pub fn open(spec: &Spec, side: Side, cfg: &Config) -> Result<Endpoint> {
+    /// Opens (and for NBD, connects and negotiates) one endpoint; every
+    /// wait for a server is bounded by `lim`.
+    pub fn open(spec: &Spec, side: Side, cfg: &Config, lim: &Limits) -> Result<Endpoint> {
         let ctx = |e: Error| e.context(format!("{side} {spec}"));
         match spec {
             Spec::Null if side == Side::Source => Err(Error::invalid(format!(
@@ -108,10 +115,13 @@ impl Endpoint {
             Spec::Path(p) => file::LocalFile::open(p, side)
                 .map(Endpoint::File)
                 .map_err(ctx),
-            Spec::Uri(u) => nbd::NbdEndpoint::connect_uri(u, side, cfg)
+            Spec::Uri(u) => nbd::NbdEndpoint::connect_uri(u, side, cfg, lim)
                 .map(Endpoint::Nbd)
                 .map_err(ctx),
-            Spec::Command(argv) => nbd::NbdEndpoint::spawn(argv, side, cfg)
+            Spec::Command(argv) => nbd::NbdEndpoint::spawn(argv, side, cfg, lim)
+                .map(Endpoint::Nbd)
+                .map_err(ctx),
+            Spec::Socket(s) => nbd::NbdEndpoint::given(s, side, cfg, lim)
                 .map(Endpoint::Nbd)
                 .map_err(ctx),
         }

@@ -7,6 +7,7 @@
 // subprocess), the blocking handshake driven through `proto::handshake`,
 // and the extra connections used for multi-conn.
 
+use super::connect::{self, GivenSocket, Limits};
 use super::subprocess::ServerProcess;
 use super::Side;
 use crate::config::Config;
@@ -18,14 +19,11 @@ use crate::proto::uri::{self, Transport};
 use crate::proto::{consts, Negotiated, COMPACT_MAX_EFFECT};
 use crate::tls::{TlsClient, TlsSession};
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
 use std::time::Duration;
-
-/// How long one handshake may take before the server is declared dead.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct NbdEndpoint {
     /// What the first connection negotiated; later ones must match.
@@ -44,6 +42,10 @@ pub struct NbdEndpoint {
     want_meta: bool,
     /// nbds://: every connection runs its own TLS session.
     tls: Option<Box<EndpointTls>>,
+    /// Bounds every later connect and handshake (renewed for each).
+    limits: Box<Limits>,
+    /// A socket the caller handed over: no further connections.
+    single: bool,
 }
 
 /// An nbds:// endpoint's TLS: the client and each socket's session.
@@ -56,7 +58,7 @@ struct EndpointTls {
 }
 
 impl NbdEndpoint {
-    pub fn connect_uri(u: &str, side: Side, cfg: &Config) -> Result<NbdEndpoint> {
+    pub fn connect_uri(u: &str, side: Side, cfg: &Config, lim: &Limits) -> Result<NbdEndpoint> {
         let parsed = uri::parse(u).map_err(|e| Error::invalid(e.to_string()))?;
         let tls = if parsed.tls {
             let host = match &parsed.transport {
@@ -74,11 +76,11 @@ impl NbdEndpoint {
             side,
             cfg,
             None,
-            tls,
+            (tls, lim, None),
         )
     }
 
-    pub fn spawn(argv: &[String], side: Side, cfg: &Config) -> Result<NbdEndpoint> {
+    pub fn spawn(argv: &[String], side: Side, cfg: &Config, lim: &Limits) -> Result<NbdEndpoint> {
         let server = ServerProcess::spawn(argv)
             .map_err(|e| Error::os(format!("cannot run {}", argv.first().map_or("", |s| s)), e))?;
         let transport = Transport::Unix {
@@ -92,7 +94,27 @@ impl NbdEndpoint {
             side,
             cfg,
             Some(server),
+            (None, lim, None),
+        )
+    }
+
+    /// Negotiates on a socket the caller connected (one connection only).
+    pub fn given(s: &GivenSocket, side: Side, cfg: &Config, lim: &Limits) -> Result<NbdEndpoint> {
+        let fd = s.take_fd().ok_or_else(|| {
+            Error::new(libc::EBUSY, "the socket was already used by another handle")
+        })?;
+        let transport =
+            connect::transport_of(fd.as_raw_fd()).map_err(|e| Error::os("socket", e))?;
+        connect::set_blocking(fd.as_raw_fd()).map_err(|e| Error::os("socket", e))?;
+        let name = format!("socket fd {}", s.caller_fd);
+        Self::new(
+            transport,
+            s.export.clone(),
+            name,
+            side,
+            cfg,
             None,
+            (None, lim, Some(fd)),
         )
     }
 
@@ -103,11 +125,15 @@ impl NbdEndpoint {
         side: Side,
         cfg: &Config,
         server: Option<ServerProcess>,
-        tls: Option<Arc<TlsClient>>,
+        (tls, lim, given): (Option<Arc<TlsClient>>, &Limits, Option<OwnedFd>),
     ) -> Result<NbdEndpoint> {
         // Block status is only asked of a source, and only when used.
         let want_meta = side == Side::Source && !cfg.no_extents;
-        let (sock, info, sess) = connect_one(&transport, &export, want_meta, tls.as_deref())?;
+        let single = given.is_some();
+        let (sock, info, sess) = match given {
+            Some(fd) => negotiate(fd, &transport, &export, want_meta, tls.as_deref(), lim)?,
+            None => connect_one(&transport, &export, want_meta, tls.as_deref(), lim)?,
+        };
         if info.size > i64::MAX as u64 {
             return Err(Error::new(
                 libc::EOVERFLOW,
@@ -133,6 +159,8 @@ impl NbdEndpoint {
                     sessions: vec![sess],
                 })
             }),
+            limits: Box::new(lim.clone()),
+            single,
         })
     }
 
@@ -164,7 +192,7 @@ impl NbdEndpoint {
     /// multi-conn (and servers run as subprocesses get one, like nbdcopy:
     /// qemu-nbd accepts one client by default).
     pub fn max_connections(&self) -> u32 {
-        if self.info.can_multi_conn() && self.server.is_none() {
+        if self.info.can_multi_conn() && self.server.is_none() && !self.single {
             u32::MAX
         } else {
             1
@@ -187,6 +215,7 @@ impl NbdEndpoint {
                 &self.export,
                 self.want_meta,
                 self.tls_client(),
+                &self.limits.renew(),
             )?;
             self.adopt(sock, info, sess)?;
         }
@@ -199,13 +228,16 @@ impl NbdEndpoint {
     }
 
     /// What a lane needs to connect to this server again after losing its
-    /// connection (`--retries`); None for a server run as a subprocess,
-    /// which is never reconnected, and (not yet done) for nbds://.
+    /// connection (`--retries`); None for a server run as a subprocess and
+    /// for a socket the caller handed over, which are never reconnected.
+    /// nbds:// connections run a new TLS session.
     pub fn redialer(&self) -> Option<Redial> {
-        (self.server.is_none() && self.tls.is_none()).then(|| Redial {
+        (self.server.is_none() && !self.single).then(|| Redial {
             transport: self.transport.clone(),
             export: self.export.clone(),
             want_meta: self.want_meta,
+            tls: self.tls.as_ref().map(|t| t.client.clone()),
+            limits: (*self.limits).clone(),
         })
     }
 
@@ -421,9 +453,10 @@ impl NbdEndpoint {
         }
         let (t, e, m) = (&self.transport, self.export.as_str(), self.want_meta);
         let tls = self.tls_client();
+        let lim = &self.limits.renew();
         let got: Vec<Result<Connected>> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..need)
-                .map(|_| s.spawn(move || connect_one(t, e, m, tls)))
+                .map(|_| s.spawn(move || connect_one(t, e, m, tls, lim)))
                 .collect();
             hs.into_iter()
                 .map(|h| {
@@ -514,14 +547,22 @@ pub struct Redial {
     transport: Transport,
     export: String,
     want_meta: bool,
+    tls: Option<Arc<TlsClient>>,
+    limits: Limits,
 }
 
 impl Redial {
-    /// A new connected, negotiated socket (blocking: connect and
-    /// handshake are bounded by the handshake timeout).
-    pub fn dial(&self) -> Result<(OwnedFd, Negotiated)> {
-        let (fd, info, _) = connect_one(&self.transport, &self.export, self.want_meta, None)?;
-        Ok((fd, info))
+    /// A new connected, negotiated socket and (nbds://) its TLS session;
+    /// blocking, bounded by the configured timeout and cancellable like
+    /// the first connect.
+    pub fn dial(&self) -> Result<(OwnedFd, Negotiated, Option<TlsSession>)> {
+        connect_one(
+            &self.transport,
+            &self.export,
+            self.want_meta,
+            self.tls.as_deref(),
+            &self.limits.renew(),
+        )
     }
 }
 fn t_goodbye(mut t: TlsSession, last: &[u8]) {
@@ -586,84 +627,37 @@ fn timeout_err(what: &str, e: std::io::Error, timeout: Duration) -> Error {
 }
 
 /// Connects one socket and runs the handshake on it (with TLS first when
-/// `tls` is given).
+/// `tls` is given), within `lim`.
 fn connect_one(
     t: &Transport,
     export: &str,
     want_meta: bool,
     tls: Option<&TlsClient>,
+    lim: &Limits,
 ) -> Result<Connected> {
-    let fd = connect_socket(t)?;
-    set_timeouts(fd.as_raw_fd(), Some(HANDSHAKE_TIMEOUT));
-    let (info, sess) = handshake(fd.as_raw_fd(), export, want_meta, tls)?;
+    let fd = connect::connect(t, lim)?;
+    negotiate(fd, t, export, want_meta, tls, lim)
+}
+
+/// Runs the handshake on a connected socket, within `lim`: plaintext
+/// waits are polled (cancellable); OpenSSL's own reads and writes are
+/// bounded by socket timeouts set to what is left.
+fn negotiate(
+    fd: OwnedFd,
+    t: &Transport,
+    export: &str,
+    want_meta: bool,
+    tls: Option<&TlsClient>,
+    lim: &Limits,
+) -> Result<Connected> {
+    set_timeouts(
+        fd.as_raw_fd(),
+        lim.left().map(|l| l.max(Duration::from_millis(1))),
+    );
+    let (info, sess) = handshake(fd.as_raw_fd(), export, want_meta, tls, lim)?;
     set_timeouts(fd.as_raw_fd(), None);
     tune_socket(fd.as_raw_fd(), t);
     Ok((fd, info, sess))
-}
-
-fn connect_socket(t: &Transport) -> Result<OwnedFd> {
-    match t {
-        Transport::Unix { path } => {
-            let s = UnixStream::connect(path)
-                .map_err(|e| Error::os(format!("connect to unix socket {path}"), e))?;
-            // SAFETY: into_raw_fd hands over ownership of an open socket.
-            Ok(unsafe { OwnedFd::from_raw_fd(s.into_raw_fd()) })
-        }
-        Transport::Tcp { host, port } => {
-            use std::net::{TcpStream, ToSocketAddrs};
-            let h = host.trim_start_matches('[').trim_end_matches(']');
-            let addrs: Vec<_> = (h, *port)
-                .to_socket_addrs()
-                .map_err(|e| Error::os(format!("resolve {host}"), e))?
-                .collect();
-            let mut last = None;
-            for a in addrs {
-                match TcpStream::connect_timeout(&a, HANDSHAKE_TIMEOUT) {
-                    Ok(s) => {
-                        let _ = s.set_nodelay(true);
-                        // SAFETY: as above.
-                        return Ok(unsafe { OwnedFd::from_raw_fd(s.into_raw_fd()) });
-                    }
-                    Err(e) => last = Some(e),
-                }
-            }
-            Err(match last {
-                Some(e) => Error::os(format!("connect to {host}:{port}"), e),
-                None => Error::new(libc::EHOSTUNREACH, format!("{host}: no address")),
-            })
-        }
-        Transport::Vsock { cid, port } => connect_vsock(*cid, *port),
-    }
-}
-
-fn connect_vsock(cid: u32, port: u32) -> Result<OwnedFd> {
-    // SAFETY: socket() takes no memory arguments.
-    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(Error::os("vsock socket", std::io::Error::last_os_error()));
-    }
-    // SAFETY: fd is a fresh socket we own.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: sockaddr_vm is plain data; all-zero is a valid value.
-    let mut sa: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
-    sa.svm_family = libc::AF_VSOCK as libc::sa_family_t;
-    sa.svm_cid = cid;
-    sa.svm_port = port;
-    // SAFETY: sa is a valid sockaddr_vm of the given length.
-    let r = unsafe {
-        libc::connect(
-            fd,
-            &sa as *const libc::sockaddr_vm as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        return Err(Error::os(
-            format!("connect to vsock {cid}:{port}"),
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(owned)
 }
 
 fn set_timeouts(fd: RawFd, t: Option<Duration>) {
@@ -728,6 +722,7 @@ fn handshake(
     export: &str,
     want_meta: bool,
     tls: Option<&TlsClient>,
+    lim: &Limits,
 ) -> Result<(Negotiated, Option<TlsSession>)> {
     // SAFETY: we borrow fd for the handshake only; ManuallyDrop keeps the
     // UnixStream wrapper from closing it (the caller owns it).
@@ -745,6 +740,7 @@ fn handshake(
     let mut have = 0usize;
     loop {
         while !hs.output().is_empty() {
+            lim.wait(fd, libc::POLLOUT, "handshake")?;
             let s: &mut dyn Write = match sess.as_mut() {
                 Some(t) => t,
                 None => &mut *plain,
@@ -792,6 +788,10 @@ fn handshake(
                 "handshake: server reply too large",
             ));
         }
+        // Plaintext the TLS session holds already needs no wait.
+        if sess.as_ref().is_none_or(|t| t.pending() == 0) {
+            lim.wait(fd, libc::POLLIN, "handshake")?;
+        }
         let s: &mut dyn Read = match sess.as_mut() {
             Some(t) => t,
             None => &mut *plain,
@@ -838,10 +838,7 @@ fn io_err(what: &str, e: std::io::Error) -> Error {
     ) {
         Error::new(
             libc::ETIMEDOUT,
-            format!(
-                "{what}: server did not answer within {} seconds",
-                HANDSHAKE_TIMEOUT.as_secs()
-            ),
+            format!("{what}: the server did not answer in time (the \"timeout\" option)"),
         )
     } else {
         Error::os(what, e)

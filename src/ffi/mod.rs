@@ -11,6 +11,7 @@ mod handles;
 use crate::config::Config as CopyConfig;
 use crate::copy::stats::Shared;
 use crate::copy::Job;
+use crate::endpoint::connect::GivenSocket;
 use crate::endpoint::Spec;
 use crate::error::Error;
 use handles::{Kind, Refused, Table};
@@ -21,9 +22,11 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-/// `side` argument of nbdcpy_config_set_command: the source.
+/// `side` argument of nbdcpy_config_set_command and
+/// nbdcpy_config_set_socket, and a value of nbdcpy_get_error_endpoint: the
+/// source.
 pub const NBDCPY_SOURCE: c_int = 0;
-/// `side` argument of nbdcpy_config_set_command: the destination.
+/// The same for the destination.
 pub const NBDCPY_DESTINATION: c_int = 1;
 
 /// Log level: something the user should know.  Always passed to the log
@@ -128,6 +131,7 @@ struct ConfigData {
     log: nbdcpy_log_cb,
     log_data: usize,
     commands: [Option<Vec<String>>; 2],
+    sockets: [Option<GivenSocket>; 2],
 }
 
 impl Default for ConfigData {
@@ -140,6 +144,7 @@ impl Default for ConfigData {
             log: None,
             log_data: 0,
             commands: [None, None],
+            sockets: [None, None],
         }
     }
 }
@@ -152,6 +157,8 @@ impl Default for ConfigData {
 /// while other calls on the handle are still running (see there).
 pub struct Handle {
     job: Mutex<Option<Job>>,
+    /// What nbdcpy_connect opens (from nbdcpy_create until then).
+    pending: Mutex<Option<Pending>>,
     shared: Arc<Shared>,
     progress: nbdcpy_progress_cb,
     progress_data: usize,
@@ -159,10 +166,19 @@ pub struct Handle {
     finished: std::sync::atomic::AtomicBool,
 }
 
+/// A handle's endpoints and options between nbdcpy_create and
+/// nbdcpy_connect.
+struct Pending {
+    src: Spec,
+    dst: Spec,
+    cfg: ConfigData,
+}
+
 thread_local! {
     // Plain cells without destructors, so recording an error in
     // nbdcpy_cancel allocates nothing.
     static LAST_ERRNO: Cell<c_int> = const { Cell::new(0) };
+    static LAST_SIDE: Cell<c_int> = const { Cell::new(-1) };
     static LAST_STATIC: Cell<Option<&'static CStr>> = const { Cell::new(None) };
     static LAST_MSG: RefCell<Option<CString>> = const { RefCell::new(None) };
 }
@@ -175,12 +191,29 @@ fn set_error(e: &Error) {
     LAST_MSG.with(|l| *l.borrow_mut() = Some(msg));
     LAST_STATIC.with(|l| l.set(None));
     LAST_ERRNO.with(|l| l.set(if e.errno > 0 { e.errno } else { libc::EIO }));
+    LAST_SIDE.with(|l| l.set(error_side(&e.msg)));
+}
+
+/// Which endpoint an error message is about: every error of one end
+/// starts with "source " or "destination " and its name (see
+/// `Endpoint::open` and the lanes' names); errors about both ends or
+/// neither do not.
+fn error_side(msg: &str) -> c_int {
+    let both = msg.contains(" and destination ");
+    if msg.starts_with("source ") && !both {
+        NBDCPY_SOURCE
+    } else if msg.starts_with("destination ") {
+        NBDCPY_DESTINATION
+    } else {
+        -1
+    }
 }
 
 /// Records an error without allocating (for nbdcpy_cancel).
 fn set_static_error(errno: c_int, msg: &'static CStr) {
     LAST_STATIC.with(|l| l.set(Some(msg)));
     LAST_ERRNO.with(|l| l.set(errno));
+    LAST_SIDE.with(|l| l.set(-1));
 }
 
 /// Runs `f` inside a panic boundary; errors are recorded and `fail` returned.
@@ -299,6 +332,15 @@ pub extern "C" fn nbdcpy_get_errno() -> c_int {
     LAST_ERRNO.with(|l| l.get())
 }
 
+/// Which endpoint the last failed call on this thread failed on:
+/// NBDCPY_SOURCE, NBDCPY_DESTINATION, or -1 when the error is not about
+/// one of them (a bad argument, both ends) or no call failed.  Its
+/// message then starts with "source " or "destination ".  Since version 0.2.
+#[no_mangle]
+pub extern "C" fn nbdcpy_get_error_endpoint() -> c_int {
+    LAST_SIDE.with(|l| l.get())
+}
+
 /// A new config with nbdcopy's defaults.  Free with nbdcpy_config_free().
 /// Fails with EMFILE when 4096 configs are alive.
 #[no_mangle]
@@ -338,7 +380,9 @@ fn with_config<T>(
 /// callback); and nbdcpy's own:
 ///  - "timeout": seconds without any I/O completing, while only reads,
 ///    writes and block status queries are outstanding, after which the
-///    copy fails with ETIMEDOUT (default 60; 0: never).
+///    copy fails with ETIMEDOUT (default 60; 0: never).  It also bounds
+///    nbdcpy_connect (and nbdcpy_open): connecting to the servers and
+///    their handshakes.
 ///  - "slow-timeout": the same limit while a FLUSH, WRITE_ZEROES (also
 ///    the up-front zeroing), fsync or fallocate is outstanding, which can
 ///    legitimately take long (default 0: never, like nbdcopy).
@@ -346,11 +390,18 @@ fn with_config<T>(
 ///  - "retries": how many times to try reconnecting an NBD connection
 ///    that was lost (reset, EOF, or no I/O for "timeout" seconds) before
 ///    failing (default 0: never, like nbdcopy); see nbdcpy(1) --retries.
-///    Servers run with nbdcpy_config_set_command() are not reconnected.
+///    Servers run with nbdcpy_config_set_command() and sockets given
+///    with nbdcpy_config_set_socket() are not reconnected; nbds://
+///    connections run a new TLS session.
 ///    Since version 0.2.
 ///  - "retry-delay": seconds (fractions allowed) before the first
 ///    reconnect attempt, doubled for each further one up to 30 (default
 ///    1).  Since version 0.2.
+///  - "rate": most bytes per second read from the source, over all
+///    connections and threads ("20M", also "20M/s"; default 0: no limit).
+///    A token bucket that starts empty, bursts of at most 4 requests;
+///    unless "request-size" is set, requests are at most 1/8 s's worth
+///    (at least 64k).  Since version 0.2.
 ///  - "tls-certificates", "tls-verify-peer", "tls-hostname",
 ///    "tls-psk-file", "tls-username": TLS settings for every nbds://
 ///    endpoint whose URI does not give them (the URI's query parameters of
@@ -469,11 +520,7 @@ pub unsafe extern "C" fn nbdcpy_config_set_command(
     argv: *const *const c_char,
 ) -> c_int {
     guard(-1, || {
-        let idx = match side {
-            NBDCPY_SOURCE => 0,
-            NBDCPY_DESTINATION => 1,
-            _ => return Err(Error::invalid(format!("bad side {side}"))),
-        };
+        let idx = side_index(side)?;
         let cmd = if argv.is_null() {
             None
         } else {
@@ -518,15 +565,82 @@ pub unsafe extern "C" fn nbdcpy_config_free(config: *mut Config) {
     })
 }
 
+/// Makes `side` (NBDCPY_SOURCE or NBDCPY_DESTINATION) an NBD server on a
+/// socket the caller has already connected (a socketpair with a server
+/// it started, a vsock, a socket systemd passed): nbdcpy runs the NBD
+/// handshake on it, asking for `export_name` (NULL or "": the server's
+/// default export).  Pass NULL as that side's string to nbdcpy_open() or
+/// nbdcpy_create().  That side then uses this one connection (no
+/// multi-conn).  `fd` -1 clears the socket.
+///
+/// Ownership: the caller's `fd` stays the caller's.  nbdcpy duplicates it
+/// at once (F_DUPFD_CLOEXEC), so the caller may close its `fd` as soon as
+/// this returns; it must not read or write the socket while nbdcpy uses
+/// it.  The duplicate belongs to the config, moves to the handle
+/// nbdcpy_create() or nbdcpy_open() makes from it (so one socket serves
+/// one handle: a second handle from the same config fails with EBUSY),
+/// and is closed by nbdcpy_close() after NBD_CMD_DISC and
+/// shutdown(SHUT_RDWR), or by nbdcpy_config_free() if no handle took it.
+/// The socket is put into blocking mode (O_NONBLOCK is shared by
+/// duplicates).  Fails with EBADF for a bad `fd`, ENOTSOCK for one that is
+/// not a stream socket.  Since version 0.2.
+///
+/// # Safety
+/// `config` is NULL or a config pointer; `export_name` is NULL or a
+/// NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn nbdcpy_config_set_socket(
+    config: *mut Config,
+    side: c_int,
+    fd: c_int,
+    export_name: *const c_char,
+) -> c_int {
+    guard(-1, || {
+        let idx = side_index(side)?;
+        let export = if export_name.is_null() {
+            ""
+        } else {
+            // SAFETY: per this function's contract.
+            unsafe { str_arg(export_name, "export_name") }?
+        };
+        // Check the config first: a bad config duplicates nothing.
+        with_config(config, |_| Ok(()))?;
+        let sock = if fd == -1 {
+            None
+        } else if fd < 0 {
+            return Err(Error::new(libc::EBADF, format!("bad socket fd {fd}")));
+        } else {
+            Some(GivenSocket::dup(fd, export)?)
+        };
+        with_config(config, |c| {
+            c.sockets[idx] = sock;
+            Ok(0)
+        })
+    })
+}
+
+fn side_index(side: c_int) -> Result<usize, Error> {
+    match side {
+        NBDCPY_SOURCE => Ok(0),
+        NBDCPY_DESTINATION => Ok(1),
+        _ => Err(Error::invalid(format!("bad side {side}"))),
+    }
+}
+
 /// Opens a copy from `source` to `destination`: connects to both ends,
 /// negotiates, and checks sizes (a destination smaller than the source is
 /// an error here, before anything is written).  Endpoints are what nbdcopy
 /// accepts: an NBD URI, a file or block device path, "-" (stdin/stdout),
 /// "null:" (destination only), or NULL for a side given as a command with
-/// nbdcpy_config_set_command().  `config` may be NULL (defaults).
+/// nbdcpy_config_set_command() or as a socket with
+/// nbdcpy_config_set_socket().  `config` may be NULL (defaults).
 /// Returns NULL on error; EMFILE when 4096 handles are open.  Close with
 /// nbdcpy_close().  nbdcpy_stats() on the new handle already reports the
 /// source's size (0 for a stream source).
+///
+/// The same as nbdcpy_create() then nbdcpy_connect() (closing the handle
+/// if that fails): waiting for a server is bounded by the "timeout"
+/// option.  To cancel an open from another thread, use those two.
 ///
 /// # Safety
 /// Strings are NULL or NUL-terminated; `config` is NULL or a config
@@ -538,48 +652,143 @@ pub unsafe extern "C" fn nbdcpy_open(
     config: *const Config,
 ) -> *mut Handle {
     guard(std::ptr::null_mut(), || {
-        let c = if config.is_null() {
-            ConfigData::default()
-        } else {
-            with_config(config, |c| Ok(c.clone()))?
-        };
-        let spec = |p: *const c_char, idx: usize, what: &str| -> Result<Spec, Error> {
-            match (&c.commands[idx], p.is_null()) {
-                (Some(argv), true) => Ok(Spec::Command(argv.clone())),
-                (Some(_), false) => Err(Error::invalid(format!(
-                    "{what} given both as a string and as a command"
-                ))),
-                // SAFETY: per this function's contract.
-                (None, _) => Ok(Spec::parse(unsafe { str_arg(p, what) }?)),
-            }
-        };
-        let src = spec(source, 0, "source")?;
-        let dst = spec(destination, 1, "destination")?;
-        let mut job = Job::open(src, dst, c.cfg.clone())?;
-        if let Some(f) = c.log {
-            let data = c.log_data;
-            job.set_logger(Box::new(move |level, msg| {
-                let m = CString::new(msg.replace('\0', " ")).unwrap_or_default();
-                f(data as *mut c_void, level as c_int, m.as_ptr());
-            }));
+        // SAFETY: per this function's contract.
+        let p = unsafe { create(source, destination, config) }?;
+        if let Err(e) = connect(p) {
+            let _ = HANDLES.remove(p);
+            return Err(e);
         }
-        let shared = job.shared().clone();
-        let h = Box::new(Handle {
-            job: Mutex::new(Some(job)),
-            shared: shared.clone(),
-            progress: c.progress,
-            progress_data: c.progress_data,
-            progress_ms: c.progress_ms,
-            finished: std::sync::atomic::AtomicBool::new(false),
-        });
-        let p: *mut Handle = HANDLES
-            .insert(h)
-            .map_err(|_| Error::new(libc::EMFILE, "too many open nbdcpy handles"))?;
-        // nbdcpy_cancel sets a bit in the handle's slot, never touching the
-        // job: the job polls that bit.
-        shared.watch_cancel(Box::new(HANDLES.cancel_watch(p)));
         Ok(p)
     })
+}
+
+/// A handle for a copy from `source` to `destination` (as for
+/// nbdcpy_open()), not yet connected: nothing is opened or connected
+/// until nbdcpy_connect().  The handle exists meanwhile, so another
+/// thread can nbdcpy_cancel() the connect, and nbdcpy_stats() works (all
+/// counters 0).  Arguments are checked here; the config is copied (free
+/// it whenever you like).  Close with nbdcpy_close().  Since version 0.2.
+///
+/// # Safety
+/// Strings are NULL or NUL-terminated; `config` is NULL or a config
+/// pointer.
+#[no_mangle]
+pub unsafe extern "C" fn nbdcpy_create(
+    source: *const c_char,
+    destination: *const c_char,
+    config: *const Config,
+) -> *mut Handle {
+    // SAFETY: per this function's contract.
+    guard(std::ptr::null_mut(), || unsafe {
+        create(source, destination, config)
+    })
+}
+
+/// # Safety
+/// As nbdcpy_create.
+unsafe fn create(
+    source: *const c_char,
+    destination: *const c_char,
+    config: *const Config,
+) -> Result<*mut Handle, Error> {
+    let c = if config.is_null() {
+        ConfigData::default()
+    } else {
+        with_config(config, |c| Ok(c.clone()))?
+    };
+    let spec = |p: *const c_char, idx: usize, what: &str| -> Result<Spec, Error> {
+        let given = [
+            !p.is_null(),
+            c.commands[idx].is_some(),
+            c.sockets[idx].is_some(),
+        ];
+        if given.iter().filter(|&&g| g).count() > 1 {
+            return Err(Error::invalid(format!(
+                "{what} given more than once (as a string, a command or a socket)"
+            )));
+        }
+        if let Some(argv) = &c.commands[idx] {
+            return Ok(Spec::Command(argv.clone()));
+        }
+        if let Some(s) = &c.sockets[idx] {
+            // The config hands its socket to this handle alone.
+            return s.take().map(Spec::Socket).ok_or_else(|| {
+                Error::new(
+                    libc::EBUSY,
+                    format!(
+                        "{what} socket fd {} was already given to another handle",
+                        s.caller_fd
+                    ),
+                )
+            });
+        }
+        // SAFETY: per this function's contract.
+        Ok(Spec::parse(unsafe { str_arg(p, what) }?))
+    };
+    let src = spec(source, 0, "source")?;
+    let dst = spec(destination, 1, "destination")?;
+    let shared = Arc::new(Shared::new());
+    let h = Box::new(Handle {
+        job: Mutex::new(None),
+        pending: Mutex::new(Some(Pending {
+            src,
+            dst,
+            cfg: c.clone(),
+        })),
+        shared: shared.clone(),
+        progress: c.progress,
+        progress_data: c.progress_data,
+        progress_ms: c.progress_ms,
+        finished: std::sync::atomic::AtomicBool::new(false),
+    });
+    let p: *mut Handle = HANDLES
+        .insert(h)
+        .map_err(|_| Error::new(libc::EMFILE, "too many open nbdcpy handles"))?;
+    // nbdcpy_cancel sets a bit in the handle's slot, never touching the
+    // job: the job polls that bit.
+    shared.watch_cancel(Box::new(HANDLES.cancel_watch(p)));
+    Ok(p)
+}
+
+/// Connects a handle from nbdcpy_create(): opens both ends, negotiates,
+/// and checks sizes, as nbdcpy_open() does.  Every wait for a server
+/// (connect and handshake, both ends together) is bounded by the
+/// "timeout" option (ETIMEDOUT; "timeout" 0: no bound), and
+/// nbdcpy_cancel() from another thread (or a signal handler), or
+/// nbdcpy_close(), ends it within about 50 ms with ECANCELED.  On failure
+/// everything opened so far is closed (server subprocesses reaped); the
+/// handle can then only be closed.  A handle connects once (EISCONN
+/// after a success, EALREADY after a failure).  Since version 0.2.
+///
+/// # Safety
+/// None: any pointer value is accepted.
+#[no_mangle]
+pub unsafe extern "C" fn nbdcpy_connect(h: *mut Handle) -> c_int {
+    guard(-1, || connect(h).map(|()| 0))
+}
+
+fn connect(h: *mut Handle) -> Result<(), Error> {
+    let h = handle(h)?;
+    let mut job = lock(&h.job);
+    if job.is_some() {
+        return Err(Error::new(libc::EISCONN, "the handle is already connected"));
+    }
+    let Pending { src, dst, cfg: c } = lock(&h.pending).take().ok_or_else(|| {
+        Error::new(
+            libc::EALREADY,
+            "the handle's connect failed before: close it",
+        )
+    })?;
+    let mut j = Job::open_with(src, dst, c.cfg.clone(), h.shared.clone())?;
+    if let Some(f) = c.log {
+        let data = c.log_data;
+        j.set_logger(Box::new(move |level, msg| {
+            let m = CString::new(msg.replace('\0', " ")).unwrap_or_default();
+            f(data as *mut c_void, level as c_int, m.as_ptr());
+        }));
+    }
+    *job = Some(j);
+    Ok(())
 }
 
 /// The live handle `h` names, held until the guard drops.
@@ -602,9 +811,12 @@ pub unsafe extern "C" fn nbdcpy_run(h: *mut Handle) -> c_int {
     guard(-1, || {
         let h = handle(h)?;
         let mut job = lock(&h.job);
-        let job = job
-            .as_mut()
-            .ok_or_else(|| Error::new(libc::EALREADY, "handle has no job"))?;
+        let job = job.as_mut().ok_or_else(|| {
+            Error::new(
+                libc::ENOTCONN,
+                "nbdcpy_run: the handle is not connected (see nbdcpy_connect)",
+            )
+        })?;
         let interval = Duration::from_millis(h.progress_ms as u64);
         let mut cb = |s: &Shared| -> bool {
             let Some(f) = h.progress else { return true };

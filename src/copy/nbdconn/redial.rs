@@ -187,7 +187,7 @@ impl NbdConn {
             r.attempts = 0; // the last connection made progress
         }
         let mut last: Option<Error> = None;
-        let (sock, info) = loop {
+        let (sock, info, sess) = loop {
             if r.attempts >= r.retries {
                 let why = last.map_or(String::new(), |e| format!("; last attempt: {e}"));
                 return Err(Error::new(
@@ -201,7 +201,7 @@ impl NbdConn {
             r.attempts += 1;
             sleep(backoff(r.delay, r.attempts), shared)?;
             match r.dial.dial() {
-                Ok((sock, info)) => {
+                Ok((sock, info, sess)) => {
                     if let Some(why) = changed(&self.info, &info) {
                         return Err(Error::new(
                             libc::EPROTO,
@@ -212,7 +212,7 @@ impl NbdConn {
                             ),
                         ));
                     }
-                    break (sock, info);
+                    break (sock, info, sess);
                 }
                 Err(e) => last = Some(e),
             }
@@ -222,6 +222,10 @@ impl NbdConn {
         // The previous redialled socket (if any) has nothing in the ring.
         r.sock = Some(sock);
         let whole_reads = r.whole_reads;
+        if let Some(sess) = sess {
+            // nbds://: the old session went with the old socket.
+            self.set_tls(sess);
+        }
         self.resume_on(info, whole_reads)?;
         Shared::add(&shared.reconnects, 1);
         self.post_recv(ring, base)?;

@@ -57,6 +57,7 @@ pub fn run_worker(mut lanes: Vec<Lane>, q: &WorkQueue, shared: &Shared) {
         cqes: Vec::with_capacity(256),
         events: Vec::with_capacity(64),
         last_progress: Instant::now(),
+        rate_wait: None,
     };
     if let Err(e) = w.run(&mut lanes) {
         shared.fail(e);
@@ -92,6 +93,8 @@ pub(super) struct Worker<'a> {
     cqes: Vec<(u64, i32, u32)>,
     events: Vec<ConnEvent>,
     pub(super) last_progress: Instant,
+    /// A lane waits for the rate limit: how long (the ring wait's bound).
+    rate_wait: Option<Duration>,
 }
 
 impl Worker<'_> {
@@ -134,7 +137,13 @@ impl Worker<'_> {
                     c.kick(&mut self.ring, user_data(i, K_DST_NBD, 0))?;
                 }
             }
-            self.ring.submit_and_wait(Duration::from_millis(50))?;
+            let wait = self
+                .rate_wait
+                .take()
+                .map_or(Duration::from_millis(50), |d| {
+                    d.clamp(Duration::from_millis(1), Duration::from_millis(50))
+                });
+            self.ring.submit_and_wait(wait)?;
             self.cqes.clear();
             self.ring.reap(&mut self.cqes);
             if self.cqes.is_empty() {
@@ -197,9 +206,18 @@ impl Worker<'_> {
                     break;
                 }
             }
+            // The "rate" option (copy/rate.rs): no read while in debt.
+            let rs = lane.params.request_size;
+            if let Some(d) = lane.params.rate.as_ref().and_then(|r| r.wait_for(rs)) {
+                self.rate_wait = Some(self.rate_wait.map_or(d, |w| w.min(d)));
+                break;
+            }
             let Some(piece) = lane.claim(self.q)? else {
                 break;
             };
+            if let (Some(r), false) = (&lane.params.rate, piece.zero) {
+                r.take(piece.len);
+            }
             lane.free_slots.pop();
             let (off, len) = (piece.offset, piece.len);
             let slot = &mut lane.slots[slot_id as usize];

@@ -92,6 +92,8 @@ pub struct LaneParams {
     /// The block hash of the source (--blkhash, --verify): fed the data
     /// as it arrives and the zero ranges, by offset.
     pub hash: Option<std::sync::Arc<crate::blkhash::BlockHasher>>,
+    /// The "rate" option's limiter, shared by all lanes (None: no limit).
+    pub rate: Option<std::sync::Arc<crate::copy::rate::Limiter>>,
 }
 
 pub(super) struct Slot {
