@@ -68,6 +68,15 @@ pub struct Config {
     /// (auto, the default) where it is measured to win, Some(true) wherever
     /// the source is NBD, Some(false) never.  An nbdcpy extension.
     pub splice: Option<bool>,
+    /// Copy only the blocks this qemu dirty bitmap marks dirty (the
+    /// source's `qemu:dirty-bitmap:NAME` meta context): incremental copies.
+    pub dirty_bitmap: Option<String>,
+    /// Where in the source the copied range starts (default 0).
+    pub offset: u64,
+    /// How many bytes to copy (None: to the source's end).
+    pub length: Option<u64>,
+    /// Where in the destination the range goes (None: at `offset`).
+    pub destination_offset: Option<u64>,
 }
 
 impl Default for Config {
@@ -93,6 +102,10 @@ impl Default for Config {
             file_lock: true,
             pipe_size: None,
             splice: None,
+            dirty_bitmap: None,
+            offset: 0,
+            length: None,
+            destination_offset: None,
         }
     }
 }
@@ -119,6 +132,10 @@ pub const OPTION_NAMES: &[&str] = &[
     "uring-file-writes",
     "file-lock",
     "pipe-size",
+    "dirty-bitmap",
+    "offset",
+    "length",
+    "destination-offset",
 ];
 
 impl Config {
@@ -176,6 +193,25 @@ impl Config {
                     return Err(bad(name, value, "must be between 512 and 1T"));
                 }
                 self.queue_size = v;
+            }
+            "dirty-bitmap" => {
+                let v = need(name, value)?;
+                // The meta context name must fit the protocol's 4 KiB.
+                if v.is_empty() || v.len() > 4000 || v.contains('\0') {
+                    return Err(bad(name, value, "must be a bitmap name of 1 to 4000 bytes"));
+                }
+                self.dirty_bitmap = Some(v.to_string());
+            }
+            "offset" => {
+                self.offset = parse_size(need(name, value)?).map_err(|e| bad(name, value, &e))?
+            }
+            "length" => {
+                self.length =
+                    Some(parse_size(need(name, value)?).map_err(|e| bad(name, value, &e))?)
+            }
+            "destination-offset" => {
+                self.destination_offset =
+                    Some(parse_size(need(name, value)?).map_err(|e| bad(name, value, &e))?)
             }
             "sparse" => {
                 let v = parse_size(need(name, value)?).map_err(|e| bad(name, value, &e))?;
@@ -298,6 +334,18 @@ mod tests {
         assert_eq!(c.sparse, Some(0));
         c.set("threads", Some("0")).unwrap();
         assert_eq!(c.threads, 0);
+        c.set("offset", Some("1M")).unwrap();
+        c.set("length", Some("64k")).unwrap();
+        c.set("destination-offset", Some("2s")).unwrap();
+        c.set("dirty-bitmap", Some("bitmap0")).unwrap();
+        assert_eq!(
+            (c.offset, c.length, c.destination_offset),
+            (1 << 20, Some(64 << 10), Some(1024))
+        );
+        assert_eq!(c.dirty_bitmap.as_deref(), Some("bitmap0"));
+        assert!(c.set("dirty-bitmap", Some("")).is_err());
+        assert!(c.set("offset", Some("1X")).is_err());
+        assert!(c.set("length", None).is_err());
     }
 
     #[test]

@@ -6,7 +6,9 @@
 
 pub mod align;
 pub mod buf;
+pub mod dirty;
 pub mod nbdconn;
+pub mod ranges;
 pub mod splice;
 pub mod stats;
 pub mod worker;
@@ -37,9 +39,14 @@ pub struct WorkQueue {
 
 impl WorkQueue {
     pub fn new(size: u64, piece: u64) -> WorkQueue {
+        WorkQueue::range(0, size, piece)
+    }
+
+    /// Hands out [start, end) only.
+    pub fn range(start: u64, end: u64, piece: u64) -> WorkQueue {
         WorkQueue {
-            next: AtomicU64::new(0),
-            end: size,
+            next: AtomicU64::new(start),
+            end,
             piece: piece.max(1),
         }
     }
@@ -103,6 +110,8 @@ pub struct Job {
     shared: Arc<Shared>,
     ran: bool,
     log: Option<Logger>,
+    /// What part of the source is copied, and where it goes.
+    window: ranges::Window,
 }
 
 /// How much a log message matters (the C API's `NBDCPY_LOG_*` values).
@@ -173,29 +182,20 @@ impl Job {
                 ));
             }
         }
-        // A destination of fixed size must hold the whole source.
+        // A destination of fixed size must hold what is copied into it.
         let fixed_dst = match &dst {
             Endpoint::Nbd(_) => true,
             Endpoint::File(f) => f.kind == FileKind::Block,
             Endpoint::Null => false,
         };
-        if let (true, Some(s), Some(d)) = (fixed_dst, src.size(), dst.size()) {
-            if d < s {
-                return Err(Error::new(
-                    libc::ENOSPC,
-                    format!(
-                        "destination {dst_spec} ({d} bytes) is smaller than source {src_spec} \
-                         ({s} bytes)"
-                    ),
-                ));
-            }
-        }
+        let dst_stream = matches!(&dst, Endpoint::File(f) if f.is_stream());
+        dirty::check_options(&cfg, matches!(&src, Endpoint::Nbd(_)), dst_stream)?;
         let shared = Arc::new(Shared::new());
-        shared.size.store(src.size().unwrap_or(0), Relaxed);
         shared
             .size_known
             .store(src.size().is_some() as u64, Relaxed);
-        Ok(Job {
+        let mut job = Job {
+            window: ranges::Window::whole(src.size()),
             src_spec,
             dst_spec,
             src,
@@ -204,7 +204,26 @@ impl Job {
             shared,
             ran: false,
             log: None,
-        })
+        };
+        let (src_name, dst_name) = (job.src_spec.to_string(), job.dst_spec.to_string());
+        job.window = ranges::Window::plan(
+            &job.cfg,
+            &ranges::Ends {
+                src_name: &src_name,
+                dst_name: &dst_name,
+                src_size: job.src.size(),
+                dst_fixed_size: job.dst.size().filter(|_| fixed_dst),
+                dst_stream,
+                align: job.align(),
+            },
+        )?;
+        let todo = if job.src.size().is_some() {
+            job.window.len()
+        } else {
+            0
+        };
+        job.shared.size.store(todo, Relaxed);
+        Ok(job)
     }
 
     /// Sends this job's log messages to `f` (none are printed otherwise).
@@ -285,10 +304,17 @@ impl Job {
         // Regular-file destinations are truncated and extended: they then
         // read as zeroes (like nbdcopy).
         let mut dst_is_zero = cfg.destination_is_zero;
+        // Ranges and incremental copies leave the rest of the destination
+        // as it is: a regular file is only extended to hold the range.
+        let keep_dst = self.window.partial || cfg.dirty_bitmap.is_some();
         if let Endpoint::File(f) = &mut self.dst {
-            dst_is_zero |= f
-                .prepare_dest(src_size)
-                .map_err(|e| e.context(format!("destination {}", self.dst_spec)))?;
+            let r = if keep_dst {
+                f.extend_dest(self.window.dst_start + self.window.len())
+                    .map(|()| false)
+            } else {
+                f.prepare_dest(src_size)
+            };
+            dst_is_zero |= r.map_err(|e| e.context(format!("destination {}", self.dst_spec)))?;
         }
         let dst_stream = matches!(&self.dst, Endpoint::File(f) if f.is_stream());
         // Lanes: one per connection pair; streams and --synchronous use one.
@@ -333,9 +359,9 @@ impl Job {
             // Local copies: lanes only buy parallelism, one per thread.
             lanes_n = lanes_n.min(threads);
         }
-        if let Some(s) = src_size {
+        if src_size.is_some() {
             // No point in more lanes than requests' worth of work.
-            let reqs = s.div_ceil(cfg.request_size).max(1);
+            let reqs = self.window.len().div_ceil(cfg.request_size).max(1);
             lanes_n = lanes_n.min(reqs.min(u32::MAX as u64) as u32);
         }
 
@@ -345,7 +371,11 @@ impl Job {
         // source is then skipped instead of being sent as a request.
         let fast_zero = match (&mut self.dst, src_size) {
             (Endpoint::Nbd(n), Some(len))
-                if !dst_is_zero && !cfg.allocated && n.can_fast_zero_all() && cfg.fast_zero =>
+                if !dst_is_zero
+                    && !cfg.allocated
+                    && !keep_dst
+                    && n.can_fast_zero_all()
+                    && cfg.fast_zero =>
             {
                 // Block status answers quickly; zeroing may not.
                 let t = limit(cfg.timeout_secs);
@@ -478,6 +508,8 @@ impl Job {
                 .then(|| Arc::new(std::sync::Mutex::new(()))),
             align: self.align(),
             stage_reads: self.dst_align() > 1 && matches!(&self.src, Endpoint::Nbd(_)),
+            dst_shift: self.window.shift(),
+            dirty: cfg.dirty_bitmap.is_some(),
         };
 
         let mut lanes = Vec::with_capacity(lanes_n as usize);
@@ -541,7 +573,7 @@ impl Job {
         });
 
         // Large pieces, but enough of them to keep every lane busy.
-        let size = src_size.unwrap_or(u64::MAX);
+        let size = self.window.len();
         // Sources that report extents get bigger ranges: one block status
         // (and one zeroing request) then covers more.
         let max_piece: u64 = match &self.src {
@@ -562,7 +594,7 @@ impl Job {
             let per = size / (lanes_n as u64 * 4).max(1);
             per.clamp(request_size, max_piece) / request_size * request_size
         };
-        let q = WorkQueue::new(size, piece);
+        let q = WorkQueue::range(self.window.start, self.window.end, piece);
 
         let mut per_worker: Vec<Vec<Lane>> = (0..workers_n).map(|_| Vec::new()).collect();
         for (i, lane) in lanes.into_iter().enumerate() {
@@ -622,6 +654,10 @@ impl Job {
         // Pipes hand payloads on in pieces of what they hold, which need
         // not be whole blocks of a server that wants aligned requests.
         if self.align() > 1 {
+            return false;
+        }
+        // The splice path writes at the source's offsets.
+        if self.window.shift() != 0 {
             return false;
         }
         // An explicit request size above the splice default is honoured

@@ -40,6 +40,8 @@ pub struct NbdEndpoint {
     no_disc: Vec<bool>,
     server: Option<ServerProcess>,
     want_meta: bool,
+    /// The source's dirty bitmap context (`--dirty-bitmap`).
+    dirty: Option<String>,
 }
 
 impl NbdEndpoint {
@@ -81,7 +83,28 @@ impl NbdEndpoint {
     ) -> Result<NbdEndpoint> {
         // Block status is only asked of a source, and only when used.
         let want_meta = side == Side::Source && !cfg.no_extents;
-        let (sock, info) = connect_one(&transport, &export, want_meta)?;
+        // An incremental copy also asks for the source's dirty bitmap.
+        let dirty = match (side, &cfg.dirty_bitmap) {
+            (Side::Source, Some(b)) => Some(format!("qemu:dirty-bitmap:{b}")),
+            _ => None,
+        };
+        let (sock, info) = connect_one(&transport, &export, want_meta, dirty.as_deref())?;
+        if let (Some(ctx), None) = (&dirty, info.dirty_context_id) {
+            return Err(Error::new(
+                libc::ENOTSUP,
+                format!(
+                    "the NBD server does not offer the dirty bitmap \"{}\" \
+                     (meta context \"{ctx}\"{}): export it with qemu-nbd -B {0} or \
+                     qemu's block-export-add bitmaps",
+                    cfg.dirty_bitmap.as_deref().unwrap_or_default(),
+                    if info.mode == crate::proto::HeaderMode::Simple {
+                        ", and it has no structured replies"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
         if info.size > i64::MAX as u64 {
             return Err(Error::new(
                 libc::EOVERFLOW,
@@ -98,6 +121,7 @@ impl NbdEndpoint {
             no_disc: vec![false],
             server,
             want_meta,
+            dirty,
         })
     }
 
@@ -121,7 +145,12 @@ impl NbdEndpoint {
     /// negotiation must agree with the first.
     pub fn lane_conn(&mut self, i: usize, p: &LaneParams) -> Result<NbdConn> {
         while self.socks.len() <= i {
-            let (sock, info) = connect_one(&self.transport, &self.export, self.want_meta)?;
+            let (sock, info) = connect_one(
+                &self.transport,
+                &self.export,
+                self.want_meta,
+                self.dirty.as_deref(),
+            )?;
             self.adopt(sock, info)?;
         }
         self.no_disc[i] = true;
@@ -256,7 +285,12 @@ impl NbdEndpoint {
         let (mut zero, mut total) = (0u64, 0u64);
         let ok = self
             .collect(&mut parser, 1, timeout, cancelled, &mut |c| {
-                if let Chunk::BlockStatus { extents, .. } = c {
+                if let Chunk::BlockStatus {
+                    extents,
+                    dirty_bitmap: false,
+                    ..
+                } = c
+                {
                     for e in extents {
                         total += e.len;
                         if e.flags & consts::NBD_STATE_ZERO != 0 {
@@ -337,9 +371,10 @@ impl NbdEndpoint {
             return Ok(());
         }
         let (t, e, m) = (&self.transport, self.export.as_str(), self.want_meta);
+        let d = self.dirty.as_deref();
         let got: Vec<Result<(OwnedFd, Negotiated)>> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..need)
-                .map(|_| s.spawn(move || connect_one(t, e, m)))
+                .map(|_| s.spawn(move || connect_one(t, e, m, d)))
                 .collect();
             hs.into_iter()
                 .map(|h| {
@@ -361,6 +396,8 @@ impl NbdEndpoint {
         if info.size != self.info.size
             || info.mode != self.info.mode
             || info.tflags != self.info.tflags
+            || info.meta_context_id != self.info.meta_context_id
+            || info.dirty_context_id != self.info.dirty_context_id
         {
             return Err(Error::new(
                 libc::EPROTO,
@@ -468,10 +505,15 @@ fn timeout_err(what: &str, e: std::io::Error, timeout: Duration) -> Error {
 }
 
 /// Connects one socket and runs the handshake on it.
-fn connect_one(t: &Transport, export: &str, want_meta: bool) -> Result<(OwnedFd, Negotiated)> {
+fn connect_one(
+    t: &Transport,
+    export: &str,
+    want_meta: bool,
+    dirty: Option<&str>,
+) -> Result<(OwnedFd, Negotiated)> {
     let fd = connect_socket(t)?;
     set_timeouts(fd.as_raw_fd(), Some(HANDSHAKE_TIMEOUT));
-    let info = handshake(fd.as_raw_fd(), export, want_meta)?;
+    let info = handshake(fd.as_raw_fd(), export, want_meta, dirty)?;
     set_timeouts(fd.as_raw_fd(), None);
     tune_socket(fd.as_raw_fd(), t);
     Ok((fd, info))
@@ -598,7 +640,7 @@ fn tune_socket(fd: RawFd, t: &Transport) {
 }
 
 /// Drives the sans-I/O handshake over a blocking socket.
-fn handshake(fd: RawFd, export: &str, want_meta: bool) -> Result<Negotiated> {
+fn handshake(fd: RawFd, export: &str, want_meta: bool, dirty: Option<&str>) -> Result<Negotiated> {
     // SAFETY: we borrow fd for the handshake only; ManuallyDrop keeps the
     // UnixStream wrapper from closing it (the caller owns it).
     let mut s = std::mem::ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(fd) });
@@ -607,6 +649,7 @@ fn handshake(fd: RawFd, export: &str, want_meta: bool) -> Result<Negotiated> {
         extended_headers: true,
         structured_replies: true,
         meta_context: want_meta.then(|| "base:allocation".to_string()),
+        dirty_context: dirty.map(str::to_string),
         request_block_size: true,
         tls: false,
     });

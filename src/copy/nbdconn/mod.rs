@@ -52,6 +52,9 @@ pub enum RecvEvent {
     /// BLOCK_STATUS answer: extents (offset, length, reads-as-zero) from
     /// the start of the asked range, clamped to it.
     Extents { extents: Vec<(u64, u64, bool)> },
+    /// BLOCK_STATUS answer of the dirty bitmap's context: extents
+    /// (offset, length, dirty), like `Extents`.
+    DirtyExtents { extents: Vec<(u64, u64, bool)> },
     /// The BLOCK_STATUS for [offset, offset+len) completed (or failed,
     /// when `ok` is false: the range is then treated as data).
     StatusDone { offset: u64, len: u64, ok: bool },
@@ -745,13 +748,25 @@ impl NbdConn {
                                 len: len as u32,
                             });
                         }
-                        Chunk::BlockStatus { extents, .. } => {
+                        Chunk::BlockStatus {
+                            extents,
+                            dirty_bitmap: false,
+                            ..
+                        } => {
                             events.push(RecvEvent::Extents {
                                 extents: extents
                                     .iter()
                                     .map(|e| {
                                         (e.offset, e.len, e.flags & consts::NBD_STATE_ZERO != 0)
                                     })
+                                    .collect(),
+                            });
+                        }
+                        Chunk::BlockStatus { extents, .. } => {
+                            events.push(RecvEvent::DirtyExtents {
+                                extents: extents
+                                    .iter()
+                                    .map(|e| (e.offset, e.len, e.flags & 1 != 0))
                                     .collect(),
                             });
                         }

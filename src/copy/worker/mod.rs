@@ -13,6 +13,7 @@
 
 use super::align::{align_down, push_merged, Aligner, Extent};
 use super::buf::AlignedBuf;
+use super::dirty::{self, DirtyMerge};
 use super::nbdconn::{NbdConn, RecvEvent};
 use super::splice;
 use super::stats::Shared;
@@ -108,6 +109,11 @@ pub struct LaneParams {
     /// several chunks are assembled in the slot's buffer and handed on
     /// whole (a chunk boundary need not be aligned).
     pub stage_reads: bool,
+    /// Added (wrapping) to a source offset gives the destination offset
+    /// (`ranges::Window::shift`; 0 but for --destination-offset).
+    pub dst_shift: u64,
+    /// Copy only what the source's dirty bitmap marks dirty.
+    pub dirty: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -196,6 +202,8 @@ pub struct Lane {
     runs: Vec<(usize, usize, bool)>,
     /// The splice data path, when this lane uses it.
     splice: Option<LaneSplice>,
+    /// Clean bytes (dirty bitmap) not yet reported.
+    clean: u64,
 }
 
 // SAFETY: the raw pointers in a lane (WriteOp::ptr) point into buffers the
@@ -263,6 +271,7 @@ impl Lane {
             slow_file_ops: 0,
             runs: Vec::new(),
             splice: None,
+            clean: 0,
             p,
         }
     }
@@ -387,12 +396,16 @@ impl Lane {
                 file_extents(*fd, a, b, &mut |e| aligner.push(e, out));
                 aligner.finish(out);
             }
-            SrcIo::Nbd(c) if self.p.extents && c.can_block_status() => {
+            SrcIo::Nbd(c) if (self.p.extents || self.p.dirty) && c.can_block_status() => {
                 c.queue_block_status(a, b - a)?;
                 self.status = Some(PendingStatus {
                     start: a,
                     end: b,
                     aligner,
+                    dirty: self
+                        .p
+                        .dirty
+                        .then(|| DirtyMerge::new(a, b, self.p.align, self.p.extents)),
                 });
             }
             _ => push_merged(
@@ -412,7 +425,7 @@ impl Lane {
         if self.status.is_none()
             && !self.exhausted
             && !self.extents.is_empty()
-            && matches!(&self.src, SrcIo::Nbd(c) if self.p.extents && c.can_block_status())
+            && matches!(&self.src, SrcIo::Nbd(c) if (self.p.extents || self.p.dirty) && c.can_block_status())
         {
             self.claim_range(q)?;
         }
@@ -424,6 +437,11 @@ impl Lane {
         let Some(st) = self.status.as_mut() else {
             return;
         };
+        if let Some(d) = st.dirty.as_mut() {
+            d.add_alloc(ext);
+            self.clean += d.drain(&mut self.extents);
+            return;
+        }
         for &(off, len, zero) in ext {
             // Keep only what continues the covered part, inside the range
             // (a continued request may start before it: see status_done).
@@ -450,6 +468,9 @@ impl Lane {
         let Some(mut st) = self.status.take() else {
             return Ok(());
         };
+        if st.dirty.is_some() {
+            return self.dirty_status_done(st, ok);
+        }
         let covered = st.aligner.pos();
         if covered < st.end {
             if ok && covered > st.start {
@@ -476,6 +497,40 @@ impl Lane {
     }
 }
 
+impl Lane {
+    /// Dirty-bitmap extents for the pending range.
+    fn add_dirty_extents(&mut self, ext: &[(u64, u64, bool)]) {
+        if let Some(d) = self.status.as_mut().and_then(|st| st.dirty.as_mut()) {
+            d.add_dirty(ext);
+            self.clean += d.drain(&mut self.extents);
+        }
+    }
+
+    /// `status_done` of an incremental copy: ask again from where both
+    /// contexts' answers reach, or (on error, no progress) copy the rest.
+    fn dirty_status_done(&mut self, mut st: PendingStatus, ok: bool) -> Result<()> {
+        let Some(d) = st.dirty.as_mut() else {
+            return Ok(());
+        };
+        let covered = d.covered();
+        if covered < st.end && ok && covered > st.start {
+            if let SrcIo::Nbd(c) = &mut self.src {
+                let from = align_down(covered, self.p.align);
+                c.queue_block_status(from, st.end - from)?;
+                st.start = covered;
+                self.status = Some(st);
+                return Ok(());
+            }
+        }
+        self.clean += if covered < st.end {
+            d.rest_is_dirty(&mut self.extents)
+        } else {
+            d.finish(&mut self.extents)
+        };
+        Ok(())
+    }
+}
+
 /// A claimed range whose BLOCK_STATUS is outstanding.
 struct PendingStatus {
     /// Where the outstanding request's answer must make progress from.
@@ -483,6 +538,8 @@ struct PendingStatus {
     end: u64,
     /// Extents received so far end at `aligner.pos()`.
     aligner: Aligner,
+    /// Incremental copies: both contexts' answers, merged.
+    dirty: Option<DirtyMerge>,
 }
 
 /// True when every byte is zero; stops at the first non-zero word.
@@ -663,6 +720,7 @@ impl Worker<'_> {
     /// Starts work on free slots: reads for data pieces, zeroing for
     /// zero pieces.
     fn fill(&mut self, li: usize, lane: &mut Lane) -> Result<()> {
+        dirty::account_clean(self.shared, std::mem::take(&mut lane.clean));
         while let Some(&si) = lane.free_slots.last() {
             if let SrcIo::Nbd(c) = &lane.src {
                 if !c.can_issue() {
@@ -931,6 +989,7 @@ impl Worker<'_> {
         room: usize,
         block: Option<u32>,
     ) -> Result<()> {
+        let offset = offset.wrapping_add(lane.p.dst_shift);
         Self::check_dst_range(lane, offset, len as u64)?;
         match &mut lane.dst {
             DstIo::Null => {
@@ -963,6 +1022,7 @@ impl Worker<'_> {
         offset: u64,
         len: u64,
     ) -> Result<()> {
+        let offset = offset.wrapping_add(lane.p.dst_shift);
         Self::check_dst_range(lane, offset, len)?;
         if lane.p.dst_is_zero
             && !lane.p.allocated
@@ -1108,6 +1168,10 @@ impl Worker<'_> {
                 lane.add_status_extents(&extents);
                 Ok(())
             }
+            RecvEvent::DirtyExtents { extents } => {
+                lane.add_dirty_extents(&extents);
+                Ok(())
+            }
             RecvEvent::StatusDone { ok, .. } => lane.status_done(ok),
             RecvEvent::WriteDone { .. } | RecvEvent::Flushed | RecvEvent::Release { .. } => {
                 Err(Error::new(
@@ -1144,6 +1208,7 @@ impl Worker<'_> {
             | RecvEvent::Hole { .. }
             | RecvEvent::ReadDone { .. }
             | RecvEvent::Extents { .. }
+            | RecvEvent::DirtyExtents { .. }
             | RecvEvent::StatusDone { .. } => Err(Error::new(
                 libc::EIO,
                 "destination sent data it was not asked for",
