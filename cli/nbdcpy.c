@@ -47,6 +47,8 @@ usage (FILE *fp, int status)
 "         [-S N|--sparse=N] [--splice=auto|on|off] [--synchronous]\n"
 "         [-T N|--threads=N] [--timeout=SECONDS] [--slow-timeout=SECONDS]\n"
 "         [--set=KEY=VALUE] [-v|--verbose]\n"
+"         [--offset=N] [--length=N] [--destination-offset=N]\n"
+"         [--dirty-bitmap=NAME]\n"
 "         SOURCE DESTINATION\n"
 "\n"
 "  SOURCE, DESTINATION := - | FILE | DEVICE | NBD-URI | [ CMD ARGS ... ]\n"
@@ -57,6 +59,7 @@ usage (FILE *fp, int status)
 "Examples:\n"
 "  nbdcpy nbd://example.com local.img\n"
 "  nbdcpy -- [ qemu-nbd -r -f qcow2 disk.qcow2 ] - | file -\n"
+"  nbdcpy --dirty-bitmap=b0 nbd+unix:///?socket=/tmp/s backup.img\n"
 "\n"
 "Please read the nbdcpy(1) manual page for full usage.\n");
   exit (status);
@@ -205,7 +208,8 @@ main (int argc, char *argv[])
     DESTINATION_IS_ZERO_OPTION, FLUSH_OPTION, NO_EXTENTS_OPTION,
     QUEUE_SIZE_OPTION, REQUEST_SIZE_OPTION, SYNCHRONOUS_OPTION,
     TIMEOUT_OPTION, SLOW_TIMEOUT_OPTION, SET_OPTION,
-    SPLICE_OPTION,
+    SPLICE_OPTION, DIRTY_BITMAP_OPTION, OFFSET_OPTION, LENGTH_OPTION,
+    DESTINATION_OFFSET_OPTION,
   };
   static const char short_options[] = "C:pR:S:T:vV";
   static const struct option long_options[] = {
@@ -229,6 +233,10 @@ main (int argc, char *argv[])
     { "slow-timeout", required_argument, NULL, SLOW_TIMEOUT_OPTION },
     { "set", required_argument, NULL, SET_OPTION },
     { "splice", required_argument, NULL, SPLICE_OPTION },
+    { "dirty-bitmap", required_argument, NULL, DIRTY_BITMAP_OPTION },
+    { "offset", required_argument, NULL, OFFSET_OPTION },
+    { "length", required_argument, NULL, LENGTH_OPTION },
+    { "destination-offset", required_argument, NULL, DESTINATION_OFFSET_OPTION },
     { "verbose", no_argument, NULL, 'v' },
     { "version", no_argument, NULL, 'V' },
     { NULL }
@@ -287,6 +295,12 @@ main (int argc, char *argv[])
     case 'T': set (cfg, "threads", optarg); break;
     case TIMEOUT_OPTION: set (cfg, "timeout", optarg); break;
     case SLOW_TIMEOUT_OPTION: set (cfg, "slow-timeout", optarg); break;
+    case DIRTY_BITMAP_OPTION: set (cfg, "dirty-bitmap", optarg); break;
+    case OFFSET_OPTION: set (cfg, "offset", optarg); break;
+    case LENGTH_OPTION: set (cfg, "length", optarg); break;
+    case DESTINATION_OFFSET_OPTION:
+      set (cfg, "destination-offset", optarg);
+      break;
     case SET_OPTION: {
       /* --set=KEY=VALUE: any nbdcpy_config_set key (debug knobs). */
       char *eq = strchr (optarg, '=');
