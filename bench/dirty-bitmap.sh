@@ -17,7 +17,8 @@
 #
 #   bench/dirty-bitmap.sh [file|nbd ...]
 #
-# Environment: NBDCPY (default build/nbdcpy), ROUNDS, SIZE, DIR (work
+# Environment: NBDCPY (default build/nbdcpy), ROUNDS, SIZE, FLUSH=1 (every
+# copier flushes or fsyncs the destination at the end), DIR (work
 # directory, default under /var/tmp; removed at the end unless KEEP=1).
 # Not on tmpfs: the files take a few GiB, and a zeroing request that a
 # filesystem cannot turn into a hole would fill memory with zeroes.
@@ -29,6 +30,9 @@ ROUNDS=${ROUNDS:-5}
 SIZE=${SIZE:-64G}
 DIR=${DIR:-/var/tmp/nbdcpy-dirty-bench.$$}
 PY=/usr/bin/python3
+FLUSH=${FLUSH:-0}
+FL=()
+[ "$FLUSH" = 1 ] && FL=(--flush)
 DSTS=("$@")
 [ ${#DSTS[@]} -gt 0 ] || DSTS=(file nbd)
 
@@ -114,9 +118,9 @@ run() {
     local t0 t1
     t0=$(date +%s.%N)
     case $copier in
-        nbdcpy) "$NBDCPY" --flush --dirty-bitmap=b0 "$(uri src)" "$target" ;;
-        script) "$PY" "$HERE/dirty-copy.py" b0 "$(uri src)" "$target" >/dev/null ;;
-        nbdcopy) nbdcopy --flush "$(uri src)" "$target" ;;
+        nbdcpy) "$NBDCPY" "${FL[@]}" --dirty-bitmap=b0 "$(uri src)" "$target" ;;
+        script) "$PY" "$HERE/dirty-copy.py" "${FL[@]}" b0 "$(uri src)" "$target" >/dev/null ;;
+        nbdcopy) nbdcopy "${FL[@]}" "$(uri src)" "$target" ;;
     esac
     t1=$(date +%s.%N)
     stop_servers
@@ -136,11 +140,11 @@ for dst in "${DSTS[@]}"; do
     done
 done
 
-"$PY" - results "$SIZE" <<'PY'
+"$PY" - results "$SIZE" "$([ "$FLUSH" = 1 ] && echo ", with flush")" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
-print("incremental copy of a %s qcow2 with 1%% dirty (64 KiB runs), medians of %d runs"
-      % (sys.argv[2], len(rows) // 6 or 1))
+print("incremental copy of a %s qcow2 with 1%% dirty (64 KiB runs), medians of %d runs%s"
+      % (sys.argv[2], len(rows) // 6 or 1, sys.argv[3]))
 print("| destination | copier | wall s | source requests | destination requests | wall / script |")
 print("|---|---|---|---|---|---|")
 for dst in dict.fromkeys(r[1] for r in rows):

@@ -6,8 +6,9 @@
 # read the dirty bitmap's block status, then copy each dirty extent.
 # The baseline for bench/dirty-bitmap.sh.
 #
-#   dirty-copy.py BITMAP SRC-URI DST     (DST: a file, or an NBD URI)
+#   dirty-copy.py [--flush] BITMAP SRC-URI DST   (DST: a file, or an NBD URI)
 #
+# --flush: flush (NBD) or fsync (file) the destination at the end.
 # Prints "requests N" (NBD requests to the source and destination).
 
 import os
@@ -18,7 +19,11 @@ import nbd
 MAX_REQUEST = 32 << 20   # the most one NBD READ may ask for
 STATUS_CHUNK = 2 << 30   # one BLOCK_STATUS covers at most this
 
-bitmap, src_uri, dst = sys.argv[1:4]
+args = sys.argv[1:]
+flush = args[:1] == ["--flush"]
+if flush:
+    args = args[1:]
+bitmap, src_uri, dst = args[:3]
 context = "qemu:dirty-bitmap:" + bitmap
 
 src = nbd.NBD()
@@ -81,11 +86,13 @@ for at, length in dirty:
         at += n
 
 if out is not None:
-    out.flush()
-    requests += 1
+    if flush:
+        out.flush()
+        requests += 1
     out.shutdown()
 else:
-    os.fsync(fd)
+    if flush:
+        os.fsync(fd)
     os.close(fd)
 src.shutdown()
 print("requests", requests)

@@ -340,3 +340,62 @@ fn command_line_incremental_copy() {
     let read: u64 = traced_reads(&trace).iter().map(|r| r.1).sum();
     assert!(read > 0 && read < SIZE / 4, "{read} bytes read");
 }
+
+/// An 8 TiB disk with a few dirty MiB: block status for both contexts is
+/// fetched in large ranges (a handful of requests for the whole disk),
+/// and the copy takes well under a second (asserted loosely: the machine
+/// may be loaded).
+#[test]
+fn huge_disk_few_dirty_blocks() {
+    if !require("qemu-nbd") || !require("qemu-img") || !require("qemu-io") || !require("nbdinfo") {
+        return;
+    }
+    let dir = TempDir::new("dirty-huge");
+    let src = dir.file("big.qcow2");
+    run_ok(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&src)
+            .arg("8T"),
+    );
+    run_ok(
+        Command::new("qemu-img")
+            .args(["bitmap", "--add", "--enable", "-f", "qcow2"])
+            .arg(&src)
+            .arg("b0"),
+    );
+    qemu_io_qcow2(
+        &src,
+        &[
+            "write -P 0x33 1000001 70001",
+            "write -P 0x34 5T 1M",
+            "write -z 7T 1M",
+            "write -P 1 8191G 2M",
+        ],
+    );
+    let trace = dir.file("trace.log");
+    let tr = format!(
+        "nbd_co_receive_request_decode_type,file={}",
+        trace.display()
+    );
+    let srv = qemu_nbd(
+        &dir,
+        &src,
+        &["-r", "-f", "qcow2", "-B", "b0", "--trace", &tr],
+    );
+    let dirty: u64 = dirty_map(&srv.uri()).iter().map(|d| d.1).sum();
+    let _ = std::fs::write(&trace, "");
+    let t = std::time::Instant::now();
+    let st = copy(&srv.uri(), "null:", &[("dirty-bitmap", "b0")]).unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    drop(srv);
+    assert_eq!(st.copied + st.zeroed, dirty, "{st:?}");
+    assert_eq!(st.skipped, (8u64 << 40) - dirty);
+    let t = std::fs::read_to_string(&trace).unwrap();
+    let status = t.matches("(block status)").count();
+    let reads = t.matches("(read)").count();
+    assert!(status > 0 && status <= 64, "{status} BLOCK_STATUS requests");
+    assert!(reads > 0 && reads <= 16, "{reads} READ requests");
+    assert!(secs < 5.0, "8 TiB incremental copy took {secs:.2} s");
+    eprintln!("8 TiB, {dirty} dirty bytes: {secs:.3} s, {status} BLOCK_STATUS, {reads} READ");
+}

@@ -426,6 +426,12 @@ impl NbdConn {
         self.info.can_block_status()
     }
 
+    /// Whether BLOCK_STATUS answers base:allocation (an incremental copy
+    /// may have only the dirty bitmap's context).
+    pub fn can_allocation_status(&self) -> bool {
+        self.info.meta_context_id.is_some()
+    }
+
     /// Queues BLOCK_STATUS for [offset, offset+len).
     pub fn queue_block_status(&mut self, offset: u64, len: u64) -> Result<()> {
         let req = Request {

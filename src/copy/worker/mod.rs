@@ -405,7 +405,7 @@ impl Lane {
                     dirty: self
                         .p
                         .dirty
-                        .then(|| DirtyMerge::new(a, b, self.p.align, self.p.extents)),
+                        .then(|| DirtyMerge::new(a, b, self.p.align, c.can_allocation_status())),
                 });
             }
             _ => push_merged(
