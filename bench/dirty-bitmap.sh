@@ -107,6 +107,7 @@ count() { [ -f "$1.trace" ] && grep -c decode_type "$1.trace" || echo 0; }
 # dst-reqs" to results.
 run() {
     local copier=$1 dst=$2 verify=$3 target
+    rm -f src.trace dst.trace
     start_qemu_nbd src -r -f qcow2 -B b0 src.qcow2
     if [ "$dst" = nbd ]; then
         # Zeroing punches holes (else a full copy writes 64G of zeroes).
