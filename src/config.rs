@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 // Copyright (C) 2026 The nbdcpy authors
 
-//! Copy options: nbdcopy's long option names, their defaults, and parsing of
-//! values (including nbdcopy's human sizes such as "1M" and "256k").
+//! Copy options: nbdcopy's option names, their defaults, and value parsing.
+//
+// Copy options: nbdcopy's long option names, their defaults, and parsing of
+// values (including nbdcopy's human sizes such as "1M" and "256k").
 
 use crate::error::{Error, Result};
 

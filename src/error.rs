@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 // Copyright (C) 2026 The nbdcpy authors
 
-//! The library's error type: an errno value plus a message naming the
-//! endpoint, offset and cause.
+//! The library's error type: an errno value and a message naming endpoint, offset, cause.
+//
+// The library's error type: an errno value plus a message naming the
+// endpoint, offset and cause.
 
 use std::fmt;
 

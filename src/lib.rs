@@ -2,10 +2,13 @@
 // Copyright (C) 2026 The nbdcpy authors
 
 //! nbdcpy: a fast NBD disk image copier on io_uring, with a C API.
-//!
-//! Layers (dependencies point down): `ffi` (C ABI) -> `copy` (the job and
-//! its io_uring workers) -> `endpoint` (what can be copied from/to) ->
-//! `ring` (io_uring primitives) and `proto` (sans-I/O NBD).
+//
+// nbdcpy: a fast NBD disk image copier on io_uring, with a C API.
+//
+// Layers (dependencies point down): `ffi` (C ABI) -> `copy` (the job and
+// its io_uring workers) -> `endpoint` (what can be copied from/to) ->
+// `ring` (io_uring primitives), `sys` (safe system call wrappers) and
+// `proto` (sans-I/O NBD).
 
 pub mod config;
 pub mod copy;
@@ -14,6 +17,7 @@ pub mod error;
 pub mod ffi;
 pub mod proto;
 pub mod ring;
+pub mod sys;
 
 pub use config::Config;
 pub use error::{Error, Result};

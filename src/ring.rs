@@ -1,36 +1,31 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 // Copyright (C) 2026 The nbdcpy authors
 
-//! The io_uring event loop primitives: ring setup with feature probing,
-//! submission with back-pressure, bounded waits and completion draining.
-//!
-//! One `Ring` belongs to one worker thread.  Operations are identified by a
-//! caller-chosen `user_data`; the caller owns the buffers and must keep
-//! them alive until the operation's completion has been reaped (see
-//! `Ring::push`).  `Ring::drain` cancels and waits for every operation in
-//! flight, so a worker can free its buffers safely on any exit path.
+//! The io_uring primitives: setup, submission, bounded waits, draining.
+//
+// The io_uring event loop primitives: ring setup with feature probing,
+// submission with back-pressure, bounded waits and completion draining.
+//
+// One `Ring` belongs to one worker thread.  Operations are identified by a
+// caller-chosen `user_data`; the caller owns the buffers and must keep
+// them alive until the operation's completion has been reaped (see
+// `Ring::push`).  `Ring::drain` cancels and waits for every operation in
+// flight, so a worker can free its buffers safely on any exit path: with
+// one cancel-any request (Linux 5.19+), or one cancel per operation on
+// older kernels, whose rings track what is in flight for that.
 
 use crate::error::{Error, Result};
-use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
+use io_uring::{opcode, squeue, types, IoUring};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
-
-/// Which optional kernel features this ring has.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Features {
-    /// IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN were accepted.
-    pub defer_taskrun: bool,
-    /// IORING_OP_SEND_ZC is supported.
-    pub send_zc: bool,
-    /// IORING_OP_FALLOCATE is supported.
-    pub fallocate: bool,
-    /// Cancel-any (IORING_ASYNC_CANCEL_ANY, 5.19+) is supported.
-    pub cancel_any: bool,
-}
 
 pub struct Ring {
     uring: IoUring,
     in_flight: usize,
-    pub features: Features,
+    /// Kernels without cancel-any (before 5.19): the user_data of every
+    /// operation in flight (with a count), so a drain can cancel each.
+    /// None where one cancel-any request does it.
+    tracked: Option<HashMap<u64, u32>>,
     /// Number of io_uring_enter calls made (for stats and tests).
     pub enters: u64,
 }
@@ -40,7 +35,6 @@ impl Ring {
     /// task-running mode first and falling back on older kernels.
     pub fn new(entries: u32) -> Result<Ring> {
         let entries = entries.clamp(8, 4096).next_power_of_two();
-        let mut features = Features::default();
         let cq = entries * 4;
         let uring = match IoUring::builder()
             .setup_single_issuer()
@@ -48,10 +42,7 @@ impl Ring {
             .setup_cqsize(cq)
             .build(entries)
         {
-            Ok(r) => {
-                features.defer_taskrun = true;
-                r
-            }
+            Ok(r) => r,
             Err(_) => match IoUring::builder().setup_cqsize(cq).build(entries) {
                 Ok(r) => r,
                 Err(e) => {
@@ -71,21 +62,40 @@ impl Ring {
                 "this kernel's io_uring is too old: nbdcpy needs Linux 5.11 or later (IORING_FEAT_EXT_ARG)",
             ));
         }
-        let mut probe = Probe::new();
-        if uring.submitter().register_probe(&mut probe).is_ok() {
-            features.send_zc = probe.is_supported(opcode::SendZc::CODE);
-            features.fallocate = probe.is_supported(opcode::Fallocate::CODE);
-            // ASYNC_CANCEL exists since 5.5; CANCEL_ANY since 5.19, the same
-            // release as SEND_ZC's predecessor features; use SEND_ZC (6.0) as
-            // the witness of a new enough kernel.
-            features.cancel_any = probe.is_supported(opcode::AsyncCancel::CODE) && features.send_zc;
-        }
-        Ok(Ring {
+        let mut ring = Ring {
             uring,
             in_flight: 0,
-            features,
+            tracked: None,
             enters: 0,
-        })
+        };
+        if !ring.probe_cancel_any()? {
+            ring.tracked = Some(HashMap::new());
+        }
+        Ok(ring)
+    }
+
+    /// Whether this kernel cancels by IORING_ASYNC_CANCEL_ANY (5.19): on
+    /// the empty ring, such a cancel finds nothing (ENOENT); an older
+    /// kernel refuses its flags (EINVAL).
+    fn probe_cancel_any(&mut self) -> Result<bool> {
+        let e = opcode::AsyncCancel2::new(types::CancelBuilder::any())
+            .build()
+            .user_data(DRAIN_CANCEL);
+        // SAFETY: a cancel request refers to no memory.
+        unsafe { self.push(&e) }?;
+        let mut out = Vec::new();
+        while self.in_flight > 0 {
+            self.submit_and_wait(Duration::from_millis(100))?;
+            self.reap(&mut out);
+        }
+        Ok(out.first().is_some_and(|&(_, res, _)| res == -libc::ENOENT))
+    }
+
+    /// Drain as on kernels without cancel-any (for tests).
+    #[cfg(test)]
+    fn without_cancel_any(mut self) -> Ring {
+        self.tracked = Some(HashMap::new());
+        self
     }
 
     /// Operations submitted (or queued) whose completion was not reaped.
@@ -105,6 +115,9 @@ impl Ring {
             // SAFETY: forwarded to the caller's contract above.
             if unsafe { self.uring.submission().push(entry) }.is_ok() {
                 self.in_flight += 1;
+                if let Some(t) = self.tracked.as_mut() {
+                    *t.entry(entry.get_user_data()).or_insert(0) += 1;
+                }
                 return Ok(());
             }
             self.submit(0)?;
@@ -148,14 +161,15 @@ impl Ring {
         let mut cq = self.uring.completion();
         cq.sync();
         for cqe in &mut cq {
-            // A zero-copy send posts its result with F_MORE and a
-            // notification later: it stays in flight (and its buffers in
-            // use) until that last completion.
-            if cqueue::more(cqe.flags()) {
-                out.push((cqe.user_data(), cqe.result(), cqe.flags()));
-                continue;
-            }
             self.in_flight = self.in_flight.saturating_sub(1);
+            if let Some(t) = self.tracked.as_mut() {
+                if let Some(n) = t.get_mut(&cqe.user_data()) {
+                    *n -= 1;
+                    if *n == 0 {
+                        t.remove(&cqe.user_data());
+                    }
+                }
+            }
             out.push((cqe.user_data(), cqe.result(), cqe.flags()));
         }
     }
@@ -170,15 +184,7 @@ impl Ring {
         let mut cancelled = false;
         while self.in_flight > 0 {
             if !cancelled {
-                let e = if self.features.cancel_any {
-                    opcode::AsyncCancel2::new(types::CancelBuilder::any())
-                        .build()
-                        .user_data(DRAIN_CANCEL)
-                } else {
-                    opcode::Nop::new().build().user_data(DRAIN_CANCEL)
-                };
-                // SAFETY: a cancel request refers to no memory.
-                if unsafe { self.push(&e) }.is_err() {
+                if self.push_cancels().is_err() {
                     return false;
                 }
                 cancelled = true;
@@ -203,6 +209,25 @@ impl Ring {
             }
         }
         true
+    }
+}
+
+impl Ring {
+    /// Asks the kernel to cancel every operation in flight.
+    fn push_cancels(&mut self) -> Result<()> {
+        let entries: Vec<squeue::Entry> = match &self.tracked {
+            None => vec![opcode::AsyncCancel2::new(types::CancelBuilder::any()).build()],
+            Some(t) => t
+                .keys()
+                .filter(|&&ud| ud != DRAIN_CANCEL)
+                .map(|&ud| opcode::AsyncCancel::new(ud).build())
+                .collect(),
+        };
+        for e in entries {
+            // SAFETY: a cancel request refers to no memory.
+            unsafe { self.push(&e.user_data(DRAIN_CANCEL)) }?;
+        }
+        Ok(())
     }
 }
 
@@ -232,7 +257,15 @@ mod tests {
 
     #[test]
     fn drain_cancels_a_blocked_read() {
-        let mut r = Ring::new(8).unwrap();
+        drain_cancels_a_blocked_read_on(Ring::new(8).unwrap());
+    }
+
+    #[test]
+    fn drain_cancels_without_cancel_any() {
+        drain_cancels_a_blocked_read_on(Ring::new(8).unwrap().without_cancel_any());
+    }
+
+    fn drain_cancels_a_blocked_read_on(mut r: Ring) {
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
         let mut buf = vec![0u8; 16];
         let e = opcode::Recv::new(types::Fd(a.as_raw_fd()), buf.as_mut_ptr(), 16)
@@ -242,8 +275,13 @@ mod tests {
         unsafe { r.push(&e) }.unwrap();
         r.submit_and_wait(Duration::from_millis(10)).unwrap();
         let mut seen = Vec::new();
+        let t = Instant::now();
         assert!(r.drain(Duration::from_secs(5), &mut |ud, res| seen.push((ud, res))));
         assert_eq!(seen, vec![(7, -libc::ECANCELED)]);
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "cancelled, not timed out"
+        );
         drop(buf);
     }
 }

@@ -1,26 +1,14 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 // Copyright (C) 2026 The nbdcpy authors
 
-//! Rounding a source's extents to the block size both servers accept: a
-//! block is zero only when all of it reads as zero, so zero ranges shrink
-//! inward to aligned boundaries and the cut-off bytes are copied as data.
+//! Rounding a source's extents to the block size both ends accept.
+//
+// Rounding a source's extents to the block size both servers accept: a
+// block is zero only when all of it reads as zero, so zero ranges shrink
+// inward to aligned boundaries and the cut-off bytes are copied as data.
 
+pub use crate::endpoint::Extent;
 use std::collections::VecDeque;
-
-/// An extent of the source: `len` bytes at `offset`, reading as zeroes
-/// or holding data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Extent {
-    pub offset: u64,
-    pub len: u64,
-    pub zero: bool,
-}
-
-impl Extent {
-    pub fn end(&self) -> u64 {
-        self.offset + self.len
-    }
-}
 
 /// Appends `e` to `out`, merging it with the last extent when that one is
 /// of the same kind and ends where `e` starts.

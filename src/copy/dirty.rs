@@ -12,6 +12,15 @@ use crate::error::{Error, Result};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 
+/// One extent of the dirty bitmap's context: `len` bytes at `offset`,
+/// written since the bitmap was started (`dirty`) or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirtyExtent {
+    pub offset: u64,
+    pub len: u64,
+    pub dirty: bool,
+}
+
 /// Refuses option combinations an incremental copy cannot honour.
 /// `src_nbd`: the source is an NBD server; `dst_stream`: the destination
 /// is a pipe or stdout.
@@ -98,8 +107,13 @@ impl DirtyMerge {
 
     /// Dirty-bitmap extents (offset, length, dirty); what does not continue
     /// the covered part, or lies past the range, is ignored.
-    pub fn add_dirty(&mut self, ext: &[(u64, u64, bool)]) {
-        for &(off, len, dirty) in ext {
+    pub fn add_dirty(&mut self, ext: &[DirtyExtent]) {
+        for &DirtyExtent {
+            offset: off,
+            len,
+            dirty,
+        } in ext
+        {
             let at = self.dirty_aligner.pos();
             let end = off.saturating_add(len).min(self.end);
             if off > at || end <= at {
@@ -116,9 +130,14 @@ impl DirtyMerge {
         }
     }
 
-    /// base:allocation extents (offset, length, reads-as-zero), likewise.
-    pub fn add_alloc(&mut self, ext: &[(u64, u64, bool)]) {
-        for &(off, len, zero) in ext {
+    /// base:allocation extents, likewise.
+    pub fn add_alloc(&mut self, ext: &[Extent]) {
+        for &Extent {
+            offset: off,
+            len,
+            zero,
+        } in ext
+        {
             let at = self.alloc_pos;
             let end = off.saturating_add(len).min(self.end);
             if off > at || end <= at {
@@ -194,8 +213,16 @@ impl DirtyMerge {
     /// range is treated as dirty data (copying more is safe, less is not).
     pub fn rest_is_dirty(&mut self, out: &mut VecDeque<Extent>) -> u64 {
         let (d, a) = (self.dirty_aligner.pos(), self.alloc_pos);
-        self.add_dirty(&[(d, self.end - d, true)]);
-        self.add_alloc(&[(a, self.end - a, false)]);
+        self.add_dirty(&[DirtyExtent {
+            offset: d,
+            len: self.end - d,
+            dirty: true,
+        }]);
+        self.add_alloc(&[Extent {
+            offset: a,
+            len: self.end - a,
+            zero: false,
+        }]);
         self.finish(out)
     }
 }
@@ -224,6 +251,16 @@ mod tests {
         Extent { offset, len, zero }
     }
 
+    fn dirty_of(v: &[(u64, u64, bool)]) -> Vec<DirtyExtent> {
+        v.iter()
+            .map(|&(offset, len, dirty)| DirtyExtent { offset, len, dirty })
+            .collect()
+    }
+
+    fn alloc_of(v: &[(u64, u64, bool)]) -> Vec<Extent> {
+        v.iter().map(|&(o, l, z)| e(o, l, z)).collect()
+    }
+
     /// Runs a merge over one reply per context; returns (work, clean).
     fn merge(
         start: u64,
@@ -234,10 +271,10 @@ mod tests {
     ) -> (Vec<Extent>, u64) {
         let mut m = DirtyMerge::new(start, end, block, alloc.is_some());
         let mut out = VecDeque::new();
-        m.add_dirty(dirty);
+        m.add_dirty(&dirty_of(dirty));
         let mut clean = m.drain(&mut out);
         if let Some(a) = alloc {
-            m.add_alloc(a);
+            m.add_alloc(&alloc_of(a));
         }
         clean += m.drain(&mut out);
         assert_eq!(m.covered(), end);
@@ -305,15 +342,18 @@ mod tests {
         let mut m = DirtyMerge::new(0, 1 << 20, 512, true);
         let mut out = VecDeque::new();
         // First reply: dirty answers up to 300k, allocation up to 100k.
-        m.add_dirty(&[(0, 100 << 10, true), (100 << 10, 200 << 10, false)]);
-        m.add_alloc(&[(0, 100 << 10, false)]);
+        m.add_dirty(&dirty_of(&[
+            (0, 100 << 10, true),
+            (100 << 10, 200 << 10, false),
+        ]));
+        m.add_alloc(&alloc_of(&[(0, 100 << 10, false)]));
         let mut clean = m.drain(&mut out);
         assert_eq!(m.covered(), 100 << 10);
         assert_eq!(out.iter().map(|x| x.len).sum::<u64>(), 100 << 10);
         // The repeated request starts at 100k: dirty's repeat of what it
         // said is ignored, allocation continues.
-        m.add_dirty(&[(100 << 10, 1 << 20, false)]);
-        m.add_alloc(&[(100 << 10, 1 << 20, true)]);
+        m.add_dirty(&dirty_of(&[(100 << 10, 1 << 20, false)]));
+        m.add_alloc(&alloc_of(&[(100 << 10, 1 << 20, true)]));
         clean += m.drain(&mut out);
         clean += m.finish(&mut out);
         assert_eq!(clean, (1 << 20) - (100 << 10));
@@ -324,8 +364,8 @@ mod tests {
     fn failures_copy_the_rest() {
         let mut m = DirtyMerge::new(0, 8192, 1, true);
         let mut out = VecDeque::new();
-        m.add_dirty(&[(0, 4096, false)]);
-        m.add_alloc(&[(0, 2048, true)]);
+        m.add_dirty(&dirty_of(&[(0, 4096, false)]));
+        m.add_alloc(&alloc_of(&[(0, 2048, true)]));
         let clean = m.drain(&mut out) + m.rest_is_dirty(&mut out);
         // What the bitmap said is clean stays clean; the rest is data.
         assert_eq!(clean, 4096);

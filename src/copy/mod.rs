@@ -1,13 +1,16 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 // Copyright (C) 2026 The nbdcpy authors
 
-//! The copy job: opening both ends, checking sizes, splitting the work
-//! into lanes and worker threads, progress reporting and the final result.
+//! The copy job: opening both ends, running the plan's lanes on workers, the result.
+//
+// The copy job: opening both ends, checking sizes, splitting the work
+// into lanes and worker threads, progress reporting and the final result.
 
 pub mod align;
 pub mod buf;
 pub mod dirty;
 pub mod nbdconn;
+pub mod plan;
 pub mod ranges;
 pub mod splice;
 pub mod stats;
@@ -15,20 +18,18 @@ pub mod worker;
 
 use crate::config::Config;
 use crate::endpoint::file::FileKind;
+use crate::endpoint::nbd::{FastZero, NbdEndpoint};
 use crate::endpoint::{Endpoint, Side, Spec};
 use crate::error::{Error, Result};
-use crate::proto::HeaderMode;
+use plan::{EndFacts, Plan};
 use stats::Shared;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Default request size on the splice data path.
-const SPLICE_REQUEST_SIZE: u64 = 1 << 20;
-/// ... and when the source is a file (see `run_inner`).
-const FILE_SPLICE_REQUEST_SIZE: u64 = 2 << 20;
-use worker::{DstIo, Lane, LaneParams, SrcIo, BIG_PIECE, ZERO_PIECE};
+use nbdconn::NbdConn;
+use worker::{DstIo, Lane, LaneParams, SrcIo};
 
 /// Hands out the source's byte range in large pieces to lanes.
 pub struct WorkQueue {
@@ -58,15 +59,6 @@ impl WorkQueue {
             return None;
         }
         Some((start, (start + self.piece).min(self.end)))
-    }
-}
-
-/// The granularity requests to an endpoint keep (a power of two).
-fn endpoint_align(ep: &Endpoint) -> u64 {
-    match ep {
-        Endpoint::Nbd(n) => (n.info.block_size.min as u64).max(1),
-        Endpoint::File(f) => f.sector.max(1),
-        Endpoint::Null => 1,
     }
 }
 
@@ -182,7 +174,8 @@ impl Job {
                 ));
             }
         }
-        // A destination of fixed size must hold what is copied into it.
+        // A destination of fixed size must hold what is copied into it
+        // (the whole source, or the range asked for).
         let fixed_dst = match &dst {
             Endpoint::Nbd(_) => true,
             Endpoint::File(f) => f.kind == FileKind::Block,
@@ -190,12 +183,25 @@ impl Job {
         };
         let dst_stream = matches!(&dst, Endpoint::File(f) if f.is_stream());
         dirty::check_options(&cfg, matches!(&src, Endpoint::Nbd(_)), dst_stream)?;
+        let window = ranges::Window::plan(
+            &cfg,
+            &ranges::Ends {
+                src_name: &src_spec.to_string(),
+                dst_name: &dst_spec.to_string(),
+                src_size: src.size(),
+                dst_fixed_size: dst.size().filter(|_| fixed_dst),
+                dst_stream,
+                align: plan::plan(&EndFacts::of(&src), &EndFacts::of(&dst), &cfg, 1).align,
+            },
+        )?;
         let shared = Arc::new(Shared::new());
+        shared
+            .size
+            .store(src.size().map_or(0, |_| window.len()), Relaxed);
         shared
             .size_known
             .store(src.size().is_some() as u64, Relaxed);
-        let mut job = Job {
-            window: ranges::Window::whole(src.size()),
+        Ok(Job {
             src_spec,
             dst_spec,
             src,
@@ -204,26 +210,8 @@ impl Job {
             shared,
             ran: false,
             log: None,
-        };
-        let (src_name, dst_name) = (job.src_spec.to_string(), job.dst_spec.to_string());
-        job.window = ranges::Window::plan(
-            &job.cfg,
-            &ranges::Ends {
-                src_name: &src_name,
-                dst_name: &dst_name,
-                src_size: job.src.size(),
-                dst_fixed_size: job.dst.size().filter(|_| fixed_dst),
-                dst_stream,
-                align: job.align(),
-            },
-        )?;
-        let todo = if job.src.size().is_some() {
-            job.window.len()
-        } else {
-            0
-        };
-        job.shared.size.store(todo, Relaxed);
-        Ok(job)
+            window,
+        })
     }
 
     /// Sends this job's log messages to `f` (none are printed otherwise).
@@ -298,15 +286,13 @@ impl Job {
         interval: Duration,
         progress: &mut dyn FnMut(&Shared) -> bool,
     ) -> Result<()> {
-        let cfg = &self.cfg;
         let src_size = self.src.size();
-        let src_stream = src_size.is_none();
         // Regular-file destinations are truncated and extended: they then
         // read as zeroes (like nbdcopy).
-        let mut dst_is_zero = cfg.destination_is_zero;
+        let mut dst_is_zero = self.cfg.destination_is_zero;
         // Ranges and incremental copies leave the rest of the destination
         // as it is: a regular file is only extended to hold the range.
-        let keep_dst = self.window.partial || cfg.dirty_bitmap.is_some();
+        let keep_dst = self.window.partial || self.cfg.dirty_bitmap.is_some();
         if let Endpoint::File(f) = &mut self.dst {
             let r = if keep_dst {
                 f.extend_dest(self.window.dst_start + self.window.len())
@@ -316,99 +302,89 @@ impl Job {
             };
             dst_is_zero |= r.map_err(|e| e.context(format!("destination {}", self.dst_spec)))?;
         }
-        let dst_stream = matches!(&self.dst, Endpoint::File(f) if f.is_stream());
-        // Lanes: one per connection pair; streams and --synchronous use one.
         let cores = std::thread::available_parallelism()
             .map(|n| n.get() as u32)
             .unwrap_or(1);
-        let log = Log {
-            sink: self.log.as_deref(),
-            verbose: cfg.verbose,
-        };
-        let use_splice = self.splice_wins(cfg.splice, self.sparse_block());
-        // By default as many connections as cores (2 to 4): measured on 2
-        // cores, 2 connections beat 4 on most workloads, since the servers
-        // share those cores (BENCHMARKS.md).  One connection for local
-        // servers on the receive path measured no better in 20 alternating
-        // W8 runs, with the servers in the copier's scheduling group or in
-        // their own (bench/groups-ab.sh, BENCHMARKS.md).
-        // A file source on the splice path never waits for a server to
-        // produce data (cached pages move at once, the rest is read ahead
-        // by io_uring): one lane with 2 MiB requests keeps the destination
-        // busy, and the destination server gets fewer, larger writes (like
-        // qemu-img's): W6 into qemu-nbd 3.55-3.87 s instead of 4.08-4.53 s,
-        // the server's CPU 4.9-5.4 s instead of 5.4-6.3 s (BENCHMARKS.md).
-        let file_splice = use_splice
-            && matches!(&self.src, Endpoint::File(_))
-            && matches!(&self.dst, Endpoint::Nbd(_));
-        let connections = match cfg.connections {
-            0 if file_splice => 1,
-            0 => cores.clamp(2, 4),
-            n => n,
-        };
-        let mut lanes_n = connections
-            .min(self.src.max_connections())
-            .min(self.dst.max_connections())
-            .max(1);
-        if src_stream || dst_stream || cfg.synchronous {
-            lanes_n = 1;
+        let (src_facts, plan_cfg) =
+            ranges::plan_inputs(EndFacts::of(&self.src), &self.window, &self.cfg);
+        let plan = plan::plan(&src_facts, &EndFacts::of(&self.dst), &plan_cfg, cores);
+        let fast_zero = self.fast_zero_start(dst_is_zero || keep_dst)?;
+        self.open_connections(plan.lanes as usize)?;
+        if let (Some(fz), Endpoint::Nbd(n)) = (fast_zero, &mut self.dst) {
+            dst_is_zero = n.fast_zero_finish(fz, &|| self.shared.cancelled())?;
+            self.log().emit(Level::Debug, || {
+                format!(
+                    "destination {}: fast zero {}",
+                    self.dst_spec,
+                    if dst_is_zero {
+                        "done: zero ranges will be skipped"
+                    } else {
+                        "not available"
+                    }
+                )
+            });
         }
-        let threads = if cfg.threads == 0 { cores } else { cfg.threads };
-        let any_nbd = matches!(self.src, Endpoint::Nbd(_)) || matches!(self.dst, Endpoint::Nbd(_));
-        if !any_nbd {
-            // Local copies: lanes only buy parallelism, one per thread.
-            lanes_n = lanes_n.min(threads);
-        }
-        if src_size.is_some() {
-            // No point in more lanes than requests' worth of work.
-            let reqs = self.window.len().div_ceil(cfg.request_size).max(1);
-            lanes_n = lanes_n.min(reqs.min(u32::MAX as u64) as u32);
-        }
+        let lanes = self.build_lanes(&plan, dst_is_zero)?;
+        let q = WorkQueue::range(self.window.start, self.window.end, plan.work_piece);
+        self.run_workers(lanes, plan.workers as usize, &q, interval, progress)
+    }
 
-        // An NBD destination that can zero fast is zeroed up front over the
-        // range the copy covers (the server works while the other
-        // connections are opened, in parallel); every zero range of the
-        // source is then skipped instead of being sent as a request.
-        let fast_zero = match (&mut self.dst, src_size) {
-            (Endpoint::Nbd(n), Some(len))
-                if !dst_is_zero
-                    && !cfg.allocated
-                    && !keep_dst
-                    && n.can_fast_zero_all()
-                    && cfg.fast_zero =>
-            {
-                // Block status answers quickly; zeroing may not.
-                let t = limit(cfg.timeout_secs);
-                let slow = limit(cfg.slow_timeout_secs);
-                // Only for sources that are mostly holes: zeroing first
-                // would otherwise deallocate a destination that is then
-                // written all over again (slow on re-copies).
-                let sparse = match &mut self.src {
-                    Endpoint::Nbd(s) if !cfg.no_extents => s
-                        .sample_zero_fraction(t, &|| self.shared.cancelled())
-                        .map_err(|e| e.context(format!("source {}", self.src_spec)))?,
-                    Endpoint::File(f) if !cfg.no_extents => f.sample_zero_fraction(),
-                    _ => None,
-                };
-                if let Some(f) = sparse {
-                    log.emit(Level::Debug, || {
-                        format!("{:.0}% of the source's start reads as zero", f * 100.0)
-                    });
-                }
-                // And not for sources that are all holes: the whole
-                // destination is zeroed either way, and the lanes do it
-                // in parallel with reading the source's extents.
-                if sparse.is_some_and(|f| (0.5..1.0).contains(&f)) {
-                    n.fast_zero_start(len, slow)?
-                } else {
-                    None
-                }
-            }
+    fn log(&self) -> Log<'_> {
+        Log {
+            sink: self.log.as_deref(),
+            verbose: self.cfg.verbose,
+        }
+    }
+
+    /// An NBD destination that can zero fast is zeroed up front over the
+    /// range the copy covers (the server works while the other
+    /// connections are opened, in parallel); every zero range of the
+    /// source is then skipped instead of being sent as a request.  Only
+    /// for sources that are mostly holes (see below).
+    fn fast_zero_start(&mut self, dst_is_zero: bool) -> Result<Option<FastZero>> {
+        let cfg = &self.cfg;
+        let (Endpoint::Nbd(n), Some(len)) = (&mut self.dst, self.src.size()) else {
+            return Ok(None);
+        };
+        if dst_is_zero || cfg.allocated || !n.can_fast_zero_all() || !cfg.fast_zero {
+            return Ok(None);
+        }
+        // Block status answers quickly; zeroing may not.
+        let t = limit(cfg.timeout_secs);
+        let slow = limit(cfg.slow_timeout_secs);
+        // Zeroing first would deallocate a destination that is then
+        // written all over again (slow on re-copies) unless the source is
+        // mostly holes.
+        let sparse = match &mut self.src {
+            Endpoint::Nbd(s) if !cfg.no_extents => s
+                .sample_zero_fraction(t, &|| self.shared.cancelled())
+                .map_err(|e| e.context(format!("source {}", self.src_spec)))?,
+            Endpoint::File(f) if !cfg.no_extents => f.sample_zero_fraction(),
             _ => None,
         };
+        if let Some(f) = sparse {
+            Log {
+                sink: self.log.as_deref(),
+                verbose: cfg.verbose,
+            }
+            .emit(Level::Debug, || {
+                format!("{:.0}% of the source's start reads as zero", f * 100.0)
+            });
+        }
+        // And not for sources that are all holes: the whole destination
+        // is zeroed either way, and the lanes do it in parallel with
+        // reading the source's extents.
+        if sparse.is_some_and(|f| (0.5..1.0).contains(&f)) {
+            n.fast_zero_start(len, slow)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Opens `n` connections on each NBD side, both sides in parallel.
+    fn open_connections(&mut self, n: usize) -> Result<()> {
         let (src_spec, dst_spec) = (&self.src_spec, &self.dst_spec);
         let (src_ep, dst_ep) = (&mut self.src, &mut self.dst);
-        let n = lanes_n as usize;
         std::thread::scope(|s| {
             let other = s.spawn(move || match src_ep {
                 Endpoint::Nbd(e) => e
@@ -426,56 +402,15 @@ impl Job {
                 .join()
                 .unwrap_or_else(|_| Err(Error::new(libc::EIO, "connecting thread panicked")))
                 .and(mine)
-        })?;
-        if let (Some(fz), Endpoint::Nbd(n)) = (fast_zero, &mut self.dst) {
-            dst_is_zero = n.fast_zero_finish(fz, &|| self.shared.cancelled())?;
-            log.emit(Level::Debug, || {
-                format!(
-                    "destination {}: fast zero {}",
-                    self.dst_spec,
-                    if dst_is_zero {
-                        "done: zero ranges will be skipped"
-                    } else {
-                        "not available"
-                    }
-                )
-            });
-        }
+        })
+    }
 
-        // Buffered writes into one file are serialised by the kernel (and
-        // by the lanes' file lock): from an NBD source on the receive path
-        // one worker drives all lanes on one ring and a second thread only
-        // contends for that lock and for the cores the server needs
-        // (W7: CPU and wall both lower, BENCHMARKS.md).  A spliced lane
-        // blocks its worker while a payload arrives, so not there.
-        let one_writer = cfg.threads == 0
-            && !use_splice
-            && matches!(&self.src, Endpoint::Nbd(_))
-            && matches!(&self.dst, Endpoint::File(f) if f.kind == FileKind::Regular);
-        let workers_n = if one_writer {
-            1
-        } else {
-            threads.min(lanes_n).max(1) as usize
-        };
-        // The splice path pays per request (a few system calls), not per
-        // byte: bigger requests unless the size was asked for.
-        let request_size = self.effective_request_size(match (cfg.request_size_set, use_splice) {
-            (false, true) if file_splice => FILE_SPLICE_REQUEST_SIZE,
-            (false, true) => SPLICE_REQUEST_SIZE,
-            _ => cfg.request_size,
-        });
-        // queue-size bounds the bytes in flight of the whole copy (so
-        // memory does not grow with the number of connections); each lane
-        // gets its share, and at least two requests.
-        let requests = if cfg.synchronous {
-            1
-        } else {
-            let share = (cfg.queue_size / lanes_n as u64).max(2 * request_size);
-            (cfg.requests as u64).min(share / request_size).max(1) as usize
-        };
+    /// The lanes of the plan, each with its connections or files.
+    fn build_lanes(&mut self, plan: &Plan, dst_is_zero: bool) -> Result<Vec<Lane>> {
+        let cfg = &self.cfg;
         let params = LaneParams {
-            request_size,
-            requests,
+            request_size: plan.request_size,
+            requests: plan.requests,
             dst_size: match &self.dst {
                 Endpoint::Nbd(n) => Some(n.info.size),
                 Endpoint::File(f) if f.kind == FileKind::Block => f.size,
@@ -486,35 +421,21 @@ impl Job {
             slow_timeout: (cfg.slow_timeout_secs > 0)
                 .then(|| Duration::from_secs(cfg.slow_timeout_secs)),
             pipe_size: cfg.pipe_size.map(|v| v as usize),
-            // Zero blocks are whole destination blocks.
-            sparse: match self.sparse_block() {
-                0 => 0,
-                s => s.max(self.dst_align()),
-            },
+            sparse: plan.sparse,
             allocated: cfg.allocated,
             dst_is_zero,
             extents: !cfg.no_extents,
-            // Extended headers: one WRITE_ZEROES may cover more than 4 GiB.
-            zero_piece: match &self.dst {
-                Endpoint::Nbd(n) if n.info.mode == HeaderMode::Extended => BIG_PIECE,
-                Endpoint::Nbd(_) => ZERO_PIECE,
-                Endpoint::File(f) if f.is_stream() => ZERO_PIECE,
-                _ => BIG_PIECE,
-            },
-            direct_file_writes: matches!(&self.dst, Endpoint::File(f) if f.kind == FileKind::Regular)
-                && !cfg.uring_file_writes,
-            file_lock: (matches!(&self.dst, Endpoint::File(f) if f.kind == FileKind::Regular)
-                && cfg.file_lock)
-                .then(|| Arc::new(std::sync::Mutex::new(()))),
-            align: self.align(),
-            stage_reads: self.dst_align() > 1 && matches!(&self.src, Endpoint::Nbd(_)),
+            zero_piece: plan.zero_piece,
+            direct_file_writes: plan.direct_file_writes,
+            file_lock: plan.file_lock.then(|| Arc::new(std::sync::Mutex::new(()))),
+            align: plan.align,
+            stage_reads: plan.stage_reads,
             dst_shift: self.window.shift(),
             dirty: cfg.dirty_bitmap.is_some(),
         };
-
-        let mut lanes = Vec::with_capacity(lanes_n as usize);
+        let mut lanes = Vec::with_capacity(plan.lanes as usize);
         let mut spliced = 0;
-        for i in 0..lanes_n as usize {
+        for i in 0..plan.lanes as usize {
             let src = match &mut self.src {
                 Endpoint::File(f) => SrcIo::File {
                     fd: f.fd.as_raw_fd(),
@@ -522,7 +443,7 @@ impl Job {
                     name: self.src_spec.to_string(),
                 },
                 Endpoint::Nbd(n) => SrcIo::Nbd(Box::new(
-                    n.lane_conn(i, &params)
+                    lane_conn(n, i, &params, params.stage_reads)
                         .map_err(|e| e.context(format!("source {}", self.src_spec)))?,
                 )),
                 Endpoint::Null => unreachable!("null: is refused as a source at open"),
@@ -535,14 +456,14 @@ impl Job {
                     name: self.dst_spec.to_string(),
                 },
                 Endpoint::Nbd(n) => {
-                    DstIo::Nbd(Box::new(n.lane_conn(i, &params).map_err(|e| {
+                    DstIo::Nbd(Box::new(lane_conn(n, i, &params, false).map_err(|e| {
                         e.context(format!("destination {}", self.dst_spec))
                     })?))
                 }
             };
             let mut lane = Lane::new(src, dst, params.clone());
-            if use_splice {
-                spliced += lane.enable_splice(splice::Ctl {
+            if plan.splice {
+                spliced += lane.enable_splice(splice::WaitLimits {
                     shared: self.shared.clone(),
                     timeout: params.timeout,
                     slow_timeout: params.slow_timeout,
@@ -550,19 +471,21 @@ impl Job {
             }
             lanes.push(lane);
         }
-        self.shared.connections.store(lanes_n as u64, Relaxed);
-        log.emit(Level::Info, || {
+        self.shared.connections.store(plan.lanes as u64, Relaxed);
+        self.log().emit(Level::Info, || {
             format!(
                 "{} -> {}: size {}, {} lane(s) on {} thread(s), {} requests of {} bytes, \
                  {} data path",
                 self.src_spec,
                 self.dst_spec,
-                src_size.map_or("unknown (stream)".into(), |s| s.to_string()),
-                lanes_n,
-                workers_n,
-                requests,
-                request_size,
-                if spliced == lanes_n as usize {
+                self.src
+                    .size()
+                    .map_or("unknown (stream)".into(), |s| s.to_string()),
+                plan.lanes,
+                plan.workers,
+                plan.requests,
+                plan.request_size,
+                if spliced == plan.lanes as usize {
                     "splice"
                 } else if spliced > 0 {
                     "mixed splice/receive"
@@ -571,40 +494,27 @@ impl Job {
                 }
             )
         });
+        Ok(lanes)
+    }
 
-        // Large pieces, but enough of them to keep every lane busy.
-        let size = self.window.len();
-        // Sources that report extents get bigger ranges: one block status
-        // (and one zeroing request) then covers more.
-        let max_piece: u64 = match &self.src {
-            // Just under 4 GiB: the most one compact BLOCK_STATUS or
-            // WRITE_ZEROES can cover.
-            Endpoint::Nbd(n) if !cfg.no_extents && n.info.can_block_status() => {
-                if n.info.mode == HeaderMode::Extended {
-                    BIG_PIECE
-                } else {
-                    ZERO_PIECE
-                }
-            }
-            _ => 128 << 20,
-        };
-        let piece = if src_stream {
-            u64::MAX
-        } else {
-            let per = size / (lanes_n as u64 * 4).max(1);
-            per.clamp(request_size, max_piece) / request_size * request_size
-        };
-        let q = WorkQueue::range(self.window.start, self.window.end, piece);
-
-        let mut per_worker: Vec<Vec<Lane>> = (0..workers_n).map(|_| Vec::new()).collect();
+    /// Runs the lanes on `workers` threads, reporting progress on this
+    /// one, until all are done.
+    fn run_workers(
+        &self,
+        lanes: Vec<Lane>,
+        workers: usize,
+        q: &WorkQueue,
+        interval: Duration,
+        progress: &mut dyn FnMut(&Shared) -> bool,
+    ) -> Result<()> {
+        let mut per_worker: Vec<Vec<Lane>> = (0..workers).map(|_| Vec::new()).collect();
         for (i, lane) in lanes.into_iter().enumerate() {
-            per_worker[i % workers_n].push(lane);
+            per_worker[i % workers].push(lane);
         }
         let shared = &*self.shared;
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         std::thread::scope(|s| {
             for lanes in per_worker {
-                let q = &q;
                 let done_tx = done_tx.clone();
                 std::thread::Builder::new()
                     .name("nbdcpy-worker".into())
@@ -622,7 +532,7 @@ impl Job {
             }
             // Wake at once when a worker ends; otherwise report progress
             // once per `interval`, whether or not the size is known.
-            let mut running = workers_n;
+            let mut running = workers;
             let tick = interval.clamp(Duration::from_millis(10), Duration::from_millis(100));
             let mut last = std::time::Instant::now();
             while running > 0 {
@@ -639,93 +549,18 @@ impl Job {
                 }
             }
             Ok::<(), Error>(())
-        })?;
-        Ok(())
+        })
     }
+}
 
-    /// Whether lanes move data by splice.  `mode` None (auto): only where
-    /// it measured faster (BENCHMARKS.md): a unix-socket NBD source or a
-    /// file (its cached pages) into null: or a unix-socket NBD
-    /// destination, or an NBD source into a file when zero detection is
-    /// off.  Not over TCP (the pipe fills in small pieces: no gain), not
-    /// NBD -> file with zero detection (the same two copies either way),
-    /// not file -> file.
-    fn splice_wins(&self, mode: Option<bool>, sparse: u64) -> bool {
-        // Pipes hand payloads on in pieces of what they hold, which need
-        // not be whole blocks of a server that wants aligned requests.
-        if self.align() > 1 {
-            return false;
-        }
-        // The splice path writes at the source's offsets.
-        if self.window.shift() != 0 {
-            return false;
-        }
-        // An explicit request size above the splice default is honoured
-        // by the receive path (a pipe may not hold it whole), also when
-        // splicing was asked for.
-        if self.cfg.request_size_set && self.cfg.request_size > SPLICE_REQUEST_SIZE {
-            return false;
-        }
-        let unix_src = match &self.src {
-            Endpoint::Nbd(src) => src.is_unix(),
-            // Cached file pages go to the pipe by reference (disk reads
-            // still use io_uring: see Worker::file_splice).
-            Endpoint::File(f) if !f.is_stream() && !matches!(&self.dst, Endpoint::File(_)) => true,
-            _ => return false,
-        };
-        match mode {
-            Some(on) => on,
-            None => {
-                unix_src
-                    && match &self.dst {
-                        Endpoint::Null => true,
-                        Endpoint::Nbd(d) => d.is_unix(),
-                        Endpoint::File(f) => !f.is_stream() && sparse == 0,
-                    }
-            }
-        }
-    }
-
-    /// Zero-detection block size: the option, else 4096 or the
-    /// destination's preferred block size if larger (like nbdcopy).
-    fn sparse_block(&self) -> u64 {
-        match self.cfg.sparse {
-            Some(v) => v,
-            None => match &self.dst {
-                Endpoint::Nbd(n) => (n.info.block_size.preferred as u64).max(4096),
-                _ => 4096,
-            },
-        }
-    }
-
-    /// A request size clamped to what both ends accept, and a multiple of
-    /// the alignment both need.
-    fn effective_request_size(&self, want: u64) -> u64 {
-        let mut rs = want;
-        for ep in [&self.src, &self.dst] {
-            if let Endpoint::Nbd(n) = ep {
-                rs = rs.min(n.info.block_size.max_payload as u64);
-            }
-        }
-        let a = self.align();
-        (rs / a * a).max(a)
-    }
-
-    /// The granularity every request must keep: the larger of both ends'
-    /// (powers of two, so a multiple of each).
-    fn align(&self) -> u64 {
-        // A block device source is read through the page cache: any
-        // offset works there.
-        let src = match &self.src {
-            Endpoint::Nbd(_) => endpoint_align(&self.src),
-            _ => 1,
-        };
-        src.max(self.dst_align())
-    }
-
-    /// The destination's: an NBD server's minimum block size, a block
-    /// device's logical sector size, else 1.
-    fn dst_align(&self) -> u64 {
-        endpoint_align(&self.dst)
-    }
+/// The connection of lane `i` to the NBD endpoint `n`.
+fn lane_conn(n: &mut NbdEndpoint, i: usize, p: &LaneParams, whole_reads: bool) -> Result<NbdConn> {
+    let (fd, name) = n.lane_socket(i)?;
+    Ok(NbdConn::new(
+        fd,
+        name,
+        n.info.clone(),
+        p.request_size,
+        whole_reads,
+    ))
 }

@@ -4,8 +4,28 @@
 //! Partial copies: the source range (`offset`, `length`) and where it goes
 //! in the destination (`destination-offset`), checked against both ends.
 
+use super::plan::EndFacts;
 use crate::config::Config;
 use crate::error::{Error, Result};
+
+/// What the copy plan is decided from, given a window: the source's size
+/// is the range's length; a range moved to other offsets takes the
+/// receive path (the splice path writes at the source's offsets); an
+/// incremental copy claims ranges as large as block status covers, also
+/// with --no-extents (the bitmap is asked for anyway).
+pub fn plan_inputs(mut src: EndFacts, w: &Window, cfg: &Config) -> (EndFacts, Config) {
+    let mut cfg = cfg.clone();
+    if src.size.is_some() {
+        src.size = Some(w.len());
+    }
+    if w.shift() != 0 {
+        cfg.splice = Some(false);
+    }
+    if cfg.dirty_bitmap.is_some() {
+        cfg.no_extents = false;
+    }
+    (src, cfg)
+}
 
 /// The part of the source a job copies, and where it lands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

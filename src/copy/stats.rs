@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 // Copyright (C) 2026 The nbdcpy authors
 
-//! Shared job state: live counters (read by `nbdcpy_stats` from any
-//! thread), the cancel flag and the first error.
+//! Shared job state: live counters, the cancel flag and the first error.
+//
+// Shared job state: live counters (read by `nbdcpy_stats` from any
+// thread), the cancel flag and the first error.
 
 use crate::error::Error;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};

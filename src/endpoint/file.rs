@@ -1,13 +1,16 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 // Copyright (C) 2026 The nbdcpy authors
 
-//! Local endpoints: regular files, block devices, and streams (stdin,
-//! stdout, pipes, character devices).
+//! Local endpoints: regular files, block devices and streams.
+//
+// Local endpoints: regular files, block devices, and streams (stdin,
+// stdout, pipes, character devices).
 
-use super::Side;
+use super::{Extent, Side};
 use crate::error::{Error, Result};
+use crate::sys;
 use std::fs::{File, OpenOptions};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +46,40 @@ pub struct LocalFile {
     pub name: String,
 }
 
+/// Walks the data and hole extents of [a, b) of a file, in order, by
+/// SEEK_DATA/SEEK_HOLE, while `out` returns true.  Anything the kernel
+/// cannot answer counts as data.  The file position is moved (every read
+/// and write of the copy has an explicit offset).
+pub fn walk_extents(fd: RawFd, a: u64, b: u64, out: &mut dyn FnMut(Extent) -> bool) {
+    let mut push =
+        |offset: u64, len: u64, zero: bool| len == 0 || out(Extent { offset, len, zero });
+    let mut pos = a;
+    while pos < b {
+        let data = match sys::lseek(fd, pos, libc::SEEK_DATA) {
+            Ok(Some(d)) => d.clamp(pos, b),
+            Ok(None) => {
+                push(pos, b - pos, true); // ENXIO: a hole up to the end
+                return;
+            }
+            Err(_) => {
+                push(pos, b - pos, false);
+                return;
+            }
+        };
+        if !push(pos, data - pos, true) || data >= b {
+            return;
+        }
+        let hole = match sys::lseek(fd, data, libc::SEEK_HOLE) {
+            Ok(Some(h)) => h.clamp(data + 1, b),
+            _ => b,
+        };
+        if !push(data, hole - data, false) {
+            return;
+        }
+        pos = hole;
+    }
+}
+
 impl LocalFile {
     pub fn is_stream(&self) -> bool {
         self.kind == FileKind::Stream
@@ -56,29 +93,16 @@ impl LocalFile {
             (FileKind::Regular, Some(s)) if s > 0 => s.min(4 << 30),
             _ => return None,
         };
-        let fd = self.fd.as_raw_fd();
-        let seek = |at: u64, whence| {
-            // SAFETY: lseek takes no memory arguments.
-            let r = unsafe { libc::lseek(fd, at as libc::off_t, whence) };
-            (r >= 0).then_some(r as u64)
-        };
-        let (mut pos, mut holes) = (0u64, 0u64);
-        for _ in 0..4096 {
-            if pos >= limit {
-                break;
+        let (mut seen, mut holes, mut extents) = (0u64, 0u64, 0);
+        walk_extents(self.fd.as_raw_fd(), 0, limit, &mut |e| {
+            if e.zero {
+                holes += e.len;
+            } else {
+                extents += 1;
             }
-            let Some(data) = seek(pos, libc::SEEK_DATA) else {
-                holes += limit - pos; // ENXIO: a hole up to the end
-                pos = limit;
-                break;
-            };
-            holes += data.min(limit) - pos;
-            match seek(data, libc::SEEK_HOLE) {
-                Some(h) if h > data => pos = h,
-                _ => return None,
-            }
-        }
-        let seen = pos.min(limit);
+            seen = e.end();
+            extents < 4096
+        });
         (seen > 0).then(|| holes as f64 / seen as f64)
     }
 
@@ -102,30 +126,25 @@ impl LocalFile {
             Side::Source => 0,
             Side::Destination => 1,
         };
-        // SAFETY: F_DUPFD_CLOEXEC has no memory arguments; the result is a
-        // new descriptor that we own.
-        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
-        if dup < 0 {
-            return Err(Error::os(
+        let dup = sys::dup_cloexec(fd).map_err(|e| {
+            Error::os(
                 if side == Side::Source {
                     "stdin"
                 } else {
                     "stdout"
                 },
-                std::io::Error::last_os_error(),
-            ));
-        }
-        // SAFETY: dup is a fresh descriptor owned by nobody else.
-        let file = unsafe { File::from_raw_fd(dup) };
+                e,
+            )
+        })?;
+        let file = File::from(dup);
         let mut f = Self::from_file(file, "-".into())?;
         // "-" is always streamed in order, like nbdcopy, even when the shell
         // redirected it to a regular file (which may be in append mode).
         f.kind = FileKind::Stream;
         f.size = None;
         // A bigger pipe means fewer, larger reads and writes (best effort).
-        // SAFETY: F_SETPIPE_SZ takes an integer; it fails harmlessly on
-        // anything that is not a pipe.
-        unsafe { libc::fcntl(f.fd.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+        // It fails harmlessly on anything that is not a pipe.
+        let _ = sys::fcntl_int(f.fd.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20);
         Ok(f)
     }
 
@@ -240,31 +259,15 @@ impl LocalFile {
 /// A block device's logical sector size (BLKSSZGET), a power of two; 512
 /// when the kernel does not say.
 fn logical_sector_size(fd: RawFd) -> u64 {
-    const BLKSSZGET: libc::c_ulong = 0x1268; // _IO(0x12, 104)
-    let mut size: libc::c_int = 0;
-    // SAFETY: the ioctl writes one int into `size`, which lives for the call.
-    let r = unsafe { libc::ioctl(fd, BLKSSZGET as _, &mut size as *mut libc::c_int) };
-    if r == 0 && size > 0 && (size as u64).is_power_of_two() {
-        size as u64
-    } else {
-        512
+    match sys::block_sector_size(fd) {
+        Ok(size) if size > 0 && size.is_power_of_two() => size,
+        _ => 512,
     }
 }
 
 /// Size of a block device in bytes (BLKGETSIZE64).
 fn block_device_size(fd: RawFd) -> Result<u64> {
-    let mut size: u64 = 0;
-    // BLKGETSIZE64 = _IOR(0x12, 114, size_t)
-    const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
-    // SAFETY: the ioctl writes one u64 into `size`, which lives for the call.
-    let r = unsafe { libc::ioctl(fd, BLKGETSIZE64 as _, &mut size as *mut u64) };
-    if r != 0 {
-        return Err(Error::os(
-            "block device size (BLKGETSIZE64)",
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(size)
+    sys::block_device_size(fd).map_err(|e| Error::os("block device size (BLKGETSIZE64)", e))
 }
 
 #[cfg(test)]
@@ -299,5 +302,29 @@ mod tests {
         let f = LocalFile::open("/dev/null", Side::Destination).unwrap();
         assert_eq!(f.kind, FileKind::Stream);
         assert_eq!(f.size, None);
+    }
+
+    #[test]
+    fn walk_finds_holes() {
+        let p = std::env::temp_dir().join(format!("nbdcpy-ext-{}", std::process::id()));
+        let f = std::fs::File::create(&p).unwrap();
+        f.set_len(8 << 20).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(&[1u8; 4096], 1 << 20).unwrap();
+        f.sync_all().unwrap();
+        let mut out = Vec::new();
+        walk_extents(f.as_raw_fd(), 0, 8 << 20, &mut |e| {
+            out.push(e);
+            true
+        });
+        std::fs::remove_file(&p).unwrap();
+        let total: u64 = out.iter().map(|e| e.len).sum();
+        assert_eq!(total, 8 << 20);
+        assert!(out.windows(2).all(|w| w[0].end() == w[1].offset));
+        // The written block is data; most of the rest is a hole (where
+        // the filesystem supports SEEK_HOLE).
+        assert!(out
+            .iter()
+            .any(|e| !e.zero && e.offset <= 1 << 20 && e.end() >= (1 << 20) + 4096));
     }
 }

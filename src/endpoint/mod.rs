@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 // Copyright (C) 2026 The nbdcpy authors
 
-//! What can be a source or a destination: parsing the user's words
-//! (`-`, `null:`, a path, an NBD URI, a server command) and opening them.
+//! What can be a source or a destination, parsed from the user's words and opened.
+//
+// What can be a source or a destination: parsing the user's words
+// (`-`, `null:`, a path, an NBD URI, a server command) and opening them.
 
 pub mod file;
 pub mod nbd;
@@ -11,6 +13,21 @@ pub mod subprocess;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use std::fmt;
+
+/// An extent of a source: `len` bytes at `offset`, reading as zeroes or
+/// holding data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    pub offset: u64,
+    pub len: u64,
+    pub zero: bool,
+}
+
+impl Extent {
+    pub fn end(&self) -> u64 {
+        self.offset + self.len
+    }
+}
 
 /// Which end of the copy an endpoint is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,21 +1,21 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 // Copyright (C) 2026 The nbdcpy authors
 
-//! NBD endpoints: connecting (unix, TCP, vsock, or a socket-activated
-//! subprocess), the blocking handshake driven through `proto::handshake`,
-//! and the extra connections used for multi-conn.
+//! NBD endpoints: connecting, the blocking handshake, and multi-conn connections.
+//
+// NBD endpoints: connecting (unix, TCP, vsock, or a socket-activated
+// subprocess), the blocking handshake driven through `proto::handshake`,
+// and the extra connections used for multi-conn.
 
 use super::subprocess::ServerProcess;
 use super::Side;
 use crate::config::Config;
-use crate::copy::nbdconn::NbdConn;
-use crate::copy::worker::{LaneParams, BIG_PIECE, ZERO_PIECE};
 use crate::error::{Error, Result};
 use crate::proto::handshake::{Handshake, HandshakeOptions};
 use crate::proto::reply::{Chunk, Parse, ReplyParser};
 use crate::proto::request::{self, Request};
 use crate::proto::uri::{self, Transport};
-use crate::proto::{consts, HeaderMode, Negotiated};
+use crate::proto::{consts, Negotiated, COMPACT_MAX_EFFECT};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -141,9 +141,11 @@ impl NbdEndpoint {
         matches!(self.transport, Transport::Unix { .. })
     }
 
-    /// The connection for lane `i`: the first one, or a new one whose
-    /// negotiation must agree with the first.
-    pub fn lane_conn(&mut self, i: usize, p: &LaneParams) -> Result<NbdConn> {
+    /// The connected, negotiated socket for lane `i` (the first one, or
+    /// a new one whose negotiation agrees with the first: `info`), and
+    /// the connection's name for messages.  The endpoint keeps owning the
+    /// socket; the lane says goodbye (DISC) on it, not `disconnect`.
+    pub fn lane_socket(&mut self, i: usize) -> Result<(RawFd, String)> {
         while self.socks.len() <= i {
             let (sock, info) = connect_one(
                 &self.transport,
@@ -158,12 +160,7 @@ impl NbdEndpoint {
             .as_ref()
             .map(|s| s.as_raw_fd())
             .ok_or_else(|| Error::new(libc::EBADF, "connection already closed"))?;
-        Ok(NbdConn::new(
-            fd,
-            format!("{} {}", self.side, self.name),
-            self.info.clone(),
-            p,
-        ))
+        Ok((fd, format!("{} {}", self.side, self.name)))
     }
 
     /// Starts zeroing [0, len) of the export (the range the copy will
@@ -178,11 +175,7 @@ impl NbdEndpoint {
             return Ok(None);
         }
         // Extended headers carry 64-bit lengths: pieces far over 4 GiB.
-        let max = if self.info.mode == HeaderMode::Extended {
-            BIG_PIECE
-        } else {
-            ZERO_PIECE
-        };
+        let max = self.info.max_effect_len();
         let reqs: Vec<Request> = (0..len.div_ceil(max))
             .map(|i| Request {
                 cmd: consts::NBD_CMD_WRITE_ZEROES,
@@ -276,7 +269,7 @@ impl NbdEndpoint {
             flags: 0,
             cookie: 1,
             offset: 0,
-            length: self.info.size.min(ZERO_PIECE),
+            length: self.info.size.min(COMPACT_MAX_EFFECT),
         };
         let ctx = |e: Error| e.context("block status");
         let Some(mut parser) = self.send_requests(&[req], timeout).map_err(ctx)? else {

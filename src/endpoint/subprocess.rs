@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 // Copyright (C) 2026 The nbdcpy authors
 
-//! NBD servers run as subprocesses through systemd socket activation
-//! (nbdcopy's `[ CMD ARGS ... ]`): a listening unix socket in a private
-//! temporary directory is handed to the server as fd 3.
+//! NBD servers run as subprocesses through systemd socket activation.
+//
+// NBD servers run as subprocesses through systemd socket activation
+// (nbdcopy's `[ CMD ARGS ... ]`): a listening unix socket in a private
+// temporary directory is handed to the server as fd 3.
 
 use std::ffi::CString;
 use std::io;

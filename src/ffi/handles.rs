@@ -1,16 +1,18 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 // Copyright (C) 2026 The nbdcpy authors
 
-//! The tables of live configs and handles.  C never sees an address: it
-//! gets a token naming a slot of a fixed table and the slot's generation,
-//! so a stale, double-freed or forged pointer is recognised by comparing
-//! generations, never dereferenced, and never aliases a newer object.
-//!
-//! Each slot is one atomic word (generation, state bits, count of calls in
-//! progress) plus the object's pointer.  Lookups, cancellation and removal
-//! are compare-and-swap loops on that word: no locks and no allocation,
-//! which is what lets `nbdcpy_cancel` run in a signal handler.  An object
-//! removed while calls are still using it is freed by the last of them.
+//! The tables of live configs and handles, named to C by tokens, never addresses.
+//
+// The tables of live configs and handles.  C never sees an address: it
+// gets a token naming a slot of a fixed table and the slot's generation,
+// so a stale, double-freed or forged pointer is recognised by comparing
+// generations, never dereferenced, and never aliases a newer object.
+//
+// Each slot is one atomic word (generation, state bits, count of calls in
+// progress) plus the object's pointer.  Lookups, cancellation and removal
+// are compare-and-swap loops on that word: no locks and no allocation,
+// which is what lets `nbdcpy_cancel` run in a signal handler.  An object
+// removed while calls are still using it is freed by the last of them.
 
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize};

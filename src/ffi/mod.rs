@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 // Copyright (C) 2026 The nbdcpy authors
 
-//! The C ABI: opaque handles, NULL checks, panic boundaries, thread-local
-//! errors.  No copying logic lives here.
+//! The C ABI: opaque handles, NULL checks, panic boundaries, thread-local errors.
+//
+// The C ABI: opaque handles, NULL checks, panic boundaries, thread-local
+// errors.  No copying logic lives here.
 
 mod handles;
 

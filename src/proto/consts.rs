@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 // Copyright (C) 2026 The nbdcpy authors
 
-//! Wire constants of the NBD protocol (doc/proto.md), with names for
-//! messages.  Every integer on the wire is big-endian.
+//! Wire constants of the NBD protocol, with names for messages.
+//
+// Wire constants of the NBD protocol (doc/proto.md), with names for
+// messages.  Every integer on the wire is big-endian.
 
 pub const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
 pub const IHAVEOPT: u64 = 0x4948_4156_454f_5054;

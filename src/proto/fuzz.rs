@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 // Copyright (C) 2026 The nbdcpy authors
 
-//! Entry points for fuzzing (cargo fuzz targets in fuzz/ and the bounded
-//! smoke run in the tests): drive the parsers over arbitrary bytes.  They
-//! must never panic, hang or report data outside what was asked.
+//! Entry points for fuzzing the parsers over arbitrary bytes.
+//
+// Entry points for fuzzing (cargo fuzz targets in fuzz/ and the bounded
+// smoke run in the tests): drive the parsers over arbitrary bytes.  They
+// must never panic, hang or report data outside what was asked.
 #![doc(hidden)]
 
 use super::consts::*;

@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 // Copyright (C) 2026 The nbdcpy authors
 
-//! The client side of fixed-newstyle negotiation, as a state machine over
-//! bytes: EXTENDED_HEADERS (else STRUCTURED_REPLY, else simple replies),
-//! SET_META_CONTEXT base:allocation (and a qemu dirty bitmap's context
-//! when asked), then GO with BLOCK_SIZE (falling
-//! back to EXPORT_NAME when GO is unsupported).
+//! The client side of fixed-newstyle negotiation, as a state machine over bytes.
+//
+// The client side of fixed-newstyle negotiation, as a state machine over
+// bytes: EXTENDED_HEADERS (else STRUCTURED_REPLY, else simple replies),
+// SET_META_CONTEXT base:allocation (and a qemu dirty bitmap's context
+// when asked), then GO with BLOCK_SIZE (falling back to EXPORT_NAME when
+// GO is unsupported).
 
 use super::consts::*;
 use super::{be16, be32, be64, BlockSize, HeaderMode, Negotiated};
@@ -88,10 +90,6 @@ impl Handshake {
             self.out.clear();
             self.sent = 0;
         }
-    }
-
-    pub fn wants_input(&self) -> bool {
-        self.state != State::Done
     }
 
     pub fn is_done(&self) -> bool {

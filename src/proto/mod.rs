@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 // Copyright (C) 2026 The nbdcpy authors
 
-//! Sans-I/O NBD: the client handshake, request encoding, reply parsing
-//! and validation, and NBD URIs.  No sockets, no clocks: everything here
-//! works on byte slices, so it is unit-tested and fuzzed on bytes alone.
+//! Sans-I/O NBD: handshake, requests, replies, URIs, and what a connection allows.
+//
+// Sans-I/O NBD: the client handshake, request encoding, reply parsing
+// and validation, and NBD URIs.  No sockets, no clocks: everything here
+// works on byte slices, so it is unit-tested and fuzzed on bytes alone.
 
 pub mod consts;
 pub mod fuzz;
@@ -25,6 +27,21 @@ pub enum HeaderMode {
     Structured,
     /// Extended headers: 32-byte requests and chunks, 64-bit lengths.
     Extended,
+}
+
+/// Just under 4 GiB: the most a 32-bit request length covers, 4 MiB-aligned.
+pub const COMPACT_MAX_EFFECT: u64 = (4 << 30) - (4 << 20);
+/// What one request covers at most with extended (64-bit) headers.
+pub const EXTENDED_MAX_EFFECT: u64 = 1 << 40;
+
+impl HeaderMode {
+    /// See [`Negotiated::max_effect_len`].
+    pub fn max_effect_len(self) -> u64 {
+        match self {
+            HeaderMode::Extended => EXTENDED_MAX_EFFECT,
+            _ => COMPACT_MAX_EFFECT,
+        }
+    }
 }
 
 /// The server's block-size constraints.
@@ -93,11 +110,26 @@ impl Negotiated {
     pub fn can_cache(&self) -> bool {
         self.flag(NBD_FLAG_SEND_CACHE)
     }
-    pub fn rotational(&self) -> bool {
-        self.flag(NBD_FLAG_ROTATIONAL)
-    }
     pub fn can_block_status(&self) -> bool {
         self.meta_context_id.is_some() || self.dirty_context_id.is_some()
+    }
+
+    /// The largest range one request without payload (BLOCK_STATUS,
+    /// WRITE_ZEROES) covers: just under 4 GiB with 32-bit lengths (kept 4
+    /// MiB-aligned), 1 TiB with extended headers' 64-bit ones.
+    pub fn max_effect_len(&self) -> u64 {
+        self.mode.max_effect_len()
+    }
+
+    /// The largest range one zeroing request covers: WRITE_ZEROES as
+    /// above, or a WRITE of zeroes of at most the largest payload (and
+    /// the 32 MiB zero buffer).
+    pub fn max_zero_len(&self) -> u64 {
+        if self.can_write_zeroes() {
+            self.max_effect_len()
+        } else {
+            (self.block_size.max_payload as u64).min(32 << 20)
+        }
     }
 
     /// Refuses any request the server did not advertise, or that breaks

@@ -1,15 +1,17 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 // Copyright (C) 2026 The nbdcpy authors
 
-//! Reply parsing and validation: simple, structured and extended replies
-//! parsed in place from a receive buffer that may hold several replies or
-//! a partial one, with requests in flight tracked by cookie.
-//!
-//! Payload is never copied: data chunks are reported as a byte range of
-//! the caller's buffer.  Everything the server says is checked before it
-//! is reported, so a hostile server cannot make the caller write outside
-//! what it asked for.  Protocol violations (`ConnError`) end the
-//! connection; server-reported errors fail just their request.
+//! Reply parsing and validation, in place, for requests tracked by cookie.
+//
+// Reply parsing and validation: simple, structured and extended replies
+// parsed in place from a receive buffer that may hold several replies or
+// a partial one, with requests in flight tracked by cookie.
+//
+// Payload is never copied: data chunks are reported as a byte range of
+// the caller's buffer.  Everything the server says is checked before it
+// is reported, so a hostile server cannot make the caller write outside
+// what it asked for.  Protocol violations (`ConnError`) end the
+// connection; server-reported errors fail just their request.
 
 use super::consts::*;
 use super::request::Request;

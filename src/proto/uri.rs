@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 // Copyright (C) 2026 The nbdcpy authors
 
-//! NBD URIs (doc/uri.md, plus libnbd's extensions): nbd, nbds, nbd+unix,
-//! nbds+unix, nbd+vsock, nbds+vsock.
+//! NBD URIs, with libnbd's extensions.
+//
+// NBD URIs (doc/uri.md, plus libnbd's extensions): nbd, nbds, nbd+unix,
+// nbds+unix, nbd+vsock, nbds+vsock.
 
 use std::fmt;
 

@@ -1,12 +1,15 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 // Copyright (C) 2026 The nbdcpy authors
 
-//! Splice mode of an NBD connection: a source receives exact message
-//! prefixes and moves READ payloads into the lane's pipe; a destination
-//! sends synchronously so a WRITE's payload can follow from the pipe.
+//! A connection's splice mode: READ payloads into the pipe, WRITEs from it.
+//
+// Splice mode of an NBD connection: a source receives exact message
+// prefixes and moves READ payloads into the lane's pipe; a destination
+// sends synchronously so a WRITE's payload can follow from the pipe.
 
-use super::{iovec, NbdConn, RecvEvent, SendItem, MAX_BATCH};
-use crate::copy::splice::{self, Ctl};
+use super::send::{io_slices, MAX_BATCH};
+use super::{ConnEvent, NbdConn};
+use crate::copy::splice::{self, WaitLimits};
 use crate::error::{Error, Result};
 use crate::ring::Ring;
 use std::os::fd::RawFd;
@@ -15,7 +18,7 @@ use std::os::fd::RawFd;
 pub(super) struct SpliceIn {
     pub(super) pipe_w: RawFd,
     pub(super) pipe_cap: usize,
-    pub(super) ctl: Ctl,
+    pub(super) ctl: WaitLimits,
     /// Payload bytes in the pipe not yet handed to the worker.
     pub(super) in_pipe: usize,
     /// The READ payload being moved.
@@ -36,16 +39,10 @@ pub(super) struct PipeRest {
 /// Direct receives (messages already waiting) per io_uring receive.
 pub(super) const DIRECT_BUDGET: u32 = 16;
 
-// SAFETY: the raw pointers in queued send items point into buffers owned
-// by the same lane (this connection's pool, the peer connection's pool, the
-// lane's slot buffers) or the static zero buffer; the connection moves to
-// its worker thread with them and is used only there.
-unsafe impl Send for NbdConn {}
-
 impl NbdConn {
     /// Splice mode for a source: READ payloads go into the pipe whose
     /// write end is `pipe_w` (capacity `pipe_cap` bytes).
-    pub fn set_splice_source(&mut self, pipe_w: RawFd, pipe_cap: usize, ctl: Ctl) {
+    pub fn set_splice_source(&mut self, pipe_w: RawFd, pipe_cap: usize, ctl: WaitLimits) {
         self.parser.set_external_data(true);
         self.splice = Some(SpliceIn {
             pipe_w,
@@ -59,8 +56,8 @@ impl NbdConn {
     }
 
     /// Splice mode for a destination: sends are synchronous.
-    pub fn set_sync_send(&mut self, ctl: Ctl) {
-        self.sync = Some(ctl);
+    pub fn set_sync_send(&mut self, ctl: WaitLimits) {
+        self.sync_send = Some(ctl);
     }
 
     /// The worker drained a `PipeData` event: call `resume`.
@@ -70,37 +67,22 @@ impl NbdConn {
 
     /// Sends everything queued with direct system calls (splice mode).
     pub(super) fn send_queue_now(&mut self, more: bool) -> Result<()> {
-        let Some(ctl) = self.sync.clone() else {
+        let Some(ctl) = self.sync_send.clone() else {
             return Ok(());
         };
         // A server busy with a FLUSH or WRITE_ZEROES may stop reading.
         let ctl = ctl.slow_if(self.slow_pending());
-        while !self.queue.is_empty() {
-            let n = self.queue.len().min(MAX_BATCH);
-            self.iov.clear();
-            for item in &self.queue[..n] {
-                match item {
-                    SendItem::Hdr { buf, len } => self.iov.push(iovec(buf.as_ptr(), *len as usize)),
-                    SendItem::Slice { ptr, len, .. } => self.iov.push(iovec(*ptr, *len)),
-                    SendItem::HdrData {
-                        buf,
-                        hlen,
-                        ptr,
-                        len,
-                        ..
-                    } => {
-                        self.iov.push(iovec(buf.as_ptr(), *hlen as usize));
-                        self.iov.push(iovec(*ptr, *len));
-                    }
-                }
-            }
-            let more = more || n < self.queue.len();
-            if let Err(e) = splice::send_all(self.fd, &mut self.iov, more, &ctl, &self.name) {
+        let q = &mut self.send;
+        while !q.queue.is_empty() {
+            let n = q.queue.len().min(MAX_BATCH);
+            let mut bufs = io_slices(&q.queue[..n]);
+            let more = more || n < q.queue.len();
+            if let Err(e) = splice::send_all(self.fd, &mut bufs, more, &ctl, &self.name) {
                 self.broken = true;
                 return Err(e);
             }
             // Splice mode never forwards receive blocks: nothing to release.
-            self.queue.drain(..n);
+            q.queue.drain(..n);
         }
         Ok(())
     }
@@ -108,12 +90,18 @@ impl NbdConn {
     /// Sends WRITE [offset, offset+len) for `slot` with its payload taken
     /// from the pipe `pipe_r` (splice mode), after everything queued.
     pub fn send_pipe(&mut self, slot: u32, offset: u64, pipe_r: RawFd, len: u32) -> Result<()> {
-        let Some(ctl) = self.sync.clone() else {
+        let Some(ctl) = self.sync_send.clone() else {
             return Err(self.err("internal error: pipe write without splice mode"));
         };
         let ctl = ctl.slow_if(self.slow_pending());
-        let req = self.register_write(slot, offset, len)?;
-        self.push_hdr(&req);
+        let req = self.request(
+            crate::proto::consts::NBD_CMD_WRITE,
+            0,
+            slot,
+            offset,
+            len as u64,
+        );
+        self.queue(req, slot, super::Kind::Write, None, None)?;
         let r = self.send_queue_now(true).and_then(|()| {
             splice::splice_out(pipe_r, self.fd, None, len as usize, &ctl, &self.name)
         });
@@ -128,7 +116,7 @@ impl NbdConn {
         &mut self,
         ring: &mut Ring,
         base: u64,
-        events: &mut Vec<RecvEvent>,
+        events: &mut Vec<ConnEvent>,
     ) -> Result<()> {
         let Some(sp) = self.splice.as_mut() else {
             return Ok(());
@@ -149,48 +137,35 @@ impl NbdConn {
         if let Some(sp) = self.splice.as_mut() {
             sp.budget -= 1;
         }
-        if self.head == self.tail && self.pool_refs_only_ours() {
-            self.head = 0;
-            self.tail = 0;
-        }
-        let want = self
-            .need
-            .unwrap_or(self.first_read())
-            .max(self.tail - self.head + 1);
-        if self.head + want > self.pool.block_size() {
+        let first = self.first_read();
+        let Some(target) = self.recv.direct_target(first) else {
             return Ok(false); // let post_recv move it to a fresh block
-        }
-        let len = self.head + want - self.tail;
-        // SAFETY: tail + len <= block size; our block, no receive in flight.
-        let ptr = unsafe { self.pool.ptr(self.cur).add(self.tail) };
-        // SAFETY: ptr is valid for len bytes.
-        let r = unsafe { libc::recv(self.fd, ptr as *mut libc::c_void, len, libc::MSG_DONTWAIT) };
+        };
+        let r = crate::sys::recv(self.fd, target, libc::MSG_DONTWAIT);
         if let Some(sp) = &self.splice {
             sp.ctl.syscalls(1);
         }
-        if r > 0 {
-            self.tail += r as usize;
-            return Ok(true);
-        }
-        let reset =
-            r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECONNRESET);
-        if r == 0 || reset {
-            return Err(self.closed());
-        }
-        let e = std::io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(false),
-            _ => {
-                self.broken = true;
-                Err(Error::os(format!("{}: receive", self.name), e))
+        match r {
+            Ok(0) => Err(self.closed()),
+            Ok(n) => {
+                self.recv.tail += n;
+                Ok(true)
             }
+            Err(e) => match e.raw_os_error() {
+                Some(libc::ECONNRESET) => Err(self.closed()),
+                Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(false),
+                _ => {
+                    self.broken = true;
+                    Err(Error::os(format!("{}: receive", self.name), e))
+                }
+            },
         }
     }
 
     /// Moves the current READ payload into the pipe and hands the worker
     /// what is there (all of it, or a 4 KiB-aligned part when the pipe
     /// filled up first).
-    pub(super) fn pipe_step(&mut self, events: &mut Vec<RecvEvent>) -> Result<()> {
+    pub(super) fn pipe_step(&mut self, events: &mut Vec<ConnEvent>) -> Result<()> {
         // Disjoint field borrows: no copy of the name per payload.
         let (fd, name) = (self.fd, &self.name);
         let Some(sp) = self.splice.as_mut() else {
@@ -227,7 +202,7 @@ impl NbdConn {
         } else {
             sp.in_pipe
         };
-        events.push(RecvEvent::PipeData {
+        events.push(ConnEvent::PipeData {
             slot: r.slot,
             offset: r.offset,
             len: give as u32,
@@ -240,7 +215,7 @@ impl NbdConn {
             let done = r.done.take();
             sp.rest = None;
             if let Some(c) = done {
-                self.completed(c.cookie, c.result, events)?;
+                events.push(self.book.complete(&self.name, c.cookie, c.result)?);
             }
         }
         Ok(())

@@ -1,74 +1,71 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 // Copyright (C) 2026 The nbdcpy authors
 
-//! File I/O of a lane through io_uring (or direct pwrite where io_uring
-//! would punt): source reads into slot buffers, destination writes,
-//! zeroing by fallocate or written zeroes, in-order stream output, and the
-//! data/hole map of a source file.
+//! A lane's file I/O: source reads, destination writes and zeroing, stream output.
+//
+// File I/O of a lane through io_uring (or direct pwrite where io_uring
+// would punt): source reads into slot buffers, destination writes,
+// zeroing by fallocate or written zeroes, and in-order stream output.
 
-use super::{
-    ud, zero_buffer, DstIo, Lane, OpKind, SrcIo, Worker, WriteOp, ZeroMode, HEADER_ROOM,
-    K_DST_WRITE, K_SRC_READ,
-};
-use crate::copy::align::Extent;
+use super::event_loop::{user_data, Worker, K_DST_WRITE, K_SRC_READ};
+use super::lane::{DstIo, Lane, SrcIo};
+use super::HEADER_ROOM;
+use crate::copy::buf::Span;
 use crate::copy::stats::Shared;
 use crate::error::{Error, Result};
+use crate::sys;
 use io_uring::{opcode, types};
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering::Relaxed;
 
-/// Data and hole extents of [a, b) of a file, by SEEK_DATA/SEEK_HOLE, in
-/// order.  Anything the kernel cannot answer counts as data.
-pub(super) fn file_extents(fd: RawFd, a: u64, b: u64, out: &mut dyn FnMut(Extent)) {
-    let mut push = |offset: u64, len: u64, zero: bool| {
-        if len > 0 {
-            out(Extent { offset, len, zero });
-        }
-    };
-    let mut pos = a;
-    while pos < b {
-        // SAFETY: lseek takes no memory arguments.  The file position is
-        // never used for I/O (every read has an explicit offset).
-        let data = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
-        if data < 0 {
-            let e = std::io::Error::last_os_error().raw_os_error();
-            push(pos, b - pos, e == Some(libc::ENXIO));
-            return;
-        }
-        let data = (data as u64).clamp(pos, b);
-        push(pos, data - pos, true);
-        if data >= b {
-            return;
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
-        let hole = if hole < 0 {
-            b
-        } else {
-            (hole as u64).clamp(data + 1, b)
-        };
-        push(data, hole - data, false);
-        pos = hole;
-    }
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum OpKind {
+    /// Write the op's data.
+    Write,
+    /// Write zeroes from the shared zero buffer.
+    WriteZeroes,
+    /// fallocate(mode) over the range.
+    Fallocate(i32),
+}
+
+/// A destination file operation in flight.
+pub(super) struct WriteOp {
+    slot: u32,
+    offset: u64,
+    /// What a Write writes (None for zeroing).
+    data: Option<Span>,
+    len: u64,
+    done: u64,
+    kind: OpKind,
+    /// Receive block holding the data (NBD sources).
+    block: Option<u32>,
+}
+
+/// How a regular-file or block-device destination is zeroed; degrades
+/// when the kernel or filesystem refuses a mode.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum ZeroMode {
+    PunchHole,
+    ZeroRange,
+    Write,
 }
 
 impl Worker<'_> {
     pub(super) fn push_file_read(
         &mut self,
-        li: usize,
+        lane_id: usize,
         lane: &mut Lane,
-        si: u32,
+        slot_id: u32,
         fd: RawFd,
         stream: bool,
     ) -> Result<()> {
-        let slot = &lane.slots[si as usize];
+        let slot = &lane.slots[slot_id as usize];
         let buf = slot
             .buf
             .as_ref()
             .ok_or_else(|| Error::new(libc::EIO, "internal error: slot without buffer"))?;
         let filled = slot.filled as usize;
-        // SAFETY: HEADER_ROOM + filled < buffer length (len <= request_size).
-        let ptr = unsafe { buf.ptr().add(HEADER_ROOM + filled) };
+        let ptr = buf.ptr_at(HEADER_ROOM + filled);
         let off = if stream {
             u64::MAX
         } else {
@@ -77,7 +74,7 @@ impl Worker<'_> {
         let e = opcode::Read::new(types::Fd(fd), ptr, (slot.len - slot.filled) as u32)
             .offset(off)
             .build()
-            .user_data(ud(li, K_SRC_READ, si as u64));
+            .user_data(user_data(lane_id, K_SRC_READ, slot_id as u64));
         // SAFETY: the slot buffer lives in `lane`, which outlives every
         // operation (run_worker drains the ring before dropping lanes), and
         // the slot is not reused until this read completes.
@@ -86,16 +83,16 @@ impl Worker<'_> {
 
     pub(super) fn file_read_done(
         &mut self,
-        li: usize,
+        lane_id: usize,
         lane: &mut Lane,
-        si: u32,
+        slot_id: u32,
         res: i32,
     ) -> Result<()> {
         let (fd, stream) = match &lane.src {
             SrcIo::File { fd, stream, .. } => (*fd, *stream),
             SrcIo::Nbd(_) => return Err(Error::new(libc::EIO, "bad completion")),
         };
-        let at = lane.slots[si as usize].offset + lane.slots[si as usize].filled;
+        let at = lane.slots[slot_id as usize].offset + lane.slots[slot_id as usize].filled;
         if res < 0 {
             return Err(Error::from_res(
                 format!("source {}: read at offset {at}", lane.src_name()),
@@ -106,11 +103,11 @@ impl Worker<'_> {
             // A stream fills the whole slot (a pipe hands out what it
             // has): requests stay request-size, and so aligned, but the
             // last.
-            lane.slots[si as usize].filled += res as u64;
+            lane.slots[slot_id as usize].filled += res as u64;
             lane.stream_pos += res as u64;
             // Keep the size current so progress shows something sensible.
             self.shared.size.fetch_max(lane.stream_pos, Relaxed);
-            if let Some(max) = lane.p.dst_size {
+            if let Some(max) = lane.params.dst_size {
                 if lane.stream_pos > max {
                     return Err(Error::new(
                         libc::ENOSPC,
@@ -123,9 +120,9 @@ impl Worker<'_> {
                     ));
                 }
             }
-            let slot = &mut lane.slots[si as usize];
+            let slot = &mut lane.slots[slot_id as usize];
             if res > 0 && slot.filled < slot.len {
-                return self.push_file_read(li, lane, si, fd, true);
+                return self.push_file_read(lane_id, lane, slot_id, fd, true);
             }
             lane.stream_reading = false;
             if res == 0 {
@@ -135,7 +132,7 @@ impl Worker<'_> {
                 self.shared.size_known.store(1, Relaxed);
                 if slot.filled == 0 {
                     slot.busy = false;
-                    lane.free_slots.push(si);
+                    lane.free_slots.push(slot_id);
                     return Ok(());
                 }
                 slot.len = slot.filled;
@@ -150,34 +147,34 @@ impl Worker<'_> {
                     ),
                 ));
             }
-            let slot = &mut lane.slots[si as usize];
+            let slot = &mut lane.slots[slot_id as usize];
             slot.filled += res as u64;
             if slot.filled < slot.len {
-                return self.push_file_read(li, lane, si, fd, false);
+                return self.push_file_read(lane_id, lane, slot_id, fd, false);
             }
         }
-        let slot = &mut lane.slots[si as usize];
+        let slot = &mut lane.slots[slot_id as usize];
         slot.read_done = true;
-        let ptr = slot
+        let (off, len) = (slot.offset, slot.len as usize);
+        let data = slot
             .buf
             .as_ref()
-            .map(|b| b.ptr())
-            .unwrap_or(std::ptr::null_mut());
-        // SAFETY: HEADER_ROOM is inside the buffer.
-        let data = unsafe { ptr.add(HEADER_ROOM) };
-        let (off, len) = (slot.offset, slot.len);
-        self.dst_data(li, lane, si, off, data, len as usize, HEADER_ROOM, None)
+            .map(|b| Span::of_buf(b, HEADER_ROOM, len))
+            .ok_or_else(|| Error::new(libc::EIO, "internal error: slot without buffer"))?;
+        self.dst_data(lane_id, lane, slot_id, off, data, None)
     }
 
-    /// Starts one destination file operation as a part of slot `si`.
+    /// Starts one destination file operation as a part of slot `slot_id`:
+    /// writing `data` (with `block`, a source receive block reference it
+    /// holds), or zeroing `len` bytes.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn file_op(
         &mut self,
-        li: usize,
+        lane_id: usize,
         lane: &mut Lane,
-        si: u32,
+        slot_id: u32,
         offset: u64,
-        ptr: *mut u8,
+        data: Option<Span>,
         len: u64,
         kind: OpKind,
         block: Option<u32>,
@@ -186,9 +183,9 @@ impl Worker<'_> {
             return Err(Error::new(libc::EIO, "internal error: not a file"));
         };
         let op = WriteOp {
-            slot: si,
+            slot: slot_id,
             offset,
-            ptr,
+            data,
             len,
             done: 0,
             kind,
@@ -204,74 +201,57 @@ impl Worker<'_> {
                 (lane.ops.len() - 1) as u32
             }
         };
-        lane.slots[si as usize].parts += 1;
+        lane.slots[slot_id as usize].parts += 1;
         Shared::add(&self.shared.requests, 1);
         if stream {
             lane.out_queue.insert(offset, oi);
-            self.pump_stream_out(li, lane, fd)
+            self.pump_stream_out(lane_id, lane, fd)
         } else {
-            self.push_file_op(li, lane, oi, fd, false)
+            self.push_file_op(lane_id, lane, oi, fd, false)
         }
     }
 
-    pub(super) fn pump_stream_out(&mut self, li: usize, lane: &mut Lane, fd: RawFd) -> Result<()> {
+    pub(super) fn pump_stream_out(
+        &mut self,
+        lane_id: usize,
+        lane: &mut Lane,
+        fd: RawFd,
+    ) -> Result<()> {
         if lane.out_busy {
             return Ok(());
         }
         if let Some(oi) = lane.out_queue.remove(&lane.out_next) {
             lane.out_busy = true;
-            self.push_file_op(li, lane, oi, fd, true)?;
+            self.push_file_op(lane_id, lane, oi, fd, true)?;
         }
         Ok(())
     }
 
     pub(super) fn push_file_op(
         &mut self,
-        li: usize,
+        lane_id: usize,
         lane: &mut Lane,
         oi: u32,
         fd: RawFd,
         stream: bool,
     ) -> Result<()> {
         let op = &lane.ops[oi as usize];
-        if lane.p.direct_file_writes && !stream {
+        if lane.params.direct_file_writes && !stream {
             if let OpKind::Write | OpKind::WriteZeroes = op.kind {
                 // Page-cache writes that io_uring would hand to an io-wq
                 // thread (filesystems without non-blocking writes, such as
                 // tmpfs) are cheaper done right here.
-                let (p, n) = match op.kind {
-                    // SAFETY: done < len, inside the op's data.
-                    OpKind::Write => (
-                        unsafe { op.ptr.add(op.done as usize) },
-                        (op.len - op.done) as usize,
-                    ),
-                    _ => {
-                        let n = (op.len - op.done).min(32 << 20) as usize;
-                        (zero_buffer(n), n)
-                    }
-                };
-                let lock = lane.p.file_lock.clone();
+                let rest = op.rest();
+                let lock = lane.params.file_lock.clone();
                 let serial = lock.as_ref().map(|l| l.lock());
-                // SAFETY: p is valid for n bytes (slot buffer, receive block
-                // or zero buffer, all held for this op).
-                let r = unsafe {
-                    libc::pwrite(
-                        fd,
-                        p as *const libc::c_void,
-                        n,
-                        (op.offset + op.done) as libc::off_t,
-                    )
-                };
+                let r = sys::pwrite(fd, rest.as_slice(), op.offset + op.done);
                 drop(serial);
-                let res = if r < 0 {
-                    -std::io::Error::last_os_error()
-                        .raw_os_error()
-                        .unwrap_or(libc::EIO)
-                } else {
-                    r as i32
+                let res = match r {
+                    Ok(n) => n as i32,
+                    Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
                 };
                 Shared::add(&self.shared.syscalls_direct, 1);
-                return self.write_done(li, lane, oi, res);
+                return self.write_done_file(lane_id, lane, oi, res);
             }
         }
         let off = if stream {
@@ -279,18 +259,11 @@ impl Worker<'_> {
         } else {
             op.offset + op.done
         };
-        let u = ud(li, K_DST_WRITE, oi as u64);
+        let u = user_data(lane_id, K_DST_WRITE, oi as u64);
         let e = match op.kind {
-            OpKind::Write => {
-                // SAFETY: done < len, inside the data the op refers to.
-                let p = unsafe { op.ptr.add(op.done as usize) };
-                opcode::Write::new(types::Fd(fd), p, (op.len - op.done) as u32)
-                    .offset(off)
-                    .build()
-            }
-            OpKind::WriteZeroes => {
-                let n = (op.len - op.done).min(32 << 20) as usize;
-                opcode::Write::new(types::Fd(fd), zero_buffer(n), n as u32)
+            OpKind::Write | OpKind::WriteZeroes => {
+                let rest = op.rest();
+                opcode::Write::new(types::Fd(fd), rest.as_ptr(), rest.len() as u32)
                     .offset(off)
                     .build()
             }
@@ -309,9 +282,9 @@ impl Worker<'_> {
         unsafe { self.ring.push(&e.user_data(u)) }
     }
 
-    pub(super) fn write_done(
+    pub(super) fn write_done_file(
         &mut self,
-        li: usize,
+        lane_id: usize,
         lane: &mut Lane,
         oi: u32,
         res: i32,
@@ -339,7 +312,7 @@ impl Worker<'_> {
                     }
                     _ => OpKind::WriteZeroes,
                 };
-                return self.push_file_op(li, lane, oi, fd, stream);
+                return self.push_file_op(lane_id, lane, oi, fd, stream);
             }
         }
         if res < 0 {
@@ -370,9 +343,9 @@ impl Worker<'_> {
             _ => op.done += res as u64,
         }
         if op.done < op.len {
-            return self.push_file_op(li, lane, oi, fd, stream);
+            return self.push_file_op(lane_id, lane, oi, fd, stream);
         }
-        let (si, len, block) = (op.slot, op.len, op.block.take());
+        let (slot_id, len, block) = (op.slot, op.len, op.block.take());
         lane.free_ops.push(oi);
         if let (Some(b), SrcIo::Nbd(c)) = (block, &mut lane.src) {
             c.release(b);
@@ -385,9 +358,20 @@ impl Worker<'_> {
         if stream {
             lane.out_busy = false;
             lane.out_next += len;
-            self.pump_stream_out(li, lane, fd)?;
+            self.pump_stream_out(lane_id, lane, fd)?;
         }
-        self.part_finished(lane, si, len)?;
+        self.part_finished(lane, slot_id, len)?;
         Ok(())
+    }
+}
+
+impl WriteOp {
+    /// What is left to write: the rest of the data, or (zeroing by
+    /// writes) up to 32 MiB of zeroes.
+    fn rest(&self) -> Span {
+        match self.data {
+            Some(d) => d.sub(self.done as usize, d.len(), 0),
+            None => Span::zeroes((self.len - self.done).min(32 << 20) as usize),
+        }
     }
 }

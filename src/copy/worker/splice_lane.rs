@@ -1,31 +1,35 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 // Copyright (C) 2026 The nbdcpy authors
 
-//! A lane's splice data path: setting it up (pipes, /dev/null), and
-//! moving what arrived in the pipe on to the destination, with zero
-//! detection on a tee'd copy.
+//! A lane's splice data path: setup, and moving piped data to the destination.
+//
+// A lane's splice data path: setting it up (pipes, /dev/null), and
+// moving what arrived in the pipe on to the destination, with zero
+// detection on a tee'd copy.
 
-use super::{zero_runs, DstIo, Lane, SrcIo, Worker};
-use crate::copy::splice::{self, Ctl, Pipe};
+use super::event_loop::Worker;
+use super::lane::{DstIo, Lane, SrcIo};
+use super::zero::{zero_runs, Run};
+use crate::copy::splice::{self, Pipe, WaitLimits};
 use crate::copy::stats::Shared;
 use crate::error::{Error, Result};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 /// A lane's splice data path: READ payloads arrive in `pipe`; zero
-/// detection reads a duplicate made with tee into `tee`/`hot`; bytes not
+/// detection reads a duplicate made with tee into `tee`/`tee_buf`; bytes not
 /// written anywhere go to /dev/null.
 pub(super) struct LaneSplice {
     pub(super) pipe: Pipe,
     pub(super) tee: Option<(Pipe, Vec<u8>)>,
     pub(super) devnull: OwnedFd,
-    pub(super) ctl: Ctl,
+    pub(super) ctl: WaitLimits,
 }
 
 impl Lane {
     /// Switches this lane to the splice data path when it applies (an
     /// NBD source; null:, NBD, regular-file or block-device destination)
     /// and the system grants the pipes.  True when it did.
-    pub fn enable_splice(&mut self, ctl: Ctl) -> bool {
+    pub fn enable_splice(&mut self, ctl: WaitLimits) -> bool {
         match (&self.src, &self.dst) {
             (SrcIo::Nbd(_), DstIo::File { stream: true, .. }) => return false,
             (SrcIo::Nbd(_), _) => {}
@@ -33,16 +37,20 @@ impl Lane {
             (SrcIo::File { stream: false, .. }, DstIo::Nbd(_) | DstIo::Null) => {}
             _ => return false,
         }
-        let rs = self.p.request_size as usize;
+        let rs = self.params.request_size as usize;
         // Room for a whole request even when the kernel fills pipe slots
         // with less than a page each.  A smaller pipe (the system's limit,
         // or the "pipe-size" option for tests) works too: payloads then
         // move in pieces.
-        let want = self.p.pipe_size.unwrap_or((4 * rs).max(1 << 20)).max(4096);
+        let want = self
+            .params
+            .pipe_size
+            .unwrap_or((4 * rs).max(1 << 20))
+            .max(4096);
         let Some(pipe) = Pipe::new(want.min(64 << 10), want) else {
             return false;
         };
-        let detect = self.p.sparse > 0 && !matches!(self.dst, DstIo::Null);
+        let detect = self.params.sparse > 0 && !matches!(self.dst, DstIo::Null);
         let tee = if detect {
             // As many slots as the main pipe, so a tee always fits.
             match Pipe::new(pipe.cap, pipe.cap) {
@@ -80,14 +88,14 @@ impl Worker<'_> {
     /// the destination without entering user space.  Leaves the pipe empty.
     pub(super) fn pipe_data(
         &mut self,
-        li: usize,
+        lane_id: usize,
         lane: &mut Lane,
-        si: u32,
+        slot_id: u32,
         off: u64,
         len: usize,
     ) -> Result<()> {
         Self::check_dst_range(lane, off, len as u64)?;
-        let sparse = lane.p.sparse;
+        let sparse = lane.params.sparse;
         let Some(sp) = lane.splice.as_mut() else {
             return Err(Error::new(
                 libc::EIO,
@@ -102,33 +110,37 @@ impl Worker<'_> {
         let mut runs = std::mem::take(&mut lane.runs);
         runs.clear();
         match sp.tee.as_mut() {
-            Some((tee, hot)) if len > 0 => {
-                if let Err(e) = splice::tee_read(pipe_r, tee, hot, len, &ctl) {
+            Some((tee, tee_buf)) if len > 0 => {
+                if let Err(e) = splice::tee_read(pipe_r, tee, tee_buf, len, &ctl) {
                     lane.runs = runs;
                     return Err(e.context(format!("{} (zero detection)", lane.src_label())));
                 }
-                zero_runs(&hot[..len], off, sparse, &mut runs);
+                zero_runs(&tee_buf[..len], off, sparse, &mut runs);
             }
-            _ => runs.push((0, len, false)),
+            _ => runs.push(Run {
+                start: 0,
+                end: len,
+                zero: false,
+            }),
         }
         let mut r = Ok(());
-        for &(a, e, z) in &runs {
-            let (roff, n) = (off + a as u64, e - a);
-            r = match (&mut lane.dst, z) {
+        for run in &runs {
+            let (roff, n) = (off + run.start as u64, run.len());
+            r = match (&mut lane.dst, run.zero) {
                 (_, true) => splice::splice_out(pipe_r, devnull, None, n, &ctl, "/dev/null")
-                    .and_then(|()| self.dst_zero(li, lane, si, roff, n as u64)),
+                    .and_then(|()| self.dst_zero(lane_id, lane, slot_id, roff, n as u64)),
                 (DstIo::Nbd(c), false) => {
-                    lane.slots[si as usize].parts += 1;
+                    lane.slots[slot_id as usize].parts += 1;
                     Shared::add(&self.shared.requests, 1);
                     Shared::add(&self.shared.bytes_spliced, n as u64);
-                    c.send_pipe(si, roff, pipe_r, n as u32)
+                    c.send_pipe(slot_id, roff, pipe_r, n as u32)
                 }
                 // Null and file destinations are written right here.
                 (dst, false) => {
                     let moved = match dst {
                         DstIo::File { fd, name, .. } => {
                             Shared::add(&self.shared.requests, 1);
-                            let _serial = lane.p.file_lock.as_ref().map(|l| l.lock());
+                            let _serial = lane.params.file_lock.as_ref().map(|l| l.lock());
                             splice::splice_out(pipe_r, *fd, Some(roff), n, &ctl, name).map_err(
                                 |mut e| {
                                     // "destination NAME: ...", built only on error.
@@ -142,7 +154,7 @@ impl Worker<'_> {
                     moved.map(|()| {
                         Shared::add(&self.shared.bytes_copied, n as u64);
                         Shared::add(&self.shared.bytes_spliced, n as u64);
-                        self.part_done(lane, si, n as u64);
+                        self.part_done(lane, slot_id, n as u64);
                     })
                 }
             };
@@ -156,12 +168,12 @@ impl Worker<'_> {
 
     /// Moves [off, off+len) of a file whose pages are all in the page
     /// cache into the pipe and on to the destination (splice path; no
-    /// disk I/O can block the worker), as slot `si`.
+    /// disk I/O can block the worker), as slot `slot_id`.
     pub(super) fn file_splice(
         &mut self,
-        li: usize,
+        lane_id: usize,
         lane: &mut Lane,
-        si: u32,
+        slot_id: u32,
         fd: RawFd,
         off: u64,
         len: u64,
@@ -177,11 +189,11 @@ impl Worker<'_> {
             let want = ((len - done) as usize).min(cap);
             let n = splice::splice_file_in(fd, off + done, pipe_w, want, &ctl)
                 .map_err(|e| e.context(format!("source {}", lane.src_name())))?;
-            self.pipe_data(li, lane, si, off + done, n)?;
+            self.pipe_data(lane_id, lane, slot_id, off + done, n)?;
             done += n as u64;
         }
-        lane.slots[si as usize].read_done = true;
-        self.part_done(lane, si, 0);
+        lane.slots[slot_id as usize].read_done = true;
+        self.part_done(lane, slot_id, 0);
         Ok(())
     }
 }

@@ -1,0 +1,266 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// Copyright (C) 2026 The nbdcpy authors
+
+//! The requests in flight on one connection and the events their replies complete.
+//
+// The request book of one connection: cookies, what each request in
+// flight asked for, and the event its reply completes.
+
+use super::ConnEvent;
+use crate::error::{Error, Result};
+use crate::proto::reply::RequestError;
+use std::collections::HashMap;
+
+/// What a request in flight does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Read,
+    Write,
+    /// WRITE_ZEROES, or a WRITE of zeroes where the server has none.
+    Zero,
+    Flush,
+    Status,
+}
+
+impl Kind {
+    /// Requests a server may take long to answer without being stuck.
+    fn is_slow(self) -> bool {
+        matches!(self, Kind::Zero | Kind::Flush)
+    }
+
+    fn command(self) -> &'static str {
+        match self {
+            Kind::Read => "READ",
+            Kind::Write => "WRITE",
+            Kind::Zero => "WRITE_ZEROES",
+            Kind::Flush => "FLUSH",
+            Kind::Status => "BLOCK_STATUS",
+        }
+    }
+}
+
+/// One request awaiting its reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pending {
+    /// The lane slot it belongs to (unused for FLUSH and BLOCK_STATUS).
+    pub slot: u32,
+    pub offset: u64,
+    pub len: u64,
+    pub kind: Kind,
+}
+
+/// Cookies and the requests in flight.
+#[derive(Default)]
+pub struct RequestBook {
+    next_seq: u64,
+    pending: HashMap<u64, Pending>,
+    /// Requests in `pending` that may legitimately take long (FLUSH,
+    /// WRITE_ZEROES): the stall limit is then the slow one.
+    slow: usize,
+}
+
+impl RequestBook {
+    /// A fresh cookie: unique on this connection, with the slot in its low
+    /// bits for debugging.
+    pub fn cookie(&mut self, slot: u32) -> u64 {
+        self.next_seq += 1;
+        (self.next_seq << 24) | (slot as u64 & 0xff_ffff)
+    }
+
+    /// Records a request sent with `cookie`.
+    pub fn insert(&mut self, cookie: u64, p: Pending) {
+        if p.kind.is_slow() {
+            self.slow += 1;
+        }
+        self.pending.insert(cookie, p);
+    }
+
+    /// Requests awaiting their replies.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Whether a FLUSH or WRITE_ZEROES is awaiting its reply.
+    pub fn slow_pending(&self) -> bool {
+        self.slow > 0
+    }
+
+    /// The slot of the request with `cookie`.
+    pub fn slot_of(&self, name: &str, cookie: u64) -> Result<u32> {
+        self.pending
+            .get(&cookie)
+            .map(|p| p.slot)
+            .ok_or_else(|| unknown(name, cookie))
+    }
+
+    /// The reply for `cookie` is complete: the event for the lane, or the
+    /// server's error (named after the connection `name`).  A failed
+    /// BLOCK_STATUS is not fatal: the range is then read.
+    pub fn complete(
+        &mut self,
+        name: &str,
+        cookie: u64,
+        result: std::result::Result<(), RequestError>,
+    ) -> Result<ConnEvent> {
+        let p = self
+            .pending
+            .remove(&cookie)
+            .ok_or_else(|| unknown(name, cookie))?;
+        if p.kind.is_slow() {
+            self.slow -= 1;
+        }
+        if p.kind == Kind::Status {
+            return Ok(ConnEvent::StatusDone {
+                offset: p.offset,
+                len: p.len,
+                ok: result.is_ok(),
+            });
+        }
+        if let Err(e) = result {
+            return Err(Error::new(
+                e.errno,
+                format!(
+                    "{name}: {} at offset {} length {} failed: {e}",
+                    p.kind.command(),
+                    p.offset,
+                    p.len
+                ),
+            ));
+        }
+        Ok(match p.kind {
+            Kind::Read => ConnEvent::ReadDone { slot: p.slot },
+            Kind::Write | Kind::Zero => ConnEvent::WriteDone {
+                slot: p.slot,
+                len: p.len,
+                zero: p.kind == Kind::Zero,
+            },
+            Kind::Flush | Kind::Status => ConnEvent::Flushed,
+        })
+    }
+}
+
+fn unknown(name: &str, cookie: u64) -> Error {
+    Error::new(
+        libc::EIO,
+        format!("{name}: protocol error: reply for unknown cookie {cookie}"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(slot: u32, kind: Kind) -> Pending {
+        Pending {
+            slot,
+            offset: 4096,
+            len: 512,
+            kind,
+        }
+    }
+
+    #[test]
+    fn cookies_are_unique_and_carry_the_slot() {
+        let mut b = RequestBook::default();
+        let a = b.cookie(5);
+        let c = b.cookie(5);
+        assert_ne!(a, c);
+        assert_eq!(a & 0xff_ffff, 5);
+    }
+
+    #[test]
+    fn replies_become_events() {
+        let mut b = RequestBook::default();
+        let cases = [
+            (Kind::Read, ConnEvent::ReadDone { slot: 3 }),
+            (
+                Kind::Write,
+                ConnEvent::WriteDone {
+                    slot: 3,
+                    len: 512,
+                    zero: false,
+                },
+            ),
+            (
+                Kind::Zero,
+                ConnEvent::WriteDone {
+                    slot: 3,
+                    len: 512,
+                    zero: true,
+                },
+            ),
+            (Kind::Flush, ConnEvent::Flushed),
+            (
+                Kind::Status,
+                ConnEvent::StatusDone {
+                    offset: 4096,
+                    len: 512,
+                    ok: true,
+                },
+            ),
+        ];
+        for (kind, want) in cases {
+            let c = b.cookie(3);
+            b.insert(c, p(3, kind));
+            assert_eq!(b.slot_of("src", c).unwrap(), 3);
+            let got = b.complete("src", c, Ok(())).unwrap();
+            assert_eq!(format!("{got:?}"), format!("{want:?}"), "{kind:?}");
+        }
+        assert_eq!(b.in_flight(), 0);
+    }
+
+    #[test]
+    fn slow_requests_are_counted() {
+        let mut b = RequestBook::default();
+        let (r, z, f) = (b.cookie(0), b.cookie(1), b.cookie(2));
+        b.insert(r, p(0, Kind::Read));
+        assert!(!b.slow_pending());
+        b.insert(z, p(1, Kind::Zero));
+        b.insert(f, p(2, Kind::Flush));
+        b.complete("d", z, Ok(())).unwrap();
+        assert!(b.slow_pending());
+        b.complete("d", f, Ok(())).unwrap();
+        assert!(!b.slow_pending());
+    }
+
+    fn server_error(errno: i32) -> std::result::Result<(), RequestError> {
+        Err(RequestError {
+            errno,
+            message: "failed".into(),
+            offset: None,
+        })
+    }
+
+    #[test]
+    fn errors_name_command_offset_and_connection() {
+        let mut b = RequestBook::default();
+        let c = b.cookie(1);
+        b.insert(c, p(1, Kind::Write));
+        let e = b
+            .complete("destination nbd://x", c, server_error(libc::ENOSPC))
+            .unwrap_err();
+        assert_eq!(e.errno, libc::ENOSPC);
+        let m = e.to_string();
+        assert!(
+            m.contains("destination nbd://x: WRITE at offset 4096 length 512"),
+            "{m}"
+        );
+        // A failed BLOCK_STATUS is not an error.
+        let s = b.cookie(0);
+        b.insert(s, p(0, Kind::Status));
+        let ev = b.complete("src", s, server_error(libc::EINVAL)).unwrap();
+        assert!(matches!(ev, ConnEvent::StatusDone { ok: false, .. }));
+    }
+
+    #[test]
+    fn unknown_cookies_are_protocol_errors() {
+        let mut b = RequestBook::default();
+        assert!(b.slot_of("src", 99).is_err());
+        let e = b.complete("src", 99, Ok(())).unwrap_err();
+        assert!(e.to_string().contains("unknown cookie 99"));
+        let c = b.cookie(0);
+        b.insert(c, p(0, Kind::Read));
+        b.complete("src", c, Ok(())).unwrap();
+        assert!(b.complete("src", c, Ok(())).is_err(), "a second reply");
+    }
+}

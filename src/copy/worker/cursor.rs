@@ -1,0 +1,227 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// Copyright (C) 2026 The nbdcpy authors
+
+//! A lane's work cursor: claiming ranges, learning extents, cutting pieces.
+//
+// A lane's work cursor: claiming ranges from the shared work queue,
+// learning their extents (SEEK_DATA or BLOCK_STATUS, fetched ahead), and
+// cutting them into aligned data and zero pieces.
+
+use super::lane::{Lane, SrcIo};
+use crate::copy::align::{align_down, push_merged, Aligner, Extent};
+use crate::copy::dirty::{DirtyExtent, DirtyMerge};
+use crate::copy::WorkQueue;
+use crate::endpoint::file::walk_extents;
+use crate::error::Result;
+
+impl Lane {
+    /// Claims the next piece of work: data of at most request-size, or a
+    /// zero range of at most `zero_piece`.  None: nothing to do right now
+    /// (waiting for block status, or the work is all handed out).
+    pub(super) fn claim(&mut self, q: &WorkQueue) -> Result<Option<Extent>> {
+        if self.exhausted {
+            return Ok(None);
+        }
+        if self.src_is_stream() {
+            // Streams are read in order; the length is what a read returns.
+            if self.stream_reading {
+                return Ok(None);
+            }
+            return Ok(Some(Extent {
+                offset: self.stream_pos,
+                len: self.params.request_size,
+                zero: false,
+            }));
+        }
+        loop {
+            if let Some(front) = self.extents.front_mut() {
+                let max = if front.zero {
+                    self.params.zero_piece
+                } else {
+                    self.params.request_size
+                };
+                let piece = Extent {
+                    len: front.len.min(max),
+                    ..*front
+                };
+                if piece.len == front.len {
+                    self.extents.pop_front();
+                } else {
+                    front.offset += piece.len;
+                    front.len -= piece.len;
+                }
+                return Ok(Some(piece));
+            }
+            if self.status.is_some() {
+                return Ok(None); // the next extents are on their way
+            }
+            if !self.claim_range(q)? {
+                self.exhausted = true;
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Claims the next range and learns its extents (or asks for them).
+    /// False when the work queue is empty.
+    fn claim_range(&mut self, q: &WorkQueue) -> Result<bool> {
+        let Some((a, b)) = q.claim() else {
+            return Ok(false);
+        };
+        let mut aligner = Aligner::new(a, self.params.align);
+        match &mut self.src {
+            SrcIo::File { fd, .. } if self.params.extents => {
+                let out = &mut self.extents;
+                walk_extents(*fd, a, b, &mut |e| {
+                    aligner.push(e, out);
+                    true
+                });
+                aligner.finish(out);
+            }
+            SrcIo::Nbd(c) if (self.params.extents || self.params.dirty) && c.can_block_status() => {
+                c.queue_block_status(a, b - a)?;
+                let (align, alloc) = (self.params.align, c.can_allocation_status());
+                self.status = Some(PendingStatus {
+                    start: a,
+                    end: b,
+                    aligner,
+                    dirty: self
+                        .params
+                        .dirty
+                        .then(|| DirtyMerge::new(a, b, align, alloc)),
+                });
+            }
+            _ => push_merged(
+                &mut self.extents,
+                Extent {
+                    offset: a,
+                    len: b - a,
+                    zero: false,
+                },
+            ),
+        }
+        Ok(true)
+    }
+
+    /// Asks for the next range's block status while this one is read.
+    pub(super) fn prefetch_status(&mut self, q: &WorkQueue) -> Result<()> {
+        if self.status.is_none()
+            && !self.exhausted
+            && !self.extents.is_empty()
+            && matches!(&self.src, SrcIo::Nbd(c)
+                if (self.params.extents || self.params.dirty) && c.can_block_status())
+        {
+            self.claim_range(q)?;
+        }
+        Ok(())
+    }
+
+    /// Extents from a BLOCK_STATUS reply for the pending range.
+    pub(super) fn add_status_extents(&mut self, extents: &[Extent]) {
+        let Some(st) = self.status.as_mut() else {
+            return;
+        };
+        if let Some(d) = st.dirty.as_mut() {
+            d.add_alloc(extents);
+            self.clean += d.drain(&mut self.extents);
+            return;
+        }
+        for e in extents {
+            // Keep only what continues the covered part, inside the range
+            // (a continued request may start before it: see status_done).
+            let at = st.aligner.pos();
+            let end = e.offset.saturating_add(e.len).min(st.end);
+            if e.offset > at || end <= at {
+                continue;
+            }
+            st.aligner.push(
+                Extent {
+                    offset: at,
+                    len: end - at,
+                    zero: e.zero,
+                },
+                &mut self.extents,
+            );
+        }
+    }
+
+    /// The pending BLOCK_STATUS finished: ask again for what it did not
+    /// cover (from an aligned offset), or (on error) treat the rest as
+    /// data.
+    pub(super) fn status_done(&mut self, ok: bool) -> Result<()> {
+        let Some(mut st) = self.status.take() else {
+            return Ok(());
+        };
+        if st.dirty.is_some() {
+            return self.dirty_status_done(st, ok);
+        }
+        let covered = st.aligner.pos();
+        if covered < st.end {
+            if ok && covered > st.start {
+                if let SrcIo::Nbd(c) = &mut self.src {
+                    let from = align_down(covered, self.params.align);
+                    c.queue_block_status(from, st.end - from)?;
+                    st.start = covered;
+                    self.status = Some(st);
+                    return Ok(());
+                }
+            }
+            // An error, or no progress at all: read the rest.
+            st.aligner.push(
+                Extent {
+                    offset: covered,
+                    len: st.end - covered,
+                    zero: false,
+                },
+                &mut self.extents,
+            );
+        }
+        st.aligner.finish(&mut self.extents);
+        Ok(())
+    }
+}
+
+impl Lane {
+    /// Dirty-bitmap extents for the pending range (incremental copies).
+    pub(super) fn add_dirty_extents(&mut self, extents: &[DirtyExtent]) {
+        if let Some(d) = self.status.as_mut().and_then(|st| st.dirty.as_mut()) {
+            d.add_dirty(extents);
+            self.clean += d.drain(&mut self.extents);
+        }
+    }
+
+    /// `status_done` of an incremental copy: ask again from where both
+    /// contexts' answers reach, or (on error, no progress) copy the rest.
+    fn dirty_status_done(&mut self, mut st: PendingStatus, ok: bool) -> Result<()> {
+        let Some(d) = st.dirty.as_mut() else {
+            return Ok(());
+        };
+        let covered = d.covered();
+        if covered < st.end && ok && covered > st.start {
+            if let SrcIo::Nbd(c) = &mut self.src {
+                let from = align_down(covered, self.params.align);
+                c.queue_block_status(from, st.end - from)?;
+                st.start = covered;
+                self.status = Some(st);
+                return Ok(());
+            }
+        }
+        self.clean += if covered < st.end {
+            d.rest_is_dirty(&mut self.extents)
+        } else {
+            d.finish(&mut self.extents)
+        };
+        Ok(())
+    }
+}
+
+/// A claimed range whose BLOCK_STATUS is outstanding.
+pub(super) struct PendingStatus {
+    /// Where the outstanding request's answer must make progress from.
+    start: u64,
+    end: u64,
+    /// Extents received so far end at `aligner.pos()`.
+    aligner: Aligner,
+    /// Incremental copies: both contexts' answers, merged.
+    dirty: Option<DirtyMerge>,
+}

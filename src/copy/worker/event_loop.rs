@@ -1,0 +1,304 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// Copyright (C) 2026 The nbdcpy authors
+
+//! A worker thread's io_uring event loop, from the first read to the drain.
+//
+// The worker thread's io_uring event loop: starting work on free slots,
+// waiting, routing completions to lanes, the stall timeout, and the
+// drain on every exit path.
+
+use super::lane::{DstIo, Lane, SrcIo};
+use crate::copy::nbdconn::ConnEvent;
+use crate::copy::splice;
+use crate::copy::stats::Shared;
+use crate::copy::WorkQueue;
+use crate::error::{Error, Result};
+use crate::ring::Ring;
+use std::time::{Duration, Instant};
+
+// What a completion belongs to (the `kind` in its user_data).
+/// A file source read into a slot (index: the slot).
+pub(super) const K_SRC_READ: u64 = 1;
+/// A file destination operation (index: the operation).
+pub(super) const K_DST_WRITE: u64 = 2;
+/// The destination file's fsync.
+pub(super) const K_DST_FSYNC: u64 = 3;
+/// The source NBD connection's send or receive (index: which).
+const K_SRC_NBD: u64 = 4;
+/// ... and the destination's.
+const K_DST_NBD: u64 = 5;
+
+/// The user_data of an operation: lane, kind and an index (48 bits).
+#[inline]
+pub(super) fn user_data(lane: usize, kind: u64, idx: u64) -> u64 {
+    ((lane as u64) << 56) | (kind << 48) | (idx & ((1 << 48) - 1))
+}
+
+/// `user_data`'s parts again.
+#[inline]
+fn decode_user_data(u: u64) -> (usize, u64, u64) {
+    ((u >> 56) as usize, (u >> 48) & 0xff, u & ((1 << 48) - 1))
+}
+
+/// Runs lanes on this thread's ring until they finish, fail or are cancelled.
+pub fn run_worker(mut lanes: Vec<Lane>, q: &WorkQueue, shared: &Shared) {
+    let entries = lanes.iter().map(|l| l.slots.len() * 2 + 8).sum::<usize>();
+    let ring = match Ring::new(entries as u32) {
+        Ok(r) => r,
+        Err(e) => {
+            shared.fail(e);
+            return;
+        }
+    };
+    let mut w = Worker {
+        ring,
+        q,
+        shared,
+        cqes: Vec::with_capacity(256),
+        events: Vec::with_capacity(64),
+        last_progress: Instant::now(),
+    };
+    if let Err(e) = w.run(&mut lanes) {
+        shared.fail(e);
+    }
+    // Every exit path: cancel and reap all operations before the buffers
+    // they use (in `lanes`) are dropped.
+    let clean = w.ring.drain(Duration::from_secs(10), &mut |_, _| {});
+    Shared::add(&shared.ring_enters, w.ring.enters);
+    if !clean {
+        // The kernel may still use these buffers: never free them.
+        std::mem::forget(lanes);
+        std::mem::forget(w.ring);
+        shared.fail(Error::new(
+            libc::EIO,
+            "I/O operations did not finish after cancellation",
+        ));
+        return;
+    }
+    for lane in &mut lanes {
+        if let SrcIo::Nbd(c) = &mut lane.src {
+            c.finish();
+        }
+        if let DstIo::Nbd(c) = &mut lane.dst {
+            c.finish();
+        }
+    }
+}
+
+pub(super) struct Worker<'a> {
+    pub(super) ring: Ring,
+    q: &'a WorkQueue,
+    pub(super) shared: &'a Shared,
+    cqes: Vec<(u64, i32, u32)>,
+    events: Vec<ConnEvent>,
+    last_progress: Instant,
+}
+
+impl Worker<'_> {
+    fn run(&mut self, lanes: &mut [Lane]) -> Result<()> {
+        for (i, lane) in lanes.iter_mut().enumerate() {
+            if let SrcIo::Nbd(c) = &mut lane.src {
+                c.start(&mut self.ring, user_data(i, K_SRC_NBD, 0))?;
+            }
+            if let DstIo::Nbd(c) = &mut lane.dst {
+                c.start(&mut self.ring, user_data(i, K_DST_NBD, 0))?;
+            }
+        }
+        loop {
+            if self.shared.stopping() {
+                if self.shared.cancelled() {
+                    return Err(Error::cancelled());
+                }
+                return Ok(()); // another worker failed; its error is kept
+            }
+            let mut all_done = true;
+            for (i, lane) in lanes.iter_mut().enumerate() {
+                self.fill(i, lane)?;
+                if lane.finished() {
+                    continue;
+                }
+                all_done = false;
+                if lane.exhausted && lane.busy_slots() == 0 && lane.params.flush && !lane.flushing {
+                    self.start_flush(i, lane)?;
+                }
+            }
+            if all_done {
+                return Ok(());
+            }
+            for (i, lane) in lanes.iter_mut().enumerate() {
+                if let SrcIo::Nbd(c) = &mut lane.src {
+                    c.kick(&mut self.ring, user_data(i, K_SRC_NBD, 0))?;
+                }
+                if let DstIo::Nbd(c) = &mut lane.dst {
+                    c.kick(&mut self.ring, user_data(i, K_DST_NBD, 0))?;
+                }
+            }
+            self.ring.submit_and_wait(Duration::from_millis(50))?;
+            self.cqes.clear();
+            self.ring.reap(&mut self.cqes);
+            if self.cqes.is_empty() {
+                // Idle for a whole wait: let other threads run.  Costs
+                // nothing on a busy copy, and under valgrind (which treats
+                // io_uring_enter as non-blocking and keeps its big lock
+                // across it) it is what lets a cancelling thread run.
+                std::thread::yield_now();
+                self.check_timeout(lanes)?;
+                continue;
+            }
+            self.last_progress = Instant::now();
+            let cqes = std::mem::take(&mut self.cqes);
+            for &(u, res, _flags) in &cqes {
+                let (lane_id, kind, idx) = decode_user_data(u);
+                let lane = lanes.get_mut(lane_id).ok_or_else(|| {
+                    Error::new(libc::EIO, format!("unexpected completion {u:#x}"))
+                })?;
+                self.complete(lane_id, lane, kind, idx, res)?;
+            }
+            self.cqes = cqes;
+        }
+    }
+
+    fn check_timeout(&self, lanes: &[Lane]) -> Result<()> {
+        // While an operation that may take long is outstanding, a silent
+        // peer is not a stuck one: the slow limit applies.
+        let slow = lanes.iter().any(Lane::slow_pending);
+        let limit = lanes.first().and_then(|l| {
+            if slow {
+                l.params.slow_timeout
+            } else {
+                l.params.timeout
+            }
+        });
+        let Some(t) = limit else {
+            return Ok(());
+        };
+        if self.ring.in_flight() > 0 && self.last_progress.elapsed() > t {
+            return Err(Error::new(
+                libc::ETIMEDOUT,
+                format!(
+                    "no I/O completed for {} seconds: {} or {} is not responding",
+                    t.as_secs(),
+                    lanes[0].src_label(),
+                    lanes[0].dst_label()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Starts work on free slots: reads for data pieces, zeroing for
+    /// zero pieces.
+    fn fill(&mut self, lane_id: usize, lane: &mut Lane) -> Result<()> {
+        crate::copy::dirty::account_clean(self.shared, std::mem::take(&mut lane.clean));
+        while let Some(&slot_id) = lane.free_slots.last() {
+            if let SrcIo::Nbd(c) = &lane.src {
+                if !c.can_issue() {
+                    break;
+                }
+            }
+            let Some(piece) = lane.claim(self.q)? else {
+                break;
+            };
+            lane.free_slots.pop();
+            let (off, len) = (piece.offset, piece.len);
+            let slot = &mut lane.slots[slot_id as usize];
+            slot.offset = off;
+            slot.len = len;
+            slot.filled = 0;
+            slot.staged = false;
+            slot.parts = 0;
+            slot.read_done = false;
+            slot.busy = true;
+            if piece.zero {
+                slot.read_done = true;
+                self.dst_zero(lane_id, lane, slot_id, off, len)?;
+                continue;
+            }
+            Shared::add(&self.shared.requests, 1);
+            match &mut lane.src {
+                SrcIo::File {
+                    fd, stream: false, ..
+                } if lane.splice.is_some() && splice::cached(*fd, off, len) => {
+                    let fd = *fd;
+                    self.file_splice(lane_id, lane, slot_id, fd, off, len)?;
+                }
+                SrcIo::File { fd, stream, .. } => {
+                    let (fd, stream) = (*fd, *stream);
+                    if stream {
+                        lane.stream_reading = true;
+                    }
+                    self.push_file_read(lane_id, lane, slot_id, fd, stream)?;
+                }
+                SrcIo::Nbd(c) => c.queue_read(slot_id, off, len)?,
+            }
+        }
+        lane.prefetch_status(self.q)
+    }
+
+    fn complete(
+        &mut self,
+        lane_id: usize,
+        lane: &mut Lane,
+        kind: u64,
+        idx: u64,
+        res: i32,
+    ) -> Result<()> {
+        match kind {
+            K_SRC_READ => self.file_read_done(lane_id, lane, idx as u32, res),
+            K_DST_WRITE => self.write_done_file(lane_id, lane, idx as u32, res),
+            K_DST_FSYNC => {
+                if res < 0 {
+                    return Err(Error::from_res(
+                        format!("destination {}: fsync", lane.dst_name()),
+                        res,
+                    ));
+                }
+                lane.flushed = true;
+                Ok(())
+            }
+            K_SRC_NBD | K_DST_NBD => {
+                let is_src = kind == K_SRC_NBD;
+                let c = match (is_src, &mut lane.src, &mut lane.dst) {
+                    (true, SrcIo::Nbd(c), _) | (false, _, DstIo::Nbd(c)) => c,
+                    _ => return Err(Error::new(libc::EIO, "bad completion")),
+                };
+                let mut events = std::mem::take(&mut self.events);
+                events.clear();
+                let mut r = c.complete(
+                    &mut self.ring,
+                    user_data(lane_id, kind, 0),
+                    idx,
+                    res,
+                    &mut events,
+                );
+                Shared::add(&self.shared.bytes_memcpy, c.take_memcpy());
+                loop {
+                    let mut r2 = Ok(());
+                    for ev in events.drain(..) {
+                        if r2.is_ok() {
+                            r2 = if is_src {
+                                self.src_event(lane_id, lane, ev)
+                            } else {
+                                self.dst_event(lane, ev)
+                            };
+                        }
+                    }
+                    r = r.and(r2);
+                    // Splice mode: the pipe is drained; go on receiving.
+                    match &mut lane.src {
+                        SrcIo::Nbd(c) if is_src && r.is_ok() && c.wants_resume() => {
+                            r = c.resume(&mut self.ring, user_data(lane_id, kind, 0), &mut events);
+                        }
+                        _ => break,
+                    }
+                }
+                self.events = events;
+                r
+            }
+            _ => Err(Error::new(
+                libc::EIO,
+                format!("unknown completion kind {kind}"),
+            )),
+        }
+    }
+}
