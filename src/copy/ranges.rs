@@ -266,6 +266,23 @@ mod tests {
     }
 
     #[test]
+    fn plan_inputs_follow_the_window() {
+        use crate::copy::plan::{EndFacts, EndKind};
+        use crate::endpoint::file::FileKind;
+        let src = EndFacts::local(EndKind::File(FileKind::Regular), Some(100 << 20), 1);
+        let c = cfg(&[("offset", "1M"), ("length", "2M")]);
+        let w = Window::plan(&c, &ends(Some(100 << 20), None)).unwrap();
+        let (s, pc) = plan_inputs(src, &w, &c);
+        assert_eq!(s.size, Some(2 << 20));
+        assert_eq!(pc.splice, None, "same offsets: the data path is the plan's");
+        let c = cfg(&[("destination-offset", "1M")]);
+        let w = Window::plan(&c, &ends(Some(100 << 20), None)).unwrap();
+        assert_eq!(plan_inputs(src, &w, &c).1.splice, Some(false));
+        let c = cfg(&[("dirty-bitmap", "b"), ("no-extents", "1")]);
+        assert!(!plan_inputs(src, &Window::whole(Some(1)), &c).1.no_extents);
+    }
+
+    #[test]
     fn streams_and_alignment() {
         let c = cfg(&[("length", "1M")]);
         assert!(err(&c, &ends(None, None)).contains("is a stream"));
