@@ -43,7 +43,7 @@ STAMP      := $(B)/cargo-$(CARGO_PROFILE).stamp
 $(shell mkdir -p $(B); [ "$$(cat $(B)/profile 2>/dev/null)" = "$(CARGO_PROFILE)" ] || \
   echo "$(CARGO_PROFILE)" > $(B)/profile)
 # The libraries rustc says a staticlib of this crate needs (--print native-static-libs).
-NATIVE_LIBS := -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
+NATIVE_LIBS := -lssl -lcrypto -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
 RUST_SRCS  := $(shell find src -type f) Cargo.toml $(wildcard Cargo.lock) build.rs cbindgen.toml
 EXAMPLES   := $(patsubst %.c,%,$(wildcard examples/*.c))
 MULTIARCH  := $(shell $(CC) -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
@@ -198,8 +198,8 @@ check-spdx:
 # missing Debian packages are installed; elsewhere (a distro build root,
 # Fedora's %check) the commands are only looked for, and tests that need a
 # missing one skip (or fail with NBDCPY_REQUIRE_SERVERS=1).
-TEST_PKGS := nbdkit nbd-server libnbd-bin qemu-utils valgrind pkg-config
-TEST_CMDS := nbdkit nbd-server nbdcopy nbdinfo qemu-nbd qemu-img valgrind pkg-config
+TEST_PKGS := nbdkit nbd-server libnbd-bin qemu-utils valgrind pkg-config libssl-dev openssl gnutls-bin
+TEST_CMDS := nbdkit nbd-server nbdcopy nbdinfo qemu-nbd qemu-img valgrind pkg-config openssl
 test-deps:
 	@if command -v apt-get >/dev/null && command -v dpkg >/dev/null; then \
 	  missing=""; for p in $(TEST_PKGS); do \
@@ -265,7 +265,7 @@ uninstall:
 # packages, the build profile pkg.nbdcpy.rustup drops the rustc and cargo
 # build dependencies.  deb-deps installs the packaging tools with apt-get.
 DEB_PROFILES ?= $(shell dpkg -s rustc >/dev/null 2>&1 || echo -Ppkg.nbdcpy.rustup)
-DEB_PKGS := debhelper lintian dpkg-dev fakeroot binutils pkg-config
+DEB_PKGS := debhelper lintian dpkg-dev fakeroot binutils pkg-config libssl-dev
 deb-deps:
 	@missing=""; for p in $(DEB_PKGS); do \
 	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

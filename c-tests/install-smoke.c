@@ -24,7 +24,7 @@ main (void)
              NBDCPY_VERSION_STRING, nbdcpy_version ());
     return 1;
   }
-  if (nbdcpy_supports ("splice") != 1 || nbdcpy_supports ("tls") != 0 ||
+  if (nbdcpy_supports ("splice") != 1 || nbdcpy_supports ("tls") != 1 ||
       nbdcpy_supports ("blkhash") != 0 || nbdcpy_supports ("no-such") != 0 ||
       nbdcpy_supports (NULL) != 0 || nbdcpy_supports ("io_uring") != 1) {
     fprintf (stderr, "nbdcpy_supports gives wrong answers\n");

@@ -907,6 +907,66 @@ test_no_environment_overrides (void)
   unsetenv ("NBDCPY_SPLICE");
 }
 
+/* A copy over TLS-PSK through the C API: to an nbdkit that requires TLS
+ * and back, the PSK file and user given as config keys (what a URI need
+ * not say) and as URI parameters; a wrong key fails with a message.
+ */
+static void
+test_tls_copy (void)
+{
+  CHECK (nbdcpy_supports ("tls") == 1);
+  if (!have ("nbdkit")) {
+    printf ("# SKIP: nbdkit not installed\n");
+    return;
+  }
+  make_file (path ("tls-src"), 1024 * 1024, 7);
+  FILE *f = fopen (path ("keys.psk"), "w");
+  fprintf (f, "alice:%s\n",
+           "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff");
+  fclose (f);
+  f = fopen (path ("wrong.psk"), "w");
+  fprintf (f, "alice:%s\n", "ffeeddccbbaa99887766554433221100");
+  fclose (f);
+  char cmd[1024];
+  snprintf (cmd, sizeof cmd,
+            "nbdkit -U %s -P %s --tls=require --tls-psk=%s memory 1M",
+            path ("tls.sock"), path ("tls.pid"), path ("keys.psk"));
+  if (system (cmd) != 0) {
+    CHECK (!"nbdkit with TLS started");
+    return;
+  }
+  char uri[512];
+  snprintf (uri, sizeof uri, "nbds+unix:///?socket=%s", path ("tls.sock"));
+  struct nbdcpy_config *c = nbdcpy_config_new ();
+  CHECK (nbdcpy_config_set (c, "tls-psk-file", path ("keys.psk")) == 0);
+  CHECK (nbdcpy_config_set (c, "tls-username", "alice") == 0);
+  CHECK (nbdcpy_config_set (c, "tls-verify-peer", "maybe") == -1);
+  struct nbdcpy *h = nbdcpy_open (path ("tls-src"), uri, c);
+  nbdcpy_config_free (c);
+  CHECK (h != NULL && nbdcpy_run (h) == 0);
+  nbdcpy_close (h);
+
+  char uri2[512];
+  snprintf (uri2, sizeof uri2,
+            "nbds+unix://alice@/?socket=%s&tls-psk-file=%s",
+            path ("tls.sock"), path ("keys.psk"));
+  h = nbdcpy_open (uri2, path ("tls-back"), NULL);
+  CHECK (h != NULL && nbdcpy_run (h) == 0);
+  nbdcpy_close (h);
+  CHECK (same_files (path ("tls-src"), path ("tls-back")));
+
+  snprintf (uri2, sizeof uri2,
+            "nbds+unix://alice@/?socket=%s&tls-psk-file=%s",
+            path ("tls.sock"), path ("wrong.psk"));
+  h = nbdcpy_open (uri2, "null:", NULL);
+  CHECK (h == NULL);
+  CHECK (nbdcpy_get_error () && strstr (nbdcpy_get_error (), "TLS") != NULL);
+  CHECK (nbdcpy_get_error () && strstr (nbdcpy_get_error (), "source") != NULL);
+
+  snprintf (cmd, sizeof cmd, "kill $(cat %s)", path ("tls.pid"));
+  CHECK (system (cmd) == 0);
+}
+
 /* Entries of a directory, read in-process: a popen'd "ls" races with
  * the parent closing its end of the pipe (valgrind runs popen's vfork as
  * a fork), so it could count one fd more or less.  opendir's own fd is
@@ -986,6 +1046,7 @@ main (void)
   RUN (test_stats_after_open);
   RUN (test_log_callback_not_stderr);
   RUN (test_no_environment_overrides);
+  RUN (test_tls_copy);
   RUN (test_nothing_left_behind);
 
   char cmd[300];

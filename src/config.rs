@@ -79,6 +79,10 @@ pub struct Config {
     pub length: Option<u64>,
     /// Where in the destination the range goes (None: at `offset`).
     pub destination_offset: Option<u64>,
+    /// TLS settings for nbds:// endpoints whose URI does not give them
+    /// (keys "tls-certificates", "tls-verify-peer", "tls-hostname",
+    /// "tls-psk-file", "tls-username"; the URI's own parameters win).
+    pub tls: crate::proto::uri::TlsParams,
 }
 
 impl Default for Config {
@@ -108,6 +112,7 @@ impl Default for Config {
             offset: 0,
             length: None,
             destination_offset: None,
+            tls: Default::default(),
         }
     }
 }
@@ -138,6 +143,11 @@ pub const OPTION_NAMES: &[&str] = &[
     "offset",
     "length",
     "destination-offset",
+    "tls-certificates",
+    "tls-verify-peer",
+    "tls-hostname",
+    "tls-psk-file",
+    "tls-username",
 ];
 
 impl Config {
@@ -171,6 +181,11 @@ impl Config {
                 self.slow_timeout_secs =
                     parse_u32_in(name, need(name, value)?, 0, 7 * 86400)? as u64
             }
+            "tls-certificates" => self.tls.certificates = Some(need(name, value)?.to_string()),
+            "tls-hostname" => self.tls.hostname = Some(need(name, value)?.to_string()),
+            "tls-psk-file" => self.tls.psk_file = Some(need(name, value)?.to_string()),
+            "tls-username" => self.tls.username = Some(need(name, value)?.to_string()),
+            "tls-verify-peer" => self.tls.verify_peer = Some(parse_flag(name, value)?),
             "fast-zero" => self.fast_zero = parse_flag(name, value)?,
             "uring-file-writes" => self.uring_file_writes = parse_flag(name, value)?,
             "file-lock" => self.file_lock = parse_flag(name, value)?,
@@ -348,6 +363,22 @@ mod tests {
         assert!(c.set("dirty-bitmap", Some("")).is_err());
         assert!(c.set("offset", Some("1X")).is_err());
         assert!(c.set("length", None).is_err());
+        c.set("tls-psk-file", Some("/k.psk")).unwrap();
+        c.set("tls-username", Some("alice")).unwrap();
+        c.set("tls-certificates", Some("/pki")).unwrap();
+        c.set("tls-hostname", Some("srv")).unwrap();
+        c.set("tls-verify-peer", Some("false")).unwrap();
+        assert_eq!(
+            c.tls,
+            crate::proto::uri::TlsParams {
+                certificates: Some("/pki".into()),
+                verify_peer: Some(false),
+                hostname: Some("srv".into()),
+                psk_file: Some("/k.psk".into()),
+                username: Some("alice".into()),
+            }
+        );
+        assert!(c.set("tls-psk-file", None).is_err());
     }
 
     #[test]

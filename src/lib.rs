@@ -18,6 +18,7 @@ pub mod ffi;
 pub mod proto;
 pub mod ring;
 pub mod sys;
+pub mod tls;
 
 pub use config::Config;
 pub use error::{Error, Result};

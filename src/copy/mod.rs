@@ -494,6 +494,18 @@ impl Job {
                 }
             )
         });
+        for (side, spec, e) in [
+            ("source", &self.src_spec, &self.src),
+            ("destination", &self.dst_spec, &self.dst),
+        ] {
+            if let Endpoint::Nbd(n) = e {
+                if let Some(t) = n.tls_summary() {
+                    self.log().emit(Level::Info, || {
+                        format!("{side} {spec}: {t}, {}", crate::tls::record_layer())
+                    });
+                }
+            }
+        }
         Ok(lanes)
     }
 
@@ -556,11 +568,9 @@ impl Job {
 /// The connection of lane `i` to the NBD endpoint `n`.
 fn lane_conn(n: &mut NbdEndpoint, i: usize, p: &LaneParams, whole_reads: bool) -> Result<NbdConn> {
     let (fd, name) = n.lane_socket(i)?;
-    Ok(NbdConn::new(
-        fd,
-        name,
-        n.info.clone(),
-        p.request_size,
-        whole_reads,
-    ))
+    let mut conn = NbdConn::new(fd, name, n.info.clone(), p.request_size, whole_reads);
+    if let Some(sess) = n.take_session(i) {
+        conn.set_tls(sess);
+    }
+    Ok(conn)
 }

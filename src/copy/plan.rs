@@ -53,6 +53,8 @@ pub struct EndFacts {
     pub max_effect: Option<u64>,
     /// The end answers BLOCK_STATUS (base:allocation).
     pub block_status: bool,
+    /// An NBD server reached over TLS (payloads pass through user space).
+    pub tls: bool,
 }
 
 impl EndFacts {
@@ -70,6 +72,7 @@ impl EndFacts {
                 max_payload: Some(n.info.block_size.max_payload as u64),
                 max_effect: Some(n.info.max_effect_len()),
                 block_status: n.info.can_block_status(),
+                tls: n.is_tls(),
             },
         }
     }
@@ -85,6 +88,7 @@ impl EndFacts {
             max_payload: None,
             max_effect: None,
             block_status: false,
+            tls: false,
         }
     }
 
@@ -252,6 +256,11 @@ pub fn plan(src: &EndFacts, dst: &EndFacts, cfg: &Config, cores: u32) -> Plan {
 /// fills in small pieces: no gain), not NBD -> file with zero detection
 /// (the same two copies either way), not file -> file.
 fn splice_wins(src: &EndFacts, dst: &EndFacts, cfg: &Config, align: u64, sparse: u64) -> bool {
+    // TLS payloads are decrypted and encrypted in user space (no kernel
+    // TLS): nothing to splice, also when splicing was asked for.
+    if src.tls || dst.tls {
+        return false;
+    }
     // Pipes hand payloads on in pieces of what they hold, which need not
     // be whole blocks of a server that wants aligned requests.
     if align > 1 {
@@ -305,6 +314,7 @@ mod tests {
             max_payload: Some(32 << 20),
             max_effect: Some(COMPACT_MAX_EFFECT),
             block_status: true,
+            tls: false,
         }
     }
 
@@ -344,6 +354,10 @@ mod tests {
         };
         let aligned = EndFacts {
             align: 4096,
+            ..nbd(true)
+        };
+        let tls = EndFacts {
+            tls: true,
             ..nbd(true)
         };
         #[rustfmt::skip]
@@ -389,6 +403,12 @@ mod tests {
              nbd(true), nbd(true), cfg(|c| c.splice = Some(false)), 2, (false, 2, 2, 256 << 10, 32)),
             ("splice forced over tcp",
              nbd(false), nbd(false), cfg(|c| c.splice = Some(true)), 2, (true, 2, 2, 1 << 20, 8)),
+            ("tls source: receive path, also with splice on",
+             tls, nbd(true), cfg(|c| c.splice = Some(true)), 2, (false, 2, 2, 256 << 10, 32)),
+            ("tls destination: receive path",
+             nbd(true), tls, d.clone(), 2, (false, 2, 2, 256 << 10, 32)),
+            ("file -> tls nbd: receive path",
+             file(REG), tls, d.clone(), 2, (false, 2, 2, 256 << 10, 32)),
         ];
         for (what, src, dst, c, cores, want) in table {
             let p = plan(&src, &dst, &c, cores);

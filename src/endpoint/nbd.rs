@@ -16,9 +16,11 @@ use crate::proto::reply::{Chunk, Parse, ReplyParser};
 use crate::proto::request::{self, Request};
 use crate::proto::uri::{self, Transport};
 use crate::proto::{consts, Negotiated, COMPACT_MAX_EFFECT};
+use crate::tls::{TlsClient, TlsSession};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 
 use std::time::Duration;
 
@@ -42,17 +44,31 @@ pub struct NbdEndpoint {
     want_meta: bool,
     /// The source's dirty bitmap context (`--dirty-bitmap`).
     dirty: Option<String>,
+    /// nbds://: every connection runs its own TLS session.
+    tls: Option<Box<EndpointTls>>,
+}
+
+/// An nbds:// endpoint's TLS: the client and each socket's session.
+struct EndpointTls {
+    client: Arc<TlsClient>,
+    /// The session of each socket in `socks` (until a lane takes it).
+    sessions: Vec<Option<TlsSession>>,
+    /// What the first connection's TLS negotiated, for the log.
+    summary: String,
 }
 
 impl NbdEndpoint {
     pub fn connect_uri(u: &str, side: Side, cfg: &Config) -> Result<NbdEndpoint> {
         let parsed = uri::parse(u).map_err(|e| Error::invalid(e.to_string()))?;
-        if parsed.tls {
-            return Err(Error::new(
-                libc::ENOTSUP,
-                "TLS (nbds://) is not supported yet",
-            ));
-        }
+        let tls = if parsed.tls {
+            let host = match &parsed.transport {
+                Transport::Tcp { host, .. } => Some(host.as_str()),
+                _ => None,
+            };
+            Some(TlsClient::new(&parsed.tls_params.or(&cfg.tls), host)?)
+        } else {
+            None
+        };
         Self::new(
             parsed.transport,
             parsed.export_name,
@@ -60,6 +76,7 @@ impl NbdEndpoint {
             side,
             cfg,
             None,
+            tls,
         )
     }
 
@@ -70,7 +87,15 @@ impl NbdEndpoint {
             path: server.socket_path().to_string_lossy().into_owned(),
         };
         let name = format!("[ {} ]", argv.join(" "));
-        Self::new(transport, String::new(), name, side, cfg, Some(server))
+        Self::new(
+            transport,
+            String::new(),
+            name,
+            side,
+            cfg,
+            Some(server),
+            None,
+        )
     }
 
     fn new(
@@ -80,6 +105,7 @@ impl NbdEndpoint {
         side: Side,
         cfg: &Config,
         server: Option<ServerProcess>,
+        tls: Option<Arc<TlsClient>>,
     ) -> Result<NbdEndpoint> {
         // Block status is only asked of a source, and only when used.
         let want_meta = side == Side::Source && !cfg.no_extents;
@@ -88,7 +114,13 @@ impl NbdEndpoint {
             (Side::Source, Some(b)) => Some(format!("qemu:dirty-bitmap:{b}")),
             _ => None,
         };
-        let (sock, info) = connect_one(&transport, &export, want_meta, dirty.as_deref())?;
+        let (sock, info, sess) = connect_one(
+            &transport,
+            &export,
+            want_meta,
+            dirty.as_deref(),
+            tls.as_deref(),
+        )?;
         if let (Some(ctx), None) = (&dirty, info.dirty_context_id) {
             return Err(Error::new(
                 libc::ENOTSUP,
@@ -122,7 +154,40 @@ impl NbdEndpoint {
             server,
             want_meta,
             dirty,
+            tls: tls.map(|client| {
+                Box::new(EndpointTls {
+                    summary: sess.as_ref().map_or(String::new(), |t| {
+                        format!("{}, {}", t.describe(), client.describe())
+                    }),
+                    client,
+                    sessions: vec![sess],
+                })
+            }),
         })
+    }
+
+    /// "TLSv1.3 TLS_AES_256_GCM_SHA384, TLS-PSK as \"alice\"" for nbds://.
+    pub fn tls_summary(&self) -> Option<&str> {
+        self.tls.as_ref().map(|t| t.summary.as_str())
+    }
+
+    fn tls_client(&self) -> Option<&TlsClient> {
+        self.tls.as_ref().map(|t| &*t.client)
+    }
+
+    /// The TLS session of lane `i`'s socket (nbds://), for the lane's
+    /// connection to take over after [`lane_socket`](Self::lane_socket).
+    pub fn take_session(&mut self, i: usize) -> Option<TlsSession> {
+        self.tls
+            .as_mut()
+            .and_then(|t| t.sessions.get_mut(i))
+            .and_then(Option::take)
+    }
+
+    /// Whether connections run TLS (then no splice: payloads are
+    /// encrypted in user space).
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// Connections this endpoint allows: 1 unless the server advertises
@@ -147,13 +212,14 @@ impl NbdEndpoint {
     /// socket; the lane says goodbye (DISC) on it, not `disconnect`.
     pub fn lane_socket(&mut self, i: usize) -> Result<(RawFd, String)> {
         while self.socks.len() <= i {
-            let (sock, info) = connect_one(
+            let (sock, info, sess) = connect_one(
                 &self.transport,
                 &self.export,
                 self.want_meta,
                 self.dirty.as_deref(),
+                self.tls_client(),
             )?;
-            self.adopt(sock, info)?;
+            self.adopt(sock, info, sess)?;
         }
         self.no_disc[i] = true;
         let fd = self.socks[i]
@@ -223,7 +289,10 @@ impl NbdEndpoint {
         // SAFETY: borrowed for this call only; ManuallyDrop keeps the
         // wrapper from closing the fd, which self.socks owns.
         let mut s = std::mem::ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(fd) });
-        let r = s.write_all(&out);
+        let r = match self.tls.as_mut().and_then(|t| t.sessions[0].as_mut()) {
+            Some(t) => t.write_all(&out),
+            None => s.write_all(&out),
+        };
         set_timeouts(fd, None);
         if let Err(e) = r {
             self.no_disc[0] = true;
@@ -301,7 +370,7 @@ impl NbdEndpoint {
     /// `on_chunk`; every wait is bounded by `timeout` and ends when `cancelled()`.
     /// Ok(false): the server failed one of them.
     fn collect(
-        &self,
+        &mut self,
         parser: &mut ReplyParser,
         mut pending: usize,
         timeout: Duration,
@@ -313,7 +382,8 @@ impl NbdEndpoint {
         };
         let fd = sock.as_raw_fd();
         // SAFETY: as in fast_zero_start.
-        let mut s = std::mem::ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(fd) });
+        let mut plain = std::mem::ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(fd) });
+        let mut tls = self.tls.as_mut().and_then(|t| t.sessions[0].as_mut());
         // Room for a block status reply with many extents.
         let mut buf = vec![0u8; 4 << 20];
         let (mut have, mut all_ok) = (0usize, true);
@@ -335,7 +405,18 @@ impl NbdEndpoint {
                     break Err(Error::new(libc::EPROTO, "protocol error: reply too large"));
                 }
                 Ok(Parse::Incomplete { .. }) => {
-                    match wait_readable(fd, timeout, cancelled).and_then(|()| {
+                    // Plaintext TLS already holds needs no wait.
+                    let ready = tls.as_ref().is_some_and(|t| t.pending() > 0);
+                    let waited = if ready {
+                        Ok(())
+                    } else {
+                        wait_readable(fd, timeout, cancelled)
+                    };
+                    let s: &mut dyn Read = match tls.as_mut() {
+                        Some(t) => &mut **t,
+                        None => &mut *plain,
+                    };
+                    match waited.and_then(|()| {
                         s.read(&mut buf[have..])
                             .map_err(|e| timeout_err("receive", e, timeout))
                     }) {
@@ -364,10 +445,11 @@ impl NbdEndpoint {
             return Ok(());
         }
         let (t, e, m) = (&self.transport, self.export.as_str(), self.want_meta);
+        let tls = self.tls_client();
         let d = self.dirty.as_deref();
-        let got: Vec<Result<(OwnedFd, Negotiated)>> = std::thread::scope(|s| {
+        let got: Vec<Result<Connected>> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..need)
-                .map(|_| s.spawn(move || connect_one(t, e, m, d)))
+                .map(|_| s.spawn(move || connect_one(t, e, m, d, tls)))
                 .collect();
             hs.into_iter()
                 .map(|h| {
@@ -378,14 +460,14 @@ impl NbdEndpoint {
                 .collect()
         });
         for r in got {
-            let (sock, info) = r?;
-            self.adopt(sock, info)?;
+            let (sock, info, sess) = r?;
+            self.adopt(sock, info, sess)?;
         }
         Ok(())
     }
 
     /// Keeps a further connection after checking it agrees with the first.
-    fn adopt(&mut self, sock: OwnedFd, info: Negotiated) -> Result<()> {
+    fn adopt(&mut self, sock: OwnedFd, info: Negotiated, sess: Option<TlsSession>) -> Result<()> {
         if info.size != self.info.size
             || info.mode != self.info.mode
             || info.tflags != self.info.tflags
@@ -404,6 +486,9 @@ impl NbdEndpoint {
         }
         self.socks.push(Some(sock));
         self.no_disc.push(false);
+        if let Some(t) = self.tls.as_mut() {
+            t.sessions.push(sess);
+        }
         Ok(())
     }
 
@@ -413,7 +498,16 @@ impl NbdEndpoint {
         let n = request::encode(self.info.mode, &request::DISC, &mut disc);
         for (i, s) in self.socks.iter_mut().enumerate() {
             if let Some(fd) = s.take() {
-                if !self.no_disc[i] {
+                let sess = self
+                    .tls
+                    .as_mut()
+                    .and_then(|t| t.sessions.get_mut(i))
+                    .and_then(Option::take);
+                if let Some(t) = sess {
+                    // Through TLS, and close_notify (a lane's connection
+                    // has no session here: the lane says goodbye).
+                    t_goodbye(t, if self.no_disc[i] { &[] } else { &disc[..n] });
+                } else if !self.no_disc[i] {
                     // At a message boundary and not a lane's: say goodbye
                     // (best effort, never blocking).
                     // SAFETY: disc is valid for n bytes during the call.
@@ -442,6 +536,13 @@ impl Drop for NbdEndpoint {
         self.disconnect();
     }
 }
+
+fn t_goodbye(mut t: TlsSession, last: &[u8]) {
+    t.goodbye(last);
+}
+
+/// A connected socket, what it negotiated, and its TLS session.
+type Connected = (OwnedFd, Negotiated, Option<TlsSession>);
 
 /// Zeroing requests sent by `fast_zero_start`, awaiting their replies.
 pub struct FastZero {
@@ -497,19 +598,21 @@ fn timeout_err(what: &str, e: std::io::Error, timeout: Duration) -> Error {
     }
 }
 
-/// Connects one socket and runs the handshake on it.
+/// Connects one socket and runs the handshake on it (with TLS first when
+/// `tls` is given).
 fn connect_one(
     t: &Transport,
     export: &str,
     want_meta: bool,
     dirty: Option<&str>,
-) -> Result<(OwnedFd, Negotiated)> {
+    tls: Option<&TlsClient>,
+) -> Result<Connected> {
     let fd = connect_socket(t)?;
     set_timeouts(fd.as_raw_fd(), Some(HANDSHAKE_TIMEOUT));
-    let info = handshake(fd.as_raw_fd(), export, want_meta, dirty)?;
+    let (info, sess) = handshake(fd.as_raw_fd(), export, want_meta, dirty, tls)?;
     set_timeouts(fd.as_raw_fd(), None);
     tune_socket(fd.as_raw_fd(), t);
-    Ok((fd, info))
+    Ok((fd, info, sess))
 }
 
 fn connect_socket(t: &Transport) -> Result<OwnedFd> {
@@ -632,11 +735,19 @@ fn tune_socket(fd: RawFd, t: &Transport) {
     }
 }
 
-/// Drives the sans-I/O handshake over a blocking socket.
-fn handshake(fd: RawFd, export: &str, want_meta: bool, dirty: Option<&str>) -> Result<Negotiated> {
+/// Drives the sans-I/O handshake over a blocking socket; with `tls`, the
+/// TLS handshake after STARTTLS and everything after it through TLS.
+fn handshake(
+    fd: RawFd,
+    export: &str,
+    want_meta: bool,
+    dirty: Option<&str>,
+    tls: Option<&TlsClient>,
+) -> Result<(Negotiated, Option<TlsSession>)> {
     // SAFETY: we borrow fd for the handshake only; ManuallyDrop keeps the
     // UnixStream wrapper from closing it (the caller owns it).
-    let mut s = std::mem::ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(fd) });
+    let mut plain = std::mem::ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(fd) });
+    let mut sess: Option<TlsSession> = None;
     let mut hs = Handshake::new(HandshakeOptions {
         export_name: export.to_string(),
         extended_headers: true,
@@ -644,19 +755,37 @@ fn handshake(fd: RawFd, export: &str, want_meta: bool, dirty: Option<&str>) -> R
         meta_context: want_meta.then(|| "base:allocation".to_string()),
         dirty_context: dirty.map(str::to_string),
         request_block_size: true,
-        tls: false,
+        tls: tls.is_some(),
     });
     let mut buf = vec![0u8; 64 << 10];
     let mut have = 0usize;
     loop {
         while !hs.output().is_empty() {
+            let s: &mut dyn Write = match sess.as_mut() {
+                Some(t) => t,
+                None => &mut *plain,
+            };
             let n = match s.write(hs.output()) {
                 Ok(n) => n,
                 // A signal handler in the host program: not an error.
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(io_err("handshake: send", e)),
+                Err(e) => return Err(tls_explain(tls, &mut sess, io_err("handshake: send", e))),
             };
             hs.consume_output(n);
+        }
+        if hs.tls_pending() {
+            if have > 0 {
+                return Err(Error::new(
+                    libc::EPROTO,
+                    "handshake: server sent data after acknowledging NBD_OPT_STARTTLS",
+                ));
+            }
+            let Some(client) = tls else {
+                return Err(Error::new(libc::EPROTO, "handshake: unexpected STARTTLS"));
+            };
+            sess = Some(client.connect(fd)?);
+            hs.tls_started();
+            continue;
         }
         if hs.is_done() {
             break;
@@ -667,7 +796,7 @@ fn handshake(fd: RawFd, export: &str, want_meta: bool, dirty: Option<&str>) -> R
             .map_err(|e| Error::new(libc::EPROTO, format!("handshake: {e}")))?;
         buf.copy_within(used..have, 0);
         have -= used;
-        if hs.is_done() || !hs.output().is_empty() {
+        if hs.is_done() || hs.tls_pending() || !hs.output().is_empty() {
             continue;
         }
         if used > 0 && have > 0 {
@@ -679,15 +808,20 @@ fn handshake(fd: RawFd, export: &str, want_meta: bool, dirty: Option<&str>) -> R
                 "handshake: server reply too large",
             ));
         }
+        let s: &mut dyn Read = match sess.as_mut() {
+            Some(t) => t,
+            None => &mut *plain,
+        };
         let n = match s.read(&mut buf[have..]) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io_err("handshake: receive", e)),
+            Err(e) => return Err(tls_explain(tls, &mut sess, io_err("handshake: receive", e))),
         };
         if n == 0 {
-            return Err(Error::new(
-                libc::ECONNRESET,
-                "handshake: server closed the connection",
+            return Err(tls_explain(
+                tls,
+                &mut sess,
+                Error::new(libc::ECONNRESET, "handshake: server closed the connection"),
             ));
         }
         have += n;
@@ -698,9 +832,19 @@ fn handshake(fd: RawFd, export: &str, want_meta: bool, dirty: Option<&str>) -> R
             "handshake: server sent data after the negotiation ended",
         ));
     }
-    hs.result()
+    let info = hs
+        .result()
         .cloned()
-        .ok_or_else(|| Error::new(libc::EPROTO, "handshake ended without a result"))
+        .ok_or_else(|| Error::new(libc::EPROTO, "handshake ended without a result"))?;
+    Ok((info, sess))
+}
+
+/// A negotiation error inside TLS, with what TLS knows about it.
+fn tls_explain(tls: Option<&TlsClient>, sess: &mut Option<TlsSession>, e: Error) -> Error {
+    match (tls, sess.as_mut()) {
+        (Some(c), Some(t)) => c.explain(t, e),
+        _ => e,
+    }
 }
 
 fn io_err(what: &str, e: std::io::Error) -> Error {

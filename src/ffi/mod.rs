@@ -245,7 +245,7 @@ const FEATURES: &[(&str, bool)] = &[
     ("socket-activation", true),
     ("splice", true),
     ("blkhash", false),
-    ("tls", false),
+    ("tls", true),
 ];
 
 /// 1 if `feature` is available, 0 if not (also for names this version
@@ -253,9 +253,9 @@ const FEATURES: &[(&str, bool)] = &[
 /// path, the "splice" option), "extended-headers" (NBD 64-bit requests),
 /// "socket-activation" (servers run by nbdcpy_config_set_command),
 /// "io_uring" (1 only if this kernel lets the process create an
-/// io_uring, which every copy needs), "tls" (nbds:// URIs) and "blkhash"
-/// (nbdcopy's --blkhash), which this version lacks.  Never fails; does
-/// not touch nbdcpy_get_error().
+/// io_uring, which every copy needs), "tls" (nbds:// URIs: X.509 and
+/// TLS-PSK through OpenSSL) and "blkhash" (nbdcopy's --blkhash), which
+/// this version lacks.  Never fails; does not touch nbdcpy_get_error().
 ///
 /// # Safety
 /// `feature` is NULL or a NUL-terminated string.
@@ -357,6 +357,11 @@ fn with_config<T>(
 ///    destination.  Stats then count the dirty bytes as `size` (shrinking
 ///    from the range's length as clean blocks are found) and the clean
 ///    bytes as `bytes_skipped`.
+///  - "tls-certificates", "tls-verify-peer", "tls-hostname",
+///    "tls-psk-file", "tls-username": TLS settings for every nbds://
+///    endpoint whose URI does not give them (the URI's query parameters of
+///    the same names, and its user, win; a URI naming certificates or a
+///    PSK file takes neither from here).
 ///
 /// Debug knobs, for measurements and tests (defaults are what is best):
 ///  - "fast-zero" (default 1): 0 never zeroes an NBD destination up front.

@@ -7,7 +7,9 @@
 // bytes: EXTENDED_HEADERS (else STRUCTURED_REPLY, else simple replies),
 // SET_META_CONTEXT base:allocation (and a qemu dirty bitmap's context
 // when asked), then GO with BLOCK_SIZE (falling back to EXPORT_NAME when
-// GO is unsupported).
+// GO is unsupported).  With TLS, STARTTLS comes first; the driver then
+// runs the TLS handshake (Handshake::tls_pending) and every later option
+// goes through TLS.
 
 use super::consts::*;
 use super::{be16, be32, be64, BlockSize, HeaderMode, Negotiated};
@@ -24,7 +26,8 @@ pub struct HandshakeOptions {
     /// "qemu:dirty-bitmap:NAME".
     pub dirty_context: Option<String>,
     pub request_block_size: bool,
-    /// TLS is wanted (not supported yet: an error).
+    /// TLS is required: NBD_OPT_STARTTLS before anything else, and no
+    /// fallback to plaintext.
     pub tls: bool,
 }
 
@@ -43,6 +46,8 @@ enum State {
     Option(u32),
     /// Waiting for EXPORT_NAME's fixed answer.
     ExportName,
+    /// STARTTLS was acknowledged: the driver runs the TLS handshake.
+    TlsPending,
     Done,
 }
 
@@ -89,6 +94,20 @@ impl Handshake {
         if self.sent == self.out.len() {
             self.out.clear();
             self.sent = 0;
+        }
+    }
+
+    /// The server acknowledged NBD_OPT_STARTTLS: the driver must run the
+    /// TLS handshake now (once the output is sent), then call
+    /// [`tls_started`](Self::tls_started).
+    pub fn tls_pending(&self) -> bool {
+        self.state == State::TlsPending
+    }
+
+    /// TLS is up: the negotiation goes on (through TLS).
+    pub fn tls_started(&mut self) {
+        if self.state == State::TlsPending {
+            self.next_option(None);
         }
     }
 
@@ -193,7 +212,7 @@ impl Handshake {
 
     fn step(&mut self, b: &[u8]) -> Result<usize, HandshakeError> {
         match self.state {
-            State::Done => Ok(0),
+            State::Done | State::TlsPending => Ok(0),
             State::Greeting => self.greeting(b),
             State::ExportName => self.export_name_reply(b),
             State::Option(opt) => self.option_reply(opt, b),
@@ -231,9 +250,10 @@ impl Handshake {
         }
         self.out.extend_from_slice(&cflags.to_be_bytes());
         if self.opts.tls {
-            return self.fail("TLS is not supported yet".into());
+            self.send_option(NBD_OPT_STARTTLS, &[]);
+        } else {
+            self.next_option(None);
         }
-        self.next_option(None);
         Ok(18)
     }
 
@@ -322,6 +342,7 @@ impl Handshake {
                 }
                 NBD_OPT_SET_META_CONTEXT => self.next_option(Some(opt)),
                 NBD_OPT_GO => self.finish()?,
+                NBD_OPT_STARTTLS => self.state = State::TlsPending,
                 _ => return self.fail(format!("unexpected ACK to {}", option_name(opt))),
             },
             (NBD_OPT_SET_META_CONTEXT, NBD_REP_META_CONTEXT) => {
@@ -384,9 +405,17 @@ impl Handshake {
         } else {
             format!("{}: {msg}", rep_error_name(rtype))
         };
+        if opt == NBD_OPT_STARTTLS {
+            // Never fall back to plaintext.
+            return self.fail(format!(
+                "TLS was required (nbds:// URI) but the server does not offer it: \
+                 NBD_OPT_STARTTLS refused ({detail})"
+            ));
+        }
         if rtype == NBD_REP_ERR_TLS_REQD {
             return self.fail(format!(
-                "the server requires TLS, which nbdcpy does not support yet ({detail})"
+                "the server requires TLS: use an nbds:// URI ({} refused: {detail})",
+                option_name(opt)
             ));
         }
         match opt {
@@ -739,12 +768,77 @@ pub(crate) mod tests {
         let full = info_export(1, NBD_FLAG_HAS_FLAGS);
         s.extend(&full[..full.len() - 3]);
         assert!(both(&s, opts()).unwrap_err().contains("ran out"));
-        // TLS asked for
+        // TLS asked for, not offered: no fallback to plaintext
+        for code in [NBD_REP_ERR_UNSUP, NBD_REP_ERR_POLICY, NBD_REP_ERR_INVALID] {
+            let mut o = opts();
+            o.tls = true;
+            let mut s = greeting(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES);
+            s.extend(rep(NBD_OPT_STARTTLS, code, b"no TLS here"));
+            let (r, sent) = run(&s, o, true);
+            let e = r.unwrap_err();
+            assert!(
+                e.contains("does not offer it") && e.contains("no TLS here"),
+                "{e}"
+            );
+            // only the flags and STARTTLS were sent
+            assert_eq!(sent.len(), 4 + 16, "{sent:?}");
+        }
+    }
+
+    #[test]
+    fn starttls_first_then_the_rest() {
         let mut o = opts();
         o.tls = true;
-        assert!(both(&greeting(FLAG_FIXED_NEWSTYLE), o)
-            .unwrap_err()
-            .contains("TLS"));
+        let mut h = Handshake::new(o);
+        let g = greeting(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES);
+        assert_eq!(h.feed(&g).unwrap(), 18);
+        let out = h.output().to_vec();
+        h.consume_output(out.len());
+        assert_eq!(&out[4..12], &IHAVEOPT.to_be_bytes());
+        assert_eq!(&out[12..16], &NBD_OPT_STARTTLS.to_be_bytes());
+        assert_eq!(&out[16..20], &0u32.to_be_bytes());
+        assert_eq!(out.len(), 20);
+        let ack = rep(NBD_OPT_STARTTLS, NBD_REP_ACK, &[]);
+        // nothing past the ACK is consumed (TLS bytes follow)
+        let mut more = ack.clone();
+        more.extend([0x16, 3, 1]);
+        assert_eq!(h.feed(&more).unwrap(), ack.len());
+        assert!(h.tls_pending() && h.output().is_empty());
+        assert_eq!(h.feed(&more[ack.len()..]).unwrap(), 0);
+        h.tls_started();
+        assert!(!h.tls_pending());
+        // inside TLS: the usual sequence, from EXTENDED_HEADERS on
+        assert_eq!(&h.output()[0..8], &IHAVEOPT.to_be_bytes());
+        assert_eq!(&h.output()[8..12], &NBD_OPT_EXTENDED_HEADERS.to_be_bytes());
+        let n = h.output().len();
+        h.consume_output(n);
+        let mut s = rep(NBD_OPT_EXTENDED_HEADERS, NBD_REP_ACK, &[]);
+        s.extend(meta(0, "base:allocation"));
+        s.extend(rep(NBD_OPT_SET_META_CONTEXT, NBD_REP_ACK, &[]));
+        s.extend(info_export(1 << 20, NBD_FLAG_HAS_FLAGS));
+        s.extend(rep(NBD_OPT_GO, NBD_REP_ACK, &[]));
+        let mut at = 0;
+        while !h.is_done() {
+            let u = h.feed(&s[at..]).unwrap();
+            assert!(u > 0);
+            at += u;
+            let n = h.output().len();
+            h.consume_output(n);
+        }
+        assert_eq!(at, s.len());
+        assert_eq!(h.result().unwrap().mode, HeaderMode::Extended);
+    }
+
+    #[test]
+    fn plain_client_told_to_use_tls() {
+        let mut s = greeting(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES);
+        s.extend(rep(
+            NBD_OPT_EXTENDED_HEADERS,
+            NBD_REP_ERR_TLS_REQD,
+            b"TLS required",
+        ));
+        let e = both(&s, opts()).unwrap_err();
+        assert!(e.contains("requires TLS") && e.contains("nbds://"), "{e}");
     }
 
     #[test]

@@ -21,6 +21,49 @@ pub struct NbdUri {
     pub export_name: String,
     /// nbds*: TLS required.
     pub tls: bool,
+    /// The tls-* query parameters and the user name (for TLS-PSK).
+    pub tls_params: TlsParams,
+}
+
+/// What a URI says about TLS (libnbd's query parameters); None where it
+/// says nothing, so configured defaults apply.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsParams {
+    /// tls-certificates=DIR: ca-cert.pem, client-cert.pem, client-key.pem.
+    pub certificates: Option<String>,
+    /// tls-verify-peer=false skips verifying the server's certificate.
+    pub verify_peer: Option<bool>,
+    /// tls-hostname=NAME: the name checked in the server's certificate.
+    pub hostname: Option<String>,
+    /// tls-psk-file=FILE: `username:hexkey` lines.
+    pub psk_file: Option<String>,
+    /// tls-username=, or the user in `nbds://alice@host/`.
+    pub username: Option<String>,
+}
+
+impl TlsParams {
+    /// These parameters, with `defaults` where they say nothing (a URI
+    /// that names certificates or a PSK file takes neither from them).
+    pub fn or(&self, defaults: &TlsParams) -> TlsParams {
+        let own = self.certificates.is_some() || self.psk_file.is_some();
+        let d = |x: &Option<String>| if own { None } else { x.clone() };
+        TlsParams {
+            certificates: self.certificates.clone().or(d(&defaults.certificates)),
+            verify_peer: self.verify_peer.or(defaults.verify_peer),
+            hostname: self.hostname.clone().or(defaults.hostname.clone()),
+            psk_file: self.psk_file.clone().or(d(&defaults.psk_file)),
+            username: self.username.clone().or(defaults.username.clone()),
+        }
+    }
+}
+
+/// A boolean query parameter's value, as libnbd reads them.
+pub fn parse_bool(v: &str) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +142,7 @@ pub fn parse(uri: &str) -> Result<NbdUri, UriError> {
     let export_name = pct_decode(path.strip_prefix('/').unwrap_or(path), "export name")?;
 
     let mut socket = None;
+    let mut tls_params = TlsParams::default();
     for kv in query.split('&').filter(|s| !s.is_empty()) {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         let k = pct_decode(k, "query")?;
@@ -106,16 +150,36 @@ pub fn parse(uri: &str) -> Result<NbdUri, UriError> {
         if k == "socket" {
             socket = Some(v);
         } else if TLS_PARAMS.contains(&k.as_str()) {
-            if !tls && k != "tls-type" {
-                // Harmless without TLS, like libnbd.
+            // Harmless without TLS, like libnbd.
+            let t = &mut tls_params;
+            match k.as_str() {
+                "tls-certificates" => t.certificates = Some(v),
+                "tls-hostname" => t.hostname = Some(v),
+                "tls-psk-file" => t.psk_file = Some(v),
+                "tls-username" => t.username = Some(v),
+                "tls-verify-peer" => {
+                    t.verify_peer = Some(parse_bool(&v).ok_or_else(|| {
+                        UriError(format!(
+                            "NBD URI \"{uri}\": tls-verify-peer=\"{v}\" is not a boolean"
+                        ))
+                    })?)
+                }
+                _ => {} // tls-type: the scheme decides
             }
         } else {
             return err(format!("unknown query parameter \"{k}\""));
         }
     }
-    let (userinfo_stripped, _) = match authority.rsplit_once('@') {
-        Some((_, h)) => (h, ()),
-        None => (authority, ()),
+    let userinfo_stripped = match authority.rsplit_once('@') {
+        Some((user, h)) => {
+            // nbds://alice@host/: the TLS-PSK user (tls-username= wins).
+            let user = user.split_once(':').map_or(user, |(u, _)| u);
+            if tls_params.username.is_none() && !user.is_empty() {
+                tls_params.username = Some(pct_decode(user, "user name")?);
+            }
+            h
+        }
+        None => authority,
     };
     let transport = if scheme.ends_with("+unix") {
         if !userinfo_stripped.is_empty() && userinfo_stripped != "localhost" {
@@ -155,6 +219,7 @@ pub fn parse(uri: &str) -> Result<NbdUri, UriError> {
         transport,
         export_name,
         tls,
+        tls_params,
     })
 }
 
@@ -278,6 +343,41 @@ mod tests {
             assert!(e.contains(m), "{u}: {e}");
         }
         assert!(parse("nbds://h/?tls-certificates=/etc/pki&tls-verify-peer=false").is_ok());
+        let e = parse("nbds://h/?tls-verify-peer=maybe").unwrap_err().0;
+        assert!(e.contains("tls-verify-peer"), "{e}");
+    }
+
+    #[test]
+    fn tls_parameters() {
+        let u = parse(
+            "nbds://alice@h:1234/e?tls-certificates=/c%20d&tls-verify-peer=false\
+             &tls-hostname=srv.example&tls-psk-file=/k.psk",
+        )
+        .unwrap();
+        assert!(u.tls);
+        assert_eq!(u.transport, tcp("h", 1234));
+        assert_eq!(
+            u.tls_params,
+            TlsParams {
+                certificates: Some("/c d".into()),
+                verify_peer: Some(false),
+                hostname: Some("srv.example".into()),
+                psk_file: Some("/k.psk".into()),
+                username: Some("alice".into()),
+            }
+        );
+        let u = parse("nbds://alice@h/?tls-username=bob&tls-verify-peer=1").unwrap();
+        assert_eq!(u.tls_params.username.as_deref(), Some("bob"));
+        assert_eq!(u.tls_params.verify_peer, Some(true));
+        let u = parse("nbds+unix://carol@/e?socket=/s&tls-psk-file=/k").unwrap();
+        assert_eq!(u.tls_params.username.as_deref(), Some("carol"));
+        assert_eq!(u.transport, Transport::Unix { path: "/s".into() });
+        let u = parse("nbds+vsock://dave@3:99/").unwrap();
+        assert_eq!(u.tls_params.username.as_deref(), Some("dave"));
+        assert_eq!(u.transport, Transport::Vsock { cid: 3, port: 99 });
+        let u = parse("nbd://h/").unwrap();
+        assert!(!u.tls);
+        assert_eq!(u.tls_params, TlsParams::default());
     }
 
     #[test]

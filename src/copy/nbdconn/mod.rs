@@ -21,6 +21,7 @@ use crate::proto::reply::{Chunk, Parse, ReplyParser};
 use crate::proto::request::{self, Request};
 use crate::proto::{consts, HeaderMode, Negotiated};
 use crate::ring::Ring;
+use crate::tls::uring::RingTls;
 use book::{Kind, Pending, RequestBook};
 use recv::RecvBuf;
 use send::{SendItem, SendQueue};
@@ -84,6 +85,8 @@ pub struct NbdConn {
     /// Destination in splice mode: every send is a direct system call, in
     /// order, so pipe payloads can follow their headers.
     sync_send: Option<WaitLimits>,
+    /// nbds://: sends encrypted, receives decrypted (crate::tls::uring).
+    tls: Option<RingTls>,
 }
 
 impl NbdConn {
@@ -117,7 +120,13 @@ impl NbdConn {
             broken: false,
             splice: None,
             sync_send: None,
+            tls: None,
         }
+    }
+
+    /// Runs this connection through its TLS session (never in splice mode).
+    pub fn set_tls(&mut self, sess: crate::tls::TlsSession) {
+        self.tls = Some(RingTls::new(sess, self.fd));
     }
 
     /// Posts the first receive.
@@ -295,7 +304,11 @@ impl NbdConn {
             return self.send_queue_now(false);
         }
         if self.send.start_batch() {
-            self.send.post(ring, self.fd, base | SEND)?;
+            let r = self
+                .send
+                .post(ring, self.fd, base | SEND, self.tls.as_mut());
+            self.broken |= r.is_err();
+            r.map_err(|e| e.context(&self.name))?;
         }
         Ok(())
     }
@@ -304,8 +317,17 @@ impl NbdConn {
         // Splice mode: never read past the message (its payload is spliced).
         let greedy = self.splice.is_none();
         let first = self.first_read();
-        self.recv
-            .post(ring, self.fd, base | RECV, first, greedy, &self.name)
+        let Some(t) = self.tls.as_mut() else {
+            return self
+                .recv
+                .post(ring, self.fd, base | RECV, first, greedy, &self.name);
+        };
+        let (ptr, len) = self.recv.target(first, greedy, &self.name)?;
+        // SAFETY: [ptr, ptr+len) is in the held block `cur`, untouched by
+        // anything else until this receive completes (as a plain one).
+        let r = unsafe { t.post_recv(ring, ptr, len, base | RECV) };
+        self.broken |= r.is_err();
+        r.map_err(|e| e.context(&self.name))
     }
 
     /// Bytes to read at a message boundary when nothing of the next
@@ -338,14 +360,38 @@ impl NbdConn {
                 self.broken = true;
                 return Err(Error::from_res(format!("{}: send", self.name), res));
             }
-            return match self.send.sent(res as usize) {
-                None => self.send.post(ring, self.fd, base | SEND),
+            let n = match self.tls.as_mut() {
+                None => res as usize,
+                Some(t) => match t.send_done(ring, res, base | SEND) {
+                    Ok(true) => self.send.unsent(),
+                    Ok(false) => return Ok(()), // the rest is posted
+                    Err(e) => {
+                        self.send.busy = false;
+                        self.broken = true;
+                        return Err(e.context(&self.name));
+                    }
+                },
+            };
+            return match self.send.sent(n) {
+                None => self.send.post(ring, self.fd, base | SEND, None),
                 Some(blocks) => {
                     events.extend(blocks.into_iter().map(|block| ConnEvent::Release { block }));
                     self.kick(ring, base)
                 }
             };
         }
+        let res = match self.tls.as_mut() {
+            None => res,
+            Some(t) => match t.recv_done(ring, res, base | RECV) {
+                Ok(Some(n)) => n,
+                Ok(None) => return Ok(()), // more ciphertext is being received
+                Err(e) => {
+                    self.broken = true;
+                    let n = self.book.in_flight();
+                    return Err(e.context(format!("{} ({n} request(s) in flight)", self.name)));
+                }
+            },
+        };
         if res < 0 && res != -libc::ECONNRESET {
             self.broken = true;
             return Err(Error::from_res(format!("{}: receive", self.name), res));
@@ -486,6 +532,12 @@ impl NbdConn {
         }
         let mut buf = [0u8; 32];
         let n = request::encode(self.info.mode, &request::DISC, &mut buf);
+        if let Some(t) = self.tls.as_mut() {
+            // Through TLS, then close_notify; never blocking.
+            t.goodbye(&buf[..n]);
+            self.broken = true;
+            return;
+        }
         // Best effort: the server may be gone already.
         let _ = crate::sys::send(self.fd, &buf[..n], libc::MSG_DONTWAIT);
         self.broken = true;

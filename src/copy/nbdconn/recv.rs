@@ -92,6 +92,20 @@ impl RecvBuf {
         greedy: bool,
         name: &str,
     ) -> Result<()> {
+        let (ptr, len) = self.target(first, greedy, name)?;
+        let e = opcode::Recv::new(types::Fd(fd), ptr, len as u32)
+            .build()
+            .user_data(user_data);
+        // SAFETY: the block is held (our reference on `cur`) until this
+        // receive completes; nothing else reads or writes [tail, tail+len)
+        // meanwhile; the worker drains the ring before dropping the pool.
+        unsafe { ring.push(&e) }
+    }
+
+    /// Where the next receive goes, as for [`post`](Self::post): `len`
+    /// bytes at `ptr`, inside the held block `cur` (also the target of a
+    /// TLS connection's decryption).
+    pub fn target(&mut self, first: usize, greedy: bool, name: &str) -> Result<(*mut u8, usize)> {
         self.rewind_if_idle();
         let bs = self.pool.block_size();
         let want = self.want(first);
@@ -115,13 +129,7 @@ impl RecvBuf {
         };
         // SAFETY: tail + len <= bs (both branches), inside the block.
         let ptr = unsafe { self.pool.ptr(self.cur).add(self.tail) };
-        let e = opcode::Recv::new(types::Fd(fd), ptr, len as u32)
-            .build()
-            .user_data(user_data);
-        // SAFETY: the block is held (our reference on `cur`) until this
-        // receive completes; nothing else reads or writes [tail, tail+len)
-        // meanwhile; the worker drains the ring before dropping the pool.
-        unsafe { ring.push(&e) }
+        Ok((ptr, len))
     }
 
     /// The message would straddle the block end: continue it at the start

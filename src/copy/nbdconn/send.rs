@@ -155,9 +155,22 @@ impl SendQueue {
         true
     }
 
-    /// Submits one sendmsg of the unsent part of the batch.
-    pub fn post(&mut self, ring: &mut Ring, fd: RawFd, user_data: u64) -> Result<()> {
+    /// Submits one sendmsg of the unsent part of the batch (with `tls`:
+    /// the batch encrypted, as one send of ciphertext).
+    pub fn post(
+        &mut self,
+        ring: &mut Ring,
+        fd: RawFd,
+        user_data: u64,
+        tls: Option<&mut crate::tls::uring::RingTls>,
+    ) -> Result<()> {
         fill_iov(&self.batch, self.batch_sent, &mut self.iov);
+        if let Some(t) = tls {
+            // SAFETY: the iovecs point into the batch items, valid now.
+            unsafe { t.post_send(ring, &self.iov, user_data) }?;
+            self.busy = true;
+            return Ok(());
+        }
         self.msg.msg_iov = self.iov.as_mut_ptr();
         self.msg.msg_iovlen = self.iov.len() as _;
         let e = opcode::SendMsg::new(types::Fd(fd), &*self.msg as *const libc::msghdr)
@@ -172,6 +185,11 @@ impl SendQueue {
         // events that follow it.  The worker drains the ring before any of
         // them is dropped.
         unsafe { ring.push(&e) }
+    }
+
+    /// Bytes of the batch not sent yet.
+    pub fn unsent(&self) -> usize {
+        self.batch_len - self.batch_sent
     }
 
     /// `n` more bytes of the batch were sent.  When the whole batch is
