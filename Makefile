@@ -50,7 +50,7 @@ MULTIARCH  := $(shell $(CC) -print-multiarch 2>/dev/null || echo x86_64-linux-gn
 
 .PHONY: all lib cli fuzz check check-rust check-c check-header check-style check-valgrind \
         check-warnings check-symbols check-install check-spdx check-deb header \
-        test-deps deps demo install uninstall bench deb deb-deps clean dist check-dist
+        test-deps deps demo install uninstall bench bench-dirty deb deb-deps clean dist check-dist
 
 all: $(B)/nbdcpy $(B)/nbdcpy.install $(LIBSO) $(B)/libnbdcpy.so $(B)/libnbdcpy.a
 
@@ -354,9 +354,18 @@ fuzz:
 # Side-by-side benchmark with nbdcopy (see ../shared/bench/run.sh).
 BENCH ?= ../shared/bench/run.sh
 # Alternating runs, medians and the ratio table (bench/compare.sh).
-bench: all
+bench: all bench-dirty
 	BENCH=$(BENCH) NBDCPY=$(CURDIR)/$(B)/nbdcpy bench/compare.sh $(WORKLOADS)
 	BENCH=$(BENCH) NBDCPY=$(CURDIR)/$(B)/nbdcpy bench/blkhash.sh
+
+# Incremental copy by dirty bitmap against the libnbd Python loop users
+# write today and a full nbdcopy (bench/dirty-bitmap.sh, BENCHMARKS.md).
+BENCH_PKGS := python3-libnbd qemu-utils libnbd-bin
+bench-dirty: all
+	@if ! /usr/bin/python3 -c 'import nbd' 2>/dev/null && command -v apt-get >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(BENCH_PKGS); fi
+	NBDCPY=$(CURDIR)/$(B)/nbdcpy bench/dirty-bitmap.sh
 
 clean:
 	$(CARGO) clean

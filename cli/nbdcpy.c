@@ -52,6 +52,8 @@ usage (FILE *fp, int status)
 "         [-T N|--threads=N] [--timeout=SECONDS] [--slow-timeout=SECONDS]\n"
 "         [--retries=N] [--retry-delay=SECONDS] [--rate=SIZE]\n"
 "         [--json|--json=FD] [--set=KEY=VALUE] [--verify] [-v|--verbose]\n"
+"         [--dirty-bitmap=NAME] [--offset=N] [--length=N]\n"
+"         [--destination-offset=N]\n"
 "         SOURCE DESTINATION\n"
 "\n"
 "  SOURCE, DESTINATION := - | FILE | DEVICE | NBD-URI | [ CMD ARGS ... ]\n"
@@ -361,6 +363,8 @@ main (int argc, char *argv[])
     SPLICE_OPTION, RETRIES_OPTION, RETRY_DELAY_OPTION,
     BLKHASH_OPTION, BLKHASH_FILE_OPTION, VERIFY_OPTION,
     RATE_OPTION, JSON_OPTION,
+    DIRTY_BITMAP_OPTION, OFFSET_OPTION, LENGTH_OPTION,
+    DESTINATION_OFFSET_OPTION,
   };
   static const char short_options[] = "C:pR:S:T:vV";
   static const struct option long_options[] = {
@@ -391,6 +395,10 @@ main (int argc, char *argv[])
     { "set", required_argument, NULL, SET_OPTION },
     { "splice", required_argument, NULL, SPLICE_OPTION },
     { "verify", no_argument, NULL, VERIFY_OPTION },
+    { "dirty-bitmap", required_argument, NULL, DIRTY_BITMAP_OPTION },
+    { "offset", required_argument, NULL, OFFSET_OPTION },
+    { "length", required_argument, NULL, LENGTH_OPTION },
+    { "destination-offset", required_argument, NULL, DESTINATION_OFFSET_OPTION },
     { "verbose", no_argument, NULL, 'v' },
     { "version", no_argument, NULL, 'V' },
     { NULL }
@@ -458,6 +466,12 @@ main (int argc, char *argv[])
     case 'T': set (cfg, "threads", optarg); break;
     case TIMEOUT_OPTION: set (cfg, "timeout", optarg); break;
     case SLOW_TIMEOUT_OPTION: set (cfg, "slow-timeout", optarg); break;
+    case DIRTY_BITMAP_OPTION: set (cfg, "dirty-bitmap", optarg); break;
+    case OFFSET_OPTION: set (cfg, "offset", optarg); break;
+    case LENGTH_OPTION: set (cfg, "length", optarg); break;
+    case DESTINATION_OFFSET_OPTION:
+      set (cfg, "destination-offset", optarg);
+      break;
     case SET_OPTION: {
       /* --set=KEY=VALUE: any nbdcpy_config_set key (debug knobs). */
       char *eq = strchr (optarg, '=');

@@ -98,7 +98,9 @@ struct nbdcpy;
 // New fields are only ever added at the end; pass sizeof(struct
 // nbdcpy_stats) as the caller knows it.
 struct nbdcpy_stats {
-  // Bytes to copy: the source's size (see above for streams).
+  // Bytes to copy: the source's size (see above for streams), the
+  // range's length with "offset"/"length", and with "dirty-bitmap" the
+  // bytes not (yet) found clean.
   uint64_t size;
   // Bytes completed: written, zeroed or skipped, and acknowledged.
   // Monotonic; use it for progress.
@@ -107,7 +109,9 @@ struct nbdcpy_stats {
   uint64_t bytes_copied;
   // Bytes written as zeroes or holes.
   uint64_t bytes_zeroed;
-  // Bytes left alone because the destination already reads as zeroes.
+  // Bytes left alone because the destination already reads as zeroes,
+  // or (with "dirty-bitmap") because they are clean; the latter are
+  // not part of `size` nor `bytes_done`.
   uint64_t bytes_skipped;
   // NBD requests and file operations issued.
   uint64_t requests;
@@ -220,6 +224,20 @@ struct nbdcpy_config *nbdcpy_config_new(void);
 //    A token bucket that starts empty, bursts of at most 4 requests;
 //    unless "request-size" is set, requests are at most 1/8 s's worth
 //    (at least 64k).  Since version 0.2.
+//  - "offset", "length", "destination-offset" (sizes): copy only
+//    `length` bytes (default: to the source's end) from `offset`
+//    (default 0) to `destination-offset` (default: `offset`).
+//    nbdcpy_open checks the range against both sizes; the destination
+//    outside it is left untouched (a regular file is not truncated).
+//  - "dirty-bitmap": a qemu bitmap name; copy only the blocks the NBD
+//    source's meta context "qemu:dirty-bitmap:NAME" marks dirty onto the
+//    previous copy (clean blocks are neither read nor written).
+//    nbdcpy_open fails with ENOTSUP naming the bitmap when the server
+//    does not offer it, and with EINVAL combined with
+//    "destination-is-zero", a source that is not NBD, or a stream
+//    destination.  Stats then count the dirty bytes as `size` (shrinking
+//    from the range's length as clean blocks are found) and the clean
+//    bytes as `bytes_skipped`.
 //  - "tls-certificates", "tls-verify-peer", "tls-hostname",
 //    "tls-psk-file", "tls-username": TLS settings for every nbds://
 //    endpoint whose URI does not give them (the URI's query parameters of

@@ -90,6 +90,15 @@ pub struct Config {
     /// Most bytes per second read from the source, over all connections
     /// and threads (0, the default: no limit).  Option "rate".
     pub rate: u64,
+    /// Copy only the blocks this qemu dirty bitmap marks dirty (the
+    /// source's `qemu:dirty-bitmap:NAME` meta context): incremental copies.
+    pub dirty_bitmap: Option<String>,
+    /// Where in the source the copied range starts (default 0).
+    pub offset: u64,
+    /// How many bytes to copy (None: to the source's end).
+    pub length: Option<u64>,
+    /// Where in the destination the range goes (None: at `offset`).
+    pub destination_offset: Option<u64>,
     /// TLS settings for nbds:// endpoints whose URI does not give them
     /// (keys "tls-certificates", "tls-verify-peer", "tls-hostname",
     /// "tls-psk-file", "tls-username"; the URI's own parameters win).
@@ -129,6 +138,10 @@ impl Default for Config {
             blkhash_file: None,
             verify: false,
             rate: 0,
+            dirty_bitmap: None,
+            offset: 0,
+            length: None,
+            destination_offset: None,
             tls: Default::default(),
         }
     }
@@ -162,6 +175,10 @@ pub const OPTION_NAMES: &[&str] = &[
     "blkhash-file",
     "verify",
     "rate",
+    "dirty-bitmap",
+    "offset",
+    "length",
+    "destination-offset",
     "tls-certificates",
     "tls-verify-peer",
     "tls-hostname",
@@ -260,6 +277,25 @@ impl Config {
                     return Err(bad(name, value, "must be between 512 and 1T"));
                 }
                 self.queue_size = v;
+            }
+            "dirty-bitmap" => {
+                let v = need(name, value)?;
+                // The meta context name must fit the protocol's 4 KiB.
+                if v.is_empty() || v.len() > 4000 || v.contains('\0') {
+                    return Err(bad(name, value, "must be a bitmap name of 1 to 4000 bytes"));
+                }
+                self.dirty_bitmap = Some(v.to_string());
+            }
+            "offset" => {
+                self.offset = parse_size(need(name, value)?).map_err(|e| bad(name, value, &e))?
+            }
+            "length" => {
+                self.length =
+                    Some(parse_size(need(name, value)?).map_err(|e| bad(name, value, &e))?)
+            }
+            "destination-offset" => {
+                self.destination_offset =
+                    Some(parse_size(need(name, value)?).map_err(|e| bad(name, value, &e))?)
             }
             "sparse" => {
                 let v = parse_size(need(name, value)?).map_err(|e| bad(name, value, &e))?;
@@ -406,6 +442,18 @@ mod tests {
         c.set("rate", Some("0")).unwrap();
         assert_eq!(c.rate, 0);
         assert!(c.set("rate", Some("fast")).is_err());
+        c.set("offset", Some("1M")).unwrap();
+        c.set("length", Some("64k")).unwrap();
+        c.set("destination-offset", Some("2s")).unwrap();
+        c.set("dirty-bitmap", Some("bitmap0")).unwrap();
+        assert_eq!(
+            (c.offset, c.length, c.destination_offset),
+            (1 << 20, Some(64 << 10), Some(1024))
+        );
+        assert_eq!(c.dirty_bitmap.as_deref(), Some("bitmap0"));
+        assert!(c.set("dirty-bitmap", Some("")).is_err());
+        assert!(c.set("offset", Some("1X")).is_err());
+        assert!(c.set("length", None).is_err());
         c.set("tls-psk-file", Some("/k.psk")).unwrap();
         c.set("tls-username", Some("alice")).unwrap();
         c.set("tls-certificates", Some("/pki")).unwrap();

@@ -8,9 +8,11 @@
 
 pub mod align;
 pub mod buf;
+pub mod dirty;
 pub mod integrity;
 pub mod nbdconn;
 pub mod plan;
+pub mod ranges;
 pub mod rate;
 pub mod splice;
 pub mod stats;
@@ -41,9 +43,14 @@ pub struct WorkQueue {
 
 impl WorkQueue {
     pub fn new(size: u64, piece: u64) -> WorkQueue {
+        WorkQueue::range(0, size, piece)
+    }
+
+    /// Hands out [start, end) only.
+    pub fn range(start: u64, end: u64, piece: u64) -> WorkQueue {
         WorkQueue {
-            next: AtomicU64::new(0),
-            end: size,
+            next: AtomicU64::new(start),
+            end,
             piece: piece.max(1),
         }
     }
@@ -105,6 +112,8 @@ pub struct Job {
     /// A read-back for --verify: only this many bytes of the source, and
     /// each block's fingerprint kept.
     readback: Option<u64>,
+    /// What part of the source is copied, and where it goes.
+    window: ranges::Window,
 }
 
 /// How much a log message matters (the C API's `NBDCPY_LOG_*` values).
@@ -195,24 +204,37 @@ impl Job {
                 ));
             }
         }
-        // A destination of fixed size must hold the whole source.
+        // A destination of fixed size must hold what is copied into it
+        // (the whole source, or the range asked for).
         let fixed_dst = match &dst {
             Endpoint::Nbd(_) => true,
             Endpoint::File(f) => f.kind == FileKind::Block,
             Endpoint::Null => false,
         };
-        if let (true, Some(s), Some(d)) = (fixed_dst, src.size(), dst.size()) {
-            if d < s {
-                return Err(Error::new(
-                    libc::ENOSPC,
-                    format!(
-                        "destination {dst_spec} ({d} bytes) is smaller than source {src_spec} \
-                         ({s} bytes)"
-                    ),
-                ));
-            }
+        let dst_stream = matches!(&dst, Endpoint::File(f) if f.is_stream());
+        dirty::check_options(&cfg, matches!(&src, Endpoint::Nbd(_)), dst_stream)?;
+        let window = ranges::Window::plan(
+            &cfg,
+            &ranges::Ends {
+                src_name: &src_spec.to_string(),
+                dst_name: &dst_spec.to_string(),
+                src_size: src.size(),
+                dst_fixed_size: dst.size().filter(|_| fixed_dst),
+                dst_stream,
+                align: plan::plan(&EndFacts::of(&src), &EndFacts::of(&dst), &cfg, 1).align,
+            },
+        )?;
+        // The block hash covers a whole source as copied from offset 0.
+        if (cfg.blkhash.is_some() || cfg.verify) && (window.partial || cfg.dirty_bitmap.is_some()) {
+            return Err(Error::invalid(
+                "--blkhash and --verify hash the whole source: they cannot be combined \
+                 with --offset, --length, --destination-offset or --dirty-bitmap",
+            ));
         }
-        shared.size.store(src.size().unwrap_or(0), Relaxed);
+        let shared = Arc::new(Shared::new());
+        shared
+            .size
+            .store(src.size().map_or(0, |_| window.len()), Relaxed);
         shared
             .size_known
             .store(src.size().is_some() as u64, Relaxed);
@@ -228,6 +250,7 @@ impl Job {
             hasher: None,
             hashed: None,
             readback: None,
+            window,
         })
     }
 
@@ -385,18 +408,29 @@ impl Job {
         // Regular-file destinations are truncated and extended: they then
         // read as zeroes (like nbdcopy).
         let mut dst_is_zero = self.cfg.destination_is_zero;
+        // Ranges and incremental copies leave the rest of the destination
+        // as it is: a regular file is only extended to hold the range.
+        let keep_dst = self.window.partial || self.cfg.dirty_bitmap.is_some();
         if let Endpoint::File(f) = &mut self.dst {
-            dst_is_zero |= f
-                .prepare_dest(src_size)
-                .map_err(|e| e.context(format!("destination {}", self.dst_spec)))?;
+            let r = if keep_dst {
+                f.extend_dest(self.window.dst_start + self.window.len())
+                    .map(|()| false)
+            } else {
+                f.prepare_dest(src_size)
+            };
+            dst_is_zero |= r.map_err(|e| e.context(format!("destination {}", self.dst_spec)))?;
         }
         let cores = std::thread::available_parallelism()
             .map(|n| n.get() as u32)
             .unwrap_or(1);
-        let mut src_facts = EndFacts::of(&self.src);
-        src_facts.size = src_size;
-        let plan = plan::plan(&src_facts, &EndFacts::of(&self.dst), &self.cfg, cores);
-        let fast_zero = self.fast_zero_start(dst_is_zero)?;
+        let (mut src_facts, plan_cfg) =
+            ranges::plan_inputs(EndFacts::of(&self.src), &self.window, &self.cfg);
+        if self.readback.is_some() {
+            // A --verify read-back: only the source's length.
+            src_facts.size = src_size;
+        }
+        let plan = plan::plan(&src_facts, &EndFacts::of(&self.dst), &plan_cfg, cores);
+        let fast_zero = self.fast_zero_start(dst_is_zero || keep_dst)?;
         self.open_connections(plan.lanes as usize)?;
         if let (Some(fz), Endpoint::Nbd(n)) = (fast_zero, &mut self.dst) {
             dst_is_zero = n.fast_zero_finish(fz, &|| self.shared.cancelled())?;
@@ -413,7 +447,7 @@ impl Job {
             });
         }
         let lanes = self.build_lanes(&plan, dst_is_zero)?;
-        let q = WorkQueue::new(src_size.unwrap_or(u64::MAX), plan.work_piece);
+        let q = WorkQueue::range(self.window.start, self.window.end, plan.work_piece);
         self.run_workers(lanes, plan.workers as usize, &q, interval, progress)
     }
 
@@ -527,6 +561,8 @@ impl Job {
                 let rs = plan.request_size;
                 Arc::new(rate::Limiter::new(cfg.rate, 4 * rs, rs))
             }),
+            dst_shift: self.window.shift(),
+            dirty: cfg.dirty_bitmap.is_some(),
         };
         let mut lanes = Vec::with_capacity(plan.lanes as usize);
         let mut spliced = 0;

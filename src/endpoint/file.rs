@@ -202,6 +202,25 @@ impl LocalFile {
         Ok(true)
     }
 
+    /// For ranges and incremental copies: a regular-file destination keeps
+    /// its contents and is only extended (with a hole) to hold `min_len`
+    /// bytes.
+    pub fn extend_dest(&mut self, min_len: u64) -> Result<()> {
+        if self.kind != FileKind::Regular {
+            return Ok(());
+        }
+        let now = self
+            .file()?
+            .metadata()
+            .map_err(|e| Error::os("stat", e))?
+            .len();
+        if now < min_len {
+            self.set_len(min_len)?;
+        }
+        self.size = Some(now.max(min_len));
+        Ok(())
+    }
+
     /// After a successful copy from a stream: a regular-file destination
     /// ends at exactly `len` bytes, the stream's length (the copy wrote
     /// only the data; the skipped zero blocks are the extension).

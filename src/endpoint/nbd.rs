@@ -40,6 +40,8 @@ pub struct NbdEndpoint {
     no_disc: Vec<bool>,
     server: Option<ServerProcess>,
     want_meta: bool,
+    /// The source's dirty bitmap context (`--dirty-bitmap`).
+    dirty: Option<String>,
     /// nbds://: every connection runs its own TLS session.
     tls: Option<Box<EndpointTls>>,
     /// Bounds every later connect and handshake (renewed for each).
@@ -130,10 +132,46 @@ impl NbdEndpoint {
         // Block status is only asked of a source, and only when used.
         let want_meta = side == Side::Source && !cfg.no_extents;
         let single = given.is_some();
-        let (sock, info, sess) = match given {
-            Some(fd) => negotiate(fd, &transport, &export, want_meta, tls.as_deref(), lim)?,
-            None => connect_one(&transport, &export, want_meta, tls.as_deref(), lim)?,
+        // An incremental copy also asks for the source's dirty bitmap.
+        let dirty = match (side, &cfg.dirty_bitmap) {
+            (Side::Source, Some(b)) => Some(format!("qemu:dirty-bitmap:{b}")),
+            _ => None,
         };
+        let (sock, info, sess) = match given {
+            Some(fd) => negotiate(
+                fd,
+                &transport,
+                &export,
+                want_meta,
+                dirty.as_deref(),
+                tls.as_deref(),
+                lim,
+            )?,
+            None => connect_one(
+                &transport,
+                &export,
+                want_meta,
+                dirty.as_deref(),
+                tls.as_deref(),
+                lim,
+            )?,
+        };
+        if let (Some(ctx), None) = (&dirty, info.dirty_context_id) {
+            return Err(Error::new(
+                libc::ENOTSUP,
+                format!(
+                    "the NBD server does not offer the dirty bitmap \"{}\" \
+                     (meta context \"{ctx}\"{}): export it with qemu-nbd -B {0} or \
+                     qemu's block-export-add bitmaps",
+                    cfg.dirty_bitmap.as_deref().unwrap_or_default(),
+                    if info.mode == crate::proto::HeaderMode::Simple {
+                        ", and it has no structured replies"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
         if info.size > i64::MAX as u64 {
             return Err(Error::new(
                 libc::EOVERFLOW,
@@ -150,6 +188,7 @@ impl NbdEndpoint {
             no_disc: vec![false],
             server,
             want_meta,
+            dirty,
             tls: tls.map(|client| {
                 Box::new(EndpointTls {
                     summary: sess.as_ref().map_or(String::new(), |t| {
@@ -214,6 +253,7 @@ impl NbdEndpoint {
                 &self.transport,
                 &self.export,
                 self.want_meta,
+                self.dirty.as_deref(),
                 self.tls_client(),
                 &self.limits.renew(),
             )?;
@@ -236,6 +276,7 @@ impl NbdEndpoint {
             transport: self.transport.clone(),
             export: self.export.clone(),
             want_meta: self.want_meta,
+            dirty: self.dirty.clone(),
             tls: self.tls.as_ref().map(|t| t.client.clone()),
             limits: (*self.limits).clone(),
         })
@@ -359,7 +400,12 @@ impl NbdEndpoint {
         let (mut zero, mut total) = (0u64, 0u64);
         let ok = self
             .collect(&mut parser, 1, timeout, cancelled, &mut |c| {
-                if let Chunk::BlockStatus { extents, .. } = c {
+                if let Chunk::BlockStatus {
+                    extents,
+                    dirty_bitmap: false,
+                    ..
+                } = c
+                {
                     for e in extents {
                         total += e.len;
                         if e.flags & consts::NBD_STATE_ZERO != 0 {
@@ -454,9 +500,10 @@ impl NbdEndpoint {
         let (t, e, m) = (&self.transport, self.export.as_str(), self.want_meta);
         let tls = self.tls_client();
         let lim = &self.limits.renew();
+        let d = self.dirty.as_deref();
         let got: Vec<Result<Connected>> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..need)
-                .map(|_| s.spawn(move || connect_one(t, e, m, tls, lim)))
+                .map(|_| s.spawn(move || connect_one(t, e, m, d, tls, lim)))
                 .collect();
             hs.into_iter()
                 .map(|h| {
@@ -478,6 +525,8 @@ impl NbdEndpoint {
         if info.size != self.info.size
             || info.mode != self.info.mode
             || info.tflags != self.info.tflags
+            || info.meta_context_id != self.info.meta_context_id
+            || info.dirty_context_id != self.info.dirty_context_id
         {
             return Err(Error::new(
                 libc::EPROTO,
@@ -547,6 +596,7 @@ pub struct Redial {
     transport: Transport,
     export: String,
     want_meta: bool,
+    dirty: Option<String>,
     tls: Option<Arc<TlsClient>>,
     limits: Limits,
 }
@@ -560,6 +610,7 @@ impl Redial {
             &self.transport,
             &self.export,
             self.want_meta,
+            self.dirty.as_deref(),
             self.tls.as_deref(),
             &self.limits.renew(),
         )
@@ -632,11 +683,12 @@ fn connect_one(
     t: &Transport,
     export: &str,
     want_meta: bool,
+    dirty: Option<&str>,
     tls: Option<&TlsClient>,
     lim: &Limits,
 ) -> Result<Connected> {
     let fd = connect::connect(t, lim)?;
-    negotiate(fd, t, export, want_meta, tls, lim)
+    negotiate(fd, t, export, want_meta, dirty, tls, lim)
 }
 
 /// Runs the handshake on a connected socket, within `lim`: plaintext
@@ -647,6 +699,7 @@ fn negotiate(
     t: &Transport,
     export: &str,
     want_meta: bool,
+    dirty: Option<&str>,
     tls: Option<&TlsClient>,
     lim: &Limits,
 ) -> Result<Connected> {
@@ -654,7 +707,7 @@ fn negotiate(
         fd.as_raw_fd(),
         lim.left().map(|l| l.max(Duration::from_millis(1))),
     );
-    let (info, sess) = handshake(fd.as_raw_fd(), export, want_meta, tls, lim)?;
+    let (info, sess) = handshake(fd.as_raw_fd(), export, want_meta, dirty, tls, lim)?;
     set_timeouts(fd.as_raw_fd(), None);
     tune_socket(fd.as_raw_fd(), t);
     Ok((fd, info, sess))
@@ -721,6 +774,7 @@ fn handshake(
     fd: RawFd,
     export: &str,
     want_meta: bool,
+    dirty: Option<&str>,
     tls: Option<&TlsClient>,
     lim: &Limits,
 ) -> Result<(Negotiated, Option<TlsSession>)> {
@@ -733,6 +787,7 @@ fn handshake(
         extended_headers: true,
         structured_replies: true,
         meta_context: want_meta.then(|| "base:allocation".to_string()),
+        dirty_context: dirty.map(str::to_string),
         request_block_size: true,
         tls: tls.is_some(),
     });

@@ -56,7 +56,9 @@ pub const NBDCPY_LOG_DEBUG: c_int = 3;
 #[derive(Debug, Default, Clone, Copy)]
 #[allow(non_camel_case_types)]
 pub struct nbdcpy_stats {
-    /// Bytes to copy: the source's size (see above for streams).
+    /// Bytes to copy: the source's size (see above for streams), the
+    /// range's length with "offset"/"length", and with "dirty-bitmap" the
+    /// bytes not (yet) found clean.
     pub size: u64,
     /// Bytes completed: written, zeroed or skipped, and acknowledged.
     /// Monotonic; use it for progress.
@@ -65,7 +67,9 @@ pub struct nbdcpy_stats {
     pub bytes_copied: u64,
     /// Bytes written as zeroes or holes.
     pub bytes_zeroed: u64,
-    /// Bytes left alone because the destination already reads as zeroes.
+    /// Bytes left alone because the destination already reads as zeroes,
+    /// or (with "dirty-bitmap") because they are clean; the latter are
+    /// not part of `size` nor `bytes_done`.
     pub bytes_skipped: u64,
     /// NBD requests and file operations issued.
     pub requests: u64,
@@ -402,6 +406,20 @@ fn with_config<T>(
 ///    A token bucket that starts empty, bursts of at most 4 requests;
 ///    unless "request-size" is set, requests are at most 1/8 s's worth
 ///    (at least 64k).  Since version 0.2.
+///  - "offset", "length", "destination-offset" (sizes): copy only
+///    `length` bytes (default: to the source's end) from `offset`
+///    (default 0) to `destination-offset` (default: `offset`).
+///    nbdcpy_open checks the range against both sizes; the destination
+///    outside it is left untouched (a regular file is not truncated).
+///  - "dirty-bitmap": a qemu bitmap name; copy only the blocks the NBD
+///    source's meta context "qemu:dirty-bitmap:NAME" marks dirty onto the
+///    previous copy (clean blocks are neither read nor written).
+///    nbdcpy_open fails with ENOTSUP naming the bitmap when the server
+///    does not offer it, and with EINVAL combined with
+///    "destination-is-zero", a source that is not NBD, or a stream
+///    destination.  Stats then count the dirty bytes as `size` (shrinking
+///    from the range's length as clean blocks are found) and the clean
+///    bytes as `bytes_skipped`.
 ///  - "tls-certificates", "tls-verify-peer", "tls-hostname",
 ///    "tls-psk-file", "tls-username": TLS settings for every nbds://
 ///    endpoint whose URI does not give them (the URI's query parameters of

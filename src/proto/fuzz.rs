@@ -32,6 +32,7 @@ pub fn fuzz_reply(data: &[u8]) {
         block_size_from_server: false,
         mode,
         meta_context_id: Some(1),
+        dirty_context_id: None,
         no_zeroes: true,
     };
     let mut p = ReplyParser::new(&n);
@@ -87,6 +88,7 @@ pub fn fuzz_handshake(data: &[u8]) {
         extended_headers: true,
         structured_replies: true,
         meta_context: Some("base:allocation".into()),
+        dirty_context: Some("qemu:dirty-bitmap:b".into()),
         request_block_size: true,
         tls: false,
     });

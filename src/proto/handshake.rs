@@ -5,10 +5,11 @@
 //
 // The client side of fixed-newstyle negotiation, as a state machine over
 // bytes: EXTENDED_HEADERS (else STRUCTURED_REPLY, else simple replies),
-// SET_META_CONTEXT base:allocation, then GO with BLOCK_SIZE (falling
-// back to EXPORT_NAME when GO is unsupported).  With TLS, STARTTLS comes
-// first; the driver then runs the TLS handshake (Handshake::tls_pending)
-// and every later option goes through TLS.
+// SET_META_CONTEXT base:allocation (and a qemu dirty bitmap's context
+// when asked), then GO with BLOCK_SIZE (falling back to EXPORT_NAME when
+// GO is unsupported).  With TLS, STARTTLS comes first; the driver then
+// runs the TLS handshake (Handshake::tls_pending) and every later option
+// goes through TLS.
 
 use super::consts::*;
 use super::{be16, be32, be64, BlockSize, HeaderMode, Negotiated};
@@ -21,6 +22,9 @@ pub struct HandshakeOptions {
     pub structured_replies: bool,
     /// A meta context to select, e.g. "base:allocation".
     pub meta_context: Option<String>,
+    /// A second context to select for incremental copies, e.g.
+    /// "qemu:dirty-bitmap:NAME".
+    pub dirty_context: Option<String>,
     pub request_block_size: bool,
     /// TLS is required: NBD_OPT_STARTTLS before anything else, and no
     /// fallback to plaintext.
@@ -55,6 +59,7 @@ pub struct Handshake {
     server_no_zeroes: bool,
     mode: HeaderMode,
     meta_context_id: Option<u32>,
+    dirty_context_id: Option<u32>,
     size: Option<u64>,
     tflags: u16,
     block_size: Option<BlockSize>,
@@ -71,6 +76,7 @@ impl Handshake {
             server_no_zeroes: false,
             mode: HeaderMode::Simple,
             meta_context_id: None,
+            dirty_context_id: None,
             size: None,
             tflags: 0,
             block_size: None,
@@ -169,14 +175,20 @@ impl Handshake {
                     return self.send_option(opt, &[])
                 }
                 NBD_OPT_SET_META_CONTEXT if self.mode != HeaderMode::Simple => {
-                    if let Some(ctx) = self.opts.meta_context.clone() {
+                    let queries: Vec<&String> = [&self.opts.meta_context, &self.opts.dirty_context]
+                        .into_iter()
+                        .flatten()
+                        .collect();
+                    if !queries.is_empty() {
                         let mut d = Vec::new();
                         let name = self.opts.export_name.as_bytes();
                         d.extend_from_slice(&(name.len() as u32).to_be_bytes());
                         d.extend_from_slice(name);
-                        d.extend_from_slice(&1u32.to_be_bytes());
-                        d.extend_from_slice(&(ctx.len() as u32).to_be_bytes());
-                        d.extend_from_slice(ctx.as_bytes());
+                        d.extend_from_slice(&(queries.len() as u32).to_be_bytes());
+                        for ctx in queries {
+                            d.extend_from_slice(&(ctx.len() as u32).to_be_bytes());
+                            d.extend_from_slice(ctx.as_bytes());
+                        }
                         return self.send_option(opt, &d);
                     }
                 }
@@ -275,6 +287,7 @@ impl Handshake {
             block_size_from_server: self.block_size.is_some(),
             mode: self.mode,
             meta_context_id: self.meta_context_id,
+            dirty_context_id: self.dirty_context_id,
             no_zeroes: self.server_no_zeroes,
         });
         self.state = State::Done;
@@ -340,6 +353,8 @@ impl Handshake {
                 let name = String::from_utf8_lossy(&p[4..]);
                 if Some(name.as_ref()) == self.opts.meta_context.as_deref() {
                     self.meta_context_id = Some(id);
+                } else if Some(name.as_ref()) == self.opts.dirty_context.as_deref() {
+                    self.dirty_context_id = Some(id);
                 } else {
                     return self.fail(format!(
                         "server selected meta context \"{name}\" that was not asked for"
@@ -408,6 +423,7 @@ impl Handshake {
             NBD_OPT_EXTENDED_HEADERS | NBD_OPT_STRUCTURED_REPLY | NBD_OPT_SET_META_CONTEXT => {
                 if opt == NBD_OPT_SET_META_CONTEXT {
                     self.meta_context_id = None;
+                    self.dirty_context_id = None;
                 }
                 self.next_option(Some(opt));
                 Ok(())
@@ -498,6 +514,7 @@ pub(crate) mod tests {
             extended_headers: true,
             structured_replies: true,
             meta_context: Some("base:allocation".into()),
+            dirty_context: None,
             request_block_size: true,
             tls: false,
         }
@@ -598,6 +615,40 @@ pub(crate) mod tests {
         assert_eq!(n.meta_context_id, Some(1));
         assert_eq!(n.block_size, BlockSize::default());
         assert!(!n.block_size_from_server);
+    }
+
+    #[test]
+    fn dirty_bitmap_context_is_asked_with_allocation() {
+        let o = HandshakeOptions {
+            dirty_context: Some("qemu:dirty-bitmap:b0".into()),
+            ..opts()
+        };
+        let mut s = greeting(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES);
+        s.extend(rep(NBD_OPT_EXTENDED_HEADERS, NBD_REP_ACK, &[]));
+        s.extend(meta(3, "qemu:dirty-bitmap:b0"));
+        s.extend(meta(2, "base:allocation"));
+        s.extend(rep(NBD_OPT_SET_META_CONTEXT, NBD_REP_ACK, &[]));
+        s.extend(info_export(1 << 20, NBD_FLAG_HAS_FLAGS));
+        s.extend(rep(NBD_OPT_GO, NBD_REP_ACK, &[]));
+        let (r, sent) = run(&s, o.clone(), false);
+        let n = r.unwrap();
+        assert_eq!((n.meta_context_id, n.dirty_context_id), (Some(2), Some(3)));
+        // One SET_META_CONTEXT with two queries.
+        let mut head = IHAVEOPT.to_be_bytes().to_vec();
+        head.extend_from_slice(&NBD_OPT_SET_META_CONTEXT.to_be_bytes());
+        let at = sent.windows(12).position(|w| w == head).unwrap();
+        // length, export name length, "disk", then the number of queries
+        assert_eq!(be32(&sent[at + 12 + 4 + 4 + 4..]), 2, "two queries");
+        assert!(sent.windows(20).any(|w| w == b"qemu:dirty-bitmap:b0"));
+        // A server without the bitmap answers only base:allocation.
+        let mut s = greeting(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES);
+        s.extend(rep(NBD_OPT_EXTENDED_HEADERS, NBD_REP_ACK, &[]));
+        s.extend(meta(2, "base:allocation"));
+        s.extend(rep(NBD_OPT_SET_META_CONTEXT, NBD_REP_ACK, &[]));
+        s.extend(info_export(1 << 20, NBD_FLAG_HAS_FLAGS));
+        s.extend(rep(NBD_OPT_GO, NBD_REP_ACK, &[]));
+        let n = both(&s, o).unwrap();
+        assert_eq!((n.meta_context_id, n.dirty_context_id), (Some(2), None));
     }
 
     #[test]

@@ -74,6 +74,8 @@ pub struct Negotiated {
     pub mode: HeaderMode,
     /// The id of `base:allocation`, when the server agreed to it.
     pub meta_context_id: Option<u32>,
+    /// The id of `qemu:dirty-bitmap:NAME`, when asked and agreed to.
+    pub dirty_context_id: Option<u32>,
     pub no_zeroes: bool,
 }
 
@@ -109,7 +111,7 @@ impl Negotiated {
         self.flag(NBD_FLAG_SEND_CACHE)
     }
     pub fn can_block_status(&self) -> bool {
-        self.meta_context_id.is_some()
+        self.meta_context_id.is_some() || self.dirty_context_id.is_some()
     }
 
     /// The largest range one request without payload (BLOCK_STATUS,
@@ -256,6 +258,7 @@ pub(crate) fn test_negotiated(mode: HeaderMode) -> Negotiated {
         block_size_from_server: false,
         mode,
         meta_context_id: Some(1),
+        dirty_context_id: None,
         no_zeroes: true,
     }
 }

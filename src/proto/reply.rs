@@ -50,8 +50,14 @@ pub enum Chunk {
     },
     /// READ range that reads as zeroes.
     Hole { cookie: u64, offset: u64, len: u64 },
-    /// Block status extents, starting at the request's offset.
-    BlockStatus { cookie: u64, extents: Vec<Extent> },
+    /// Block status extents, starting at the request's offset: of
+    /// base:allocation, or (`dirty_bitmap`) of the qemu dirty bitmap's
+    /// context, whose flag bit 0 means dirty.
+    BlockStatus {
+        cookie: u64,
+        extents: Vec<Extent>,
+        dirty_bitmap: bool,
+    },
     /// The server reported an error for this request (delivered again in
     /// the request's completion).
     Error {
@@ -118,13 +124,16 @@ struct InFlight {
     /// READ: received [start, end) ranges, keyed by start.
     ranges: BTreeMap<u64, u64>,
     covered: u64,
-    got_status: bool,
+    /// Contexts answered so far: bit 0 base:allocation, bit 1 the dirty
+    /// bitmap.
+    got_status: u8,
     error: Option<RequestError>,
 }
 
 pub struct ReplyParser {
     mode: HeaderMode,
     meta_context_id: Option<u32>,
+    dirty_context_id: Option<u32>,
     /// Largest block-status payload accepted.
     max_status: usize,
     /// READ data stays in the stream: a data message ends after its
@@ -138,6 +147,7 @@ impl ReplyParser {
         ReplyParser {
             mode: n.mode,
             meta_context_id: n.meta_context_id,
+            dirty_context_id: n.dirty_context_id,
             max_status: 1 << 20,
             external_data: false,
             inflight: HashMap::new(),
@@ -181,7 +191,7 @@ impl ReplyParser {
                 length: r.length,
                 ranges: BTreeMap::new(),
                 covered: 0,
-                got_status: false,
+                got_status: 0,
                 error: None,
             },
         );
@@ -296,6 +306,8 @@ impl ReplyParser {
         };
         let mode = self.mode;
         let meta = self.meta_context_id;
+        let dirty_ctx = self.dirty_context_id;
+        let all_status = meta.map_or(0, |_| 1) | dirty_ctx.map_or(0, |_| 2);
         let max_status = self.max_status;
         let external = self.external_data;
         let req = self.lookup(cookie)?;
@@ -404,9 +416,6 @@ impl ReplyParser {
                         "block status chunk of the wrong kind for the header mode",
                     ));
                 }
-                if req.got_status {
-                    return Err(what("second block status chunk for one context"));
-                }
                 let (head, each) = if ext { (8, 16) } else { (4, 8) };
                 if plen < head + each || (plen - head) % each != 0 {
                     return Err(what(&format!(
@@ -414,10 +423,17 @@ impl ReplyParser {
                     )));
                 }
                 let ctx = be32(p);
-                if Some(ctx) != meta {
+                let bit = if Some(ctx) == meta {
+                    1
+                } else if Some(ctx) == dirty_ctx {
+                    2
+                } else {
                     return Err(what(&format!(
                         "block status for unknown meta context {ctx}"
                     )));
+                };
+                if req.got_status & bit != 0 {
+                    return Err(what("second block status chunk for one context"));
                 }
                 let n = ((plen - head) / each) as usize;
                 if ext && be32(&p[4..]) as usize != n {
@@ -447,8 +463,12 @@ impl ReplyParser {
                     });
                     at += l;
                 }
-                req.got_status = true;
-                Chunk::BlockStatus { cookie, extents }
+                req.got_status |= bit;
+                Chunk::BlockStatus {
+                    cookie,
+                    extents,
+                    dirty_bitmap: bit == 2,
+                }
             }
             NBD_REPLY_TYPE_ERROR | NBD_REPLY_TYPE_ERROR_OFFSET => {
                 if plen < 6 {
@@ -525,10 +545,15 @@ impl ReplyParser {
                             req.offset, req.length, req.covered
                         )));
                     }
-                    if req.cmd == NBD_CMD_BLOCK_STATUS && !req.got_status {
+                    if req.cmd == NBD_CMD_BLOCK_STATUS && req.got_status != all_status {
                         return Err(ConnError(format!(
-                            "BLOCK_STATUS at offset {} ended (cookie {cookie:#x}) without extents",
-                            req.offset
+                            "BLOCK_STATUS at offset {} ended (cookie {cookie:#x}) without extents{}",
+                            req.offset,
+                            if req.got_status != 0 {
+                                " for every meta context"
+                            } else {
+                                ""
+                            }
                         )));
                     }
                     Ok(())
@@ -899,6 +924,66 @@ pub(crate) mod tests {
             &chunk(m, 1, NBD_REPLY_TYPE_BLOCK_STATUS, 1, &[0, 0, 0, 1, 0])
         )
         .contains("malformed"));
+    }
+
+    #[test]
+    fn block_status_per_context() {
+        let m = HeaderMode::Structured;
+        let mut n = test_negotiated(m);
+        n.dirty_context_id = Some(7);
+        let mut p = ReplyParser::new(&n);
+        status_req(&mut p, 1, 0, 8192);
+        let dirty = chunk(
+            m,
+            0,
+            NBD_REPLY_TYPE_BLOCK_STATUS,
+            1,
+            &status_payload(7, &[(4096, 1), (4096, 0)]),
+        );
+        match p.parse(&dirty).unwrap() {
+            Parse::Message {
+                chunk:
+                    Chunk::BlockStatus {
+                        extents,
+                        dirty_bitmap: true,
+                        ..
+                    },
+                done: None,
+                ..
+            } => assert_eq!(extents.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        // The same context twice is refused.
+        let mut q = ReplyParser::new(&n);
+        status_req(&mut q, 1, 0, 8192);
+        q.parse(&dirty).unwrap();
+        assert!(err_of(&mut q, &dirty).contains("second block status chunk"));
+        // DONE before base:allocation answered.
+        let mut q = ReplyParser::new(&n);
+        status_req(&mut q, 1, 0, 8192);
+        q.parse(&dirty).unwrap();
+        assert!(err_of(&mut q, &chunk(m, 1, NBD_REPLY_TYPE_NONE, 1, &[]))
+            .contains("for every meta context"));
+        // base:allocation completes the request.
+        let alloc = chunk(
+            m,
+            1,
+            NBD_REPLY_TYPE_BLOCK_STATUS,
+            1,
+            &status_payload(1, &[(8192, 0)]),
+        );
+        match p.parse(&alloc).unwrap() {
+            Parse::Message {
+                chunk:
+                    Chunk::BlockStatus {
+                        dirty_bitmap: false,
+                        ..
+                    },
+                done: Some(d),
+                ..
+            } => assert!(d.result.is_ok()),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub use redial::Retry;
 
 use super::align::Extent;
 use super::buf::Span;
+use super::dirty::DirtyExtent;
 use super::splice::WaitLimits;
 use crate::error::{Error, Result};
 use crate::proto::reply::{Chunk, Parse, ReplyParser};
@@ -57,6 +58,8 @@ pub enum ConnEvent {
     Release { block: u32 },
     /// BLOCK_STATUS answer: extents from the start of the asked range.
     Extents { extents: Vec<Extent> },
+    /// BLOCK_STATUS answer of the dirty bitmap's context, likewise.
+    DirtyExtents { extents: Vec<DirtyExtent> },
     /// The BLOCK_STATUS for [offset, offset+len) completed (or failed,
     /// when `ok` is false: the range is then treated as data).
     StatusDone { offset: u64, len: u64, ok: bool },
@@ -152,6 +155,12 @@ impl NbdConn {
     /// Whether BLOCK_STATUS (base:allocation) can be asked.
     pub fn can_block_status(&self) -> bool {
         self.info.can_block_status()
+    }
+
+    /// Whether BLOCK_STATUS answers base:allocation (an incremental copy
+    /// may have only the dirty bitmap's context).
+    pub fn can_allocation_status(&self) -> bool {
+        self.info.meta_context_id.is_some()
     }
 
     /// Payload bytes copied inside user space since the last call.
@@ -517,6 +526,22 @@ impl NbdConn {
                         slot,
                         offset,
                         len: len as u32,
+                    });
+                }
+                Chunk::BlockStatus {
+                    extents,
+                    dirty_bitmap: true,
+                    ..
+                } => {
+                    events.push(ConnEvent::DirtyExtents {
+                        extents: extents
+                            .iter()
+                            .map(|e| DirtyExtent {
+                                offset: e.offset,
+                                len: e.len,
+                                dirty: e.flags & 1 != 0,
+                            })
+                            .collect(),
                     });
                 }
                 Chunk::BlockStatus { extents, .. } => {

@@ -9,6 +9,7 @@
 
 use super::lane::{Lane, SrcIo};
 use crate::copy::align::{align_down, push_merged, Aligner, Extent};
+use crate::copy::dirty::{DirtyExtent, DirtyMerge};
 use crate::copy::WorkQueue;
 use crate::endpoint::file::walk_extents;
 use crate::error::Result;
@@ -77,12 +78,17 @@ impl Lane {
                 });
                 aligner.finish(out);
             }
-            SrcIo::Nbd(c) if self.params.extents && c.can_block_status() => {
+            SrcIo::Nbd(c) if (self.params.extents || self.params.dirty) && c.can_block_status() => {
                 c.queue_block_status(a, b - a)?;
+                let (align, alloc) = (self.params.align, c.can_allocation_status());
                 self.status = Some(PendingStatus {
                     start: a,
                     end: b,
                     aligner,
+                    dirty: self
+                        .params
+                        .dirty
+                        .then(|| DirtyMerge::new(a, b, align, alloc)),
                 });
             }
             _ => push_merged(
@@ -102,7 +108,8 @@ impl Lane {
         if self.status.is_none()
             && !self.exhausted
             && !self.extents.is_empty()
-            && matches!(&self.src, SrcIo::Nbd(c) if self.params.extents && c.can_block_status())
+            && matches!(&self.src, SrcIo::Nbd(c)
+                if (self.params.extents || self.params.dirty) && c.can_block_status())
         {
             self.claim_range(q)?;
         }
@@ -114,6 +121,11 @@ impl Lane {
         let Some(st) = self.status.as_mut() else {
             return;
         };
+        if let Some(d) = st.dirty.as_mut() {
+            d.add_alloc(extents);
+            self.clean += d.drain(&mut self.extents);
+            return;
+        }
         for e in extents {
             // Keep only what continues the covered part, inside the range
             // (a continued request may start before it: see status_done).
@@ -140,6 +152,9 @@ impl Lane {
         let Some(mut st) = self.status.take() else {
             return Ok(());
         };
+        if st.dirty.is_some() {
+            return self.dirty_status_done(st, ok);
+        }
         let covered = st.aligner.pos();
         if covered < st.end {
             if ok && covered > st.start {
@@ -166,6 +181,40 @@ impl Lane {
     }
 }
 
+impl Lane {
+    /// Dirty-bitmap extents for the pending range (incremental copies).
+    pub(super) fn add_dirty_extents(&mut self, extents: &[DirtyExtent]) {
+        if let Some(d) = self.status.as_mut().and_then(|st| st.dirty.as_mut()) {
+            d.add_dirty(extents);
+            self.clean += d.drain(&mut self.extents);
+        }
+    }
+
+    /// `status_done` of an incremental copy: ask again from where both
+    /// contexts' answers reach, or (on error, no progress) copy the rest.
+    fn dirty_status_done(&mut self, mut st: PendingStatus, ok: bool) -> Result<()> {
+        let Some(d) = st.dirty.as_mut() else {
+            return Ok(());
+        };
+        let covered = d.covered();
+        if covered < st.end && ok && covered > st.start {
+            if let SrcIo::Nbd(c) = &mut self.src {
+                let from = align_down(covered, self.params.align);
+                c.queue_block_status(from, st.end - from)?;
+                st.start = covered;
+                self.status = Some(st);
+                return Ok(());
+            }
+        }
+        self.clean += if covered < st.end {
+            d.rest_is_dirty(&mut self.extents)
+        } else {
+            d.finish(&mut self.extents)
+        };
+        Ok(())
+    }
+}
+
 /// A claimed range whose BLOCK_STATUS is outstanding.
 pub(super) struct PendingStatus {
     /// Where the outstanding request's answer must make progress from.
@@ -173,4 +222,6 @@ pub(super) struct PendingStatus {
     end: u64,
     /// Extents received so far end at `aligner.pos()`.
     aligner: Aligner,
+    /// Incremental copies: both contexts' answers, merged.
+    dirty: Option<DirtyMerge>,
 }

@@ -166,6 +166,7 @@ impl Worker<'_> {
         block: Option<u32>,
     ) -> Result<()> {
         let len = data.len() as u64;
+        let offset = offset.wrapping_add(lane.params.dst_shift);
         Self::check_dst_range(lane, offset, len)?;
         match &mut lane.dst {
             DstIo::Null => {
@@ -205,6 +206,7 @@ impl Worker<'_> {
         offset: u64,
         len: u64,
     ) -> Result<()> {
+        let offset = offset.wrapping_add(lane.params.dst_shift);
         Self::check_dst_range(lane, offset, len)?;
         if lane.params.dst_is_zero
             && !lane.params.allocated
@@ -351,6 +353,10 @@ impl Worker<'_> {
                 lane.add_status_extents(&extents);
                 Ok(())
             }
+            ConnEvent::DirtyExtents { extents } => {
+                lane.add_dirty_extents(&extents);
+                Ok(())
+            }
             ConnEvent::StatusDone { ok, .. } => lane.status_done(ok),
             ConnEvent::WriteDone { .. } | ConnEvent::Flushed | ConnEvent::Release { .. } => {
                 Err(Error::new(
@@ -387,6 +393,7 @@ impl Worker<'_> {
             | ConnEvent::Hole { .. }
             | ConnEvent::ReadDone { .. }
             | ConnEvent::Extents { .. }
+            | ConnEvent::DirtyExtents { .. }
             | ConnEvent::StatusDone { .. } => Err(Error::new(
                 libc::EIO,
                 "destination sent data it was not asked for",

@@ -200,6 +200,7 @@ impl Worker<'_> {
     /// Starts work on free slots: reads for data pieces, zeroing for
     /// zero pieces.
     fn fill(&mut self, lane_id: usize, lane: &mut Lane) -> Result<()> {
+        crate::copy::dirty::account_clean(self.shared, std::mem::take(&mut lane.clean));
         while let Some(&slot_id) = lane.free_slots.last() {
             if let SrcIo::Nbd(c) = &lane.src {
                 if !c.can_issue() {

@@ -94,6 +94,11 @@ pub struct LaneParams {
     pub hash: Option<std::sync::Arc<crate::blkhash::BlockHasher>>,
     /// The "rate" option's limiter, shared by all lanes (None: no limit).
     pub rate: Option<std::sync::Arc<crate::copy::rate::Limiter>>,
+    /// Added (wrapping) to a source offset gives the destination offset
+    /// (`ranges::Window::shift`; 0 but for --destination-offset).
+    pub dst_shift: u64,
+    /// Copy only what the source's dirty bitmap marks dirty.
+    pub dirty: bool,
 }
 
 pub(super) struct Slot {
@@ -145,6 +150,8 @@ pub struct Lane {
     pub(super) runs: Vec<Run>,
     /// The splice data path, when this lane uses it.
     pub(super) splice: Option<LaneSplice>,
+    /// Clean bytes (dirty bitmap) not yet reported.
+    pub(super) clean: u64,
 }
 
 impl Lane {
@@ -190,6 +197,7 @@ impl Lane {
             slow_file_ops: 0,
             runs: Vec::new(),
             splice: None,
+            clean: 0,
             params: p,
         }
     }
