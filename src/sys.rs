@@ -99,6 +99,12 @@ pub fn fcntl_int(fd: RawFd, cmd: libc::c_int, arg: libc::c_int) -> io::Result<li
     check(unsafe { libc::fcntl(fd, cmd, arg) })
 }
 
+/// The effective user id.
+pub fn geteuid() -> u32 {
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
 /// A duplicate of `fd` (numbered 3 or higher), close-on-exec.
 pub fn dup_cloexec(fd: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: F_DUPFD_CLOEXEC takes an integer, no memory.

@@ -17,6 +17,7 @@ use crate::proto::reply::{Chunk, Parse, ReplyParser};
 use crate::proto::request::{self, Request};
 use crate::proto::uri::{self, Transport};
 use crate::proto::{consts, Negotiated, COMPACT_MAX_EFFECT};
+use crate::sys;
 use crate::tls::{TlsClient, TlsSession};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -564,18 +565,9 @@ impl NbdEndpoint {
                 } else if !self.no_disc[i] {
                     // At a message boundary and not a lane's: say goodbye
                     // (best effort, never blocking).
-                    // SAFETY: disc is valid for n bytes during the call.
-                    unsafe {
-                        libc::send(
-                            fd.as_raw_fd(),
-                            disc.as_ptr() as *const libc::c_void,
-                            n,
-                            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-                        )
-                    };
+                    let _ = sys::send(fd.as_raw_fd(), &disc[..n], libc::MSG_DONTWAIT);
                 }
-                // SAFETY: shutdown takes no memory arguments; fd is open.
-                unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
+                let _ = sys::shutdown(fd.as_raw_fd());
                 drop(fd);
             }
         }
@@ -647,18 +639,11 @@ fn wait_readable(fd: RawFd, timeout: Duration, cancelled: &dyn Fn() -> bool) -> 
                 ),
             ));
         }
-        let mut p = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: p is one valid pollfd for the duration of the call.
-        let r = unsafe { libc::poll(&mut p, 1, left.as_millis().min(50) as libc::c_int) };
-        if r > 0 {
-            return Ok(());
-        }
-        if r < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-            return Err(Error::os("poll", std::io::Error::last_os_error()));
+        match sys::poll_one(fd, libc::POLLIN, left.as_millis().min(50) as i32) {
+            Ok(0) => {}
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::os("poll", e)),
         }
     }
 }
@@ -725,16 +710,7 @@ fn set_timeouts(fd: RawFd, t: Option<Duration>) {
         },
     };
     for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
-        // SAFETY: tv is a valid timeval for the duration of the call.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                &tv as *const libc::timeval as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
+        let _ = sys::setsockopt(fd, libc::SOL_SOCKET, opt, &tv);
     }
 }
 
@@ -742,29 +718,11 @@ fn set_timeouts(fd: RawFd, t: Option<Duration>) {
 fn tune_socket(fd: RawFd, t: &Transport) {
     let size: libc::c_int = 4 << 20;
     for opt in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
-        // SAFETY: size is a valid c_int for the duration of the call.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                &size as *const libc::c_int as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
+        let _ = sys::setsockopt(fd, libc::SOL_SOCKET, opt, &size);
     }
     if matches!(t, Transport::Tcp { .. }) {
         let one: libc::c_int = 1;
-        // SAFETY: as above.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::IPPROTO_TCP,
-                libc::TCP_NODELAY,
-                &one as *const libc::c_int as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
+        let _ = sys::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, &one);
     }
 }
 

@@ -98,8 +98,7 @@ impl TlsClient {
             Auth::Psk { username }
         } else {
             let verify = p.verify_peer.unwrap_or(true);
-            // SAFETY: geteuid takes no arguments and cannot fail.
-            let root = unsafe { libc::geteuid() } == 0;
+            let root = crate::sys::geteuid() == 0;
             let home = home_dir();
             let dir = creds::cert_dir(p.certificates.as_deref(), root, home.as_deref())?;
             let files = creds::cert_files(dir.as_deref());

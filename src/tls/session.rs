@@ -222,15 +222,8 @@ impl TlsSession {
         let _ = self.s.shutdown();
         let w = self.s.get_mut();
         let tx = std::mem::take(&mut w.tx);
-        // SAFETY: tx is valid for its length during the call.
-        unsafe {
-            libc::send(
-                w.fd,
-                tx.as_ptr() as *const libc::c_void,
-                tx.len(),
-                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-            )
-        };
+        // Best effort, never blocking.
+        let _ = crate::sys::send(w.fd, &tx, libc::MSG_DONTWAIT);
     }
 }
 
