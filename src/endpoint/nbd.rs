@@ -138,25 +138,17 @@ impl NbdEndpoint {
             (Side::Source, Some(b)) => Some(format!("qemu:dirty-bitmap:{b}")),
             _ => None,
         };
-        let (sock, info, sess) = match given {
-            Some(fd) => negotiate(
-                fd,
-                &transport,
-                &export,
-                want_meta,
-                dirty.as_deref(),
-                tls.as_deref(),
-                lim,
-            )?,
-            None => connect_one(
-                &transport,
-                &export,
-                want_meta,
-                dirty.as_deref(),
-                tls.as_deref(),
-                lim,
-            )?,
+        let fd = match given {
+            Some(fd) => fd,
+            None => connect::connect(&transport, lim)?,
         };
+        let ask = Ask {
+            export: &export,
+            want_meta,
+            dirty: dirty.as_deref(),
+            tls: tls.as_deref(),
+        };
+        let (sock, info, sess) = negotiate(fd, &transport, ask, lim)?;
         if let (Some(ctx), None) = (&dirty, info.dirty_context_id) {
             return Err(Error::new(
                 libc::ENOTSUP,
@@ -213,6 +205,16 @@ impl NbdEndpoint {
         self.tls.as_ref().map(|t| &*t.client)
     }
 
+    /// What each further connection negotiates.
+    fn ask(&self) -> Ask<'_> {
+        Ask {
+            export: &self.export,
+            want_meta: self.want_meta,
+            dirty: self.dirty.as_deref(),
+            tls: self.tls_client(),
+        }
+    }
+
     /// The TLS session of lane `i`'s socket (nbds://), for the lane's
     /// connection to take over after [`lane_socket`](Self::lane_socket).
     pub fn take_session(&mut self, i: usize) -> Option<TlsSession> {
@@ -250,14 +252,8 @@ impl NbdEndpoint {
     /// socket; the lane says goodbye (DISC) on it, not `disconnect`.
     pub fn lane_socket(&mut self, i: usize) -> Result<(RawFd, String)> {
         while self.socks.len() <= i {
-            let (sock, info, sess) = connect_one(
-                &self.transport,
-                &self.export,
-                self.want_meta,
-                self.dirty.as_deref(),
-                self.tls_client(),
-                &self.limits.renew(),
-            )?;
+            let (sock, info, sess) =
+                connect_one(&self.transport, self.ask(), &self.limits.renew())?;
             self.adopt(sock, info, sess)?;
         }
         self.no_disc[i] = true;
@@ -498,13 +494,11 @@ impl NbdEndpoint {
         if need == 0 {
             return Ok(());
         }
-        let (t, e, m) = (&self.transport, self.export.as_str(), self.want_meta);
-        let tls = self.tls_client();
+        let (t, ask) = (&self.transport, self.ask());
         let lim = &self.limits.renew();
-        let d = self.dirty.as_deref();
         let got: Vec<Result<Connected>> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..need)
-                .map(|_| s.spawn(move || connect_one(t, e, m, d, tls, lim)))
+                .map(|_| s.spawn(move || connect_one(t, ask, lim)))
                 .collect();
             hs.into_iter()
                 .map(|h| {
@@ -598,14 +592,13 @@ impl Redial {
     /// blocking, bounded by the configured timeout and cancellable like
     /// the first connect.
     pub fn dial(&self) -> Result<(OwnedFd, Negotiated, Option<TlsSession>)> {
-        connect_one(
-            &self.transport,
-            &self.export,
-            self.want_meta,
-            self.dirty.as_deref(),
-            self.tls.as_deref(),
-            &self.limits.renew(),
-        )
+        let ask = Ask {
+            export: &self.export,
+            want_meta: self.want_meta,
+            dirty: self.dirty.as_deref(),
+            tls: self.tls.as_deref(),
+        };
+        connect_one(&self.transport, ask, &self.limits.renew())
     }
 }
 fn t_goodbye(mut t: TlsSession, last: &[u8]) {
@@ -662,37 +655,40 @@ fn timeout_err(what: &str, e: std::io::Error, timeout: Duration) -> Error {
     }
 }
 
-/// Connects one socket and runs the handshake on it (with TLS first when
-/// `tls` is given), within `lim`.
-fn connect_one(
-    t: &Transport,
-    export: &str,
+/// What every connection to an endpoint negotiates.
+#[derive(Clone, Copy)]
+struct Ask<'a> {
+    export: &'a str,
+    /// base:allocation (sources that use extents).
     want_meta: bool,
-    dirty: Option<&str>,
-    tls: Option<&TlsClient>,
-    lim: &Limits,
-) -> Result<Connected> {
+    /// The dirty bitmap's meta context (incremental copies).
+    dirty: Option<&'a str>,
+    /// nbds://: TLS first.
+    tls: Option<&'a TlsClient>,
+}
+
+/// Connects one socket and runs the handshake on it, within `lim`.
+fn connect_one(t: &Transport, ask: Ask<'_>, lim: &Limits) -> Result<Connected> {
     let fd = connect::connect(t, lim)?;
-    negotiate(fd, t, export, want_meta, dirty, tls, lim)
+    negotiate(fd, t, ask, lim)
 }
 
 /// Runs the handshake on a connected socket, within `lim`: plaintext
 /// waits are polled (cancellable); OpenSSL's own reads and writes are
 /// bounded by socket timeouts set to what is left.
-fn negotiate(
-    fd: OwnedFd,
-    t: &Transport,
-    export: &str,
-    want_meta: bool,
-    dirty: Option<&str>,
-    tls: Option<&TlsClient>,
-    lim: &Limits,
-) -> Result<Connected> {
+fn negotiate(fd: OwnedFd, t: &Transport, ask: Ask<'_>, lim: &Limits) -> Result<Connected> {
     set_timeouts(
         fd.as_raw_fd(),
         lim.left().map(|l| l.max(Duration::from_millis(1))),
     );
-    let (info, sess) = handshake(fd.as_raw_fd(), export, want_meta, dirty, tls, lim)?;
+    let (info, sess) = handshake(
+        fd.as_raw_fd(),
+        ask.export,
+        ask.want_meta,
+        ask.dirty,
+        ask.tls,
+        lim,
+    )?;
     set_timeouts(fd.as_raw_fd(), None);
     tune_socket(fd.as_raw_fd(), t);
     Ok((fd, info, sess))

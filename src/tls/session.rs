@@ -335,19 +335,8 @@ mod tests {
             std::process::id(),
             std::thread::current().id()
         ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let psk = dir.join("k.psk");
         let hex: String = KEY.iter().map(|b| format!("{b:02x}")).collect();
-        std::fs::write(&psk, format!("bob:00\nalice:{hex}\n")).unwrap();
-        let c = crate::tls::TlsClient::new(
-            &TlsParams {
-                psk_file: Some(psk.to_string_lossy().into()),
-                username: Some("alice".into()),
-                ..Default::default()
-            },
-            None,
-        )
-        .unwrap();
+        let c = alice_client(&dir, &format!("bob:00\nalice:{hex}\n"));
         let mut t = c.connect(a.as_raw_fd()).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(t.describe().contains(match version {
@@ -368,6 +357,21 @@ mod tests {
         n
     }
 
+    /// A PSK client as "alice", with `keys` written to a file in `dir`.
+    fn alice_client(dir: &std::path::Path, keys: &str) -> std::sync::Arc<crate::tls::TlsClient> {
+        std::fs::create_dir_all(dir).unwrap();
+        let psk = dir.join("k.psk");
+        std::fs::write(&psk, keys).unwrap();
+        crate::tls::TlsClient::new(
+            &TlsParams {
+                psk_file: Some(psk.to_string_lossy().into()),
+                username: Some("alice".into()),
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap()
+    }
     #[test]
     fn memory_mode_both_ways_in_small_pieces() {
         for version in [SslVersion::TLS1_3, SslVersion::TLS1_2] {
@@ -430,18 +434,7 @@ mod tests {
             assert!(acc.build().accept(b).is_err());
         });
         let dir = std::env::temp_dir().join(format!("nbdcpy-alert-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let psk = dir.join("k.psk");
-        std::fs::write(&psk, "alice:0011223344556677\n").unwrap();
-        let c = crate::tls::TlsClient::new(
-            &TlsParams {
-                psk_file: Some(psk.to_string_lossy().into()),
-                username: Some("alice".into()),
-                ..Default::default()
-            },
-            None,
-        )
-        .unwrap();
+        let c = alice_client(&dir, "alice:0011223344556677\n");
         let e = c.connect(a.as_raw_fd()).err().expect("handshake must fail");
         std::fs::remove_dir_all(&dir).unwrap();
         h.join().unwrap();

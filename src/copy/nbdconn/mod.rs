@@ -533,15 +533,13 @@ impl NbdConn {
                     dirty_bitmap: true,
                     ..
                 } => {
+                    let extents = extents.iter().map(|e| DirtyExtent {
+                        offset: e.offset,
+                        len: e.len,
+                        dirty: e.flags & 1 != 0,
+                    });
                     events.push(ConnEvent::DirtyExtents {
-                        extents: extents
-                            .iter()
-                            .map(|e| DirtyExtent {
-                                offset: e.offset,
-                                len: e.len,
-                                dirty: e.flags & 1 != 0,
-                            })
-                            .collect(),
+                        extents: extents.collect(),
                     });
                 }
                 Chunk::BlockStatus { extents, .. } => {

@@ -158,12 +158,9 @@ impl Lane {
         let covered = st.aligner.pos();
         if covered < st.end {
             if ok && covered > st.start {
-                if let SrcIo::Nbd(c) = &mut self.src {
-                    let from = align_down(covered, self.params.align);
-                    c.queue_block_status(from, st.end - from)?;
-                    st.start = covered;
-                    self.status = Some(st);
-                    return Ok(());
+                match self.ask_again(st, covered)? {
+                    None => return Ok(()),
+                    Some(back) => st = back,
                 }
             }
             // An error, or no progress at all: read the rest.
@@ -193,25 +190,40 @@ impl Lane {
     /// `status_done` of an incremental copy: ask again from where both
     /// contexts' answers reach, or (on error, no progress) copy the rest.
     fn dirty_status_done(&mut self, mut st: PendingStatus, ok: bool) -> Result<()> {
+        let Some(covered) = st.dirty.as_ref().map(|d| d.covered()) else {
+            return Ok(());
+        };
+        if covered < st.end && ok && covered > st.start {
+            match self.ask_again(st, covered)? {
+                None => return Ok(()),
+                Some(back) => st = back,
+            }
+        }
         let Some(d) = st.dirty.as_mut() else {
             return Ok(());
         };
-        let covered = d.covered();
-        if covered < st.end && ok && covered > st.start {
-            if let SrcIo::Nbd(c) = &mut self.src {
-                let from = align_down(covered, self.params.align);
-                c.queue_block_status(from, st.end - from)?;
-                st.start = covered;
-                self.status = Some(st);
-                return Ok(());
-            }
-        }
         self.clean += if covered < st.end {
             d.rest_is_dirty(&mut self.extents)
         } else {
             d.finish(&mut self.extents)
         };
         Ok(())
+    }
+}
+
+impl Lane {
+    /// Asks again for [covered, end) of the pending range `st` (from an
+    /// aligned offset), after an answer that made progress; gives `st`
+    /// back when the source cannot be asked.
+    fn ask_again(&mut self, mut st: PendingStatus, covered: u64) -> Result<Option<PendingStatus>> {
+        let SrcIo::Nbd(c) = &mut self.src else {
+            return Ok(Some(st));
+        };
+        let from = align_down(covered, self.params.align);
+        c.queue_block_status(from, st.end - from)?;
+        st.start = covered;
+        self.status = Some(st);
+        Ok(None)
     }
 }
 
