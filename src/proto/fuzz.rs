@@ -12,7 +12,7 @@ use super::consts::*;
 use super::handshake::{Handshake, HandshakeOptions};
 use super::reply::{Chunk, Parse, ReplyParser};
 use super::request::Request;
-use super::{BlockSize, HeaderMode, Negotiated};
+use super::HeaderMode;
 
 /// The reply parser over `data` (its first byte picks the header mode),
 /// with a READ and a BLOCK_STATUS in flight.
@@ -25,16 +25,8 @@ pub fn fuzz_reply(data: &[u8]) {
         1 => HeaderMode::Structured,
         _ => HeaderMode::Extended,
     };
-    let n = Negotiated {
-        size: 1 << 40,
-        tflags: NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_SEND_FLUSH,
-        block_size: BlockSize::default(),
-        block_size_from_server: false,
-        mode,
-        meta_context_id: Some(1),
-        dirty_context_id: None,
-        no_zeroes: true,
-    };
+    let tflags = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_SEND_FLUSH;
+    let n = super::sample_negotiated(mode, tflags, 1 << 40);
     let mut p = ReplyParser::new(&n);
     let reqs = [
         (1u64, NBD_CMD_READ, 4096u64, 512u64),

@@ -245,15 +245,12 @@ pub(crate) fn be64(b: &[u8]) -> u64 {
     u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
 }
 
-#[cfg(test)]
-pub(crate) fn test_negotiated(mode: HeaderMode) -> Negotiated {
+/// A plausible negotiation for tests and fuzzing: `size` bytes, `tflags`,
+/// default block sizes, base:allocation as context 1.
+pub(crate) fn sample_negotiated(mode: HeaderMode, tflags: u16, size: u64) -> Negotiated {
     Negotiated {
-        size: 1 << 30,
-        tflags: NBD_FLAG_HAS_FLAGS
-            | NBD_FLAG_SEND_FLUSH
-            | NBD_FLAG_SEND_WRITE_ZEROES
-            | NBD_FLAG_SEND_TRIM
-            | NBD_FLAG_CAN_MULTI_CONN,
+        size,
+        tflags,
         block_size: BlockSize::default(),
         block_size_from_server: false,
         mode,
@@ -261,6 +258,16 @@ pub(crate) fn test_negotiated(mode: HeaderMode) -> Negotiated {
         dirty_context_id: None,
         no_zeroes: true,
     }
+}
+
+#[cfg(test)]
+pub(crate) fn test_negotiated(mode: HeaderMode) -> Negotiated {
+    let tflags = NBD_FLAG_HAS_FLAGS
+        | NBD_FLAG_SEND_FLUSH
+        | NBD_FLAG_SEND_WRITE_ZEROES
+        | NBD_FLAG_SEND_TRIM
+        | NBD_FLAG_CAN_MULTI_CONN;
+    sample_negotiated(mode, tflags, 1 << 30)
 }
 
 #[cfg(test)]
