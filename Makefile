@@ -69,7 +69,9 @@ $(STAMP): $(RUST_SRCS)
 	else echo "warning: build.rs generated no header"; rm -f $(B)/nbdcpy.h.gen; fi
 	@touch $@
 
-$(REL)/libnbdcpy.a: $(STAMP)
+# An empty recipe: make looks at the file again after cargo ran (without
+# one it keeps the old time and would not relink the shared library).
+$(REL)/libnbdcpy.a: $(STAMP) ;
 
 $(B)/libnbdcpy.a: $(REL)/libnbdcpy.a $(B)/profile
 	cp -f $< $@

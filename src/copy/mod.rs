@@ -231,7 +231,7 @@ impl Job {
                  with --offset, --length, --destination-offset or --dirty-bitmap",
             ));
         }
-        let shared = Arc::new(Shared::new());
+        // The handle's counters (the C API reads them from any thread).
         shared
             .size
             .store(src.size().map_or(0, |_| window.len()), Relaxed);
