@@ -395,7 +395,8 @@ impl NbdConn {
                     Err(e) => {
                         self.send.busy = false;
                         self.broken = true;
-                        return Err(e.context(&self.name));
+                        let res = -e.errno;
+                        return self.lost_or(e.context(&self.name), res);
                     }
                 },
             };
@@ -413,9 +414,11 @@ impl NbdConn {
                 Ok(Some(n)) => n,
                 Ok(None) => return Ok(()), // more ciphertext is being received
                 Err(e) => {
+                    // A TLS cut (ECONNRESET) is a lost connection too.
                     self.broken = true;
-                    let n = self.book.in_flight();
-                    return Err(e.context(format!("{} ({n} request(s) in flight)", self.name)));
+                    let (n, res) = (self.book.in_flight(), -e.errno);
+                    let e = e.context(format!("{} ({n} request(s) in flight)", self.name));
+                    return self.lost_or(e, res);
                 }
             },
         };
