@@ -400,12 +400,15 @@ impl NbdConn {
                     }
                 },
             };
-            return match self.send.sent(n) {
-                None => self.send.post(ring, self.fd, base | SEND, None),
-                Some(blocks) => {
-                    events.extend(blocks.into_iter().map(|block| ConnEvent::Release { block }));
-                    self.kick(ring, base)
-                }
+            // No allocation per completion: released blocks go straight
+            // into the lane's events.
+            let done = self
+                .send
+                .sent(n, &mut |block| events.push(ConnEvent::Release { block }));
+            return if done {
+                self.kick(ring, base)
+            } else {
+                self.send.post(ring, self.fd, base | SEND, None)
             };
         }
         let res = match self.tls.as_mut() {

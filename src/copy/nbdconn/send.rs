@@ -202,16 +202,19 @@ impl SendQueue {
         self.batch_len - self.batch_sent
     }
 
-    /// `n` more bytes of the batch were sent.  When the whole batch is
-    /// out, returns the receive blocks its items referred to; None while
-    /// some of it is left (post again).
-    pub fn sent(&mut self, n: usize) -> Option<Vec<u32>> {
+    /// `n` more bytes of the batch were sent.  True when the whole batch
+    /// is out: `released` was then given the receive blocks its items
+    /// referred to.  False while some of it is left (post again).
+    pub fn sent(&mut self, n: usize, released: &mut impl FnMut(u32)) -> bool {
         self.busy = false;
         self.batch_sent += n;
         if self.batch_sent < self.batch_len {
-            return None;
+            return false;
         }
-        Some(self.batch.drain(..).filter_map(|i| i.block()).collect())
+        for block in self.batch.drain(..).filter_map(|i| i.block()) {
+            released(block);
+        }
+        true
     }
 }
 
@@ -258,7 +261,9 @@ mod tests {
             .push(SendItem::new(b"B", Some(Span::of_buf(&buf, 0, 4)), Some(3)));
         assert!(q.start_batch());
         q.busy = true;
-        assert!(q.sent(2).is_none(), "1 + 1 + 4 bytes");
-        assert_eq!(q.sent(4), Some(vec![3]));
+        let mut got = Vec::new();
+        assert!(!q.sent(2, &mut |b| got.push(b)), "1 + 1 + 4 bytes");
+        assert!(q.sent(4, &mut |b| got.push(b)));
+        assert_eq!(got, vec![3]);
     }
 }
