@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 // Copyright (C) 2026 The nbdcpy authors
 
-//! The message digests a block hash can use, by their OpenSSL names, on
-//! RustCrypto's implementations (SHA-NI and AVX2 detected at run time).
+//! The message digests a block hash can use, by their OpenSSL names, on OpenSSL's implementations.
 
-use sha2::Digest as _;
+use openssl::hash::{Hasher, MessageDigest};
+use openssl::sha;
 
 /// Longest digest (SHA-512), in bytes.
 pub const MAX_LEN: usize = 64;
@@ -106,13 +106,19 @@ impl Digest {
 
     /// The digest of `data`.
     pub fn hash(self, data: &[u8]) -> Hash {
+        let mut c = self.ctx();
+        c.update(data);
+        c.finish()
+    }
+
+    /// Whether this system's OpenSSL offers the digest (MD5 is missing
+    /// in FIPS mode); the error says why not.
+    pub fn check(self) -> Result<(), String> {
         match self {
-            Digest::Md5 => Hash::from_slice(&md5::Md5::digest(data)),
-            Digest::Sha1 => Hash::from_slice(&sha1::Sha1::digest(data)),
-            Digest::Sha224 => Hash::from_slice(&sha2::Sha224::digest(data)),
-            Digest::Sha256 => Hash::from_slice(&sha2::Sha256::digest(data)),
-            Digest::Sha384 => Hash::from_slice(&sha2::Sha384::digest(data)),
-            Digest::Sha512 => Hash::from_slice(&sha2::Sha512::digest(data)),
+            Digest::Md5 => Hasher::new(MessageDigest::md5())
+                .map(drop)
+                .map_err(|e| format!("md5 is not available from OpenSSL here: {e}")),
+            _ => Ok(()),
         }
     }
 
@@ -132,12 +138,16 @@ impl Digest {
     /// A context to hash data given in pieces.
     pub fn ctx(self) -> Ctx {
         match self {
-            Digest::Md5 => Ctx::Md5(md5::Md5::new()),
-            Digest::Sha1 => Ctx::Sha1(sha1::Sha1::new()),
-            Digest::Sha224 => Ctx::Sha224(sha2::Sha224::new()),
-            Digest::Sha256 => Ctx::Sha256(sha2::Sha256::new()),
-            Digest::Sha384 => Ctx::Sha384(sha2::Sha384::new()),
-            Digest::Sha512 => Ctx::Sha512(sha2::Sha512::new()),
+            // Only an allocation failure can stop this once `check` passed;
+            // Rust aborts on those anyway.
+            Digest::Md5 => Ctx::Md5(
+                Hasher::new(MessageDigest::md5()).expect("MD5 context (checked with the spec)"),
+            ),
+            Digest::Sha1 => Ctx::Sha1(sha::Sha1::new()),
+            Digest::Sha224 => Ctx::Sha224(sha::Sha224::new()),
+            Digest::Sha256 => Ctx::Sha256(sha::Sha256::new()),
+            Digest::Sha384 => Ctx::Sha384(sha::Sha384::new()),
+            Digest::Sha512 => Ctx::Sha512(sha::Sha512::new()),
         }
     }
 }
@@ -145,18 +155,19 @@ impl Digest {
 /// A digest being computed over data given in pieces.
 #[derive(Clone)]
 pub enum Ctx {
-    Md5(md5::Md5),
-    Sha1(sha1::Sha1),
-    Sha224(sha2::Sha224),
-    Sha256(sha2::Sha256),
-    Sha384(sha2::Sha384),
-    Sha512(sha2::Sha512),
+    Md5(Hasher),
+    Sha1(sha::Sha1),
+    Sha224(sha::Sha224),
+    Sha256(sha::Sha256),
+    Sha384(sha::Sha384),
+    Sha512(sha::Sha512),
 }
 
 impl Ctx {
     pub fn update(&mut self, data: &[u8]) {
         match self {
-            Ctx::Md5(c) => c.update(data),
+            // EVP_DigestUpdate cannot fail on an initialised MD5 context.
+            Ctx::Md5(c) => c.update(data).expect("MD5 update"),
             Ctx::Sha1(c) => c.update(data),
             Ctx::Sha224(c) => c.update(data),
             Ctx::Sha256(c) => c.update(data),
@@ -167,12 +178,12 @@ impl Ctx {
 
     pub fn finish(self) -> Hash {
         match self {
-            Ctx::Md5(c) => Hash::from_slice(&c.finalize()),
-            Ctx::Sha1(c) => Hash::from_slice(&c.finalize()),
-            Ctx::Sha224(c) => Hash::from_slice(&c.finalize()),
-            Ctx::Sha256(c) => Hash::from_slice(&c.finalize()),
-            Ctx::Sha384(c) => Hash::from_slice(&c.finalize()),
-            Ctx::Sha512(c) => Hash::from_slice(&c.finalize()),
+            Ctx::Md5(mut c) => Hash::from_slice(&c.finish().expect("MD5 final")),
+            Ctx::Sha1(c) => Hash::from_slice(&c.finish()),
+            Ctx::Sha224(c) => Hash::from_slice(&c.finish()),
+            Ctx::Sha256(c) => Hash::from_slice(&c.finish()),
+            Ctx::Sha384(c) => Hash::from_slice(&c.finish()),
+            Ctx::Sha512(c) => Hash::from_slice(&c.finish()),
         }
     }
 }

@@ -65,6 +65,7 @@ impl Spec {
                 digest::ALL.map(Digest::name).join(", ")
             )
         })?;
+        digest.check()?;
         let block_size = match size {
             None => DEFAULT_BLOCK_SIZE,
             Some(z) => {
