@@ -62,7 +62,7 @@ def med(rs, k): return statistics.median(float(r[k]) for r in rs)
 print()
 print("| workload | copier | runs | wall s | GiB/s | CPU s/GiB | RSS MiB |")
 print("|---|---|---|---|---|---|---|")
-wls = sorted({k[0] for k in data})
+wls = sorted({k[0] for k in data}, key=lambda w: int(w[1:]))
 for wl in wls:
     for c in ("nbdcpy", "nbdcopy", "qemu-img"):
         rs = data.get((wl, c))

@@ -37,12 +37,12 @@
 
 // The version of this header (nbdcpy_version() gives the library's).
 #define NBDCPY_VERSION_MAJOR 0
-#define NBDCPY_VERSION_MINOR 1
+#define NBDCPY_VERSION_MINOR 2
 #define NBDCPY_VERSION_PATCH 0
-#define NBDCPY_VERSION_STRING "0.1.0"
+#define NBDCPY_VERSION_STRING "0.2.0"
 // MAJOR * 1000000 + MINOR * 1000 + PATCH, for #if comparisons with
 // NBDCPY_VERSION_CHECK(major, minor, patch).
-#define NBDCPY_VERSION_NUMBER 1000
+#define NBDCPY_VERSION_NUMBER 2000
 #define NBDCPY_VERSION_CHECK(major, minor, patch) \
   ((major) * 1000000 + (minor) * 1000 + (patch))
 
@@ -159,7 +159,7 @@ typedef void (*nbdcpy_log_cb)(void *user_data, int level, const char *message);
 extern "C" {
 #endif // __cplusplus
 
-// The library version, e.g. "0.1.0".  Never NULL; static storage.
+// The library version, e.g. "0.2.0".  Never NULL; static storage.
 const char *nbdcpy_version(void);
 
 // 1 if `feature` is available, 0 if not (also for names this version

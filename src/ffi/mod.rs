@@ -266,7 +266,7 @@ unsafe fn str_arg<'a>(p: *const c_char, what: &str) -> Result<&'a str, Error> {
         .map_err(|_| Error::invalid(format!("{what} is not valid UTF-8")))
 }
 
-/// The library version, e.g. "0.1.0".  Never NULL; static storage.
+/// The library version, e.g. "0.2.0".  Never NULL; static storage.
 #[no_mangle]
 pub extern "C" fn nbdcpy_version() -> *const c_char {
     static V: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");
