@@ -49,6 +49,27 @@ pub fn send(fd: RawFd, buf: &[u8], flags: libc::c_int) -> io::Result<usize> {
     })
 }
 
+/// A socket borrowed by its fd number, for `std::io::Read`/`Write` (never
+/// closed here; writes never raise SIGPIPE).
+#[derive(Clone, Copy, Debug)]
+pub struct FdStream(pub RawFd);
+
+impl io::Read for FdStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        recv(self.0, buf, 0)
+    }
+}
+
+impl io::Write for FdStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        send(self.0, buf, 0)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// shutdown(2) of both directions of socket `fd`: its pending receives
 /// and sends complete, and the peer sees the connection end.
 pub fn shutdown(fd: RawFd) -> io::Result<()> {
@@ -86,11 +107,50 @@ pub fn poll_one(fd: RawFd, events: i16, timeout_ms: i32) -> io::Result<i16> {
 
 /// A pipe with both ends non-blocking and close-on-exec.
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    pipe_with(libc::O_CLOEXEC | libc::O_NONBLOCK)
+}
+
+/// pipe2(2) with `flags`: (read end, write end).
+pub fn pipe_with(flags: libc::c_int) -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as RawFd; 2];
     // SAFETY: fds has room for the two descriptors pipe2 writes.
-    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) })?;
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), flags) })?;
     // SAFETY: pipe2 succeeded: two fresh descriptors nobody else owns.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// kill(2).
+pub fn kill(pid: libc::pid_t, sig: libc::c_int) -> io::Result<()> {
+    // SAFETY: no memory arguments.
+    check(unsafe { libc::kill(pid, sig) })?;
+    Ok(())
+}
+
+/// waitpid(2) of child `pid`: its wait status once it has exited (None
+/// with WNOHANG while it runs).
+pub fn waitpid(pid: libc::pid_t, flags: libc::c_int) -> io::Result<Option<libc::c_int>> {
+    let mut st = 0;
+    // SAFETY: st is valid for writes for the call.
+    let r = check(unsafe { libc::waitpid(pid, &mut st, flags) })?;
+    Ok((r == pid).then_some(st))
+}
+
+/// mkdtemp(3): creates a private directory from `template` (ending in
+/// XXXXXX) and returns its path.
+pub fn mkdtemp(template: &std::path::Path) -> io::Result<std::path::PathBuf> {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let mut t = template.as_os_str().as_bytes().to_vec();
+    if t.contains(&0) {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    t.push(0);
+    // SAFETY: t is a writable NUL-terminated buffer that mkdtemp edits in
+    // place, alive for the call.
+    if unsafe { libc::mkdtemp(t.as_mut_ptr().cast()) }.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    t.pop();
+    Ok(std::ffi::OsString::from_vec(t).into())
 }
 
 /// fcntl(2) with an integer argument (F_SETPIPE_SZ, F_GETFL, F_SETFL...).
@@ -258,6 +318,163 @@ pub fn setsockopt<T: Copy>(
         )
     })?;
     Ok(())
+}
+
+/// The login name and home directory of user `uid` (getpwuid_r(3)).
+pub fn passwd_of(uid: u32) -> Option<(String, String)> {
+    let mut buf = vec![0 as libc::c_char; 16 << 10];
+    let mut pw: libc::passwd = zeroed();
+    let mut out: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: all pointers are valid for the call; buf outlives the
+    // strings read from pw below.
+    let r = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) };
+    if r != 0 || out.is_null() {
+        return None;
+    }
+    let s = |p: *const libc::c_char| {
+        // SAFETY: on success pw_name and pw_dir point to NUL-terminated
+        // strings inside buf, alive here.
+        unsafe { std::ffi::CStr::from_ptr(p) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    Some((s(pw.pw_name), s(pw.pw_dir)))
+}
+
+/// A socket address for connect(2), built from safe values.
+pub enum SockAddr {
+    Unix(libc::sockaddr_un, usize),
+    V4(libc::sockaddr_in),
+    V6(libc::sockaddr_in6),
+    Vsock(libc::sockaddr_vm),
+}
+
+/// An all-zero libc structure.
+fn zeroed<T: Copy>() -> T {
+    // SAFETY: only used for libc's plain-data structures (sockaddr types,
+    // passwd), for which all-zero bytes are a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
+impl SockAddr {
+    /// A unix socket path (None if too long or containing NUL).
+    pub fn unix(path: &[u8]) -> Option<SockAddr> {
+        let mut sa: libc::sockaddr_un = zeroed();
+        sa.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        if path.len() >= sa.sun_path.len() || path.contains(&0) {
+            return None;
+        }
+        for (d, s) in sa.sun_path.iter_mut().zip(path) {
+            *d = *s as libc::c_char;
+        }
+        let len = std::mem::size_of::<libc::sa_family_t>() + path.len() + 1;
+        Some(SockAddr::Unix(sa, len))
+    }
+
+    /// A TCP address.
+    pub fn inet(a: &std::net::SocketAddr) -> SockAddr {
+        match a {
+            std::net::SocketAddr::V4(v4) => {
+                let mut sa: libc::sockaddr_in = zeroed();
+                sa.sin_family = libc::AF_INET as libc::sa_family_t;
+                sa.sin_port = v4.port().to_be();
+                sa.sin_addr.s_addr = u32::from(*v4.ip()).to_be();
+                SockAddr::V4(sa)
+            }
+            std::net::SocketAddr::V6(v6) => {
+                let mut sa: libc::sockaddr_in6 = zeroed();
+                sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                sa.sin6_port = v6.port().to_be();
+                sa.sin6_addr.s6_addr = v6.ip().octets();
+                sa.sin6_flowinfo = v6.flowinfo();
+                sa.sin6_scope_id = v6.scope_id();
+                SockAddr::V6(sa)
+            }
+        }
+    }
+
+    /// A vsock address.
+    pub fn vsock(cid: u32, port: u32) -> SockAddr {
+        let mut sa: libc::sockaddr_vm = zeroed();
+        sa.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+        sa.svm_cid = cid;
+        sa.svm_port = port;
+        SockAddr::Vsock(sa)
+    }
+
+    /// The address family (socket(2)'s domain).
+    pub fn domain(&self) -> libc::c_int {
+        match self {
+            SockAddr::Unix(..) => libc::AF_UNIX,
+            SockAddr::V4(_) => libc::AF_INET,
+            SockAddr::V6(_) => libc::AF_INET6,
+            SockAddr::Vsock(_) => libc::AF_VSOCK,
+        }
+    }
+
+    /// Pointer and length for the system call.
+    fn raw(&self) -> (*const libc::sockaddr, libc::socklen_t) {
+        fn p<T>(t: &T) -> *const libc::sockaddr {
+            (t as *const T).cast()
+        }
+        let (ptr, len) = match self {
+            SockAddr::Unix(sa, len) => (p(sa), *len),
+            SockAddr::V4(sa) => (p(sa), std::mem::size_of_val(sa)),
+            SockAddr::V6(sa) => (p(sa), std::mem::size_of_val(sa)),
+            SockAddr::Vsock(sa) => (p(sa), std::mem::size_of_val(sa)),
+        };
+        (ptr, len as libc::socklen_t)
+    }
+}
+
+/// A new non-blocking, close-on-exec stream socket of `domain`.
+pub fn stream_socket(domain: libc::c_int) -> io::Result<OwnedFd> {
+    let ty = libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
+    // SAFETY: no memory arguments.
+    let fd = check(unsafe { libc::socket(domain, ty, 0) })?;
+    // SAFETY: fd is a fresh socket nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// connect(2) of `fd` to `sa` (EINPROGRESS and EAGAIN come back as errors).
+pub fn connect(fd: RawFd, sa: &SockAddr) -> io::Result<()> {
+    let (ptr, len) = sa.raw();
+    // SAFETY: ptr points to `len` bytes of a socket address that `sa`
+    // keeps alive for the call.
+    check(unsafe { libc::connect(fd, ptr, len) })?;
+    Ok(())
+}
+
+/// getsockopt(2) of an int-valued option.
+pub fn getsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<libc::c_int> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: v and len are valid for writes of their sizes.
+    check(unsafe {
+        libc::getsockopt(
+            fd,
+            level,
+            name,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(v)
+}
+
+/// The address family of the socket `fd` (getsockname(2)).
+pub fn socket_family(fd: RawFd) -> io::Result<libc::c_int> {
+    let mut ss: libc::sockaddr_storage = zeroed();
+    let mut len = std::mem::size_of_val(&ss) as libc::socklen_t;
+    // SAFETY: ss and len are valid for writes of their sizes.
+    check(unsafe {
+        libc::getsockname(
+            fd,
+            (&mut ss as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(ss.ss_family as libc::c_int)
 }
 
 #[cfg(test)]

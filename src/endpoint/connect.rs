@@ -6,7 +6,8 @@
 
 use crate::error::{Error, Result};
 use crate::proto::uri::Transport;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use crate::sys::{self, SockAddr};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -103,55 +104,21 @@ pub fn connect(t: &Transport, lim: &Limits) -> Result<OwnedFd> {
     match t {
         Transport::Unix { path } => {
             let what = format!("connect to unix socket {path}");
-            let mut sa: libc::sockaddr_un = zeroed_addr();
-            sa.sun_family = libc::AF_UNIX as libc::sa_family_t;
-            let bytes = path.as_bytes();
-            if bytes.len() >= sa.sun_path.len() || bytes.contains(&0) {
-                return Err(Error::invalid(format!("{what}: path too long")));
-            }
-            for (d, s) in sa.sun_path.iter_mut().zip(bytes) {
-                *d = *s as libc::c_char;
-            }
-            let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
-            let fd = socket(libc::AF_UNIX, &what)?;
-            connect_addr(&fd, &sa, len, lim, &what)?;
-            Ok(fd)
+            let sa = SockAddr::unix(path.as_bytes())
+                .ok_or_else(|| Error::invalid(format!("{what}: path too long")))?;
+            connect_addr(&sa, lim, &what)
         }
         Transport::Tcp { host, port } => {
-            use std::net::{SocketAddr, ToSocketAddrs};
+            use std::net::ToSocketAddrs;
             let h = host.trim_start_matches('[').trim_end_matches(']');
-            let addrs: Vec<SocketAddr> = (h, *port)
+            let addrs: Vec<std::net::SocketAddr> = (h, *port)
                 .to_socket_addrs()
                 .map_err(|e| Error::os(format!("resolve {host}"), e))?
                 .collect();
             let what = format!("connect to {host}:{port}");
             let mut last = None;
             for a in addrs {
-                let r = match a {
-                    SocketAddr::V4(v4) => {
-                        let mut sa: libc::sockaddr_in = zeroed_addr();
-                        sa.sin_family = libc::AF_INET as libc::sa_family_t;
-                        sa.sin_port = v4.port().to_be();
-                        sa.sin_addr.s_addr = u32::from(*v4.ip()).to_be();
-                        socket(libc::AF_INET, &what).and_then(|fd| {
-                            connect_addr(&fd, &sa, std::mem::size_of_val(&sa), lim, &what)
-                                .map(|()| fd)
-                        })
-                    }
-                    SocketAddr::V6(v6) => {
-                        let mut sa: libc::sockaddr_in6 = zeroed_addr();
-                        sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-                        sa.sin6_port = v6.port().to_be();
-                        sa.sin6_addr.s6_addr = v6.ip().octets();
-                        sa.sin6_flowinfo = v6.flowinfo();
-                        sa.sin6_scope_id = v6.scope_id();
-                        socket(libc::AF_INET6, &what).and_then(|fd| {
-                            connect_addr(&fd, &sa, std::mem::size_of_val(&sa), lim, &what)
-                                .map(|()| fd)
-                        })
-                    }
-                };
-                match r {
+                match connect_addr(&SockAddr::inet(&a), lim, &what) {
                     Ok(fd) => return Ok(fd),
                     // Cancelled or out of time: no other address either.
                     Err(e) if matches!(e.errno, libc::ECANCELED | libc::ETIMEDOUT) => {
@@ -165,83 +132,30 @@ pub fn connect(t: &Transport, lim: &Limits) -> Result<OwnedFd> {
         }
         Transport::Vsock { cid, port } => {
             let what = format!("connect to vsock {cid}:{port}");
-            let mut sa: libc::sockaddr_vm = zeroed_addr();
-            sa.svm_family = libc::AF_VSOCK as libc::sa_family_t;
-            sa.svm_cid = *cid;
-            sa.svm_port = *port;
-            let fd = socket(libc::AF_VSOCK, &what)?;
-            connect_addr(&fd, &sa, std::mem::size_of_val(&sa), lim, &what)?;
-            Ok(fd)
+            connect_addr(&SockAddr::vsock(*cid, *port), lim, &what)
         }
     }
 }
 
-/// An all-zero socket address structure.
-fn zeroed_addr<T: SockAddr>() -> T {
-    // SAFETY: only instantiated for libc's plain-data sockaddr types, for
-    // which all-zero bytes are a valid value.
-    unsafe { std::mem::zeroed() }
-}
-
-/// libc socket address structures (plain data).
-trait SockAddr {}
-impl SockAddr for libc::sockaddr_un {}
-impl SockAddr for libc::sockaddr_in {}
-impl SockAddr for libc::sockaddr_in6 {}
-impl SockAddr for libc::sockaddr_vm {}
-
-/// A new non-blocking, close-on-exec stream socket.
-fn socket(domain: libc::c_int, what: &str) -> Result<OwnedFd> {
-    // SAFETY: socket() takes no memory arguments.
-    let fd = unsafe {
-        libc::socket(
-            domain,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(Error::os(
-            format!("{what}: socket"),
-            std::io::Error::last_os_error(),
-        ));
-    }
-    // SAFETY: fd is a fresh socket nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Connects the non-blocking `fd` to `sa` (`len` bytes of it) within
-/// `lim`, then clears O_NONBLOCK.
-fn connect_addr<T: SockAddr>(
-    fd: &OwnedFd,
-    sa: &T,
-    len: usize,
-    lim: &Limits,
-    what: &str,
-) -> Result<()> {
+/// A new non-blocking socket connected to `sa` within `lim`, made
+/// blocking again.
+fn connect_addr(sa: &SockAddr, lim: &Limits, what: &str) -> Result<OwnedFd> {
+    let fd =
+        sys::stream_socket(sa.domain()).map_err(|e| Error::os(format!("{what}: socket"), e))?;
     let raw = fd.as_raw_fd();
     loop {
         lim.check(what)?;
-        // SAFETY: sa points to a socket address structure of at least
-        // `len` bytes, alive for the call.
-        let r = unsafe {
-            libc::connect(
-                raw,
-                (sa as *const T).cast::<libc::sockaddr>(),
-                len as libc::socklen_t,
-            )
-        };
-        if r == 0 {
+        let Err(e) = sys::connect(raw, sa) else {
             break;
-        }
-        let e = std::io::Error::last_os_error();
+        };
         match e.raw_os_error().unwrap_or(0) {
             libc::EINTR => {}
             // A unix listener's backlog is full: try again shortly.
             libc::EAGAIN => lim.pause(Duration::from_millis(20)),
             libc::EINPROGRESS => {
                 lim.wait(raw, libc::POLLOUT, what)?;
-                let err = so_error(raw);
+                let err = sys::getsockopt_int(raw, libc::SOL_SOCKET, libc::SO_ERROR)
+                    .unwrap_or_else(|e| e.raw_os_error().unwrap_or(libc::EIO));
                 if err != 0 {
                     return Err(Error::os(what, std::io::Error::from_raw_os_error(err)));
                 }
@@ -250,29 +164,8 @@ fn connect_addr<T: SockAddr>(
             _ => return Err(Error::os(what, e)),
         }
     }
-    set_blocking(raw).map_err(|e| Error::os(what, e))
-}
-
-fn so_error(fd: RawFd) -> libc::c_int {
-    let mut err: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: err and len are valid for writes of their sizes.
-    let r = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            (&mut err as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if r < 0 {
-        std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO)
-    } else {
-        err
-    }
+    set_blocking(raw).map_err(|e| Error::os(what, e))?;
+    Ok(fd)
 }
 
 pub fn set_blocking(fd: RawFd) -> std::io::Result<()> {
@@ -284,39 +177,11 @@ pub fn set_blocking(fd: RawFd) -> std::io::Result<()> {
 /// family; the address itself is never needed), and whether it is a
 /// stream socket at all.
 pub fn transport_of(fd: RawFd) -> std::io::Result<Transport> {
-    // SAFETY: sockaddr_storage is plain data; all-zero is valid.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of_val(&ss) as libc::socklen_t;
-    // SAFETY: ss and len are valid for writes of their sizes.
-    if unsafe {
-        libc::getsockname(
-            fd,
-            (&mut ss as *mut libc::sockaddr_storage).cast(),
-            &mut len,
-        )
-    } < 0
-    {
-        return Err(std::io::Error::last_os_error());
-    }
-    let mut ty: libc::c_int = 0;
-    let mut tlen = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: ty and tlen are valid for writes of their sizes.
-    let r = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_TYPE,
-            (&mut ty as *mut libc::c_int).cast(),
-            &mut tlen,
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    if ty != libc::SOCK_STREAM {
+    let family = sys::socket_family(fd)?;
+    if sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)? != libc::SOCK_STREAM {
         return Err(std::io::Error::from_raw_os_error(libc::ENOTSOCK));
     }
-    Ok(match ss.ss_family as libc::c_int {
+    Ok(match family {
         libc::AF_UNIX => Transport::Unix {
             path: String::new(),
         },

@@ -20,8 +20,7 @@ use crate::proto::{consts, Negotiated, COMPACT_MAX_EFFECT};
 use crate::sys;
 use crate::tls::{TlsClient, TlsSession};
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::net::UnixStream;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 use std::time::Duration;
@@ -336,9 +335,7 @@ impl NbdEndpoint {
             out.extend_from_slice(&b[..n]);
         }
         set_timeouts(fd, Some(timeout));
-        // SAFETY: borrowed for this call only; ManuallyDrop keeps the
-        // wrapper from closing the fd, which self.socks owns.
-        let mut s = std::mem::ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(fd) });
+        let mut s = sys::FdStream(fd);
         let r = match self.tls.as_mut().and_then(|t| t.sessions[0].as_mut()) {
             Some(t) => t.write_all(&out),
             None => s.write_all(&out),
@@ -431,8 +428,7 @@ impl NbdEndpoint {
             return Err(Error::new(libc::EBADF, "connection already closed"));
         };
         let fd = sock.as_raw_fd();
-        // SAFETY: as in fast_zero_start.
-        let mut plain = std::mem::ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(fd) });
+        let mut plain = sys::FdStream(fd);
         let mut tls = self.tls.as_mut().and_then(|t| t.sessions[0].as_mut());
         // Room for a block status reply with many extents.
         let mut buf = vec![0u8; 4 << 20];
@@ -464,7 +460,7 @@ impl NbdEndpoint {
                     };
                     let s: &mut dyn Read = match tls.as_mut() {
                         Some(t) => &mut **t,
-                        None => &mut *plain,
+                        None => &mut plain,
                     };
                     match waited.and_then(|()| {
                         s.read(&mut buf[have..])
@@ -732,9 +728,7 @@ fn handshake(
     tls: Option<&TlsClient>,
     lim: &Limits,
 ) -> Result<(Negotiated, Option<TlsSession>)> {
-    // SAFETY: we borrow fd for the handshake only; ManuallyDrop keeps the
-    // UnixStream wrapper from closing it (the caller owns it).
-    let mut plain = std::mem::ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(fd) });
+    let mut plain = sys::FdStream(fd);
     let mut sess: Option<TlsSession> = None;
     let mut hs = Handshake::new(HandshakeOptions {
         export_name: export.to_string(),
@@ -752,7 +746,7 @@ fn handshake(
             lim.wait(fd, libc::POLLOUT, "handshake")?;
             let s: &mut dyn Write = match sess.as_mut() {
                 Some(t) => t,
-                None => &mut *plain,
+                None => &mut plain,
             };
             let n = match s.write(hs.output()) {
                 Ok(n) => n,
@@ -803,7 +797,7 @@ fn handshake(
         }
         let s: &mut dyn Read = match sess.as_mut() {
             Some(t) => t,
-            None => &mut *plain,
+            None => &mut plain,
         };
         let n = match s.read(&mut buf[have..]) {
             Ok(n) => n,

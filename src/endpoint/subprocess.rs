@@ -7,10 +7,11 @@
 // (nbdcopy's `[ CMD ARGS ... ]`): a listening unix socket in a private
 // temporary directory is handed to the server as fd 3.
 
+use crate::sys;
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -49,17 +50,7 @@ fn find_in_path(cmd: &str) -> io::Result<PathBuf> {
 }
 
 fn make_private_dir() -> io::Result<PathBuf> {
-    let base = std::env::temp_dir();
-    let mut tmpl = base.join("nbdcpy-XXXXXX").into_os_string().into_vec();
-    tmpl.push(0);
-    // SAFETY: tmpl is a writable NUL-terminated buffer that mkdtemp edits
-    // in place.
-    let p = unsafe { libc::mkdtemp(tmpl.as_mut_ptr() as *mut libc::c_char) };
-    if p.is_null() {
-        return Err(io::Error::last_os_error());
-    }
-    tmpl.pop();
-    Ok(PathBuf::from(std::ffi::OsString::from_vec(tmpl)))
+    sys::mkdtemp(&std::env::temp_dir().join("nbdcpy-XXXXXX"))
 }
 
 impl ServerProcess {
@@ -110,13 +101,7 @@ impl ServerProcess {
         env_p.push(std::ptr::null());
 
         // A close-on-exec pipe tells us whether exec failed, and why.
-        let mut fds = [0 as RawFd; 2];
-        // SAFETY: fds is a valid array of two ints.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fresh descriptors from pipe2, owned here.
-        let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (rd, wr) = sys::pipe_with(libc::O_CLOEXEC)?;
         let lfd = listener.as_raw_fd();
         let wfd = wr.as_raw_fd();
 
@@ -141,13 +126,11 @@ impl ServerProcess {
         };
         // exec failure: the child writes its errno; success closes the pipe.
         let mut buf = [0u8; 4];
-        // SAFETY: buf is valid for 4 bytes.
         let n = loop {
-            let n = unsafe { libc::read(rd.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, 4) };
-            if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                continue;
+            match sys::read(rd.as_raw_fd(), &mut buf) {
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                r => break r.unwrap_or(0),
             }
-            break n;
         };
         if n == 4 {
             sp.kill();
@@ -170,10 +153,7 @@ impl ServerProcess {
         if self.reaped {
             return Some(0);
         }
-        let mut st = 0;
-        // SAFETY: st is a valid int; WNOHANG never blocks.
-        let r = unsafe { libc::waitpid(self.pid, &mut st, libc::WNOHANG) };
-        if r == self.pid {
+        if let Ok(Some(st)) = sys::waitpid(self.pid, libc::WNOHANG) {
             self.reaped = true;
             return Some(st);
         }
@@ -185,8 +165,7 @@ impl ServerProcess {
         if self.reaped {
             return;
         }
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.pid, libc::SIGTERM) };
+        let _ = sys::kill(self.pid, libc::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(2);
         while Instant::now() < deadline {
             if self.try_wait().is_some() {
@@ -194,13 +173,10 @@ impl ServerProcess {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        // SAFETY: as above.
-        unsafe { libc::kill(self.pid, libc::SIGKILL) };
-        let mut st = 0;
-        // SAFETY: st is valid; blocks until the killed child is gone.
-        while unsafe { libc::waitpid(self.pid, &mut st, 0) } < 0
-            && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
-        {}
+        let _ = sys::kill(self.pid, libc::SIGKILL);
+        // Blocks until the killed child is gone.
+        while matches!(sys::waitpid(self.pid, 0), Err(e) if e.raw_os_error() == Some(libc::EINTR)) {
+        }
         self.reaped = true;
     }
 }
@@ -321,8 +297,7 @@ mod tests {
             let (pid, sdir) = (sp.pid(), sp.socket_path().parent().unwrap().to_path_buf());
             sp.kill();
             drop(sp);
-            // SAFETY: probing a pid with signal 0.
-            assert_eq!(unsafe { libc::kill(pid, 0) }, -1, "server reaped");
+            assert!(sys::kill(pid, 0).is_err(), "server reaped");
             assert!(!sdir.exists(), "temp dir removed");
         }
         std::fs::remove_dir_all(&dir).unwrap();

@@ -299,30 +299,5 @@ fn login_name() -> Result<String> {
 }
 
 fn passwd_entry() -> Option<(String, String)> {
-    let mut buf = vec![0 as libc::c_char; 16 << 10];
-    // SAFETY: passwd is plain data; all-zero is a valid value.
-    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut out: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: all pointers are valid for the call; buf outlives the
-    // strings read from pw below.
-    let r = unsafe {
-        libc::getpwuid_r(
-            libc::geteuid(),
-            &mut pw,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut out,
-        )
-    };
-    if r != 0 || out.is_null() {
-        return None;
-    }
-    // SAFETY: on success pw_name and pw_dir point to NUL-terminated
-    // strings inside buf.
-    let s = |p: *const libc::c_char| {
-        unsafe { std::ffi::CStr::from_ptr(p) }
-            .to_string_lossy()
-            .into_owned()
-    };
-    Some((s(pw.pw_name), s(pw.pw_dir)))
+    crate::sys::passwd_of(crate::sys::geteuid())
 }

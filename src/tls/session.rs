@@ -8,11 +8,10 @@
 // plaintext in, ciphertext out) so io_uring keeps doing the socket I/O.
 
 use crate::error::{Error, Result};
+use crate::sys::FdStream;
 use openssl::ssl::{ErrorCode, SslStream};
 use std::io::{Read, Write};
-use std::mem::ManuallyDrop;
-use std::os::fd::{FromRawFd, RawFd};
-use std::os::unix::net::UnixStream;
+use std::os::fd::RawFd;
 
 /// Ciphertext receive buffer: many records per receive.
 pub const RX_SIZE: usize = 1 << 20;
@@ -20,7 +19,7 @@ pub const RX_SIZE: usize = 1 << 20;
 /// The byte stream under OpenSSL: the socket itself (blocking mode), or
 /// memory buffers that the caller fills from and drains to the socket.
 pub struct Wire {
-    sock: ManuallyDrop<UnixStream>,
+    sock: FdStream,
     pub(crate) fd: RawFd,
     mem: bool,
     /// Received ciphertext not yet given to OpenSSL: rx[rx_start..rx_end].
@@ -36,9 +35,7 @@ pub struct Wire {
 impl Wire {
     fn new(fd: RawFd) -> Wire {
         Wire {
-            // SAFETY: borrowed; ManuallyDrop never closes it, and the
-            // endpoint that owns the fd outlives every session on it.
-            sock: ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(fd) }),
+            sock: FdStream(fd),
             fd,
             mem: false,
             rx: Box::new([]),
@@ -305,6 +302,7 @@ mod tests {
     use crate::proto::uri::TlsParams;
     use openssl::ssl::{SslAcceptor, SslMethod, SslVersion};
     use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
 
     const KEY: [u8; 32] = [0x42; 32];
 
