@@ -6,7 +6,6 @@
 
 #define _GNU_SOURCE
 #include <errno.h>
-#include <dirent.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -14,70 +13,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "nbdcpy.h"
 #include "tap.h"
-
-static char dir[] = "/tmp/nbdcpy-ctest-XXXXXX";
-static int under_valgrind;
-
-static char *
-path (const char *name)
-{
-  static char buf[4][256];
-  static int i;
-  i = (i + 1) % 4;
-  snprintf (buf[i], sizeof buf[i], "%s/%s", dir, name);
-  return buf[i];
-}
-
-static double
-now_s (void)
-{
-  struct timespec ts;
-  clock_gettime (CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-/* A file of `size` bytes of pseudo-random data (not all zero). */
-static void
-make_file (const char *p, size_t size, unsigned seed)
-{
-  FILE *f = fopen (p, "w");
-  if (!f) { perror (p); exit (EXIT_FAILURE); }
-  uint64_t x = seed * 0x9e3779b97f4a7c15ULL + 1;
-  for (size_t i = 0; i < size; i++) {
-    x ^= x << 13; x ^= x >> 7; x ^= x << 17;
-    fputc ((int) (x & 0xff), f);
-  }
-  fclose (f);
-}
-
-/* Independent check: compare two files byte by byte with stdio. */
-static int
-same_files (const char *a, const char *b)
-{
-  FILE *fa = fopen (a, "r"), *fb = fopen (b, "r");
-  int same = fa && fb;
-  while (same) {
-    int ca = fgetc (fa), cb = fgetc (fb);
-    if (ca != cb) same = 0;
-    if (ca == EOF || cb == EOF) break;
-  }
-  if (fa) fclose (fa);
-  if (fb) fclose (fb);
-  return same;
-}
-
-static int
-have (const char *cmd)
-{
-  char buf[512];
-  snprintf (buf, sizeof buf, "command -v %s >/dev/null 2>&1", cmd);
-  return system (buf) == 0;
-}
+#include "helpers.h"
 
 static void
 test_version (void)
@@ -364,21 +304,6 @@ test_stats_during_run (void)
   nbdcpy_close (h);
 }
 
-struct canceller {
-  struct nbdcpy *h;
-  double at;
-};
-
-static void *
-cancel_later (void *arg)
-{
-  struct canceller *c = arg;
-  usleep (300 * 1000);
-  c->at = now_s ();
-  CHECK (nbdcpy_cancel (c->h) == 0);
-  return NULL;
-}
-
 static void
 test_cancel_from_thread (void)
 {
@@ -389,7 +314,7 @@ test_cancel_from_thread (void)
   struct nbdcpy *h = nbdcpy_open (path ("fifo"), path ("fifo-copy"), NULL);
   CHECK (h != NULL);
   if (!h) { close (keep); return; }
-  struct canceller c = { h, 0 };
+  struct canceller c = { h, 0, 0 };
   pthread_t t;
   pthread_create (&t, NULL, cancel_later, &c);
   CHECK (nbdcpy_run (h) == -1);
@@ -994,28 +919,6 @@ test_tls_copy (void)
   CHECK (system (cmd) == 0);
 }
 
-/* Entries of a directory, read in-process: a popen'd "ls" races with
- * the parent closing its end of the pipe (valgrind runs popen's vfork as
- * a fork), so it could count one fd more or less.  opendir's own fd is
- * counted every time, so it cancels out.
- */
-static int
-count_dir (const char *p)
-{
-  DIR *d = opendir (p);
-  if (d == NULL)
-    return -1;
-  int n = 0;
-  struct dirent *e;
-  while ((e = readdir (d)) != NULL)
-    if (e->d_name[0] != '.')
-      n++;
-  closedir (d);
-  return n;
-}
-
-static int fds_before, tasks_before;
-
 static void
 write_text (const char *p, const char *text)
 {
@@ -1100,43 +1003,13 @@ test_blkhash (void)
 static void
 test_nothing_left_behind (void)
 {
-  char fdpath[64], taskpath[64];
-  snprintf (fdpath, sizeof fdpath, "/proc/%d/fd", (int) getpid ());
-  snprintf (taskpath, sizeof taskpath, "/proc/%d/task", (int) getpid ());
-  int fds = count_dir (fdpath), tasks = count_dir (taskpath);
-  /* A thread that was joined (or an io_uring io-wq worker of a closed
-   * ring) may still be leaving /proc for a moment: a leak stays.
-   */
-  for (int i = 0; i < 100 && tasks != tasks_before; i++) {
-    usleep (10000);
-    tasks = count_dir (taskpath);
-  }
-  printf ("# fds %d -> %d, threads %d -> %d\n", fds_before, fds, tasks_before, tasks);
-  CHECK (fds == fds_before);
-  CHECK (tasks == tasks_before);
-  char cmd[96];
-  /* The shell running this check is our child too: leave it out. */
-  snprintf (cmd, sizeof cmd, "test -z \"$(pgrep -P %d | grep -vx $$)\"",
-            (int) getpid ());
-  CHECK (system (cmd) == 0);    /* no child process of ours remains */
+  check_nothing_left_behind (1000);
 }
 
 int
 main (void)
 {
-  under_valgrind = getenv ("NBDCPY_TEST_VALGRIND") != NULL;
-  if (mkdtemp (dir) == NULL) {
-    perror ("mkdtemp");
-    return EXIT_FAILURE;
-  }
-  make_file (path ("src"), 1024 * 1024, 0);
-  {
-    char fdpath[64], taskpath[64];
-    snprintf (fdpath, sizeof fdpath, "/proc/%d/fd", (int) getpid ());
-    snprintf (taskpath, sizeof taskpath, "/proc/%d/task", (int) getpid ());
-    fds_before = count_dir (fdpath);
-    tasks_before = count_dir (taskpath);
-  }
+  test_begin ("/tmp/nbdcpy-ctest-XXXXXX");
 
   RUN (test_version);
   RUN (test_errors_are_thread_local);
@@ -1163,9 +1036,5 @@ main (void)
   RUN (test_blkhash);
   RUN (test_nothing_left_behind);
 
-  char cmd[300];
-  snprintf (cmd, sizeof cmd, "rm -rf %s", dir);
-  if (system (cmd) != 0)
-    fprintf (stderr, "warning: could not remove %s\n", dir);
-  return tap_done ();
+  return test_end ();
 }

@@ -11,7 +11,6 @@
 #define _GNU_SOURCE
 #include <endian.h>
 #include <errno.h>
-#include <dirent.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
@@ -23,40 +22,11 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "nbdcpy.h"
 #include "tap.h"
-
-static char dir[] = "/tmp/nbdcpy-etest-XXXXXX";
-static int under_valgrind;
-
-static char *
-path (const char *name)
-{
-  static char buf[4][256];
-  static int i;
-  i = (i + 1) % 4;
-  snprintf (buf[i], sizeof buf[i], "%s/%s", dir, name);
-  return buf[i];
-}
-
-static double
-now_s (void)
-{
-  struct timespec ts;
-  clock_gettime (CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static int
-have (const char *cmd)
-{
-  char buf[512];
-  snprintf (buf, sizeof buf, "command -v %s >/dev/null 2>&1", cmd);
-  return system (buf) == 0;
-}
+#include "helpers.h"
 
 static int
 need_nbdkit (void)
@@ -134,34 +104,6 @@ is_pattern_file (const char *p, uint64_t size)
   }
   fclose (f);
   return ok && off == size;
-}
-
-static void
-make_file (const char *p, size_t size, unsigned seed)
-{
-  FILE *f = fopen (p, "w");
-  if (!f) { perror (p); exit (EXIT_FAILURE); }
-  uint64_t x = seed * 0x9e3779b97f4a7c15ULL + 1;
-  for (size_t i = 0; i < size; i++) {
-    x ^= x << 13; x ^= x >> 7; x ^= x << 17;
-    fputc ((int) (x & 0xff), f);
-  }
-  fclose (f);
-}
-
-static int
-same_files (const char *a, const char *b)
-{
-  FILE *fa = fopen (a, "r"), *fb = fopen (b, "r");
-  int same = fa && fb;
-  while (same) {
-    int ca = fgetc (fa), cb = fgetc (fb);
-    if (ca != cb) same = 0;
-    if (ca == EOF || cb == EOF) break;
-  }
-  if (fa) fclose (fa);
-  if (fb) fclose (fb);
-  return same;
 }
 
 /* A socket pair to nbdkit's pattern plugin as the source, into a file;
@@ -363,25 +305,6 @@ test_connect_times_out (void)
   close (s);
 }
 
-struct canceller {
-  struct nbdcpy *h;
-  double at;
-  int close_instead;
-};
-
-static void *
-cancel_later (void *arg)
-{
-  struct canceller *c = arg;
-  usleep (300 * 1000);
-  c->at = now_s ();
-  if (c->close_instead)
-    nbdcpy_close (c->h);
-  else
-    CHECK (nbdcpy_cancel (c->h) == 0);
-  return NULL;
-}
-
 /* With no timeout the connect would wait forever: a cancel from another
  * thread, or a close, ends it promptly.
  */
@@ -475,63 +398,20 @@ test_rate_key (void)
   nbdcpy_close (h);
 }
 
-static int
-count_dir (const char *p)
-{
-  DIR *d = opendir (p);
-  if (d == NULL)
-    return -1;
-  int n = 0;
-  struct dirent *e;
-  while ((e = readdir (d)) != NULL)
-    if (e->d_name[0] != '.')
-      n++;
-  closedir (d);
-  return n;
-}
-
-static int fds_before, tasks_before;
-
+/* io_uring's io-wq worker threads (iou-wrk-*) leave a moment after
+ * their ring is closed: give them up to 2 s.
+ */
 static void
 test_nothing_left_behind (void)
 {
-  char fdpath[64], taskpath[64];
-  snprintf (fdpath, sizeof fdpath, "/proc/%d/fd", (int) getpid ());
-  snprintf (taskpath, sizeof taskpath, "/proc/%d/task", (int) getpid ());
-  int fds = count_dir (fdpath), tasks = count_dir (taskpath);
-  /* io_uring's io-wq worker threads (iou-wrk-*) leave a moment after
-   * their ring is closed: give them up to 2 s.
-   */
-  for (int i = 0; i < 200 && tasks != tasks_before; i++) {
-    usleep (10 * 1000);
-    tasks = count_dir (taskpath);
-  }
-  printf ("# fds %d -> %d, threads %d -> %d\n", fds_before, fds, tasks_before, tasks);
-  CHECK (fds == fds_before);
-  CHECK (tasks == tasks_before);
-  char cmd[96];
-  snprintf (cmd, sizeof cmd, "test -z \"$(pgrep -P %d | grep -vx $$)\"",
-            (int) getpid ());
-  CHECK (system (cmd) == 0);
+  check_nothing_left_behind (2000);
 }
 
 int
 main (void)
 {
-  under_valgrind = getenv ("NBDCPY_TEST_VALGRIND") != NULL;
-  if (mkdtemp (dir) == NULL) {
-    perror ("mkdtemp");
-    return EXIT_FAILURE;
-  }
   signal (SIGPIPE, SIG_IGN);
-  make_file (path ("src"), 1 << 20, 0);
-  {
-    char fdpath[64], taskpath[64];
-    snprintf (fdpath, sizeof fdpath, "/proc/%d/fd", (int) getpid ());
-    snprintf (taskpath, sizeof taskpath, "/proc/%d/task", (int) getpid ());
-    fds_before = count_dir (fdpath);
-    tasks_before = count_dir (taskpath);
-  }
+  test_begin ("/tmp/nbdcpy-etest-XXXXXX");
 
   RUN (test_socket_source);
   RUN (test_socket_destination);
@@ -543,9 +423,5 @@ main (void)
   RUN (test_rate_key);
   RUN (test_nothing_left_behind);
 
-  char cmd[300];
-  snprintf (cmd, sizeof cmd, "rm -rf %s", dir);
-  if (system (cmd) != 0)
-    fprintf (stderr, "warning: could not remove %s\n", dir);
-  return tap_done ();
+  return test_end ();
 }
