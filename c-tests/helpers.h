@@ -51,6 +51,21 @@ have (const char *cmd)
   return system (buf) == 0;
 }
 
+/* Whether nbdkit is installed; its absence is a failure when
+ * NBDCPY_REQUIRE_SERVERS is set (CI), a skip otherwise. */
+static int
+need_nbdkit (void)
+{
+  if (have ("nbdkit"))
+    return 1;
+  if (getenv ("NBDCPY_REQUIRE_SERVERS")) {
+    CHECK (!"nbdkit is required (NBDCPY_REQUIRE_SERVERS)");
+    return 0;
+  }
+  printf ("# SKIP: nbdkit not installed\n");
+  return 0;
+}
+
 /* A file of `size` bytes of pseudo-random data (not all zero). */
 static void
 make_file (const char *p, size_t size, unsigned seed)

@@ -358,10 +358,8 @@ test_cancel_from_progress (void)
 static void
 test_destination_smaller_than_source (void)
 {
-  if (!have ("nbdkit")) {
-    printf ("# SKIP: nbdkit not installed\n");
+  if (!need_nbdkit ())
     return;
-  }
   make_file (path ("two-mib"), 2 * 1024 * 1024, 5);
   struct nbdcpy_config *c = nbdcpy_config_new ();
   const char *argv[] = { "nbdkit", "memory", "1M", NULL };
@@ -837,10 +835,8 @@ test_no_environment_overrides (void)
   CHECK (nbdcpy_config_set (c, "pipe-size", "1") == -1);
   CHECK (nbdcpy_config_set (c, "slow-timeout", "600") == 0);
   nbdcpy_config_free (c);
-  if (!have ("nbdkit")) {
-    printf ("# SKIP: nbdkit not installed\n");
+  if (!need_nbdkit ())
     return;
-  }
   const char *pattern[] = { "nbdkit", "pattern", "2M", NULL };
   for (int on = 0; on < 2; on++) {
     setenv ("NBDCPY_SPLICE", on ? "0" : "1", 1);
@@ -867,10 +863,8 @@ static void
 test_tls_copy (void)
 {
   CHECK (nbdcpy_supports ("tls") == 1);
-  if (!have ("nbdkit")) {
-    printf ("# SKIP: nbdkit not installed\n");
+  if (!need_nbdkit ())
     return;
-  }
   make_file (path ("tls-src"), 1024 * 1024, 7);
   FILE *f = fopen (path ("keys.psk"), "w");
   fprintf (f, "alice:%s\n",

@@ -28,19 +28,6 @@
 #include "tap.h"
 #include "helpers.h"
 
-static int
-need_nbdkit (void)
-{
-  if (have ("nbdkit"))
-    return 1;
-  if (getenv ("NBDCPY_REQUIRE_SERVERS")) {
-    CHECK (!"nbdkit is required (NBDCPY_REQUIRE_SERVERS)");
-    return 0;
-  }
-  printf ("# SKIP: nbdkit not installed\n");
-  return 0;
-}
-
 /* Starts "nbdkit -s ARGS..." on one end of a new socket pair and returns
  * the other end (close-on-exec, ours); *pid is the server.
  */
