@@ -32,16 +32,9 @@ for spec in sys.argv[2:]:
 fn python(dir: &TempDir, file: &Path, specs: &[String]) -> Vec<String> {
     let script = dir.file("blkhash.py");
     std::fs::write(&script, PY).unwrap();
-    let o = Command::new("python3")
-        .arg(&script)
-        .arg(file)
-        .args(specs)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "python3: {}",
-        String::from_utf8_lossy(&o.stderr)
+    let o = output_ok(
+        Command::new("python3").arg(&script).arg(file).args(specs),
+        "python3",
     );
     String::from_utf8(o.stdout)
         .unwrap()
@@ -50,19 +43,30 @@ fn python(dir: &TempDir, file: &Path, specs: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// The command with `args`, not started.
+fn nbdcpy(args: &[&str]) -> Command {
+    let mut c = Command::new(nbdcpy_bin().expect("nbdcpy built"));
+    c.args(args);
+    c
+}
+
 fn run(args: &[&str]) -> Output {
-    let bin = nbdcpy_bin().expect("nbdcpy built");
-    Command::new(bin).args(args).output().unwrap()
+    nbdcpy(args).output().unwrap()
+}
+
+/// `cat IMG | nbdcpy ARGS` (stdin the source), which must succeed.
+fn piped(img: &Path, args: &str) -> Output {
+    let script = format!(
+        "cat '{}' | '{}' {args}",
+        img.display(),
+        nbdcpy_bin().unwrap().display()
+    );
+    output_ok(Command::new("sh").arg("-c").arg(&script), &script)
 }
 
 /// Runs nbdcpy; the hash it printed on stdout.
 fn hash_of(args: &[&str]) -> String {
-    let o = run(args);
-    assert!(
-        o.status.success(),
-        "nbdcpy {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let o = output_ok(&mut nbdcpy(args), &format!("nbdcpy {args:?}"));
     let out = String::from_utf8(o.stdout).unwrap();
     assert!(out.ends_with('\n') && out.lines().count() == 1, "{out:?}");
     out.trim_end().to_string()
@@ -258,16 +262,10 @@ fn nbd_sources_every_destination_and_streams() {
     // Stream sources: a pipe (stdin) with blocks larger than requests and
     // a short last block, and a server command.
     for (spec, want) in specs.iter().zip(&want) {
-        let o = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "cat '{}' | '{}' --blkhash={spec} --request-size=256k - null:",
-                img.display(),
-                nbdcpy_bin().unwrap().display()
-            ))
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let o = piped(
+            &img,
+            &format!("--blkhash={spec} --request-size=256k - null:"),
+        );
         assert_eq!(
             String::from_utf8(o.stdout).unwrap().trim_end(),
             want,
@@ -408,17 +406,10 @@ fn verify_passes_and_catches_a_dropped_write() {
     assert!(cmp(&img, &back));
     // A stream source: the read-back stops at the length streamed.
     let out2 = d.file("out2.img");
-    let o = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "cat '{}' | '{}' --verify --blkhash=sha1/1M - '{}'",
-            img.display(),
-            nbdcpy_bin().unwrap().display(),
-            out2.display()
-        ))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    piped(
+        &img,
+        &format!("--verify --blkhash=sha1/1M - '{}'", out2.display()),
+    );
     assert!(cmp(&img, &out2));
     let o = run(&[
         "--verify",

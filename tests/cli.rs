@@ -24,6 +24,42 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// The command, when built and every one of `servers` is installed
+/// (otherwise a SKIP line and None).
+fn bin_with(servers: &[&str]) -> Option<PathBuf> {
+    let b = common::nbdcpy_bin()?;
+    servers.iter().all(|s| common::require(s)).then_some(b)
+}
+
+/// The command `b` with `opts`, copying the file `src` to `dst`.
+fn copy_file(b: &Path, opts: &[&str], src: &Path, dst: &Path) -> Output {
+    Command::new(b)
+        .args(opts)
+        .arg(src)
+        .arg(dst)
+        .output()
+        .unwrap()
+}
+
+/// Runs `cmd` with `data` written to its stdin from another thread;
+/// stderr is captured.  A failed write panics when `must_write`, else it
+/// is ignored (the command may stop reading early).
+fn with_stdin(cmd: &mut Command, data: Vec<u8>, must_write: bool) -> Output {
+    let mut c = cmd
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut si = c.stdin.take().unwrap();
+    let w = std::thread::spawn(move || si.write_all(&data));
+    let o = c.wait_with_output().unwrap();
+    let wrote = w.join().unwrap();
+    if must_write {
+        wrote.unwrap();
+    }
+    o
+}
+
 fn data(size: usize, seed: u8) -> Vec<u8> {
     (0..size)
         .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[2] ^ seed)
@@ -112,12 +148,7 @@ fn file_copies_with_every_local_option() {
         vec!["--timeout=5"],
     ] {
         let dst = d.join("dst");
-        let o = Command::new(&b)
-            .args(&opts)
-            .arg(&src)
-            .arg(&dst)
-            .output()
-            .unwrap();
+        let o = copy_file(&b, &opts, &src, &dst);
         assert!(o.status.success(), "{opts:?}: {}", stderr(&o));
         let st = Command::new("cmp").arg(&src).arg(&dst).status().unwrap();
         assert!(st.success(), "{opts:?}: copy differs");
@@ -146,12 +177,7 @@ fn destination_is_zero_skips_zeroes() {
     for flag in ["--destination-is-zero", "--target-is-zero"] {
         let dst = d.join("dst");
         std::fs::write(&dst, vec![0u8; 1 << 20]).unwrap();
-        let o = Command::new(&b)
-            .args([flag, "-v"])
-            .arg(&src)
-            .arg(&dst)
-            .output()
-            .unwrap();
+        let o = copy_file(&b, &[flag, "-v"], &src, &dst);
         assert!(o.status.success(), "{}", stderr(&o));
         assert_eq!(std::fs::read(&dst).unwrap(), v);
         assert!(stderr(&o).contains("61440 skipped"), "{}", stderr(&o));
@@ -168,17 +194,8 @@ fn stdin_and_stdout_stream() {
     let v = data((3 << 20) + 11, 3);
     // stdin -> file
     let dst = d.join("from-stdin");
-    let mut c = Command::new(&b)
-        .arg("-")
-        .arg(&dst)
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut si = c.stdin.take().unwrap();
-    let v2 = v.clone();
-    let w = std::thread::spawn(move || si.write_all(&v2).unwrap());
-    w.join().unwrap();
-    assert!(c.wait().unwrap().success());
+    let o = with_stdin(Command::new(&b).arg("-").arg(&dst), v.clone(), true);
+    assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(std::fs::read(&dst).unwrap(), v);
     // file -> stdout
     let o = Command::new(&b).arg(&dst).arg("-").output().unwrap();
@@ -266,41 +283,33 @@ fn verbose_prints_the_library_log() {
     let d = tmpdir("verbose-log");
     let src = d.join("src");
     std::fs::write(&src, data(1 << 20, 5)).unwrap();
-    let o = Command::new(&b)
-        .arg(&src)
-        .arg(d.join("dst"))
-        .output()
-        .unwrap();
+    let dst = d.join("dst");
+    let o = copy_file(&b, &[], &src, &dst);
     assert!(o.status.success());
     assert_eq!(stderr(&o), "", "quiet without -v");
-    let o = Command::new(&b)
-        .arg("-v")
-        .arg(&src)
-        .arg(d.join("dst"))
-        .output()
-        .unwrap();
+    let o = copy_file(&b, &["-v"], &src, &dst);
     assert!(o.status.success());
     assert!(stderr(&o).contains("nbdcpy: ") && stderr(&o).contains("data path"));
     // Debug knobs are config keys, reachable with --set.
-    let o = Command::new(&b)
-        .args(["--set=file-lock=0", "--set=uring-file-writes=1"])
-        .arg(&src)
-        .arg(d.join("dst"))
-        .output()
-        .unwrap();
+    let knobs = ["--set=file-lock=0", "--set=uring-file-writes=1"];
+    let o = copy_file(&b, &knobs, &src, &dst);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(common::cmp(&src, &d.join("dst")));
-    let o = Command::new(&b)
-        .args(["--set=bogus=1"])
-        .arg(&src)
-        .arg(d.join("dst"))
-        .output()
-        .unwrap();
+    assert!(common::cmp(&src, &dst));
+    let o = copy_file(&b, &["--set=bogus=1"], &src, &dst);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("bogus"));
 }
 
 mod common;
+
+/// After a moment, no process mentions any `needle` in its command line
+/// (servers are gone); else fails with the needle's message.
+fn assert_none_left(needles: &[(&Path, &str)]) {
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    for (needle, msg) in needles {
+        assert!(procs_with(&needle.to_string_lossy()).is_empty(), "{msg}");
+    }
+}
 
 /// Processes whose command line mentions `needle` (to prove servers are gone).
 fn procs_with(needle: &str) -> Vec<String> {
@@ -318,25 +327,16 @@ fn procs_with(needle: &str) -> Vec<String> {
 
 #[test]
 fn subprocess_servers_both_ends_and_none_left_behind() {
-    let Some(b) = common::nbdcpy_bin() else {
+    let Some(b) = bin_with(&["qemu-nbd", "nbdkit", "qemu-img"]) else {
         return;
     };
-    if !common::require("qemu-nbd") || !common::require("nbdkit") || !common::require("qemu-img") {
-        return;
-    }
     let d = tmpdir("subproc");
     let raw = d.join("raw");
     let mut v = data(3 << 20, 5);
     v[1 << 20..2 << 20].fill(0);
     std::fs::write(&raw, &v).unwrap();
     let q = d.join("disk.qcow2");
-    assert!(Command::new("qemu-img")
-        .args(["convert", "-f", "raw", "-O", "qcow2"])
-        .arg(&raw)
-        .arg(&q)
-        .status()
-        .unwrap()
-        .success());
+    common::raw_to_qcow2(&raw, &q);
     let marker = d.join("marker-file-for-ps");
     // [ qemu-nbd -f qcow2 ] -> file
     let out = d.join("out");
@@ -385,15 +385,10 @@ fn subprocess_servers_both_ends_and_none_left_behind() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    std::thread::sleep(std::time::Duration::from_millis(100));
-    assert!(
-        procs_with(&marker.to_string_lossy()).is_empty(),
-        "nbdkit left behind"
-    );
-    assert!(
-        procs_with(&q.to_string_lossy()).is_empty(),
-        "qemu-nbd left behind"
-    );
+    assert_none_left(&[
+        (&marker, "nbdkit left behind"),
+        (&q, "qemu-nbd left behind"),
+    ]);
     // A failing copy still stops its servers: destination too small.
     let o = Command::new(&b)
         .args(["--"])
@@ -405,11 +400,7 @@ fn subprocess_servers_both_ends_and_none_left_behind() {
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("smaller"), "{}", stderr(&o));
-    std::thread::sleep(std::time::Duration::from_millis(100));
-    assert!(
-        procs_with(&marker.to_string_lossy()).is_empty(),
-        "nbdkit left behind after error"
-    );
+    assert_none_left(&[(&marker, "nbdkit left behind after error")]);
     // A command that does not exist.
     let o = run(&["--", "[", "no-such-server-xyz", "]", "null:"]).unwrap();
     assert_eq!(o.status.code(), Some(1));
@@ -419,30 +410,16 @@ fn subprocess_servers_both_ends_and_none_left_behind() {
 
 #[test]
 fn nbd_streams_to_stdout_and_from_stdin() {
-    let Some(b) = common::nbdcpy_bin() else {
+    let Some(b) = bin_with(&["nbdkit"]) else {
         return;
     };
-    if !common::require("nbdkit") {
-        return;
-    }
     let dir = common::TempDir::new("clistream");
     let v = data(4 << 20, 6);
     let src = dir.file("src");
     std::fs::write(&src, &v).unwrap();
     let m = common::nbdkit(&dir, &["memory", "4M"]);
     // stdin -> NBD
-    let mut c = Command::new(&b)
-        .arg("-")
-        .arg(m.uri())
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut si = c.stdin.take().unwrap();
-    let v2 = v.clone();
-    let w = std::thread::spawn(move || si.write_all(&v2).unwrap());
-    w.join().unwrap();
-    let o = c.wait_with_output().unwrap();
+    let o = with_stdin(Command::new(&b).arg("-").arg(m.uri()), v.clone(), true);
     assert!(o.status.success(), "{}", stderr(&o));
     // NBD -> stdout
     let o = Command::new(&b).arg(m.uri()).arg("-").output().unwrap();
@@ -450,19 +427,7 @@ fn nbd_streams_to_stdout_and_from_stdin() {
     assert_eq!(o.stdout, v);
     // A stream longer than the destination is an error, not a truncation.
     let small = common::nbdkit(&dir, &["memory", "1M"]);
-    let mut c = Command::new(&b)
-        .arg("-")
-        .arg(small.uri())
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut si = c.stdin.take().unwrap();
-    let w = std::thread::spawn(move || {
-        let _ = si.write_all(&v);
-    });
-    let o = c.wait_with_output().unwrap();
-    w.join().unwrap();
+    let o = with_stdin(Command::new(&b).arg("-").arg(small.uri()), v, false);
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).contains("is larger than destination"),
@@ -473,12 +438,9 @@ fn nbd_streams_to_stdout_and_from_stdin() {
 
 #[test]
 fn ctrl_c_cancels_cleanly() {
-    let Some(b) = common::nbdcpy_bin() else {
+    let Some(b) = bin_with(&["nbdkit"]) else {
         return;
     };
-    if !common::require("nbdkit") {
-        return;
-    }
     let d = tmpdir("sigint");
     let marker = d.join("slow-server-marker");
     // A slow source (delay filter) run as a subprocess.
@@ -509,11 +471,7 @@ fn ctrl_c_cancels_cleanly() {
     );
     assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
     assert!(stderr(&o).contains("cancelled"), "{}", stderr(&o));
-    std::thread::sleep(std::time::Duration::from_millis(100));
-    assert!(
-        procs_with(&marker.to_string_lossy()).is_empty(),
-        "server left behind"
-    );
+    assert_none_left(&[(&marker, "server left behind")]);
     std::fs::remove_dir_all(&d).unwrap();
 }
 
@@ -522,12 +480,9 @@ fn ctrl_c_cancels_cleanly() {
 /// checked with cmp against the source.
 #[test]
 fn splice_with_a_small_pipe() {
-    let Some(b) = common::nbdcpy_bin() else {
+    let Some(b) = bin_with(&["qemu-nbd"]) else {
         return;
     };
-    if !common::require("qemu-nbd") {
-        return;
-    }
     let d = common::TempDir::new("splice-pipe");
     let size = 6 << 20;
     let mut v = data(size, 9);

@@ -9,18 +9,36 @@
 
 mod common;
 use common::*;
-use std::path::Path;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const SIZE: u64 = 64 << 20;
 
+/// The qemu tools every test here needs (a SKIP line for a missing one).
+fn qemu_tools() -> bool {
+    require("qemu-nbd") && require("qemu-img") && require("qemu-io")
+}
+
 fn run_ok(cmd: &mut Command) {
-    let o = cmd.output().unwrap();
-    assert!(
-        o.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let what = format!("{cmd:?}");
+    output_ok(cmd, &what);
+}
+
+/// qemu-img ARGS FILE LAST.
+fn qemu_img(args: &[&str], file: &Path, last: impl AsRef<OsStr>) {
+    run_ok(Command::new("qemu-img").args(args).arg(file).arg(last));
+}
+
+/// qemu-img compare: the qcow2 `src` and the raw `full` must be equal.
+fn assert_same(src: &Path, full: &Path) {
+    let o = Command::new("qemu-img")
+        .args(["compare", "-f", "qcow2", "-F", "raw"])
+        .arg(src)
+        .arg(full)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
 }
 
 fn qemu_io_qcow2(file: &Path, cmds: &[&str]) {
@@ -34,15 +52,10 @@ fn qemu_io_qcow2(file: &Path, cmds: &[&str]) {
 
 /// A qcow2 with data, a full raw copy of it (by qemu-img), then the
 /// bitmap "b0" and changes at odd offsets.  Returns (qcow2, full copy).
-fn setup(dir: &TempDir) -> (std::path::PathBuf, std::path::PathBuf) {
+fn setup(dir: &TempDir) -> (PathBuf, PathBuf) {
     let src = dir.file("src.qcow2");
     let full = dir.file("full.raw");
-    run_ok(
-        Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2"])
-            .arg(&src)
-            .arg(SIZE.to_string()),
-    );
+    qemu_img(&["create", "-q", "-f", "qcow2"], &src, SIZE.to_string());
     qemu_io_qcow2(
         &src,
         &[
@@ -51,18 +64,8 @@ fn setup(dir: &TempDir) -> (std::path::PathBuf, std::path::PathBuf) {
             "write -P 0x23 40M 3M",
         ],
     );
-    run_ok(
-        Command::new("qemu-img")
-            .args(["bitmap", "--add", "--enable", "-f", "qcow2"])
-            .arg(&src)
-            .arg("b0"),
-    );
-    run_ok(
-        Command::new("qemu-img")
-            .args(["convert", "-f", "qcow2", "-O", "raw"])
-            .arg(&src)
-            .arg(&full),
-    );
+    add_bitmap(&src);
+    qemu_img(&["convert", "-f", "qcow2", "-O", "raw"], &src, &full);
     qemu_io_qcow2(
         &src,
         &[
@@ -80,6 +83,22 @@ fn setup(dir: &TempDir) -> (std::path::PathBuf, std::path::PathBuf) {
         ],
     );
     (src, full)
+}
+
+/// Adds the enabled bitmap "b0" to the qcow2 `file`.
+fn add_bitmap(file: &Path) {
+    qemu_img(&["bitmap", "--add", "--enable", "-f", "qcow2"], file, "b0");
+}
+
+/// A new directory `tag` with setup()'s images, the qcow2 served with
+/// serve_bitmap (reads traced).  Returns (dir, qcow2, full copy, trace,
+/// server).
+fn served(tag: &str, bitmap: bool) -> (TempDir, PathBuf, PathBuf, PathBuf, Server) {
+    let dir = TempDir::new(tag);
+    let (src, full) = setup(&dir);
+    let trace = dir.file("trace.log");
+    let srv = serve_bitmap(&dir, &src, &trace, bitmap);
+    (dir, src, full, trace, srv)
 }
 
 /// The dirty ranges as qemu reports them (libnbd's nbdinfo), as
@@ -125,16 +144,11 @@ fn serve_bitmap(dir: &TempDir, src: &Path, trace: &Path, bitmap: bool) -> Server
 }
 
 fn check_incremental(dst_kind: &str, connections: &str) {
-    if !require("qemu-nbd") || !require("qemu-img") || !require("qemu-io") || !require("nbdinfo") {
+    if !qemu_tools() || !require("nbdinfo") {
         return;
     }
-    let dir = TempDir::new(&format!(
-        "dirty-{}-{connections}",
-        dst_kind.replace(' ', "")
-    ));
-    let (src, full) = setup(&dir);
-    let trace = dir.file("trace.log");
-    let srv = serve_bitmap(&dir, &src, &trace, true);
+    let tag = format!("dirty-{}-{connections}", dst_kind.replace(' ', ""));
+    let (dir, src, full, trace, srv) = served(&tag, true);
     let dirty = dirty_map(&srv.uri());
     let dirty_bytes: u64 = dirty.iter().map(|d| d.1).sum();
     assert!(dirty.len() >= 5 && dirty_bytes < SIZE / 4, "{dirty:?}");
@@ -154,13 +168,7 @@ fn check_incremental(dst_kind: &str, connections: &str) {
     drop(srv);
     let reads = traced_reads(&trace);
     // The result equals the source.
-    let o = Command::new("qemu-img")
-        .args(["compare", "-f", "qcow2", "-F", "raw"])
-        .arg(&src)
-        .arg(&full)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    assert_same(&src, &full);
     // Every block read was inside a dirty range, and some were made.
     assert!(!reads.is_empty(), "no reads traced");
     for &(off, len) in &reads {
@@ -197,13 +205,10 @@ fn incremental_copy_into_nbd_multi_conn() {
 /// survives; with a range, dirty blocks outside it are not copied either.
 #[test]
 fn clean_areas_are_left_alone_and_ranges_clip() {
-    if !require("qemu-nbd") || !require("qemu-img") || !require("qemu-io") {
+    if !qemu_tools() {
         return;
     }
-    let dir = TempDir::new("dirty-marker");
-    let (src, full) = setup(&dir);
-    let trace = dir.file("trace.log");
-    let srv = serve_bitmap(&dir, &src, &trace, true);
+    let (dir, src, full, _trace, srv) = served("dirty-marker", true);
     // A marker in a clean area (30M) and in a dirty one (1000001).
     qemu_io(
         full.to_str().unwrap(),
@@ -221,12 +226,7 @@ fn clean_areas_are_left_alone_and_ranges_clip() {
     drop(srv);
     let after = std::fs::read(&full).unwrap();
     let truth = dir.file("truth.raw");
-    run_ok(
-        Command::new("qemu-img")
-            .args(["convert", "-f", "qcow2", "-O", "raw"])
-            .arg(&src)
-            .arg(&truth),
-    );
+    qemu_img(&["convert", "-f", "qcow2", "-O", "raw"], &src, &truth);
     let truth = std::fs::read(&truth).unwrap();
     assert_eq!(after.len(), before.len());
     let m = 30 << 20;
@@ -249,12 +249,10 @@ fn clean_areas_are_left_alone_and_ranges_clip() {
 
 #[test]
 fn a_server_without_the_bitmap_is_a_clear_error() {
-    if !require("qemu-nbd") || !require("qemu-img") || !require("qemu-io") {
+    if !qemu_tools() {
         return;
     }
-    let dir = TempDir::new("dirty-missing");
-    let (src, full) = setup(&dir);
-    let srv = serve_bitmap(&dir, &src, &dir.file("t.log"), false);
+    let (_dir, _src, full, _trace, srv) = served("dirty-missing", false);
     let before = std::fs::read(&full).unwrap();
     let e = copy(
         &srv.uri(),
@@ -279,12 +277,10 @@ fn a_server_without_the_bitmap_is_a_clear_error() {
 
 #[test]
 fn combinations_that_make_no_sense_are_refused() {
-    if !require("qemu-nbd") || !require("qemu-img") || !require("qemu-io") {
+    if !qemu_tools() {
         return;
     }
-    let dir = TempDir::new("dirty-refused");
-    let (src, full) = setup(&dir);
-    let srv = serve_bitmap(&dir, &src, &dir.file("t.log"), true);
+    let (dir, _src, full, _trace, srv) = served("dirty-refused", true);
     let f = full.to_str().unwrap();
     let e = copy(
         &srv.uri(),
@@ -315,14 +311,11 @@ fn combinations_that_make_no_sense_are_refused() {
 /// read as data) and progress.
 #[test]
 fn command_line_incremental_copy() {
-    if !require("qemu-nbd") || !require("qemu-img") || !require("qemu-io") {
+    if !qemu_tools() {
         return;
     }
     let Some(b) = nbdcpy_bin() else { return };
-    let dir = TempDir::new("dirty-cli");
-    let (src, full) = setup(&dir);
-    let trace = dir.file("trace.log");
-    let srv = serve_bitmap(&dir, &src, &trace, true);
+    let (_dir, src, full, trace, srv) = served("dirty-cli", true);
     let o = Command::new(b)
         .args(["-v", "--no-extents", "--dirty-bitmap=b0", &srv.uri()])
         .arg(&full)
@@ -330,13 +323,7 @@ fn command_line_incremental_copy() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     drop(srv);
-    let o = Command::new("qemu-img")
-        .args(["compare", "-f", "qcow2", "-F", "raw"])
-        .arg(&src)
-        .arg(&full)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    assert_same(&src, &full);
     let read: u64 = traced_reads(&trace).iter().map(|r| r.1).sum();
     assert!(read > 0 && read < SIZE / 4, "{read} bytes read");
 }
@@ -347,23 +334,13 @@ fn command_line_incremental_copy() {
 /// may be loaded).
 #[test]
 fn huge_disk_few_dirty_blocks() {
-    if !require("qemu-nbd") || !require("qemu-img") || !require("qemu-io") || !require("nbdinfo") {
+    if !qemu_tools() || !require("nbdinfo") {
         return;
     }
     let dir = TempDir::new("dirty-huge");
     let src = dir.file("big.qcow2");
-    run_ok(
-        Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2"])
-            .arg(&src)
-            .arg("8T"),
-    );
-    run_ok(
-        Command::new("qemu-img")
-            .args(["bitmap", "--add", "--enable", "-f", "qcow2"])
-            .arg(&src)
-            .arg("b0"),
-    );
+    qemu_img(&["create", "-q", "-f", "qcow2"], &src, "8T");
+    add_bitmap(&src);
     qemu_io_qcow2(
         &src,
         &[

@@ -4,6 +4,8 @@
 //! Local copies through the library: regular files of awkward sizes,
 //! many lanes and tiny requests, streams and null:.  Verified with `cmp`.
 
+mod common;
+
 use nbdcpy::copy::Job;
 use nbdcpy::endpoint::Spec;
 use nbdcpy::Config;
@@ -19,16 +21,7 @@ fn tmpdir(name: &str) -> PathBuf {
 }
 
 fn random_file(p: &Path, size: usize, seed: u64) {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut v = Vec::with_capacity(size);
-    while v.len() < size {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(size);
-    std::fs::write(p, v).unwrap();
+    common::write_file(p, &common::pattern(size, seed));
 }
 
 fn cmp(a: &Path, b: &Path) {

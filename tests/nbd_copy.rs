@@ -347,13 +347,7 @@ fn qcow2_through_qemu_nbd() {
     data[MIB / 2..MIB].fill(0);
     write_file(&raw, &data);
     let q = d.file("q.qcow2");
-    assert!(std::process::Command::new("qemu-img")
-        .args(["convert", "-f", "raw", "-O", "qcow2"])
-        .arg(&raw)
-        .arg(&q)
-        .status()
-        .unwrap()
-        .success());
+    raw_to_qcow2(&raw, &q);
     let s = qemu_nbd(&d, &q, &["-f", "qcow2", "-r"]);
     let out = d.file("out");
     copy(&s.uri(), out.to_str().unwrap(), &[]).unwrap();

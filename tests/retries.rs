@@ -12,8 +12,7 @@
 
 mod common;
 
-use common::{cmp, nbdcpy_bin, pattern, require, write_file, TempDir};
-use std::os::unix::process::CommandExt;
+use common::{cmp, die_with_parent, free_port, nbdcpy_bin, pattern, require, write_file, TempDir};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -42,6 +41,21 @@ impl Srv {
             Addr::Unix(dir.file("nbdkit.sock"))
         };
         Srv::new(dir, "nbdkit", addr, args)
+    }
+
+    /// nbdkit serving `file` through `filter` with the filter's `params`
+    /// (args: --filter=FILTER file file=FILE PARAMS...).
+    fn nbdkit_file(dir: &TempDir, tcp: bool, file: &Path, filter: &str, params: &[&str]) -> Srv {
+        let filter = format!("--filter={filter}");
+        let f = format!("file={}", file.display());
+        let mut args = vec![filter.as_str(), "file", &f];
+        args.extend(params);
+        Srv::nbdkit(dir, tcp, &args)
+    }
+
+    /// nbdkit on a unix socket serving `file`, each read delayed 20 ms.
+    fn slow_reads(dir: &TempDir, file: &Path) -> Srv {
+        Srv::nbdkit_file(dir, false, file, "delay", &["delay-read=20ms"])
     }
 
     /// qemu-nbd on a raw file, throttled to `bps` bytes per second.
@@ -107,13 +121,7 @@ impl Srv {
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        // SAFETY: prctl is async-signal-safe; the server dies with the test.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        die_with_parent(&mut cmd);
         self.child = Some(cmd.spawn().unwrap());
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.greets() {
@@ -159,14 +167,6 @@ impl Drop for Srv {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A small random generator seeded from the clock (the seed is printed).
@@ -215,6 +215,13 @@ impl CopyRun {
             err,
             started: Instant::now(),
         })
+    }
+
+    /// The command copying `from` to `to` with `opts`, then two requests
+    /// of 64 KiB at a time.
+    fn start_small(dir: &TempDir, opts: &[&str], from: &str, to: &str) -> Option<CopyRun> {
+        let args = [opts, &["--requests=2", "--request-size=64k", from, to]].concat();
+        CopyRun::start(dir, &args)
     }
 
     fn running(&mut self) -> bool {
@@ -302,97 +309,82 @@ fn check_ok(st: ExitStatus, err: &str, kills: usize, src: &Path, dst: &Path) {
     eprintln!("{kills} kill(s), {r} reconnect(s)");
 }
 
+/// --retries=5 --retry-delay=0.1: enough for the kills of `chaos`.
+const RETRIES: [&str; 2] = ["--retries=5", "--retry-delay=0.1"];
+
+/// A test's directory with a source image of `mib` MiB (src.img) and
+/// the path of its destination (dst.img); None (a skip) without `server`.
+fn setup(server: &str, tag: &str, mib: usize, seed: u64) -> Option<(TempDir, PathBuf, PathBuf)> {
+    if !require(server) {
+        return None;
+    }
+    let dir = TempDir::new(tag);
+    let (src, dst) = (dir.file("src.img"), dir.file("dst.img"));
+    image(&src, mib, seed);
+    Some((dir, src, dst))
+}
+
+/// `chaos` with three kills of `s`; the copy must still succeed (check_ok).
+fn survives_kills(mut run: CopyRun, s: &mut Srv, src: &Path, dst: &Path) {
+    let kills = chaos(&mut run, &mut [s], 3, &mut Rng::new());
+    let (st, err) = run.wait(Duration::from_secs(60));
+    check_ok(st, &err, kills, src, dst);
+}
+
+/// Waits 300 ms into `run` (which must still be running), then kills `s`.
+fn kill_mid_copy(run: &mut CopyRun, s: &mut Srv) {
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(run.running());
+    s.kill();
+}
+
 #[test]
 fn nbdkit_unix_source_killed_and_restarted() {
-    if !require("nbdkit") {
-        return;
-    }
-    let dir = TempDir::new("retry-src");
-    let (src, dst) = (dir.file("src.img"), dir.file("dst.img"));
-    image(&src, 16, 1);
-    let f = format!("file={}", src.display());
-    let mut s = Srv::nbdkit(
-        &dir,
-        false,
-        &["--filter=delay", "file", &f, "delay-read=20ms"],
-    );
-    let uri = s.uri();
-    let args = [
-        "--retries=5",
-        "--retry-delay=0.1",
-        "--requests=2",
-        "--request-size=64k",
-        &uri,
-        dst.to_str().unwrap(),
-    ];
-    let Some(mut run) = CopyRun::start(&dir, &args) else {
+    let Some((dir, src, dst)) = setup("nbdkit", "retry-src", 16, 1) else {
         return;
     };
-    let kills = chaos(&mut run, &mut [&mut s], 3, &mut Rng::new());
-    let (st, err) = run.wait(Duration::from_secs(60));
-    check_ok(st, &err, kills, &src, &dst);
+    let mut s = Srv::slow_reads(&dir, &src);
+    let Some(run) = CopyRun::start_small(&dir, &RETRIES, &s.uri(), dst.to_str().unwrap()) else {
+        return;
+    };
+    survives_kills(run, &mut s, &src, &dst);
 }
 
 #[test]
 fn nbdkit_tcp_destination_killed_and_restarted() {
-    if !require("nbdkit") {
-        return;
-    }
-    let dir = TempDir::new("retry-dst");
-    let (src, dst) = (dir.file("src.img"), dir.file("dst.img"));
-    image(&src, 16, 2);
-    write_file(&dst, &vec![0x55; 16 << 20]);
-    let f = format!("file={}", dst.display());
-    let mut s = Srv::nbdkit(
-        &dir,
-        true,
-        &[
-            "--filter=delay",
-            "file",
-            &f,
-            "delay-write=20ms",
-            "delay-zero=20ms",
-        ],
-    );
-    let uri = s.uri();
-    let args = [
-        "--retries=5",
-        "--retry-delay=0.1",
-        "--requests=2",
-        "--request-size=64k",
-        "--flush",
-        src.to_str().unwrap(),
-        &uri,
-    ];
-    let Some(mut run) = CopyRun::start(&dir, &args) else {
+    let Some((dir, src, dst)) = setup("nbdkit", "retry-dst", 16, 2) else {
         return;
     };
-    let kills = chaos(&mut run, &mut [&mut s], 3, &mut Rng::new());
-    let (st, err) = run.wait(Duration::from_secs(60));
-    check_ok(st, &err, kills, &src, &dst);
+    write_file(&dst, &vec![0x55; 16 << 20]);
+    let mut s = Srv::nbdkit_file(
+        &dir,
+        true,
+        &dst,
+        "delay",
+        &["delay-write=20ms", "delay-zero=20ms"],
+    );
+    let opts = [&RETRIES[..], &["--flush"]].concat();
+    let Some(run) = CopyRun::start_small(&dir, &opts, src.to_str().unwrap(), &s.uri()) else {
+        return;
+    };
+    survives_kills(run, &mut s, &src, &dst);
 }
 
 #[test]
 fn qemu_nbd_source_and_destination_killed_and_restarted() {
-    if !require("qemu-nbd") {
+    let Some((dir, src, dst)) = setup("qemu-nbd", "retry-qemu", 12, 3) else {
         return;
-    }
-    let dir = TempDir::new("retry-qemu");
-    let (src, dst) = (dir.file("src.img"), dir.file("dst.img"));
-    image(&src, 12, 3);
+    };
     write_file(&dst, &vec![0xaa; 12 << 20]);
     let mut s = Srv::qemu_nbd(&dir, "qsrc", &src, 4 << 20);
     let mut d = Srv::qemu_nbd(&dir, "qdst", &dst, 8 << 20);
     let (su, du) = (s.uri(), d.uri());
     // Requests across the holes' edges, answered in several chunks.
     let args = [
-        "--retries=5",
-        "--retry-delay=0.1",
-        "--request-size=512k",
-        "--no-extents",
-        &su,
-        &du,
-    ];
+        &RETRIES[..],
+        &["--request-size=512k", "--no-extents", &su, &du],
+    ]
+    .concat();
     let Some(mut run) = CopyRun::start(&dir, &args) else {
         return;
     };
@@ -404,38 +396,17 @@ fn qemu_nbd_source_and_destination_killed_and_restarted() {
 
 #[test]
 fn a_server_back_with_another_size_is_an_error() {
-    if !require("nbdkit") {
-        return;
-    }
-    let dir = TempDir::new("retry-size");
-    let (src, other, dst) = (
-        dir.file("src.img"),
-        dir.file("other.img"),
-        dir.file("dst.img"),
-    );
-    image(&src, 16, 4);
-    image(&other, 17, 4);
-    let f = format!("file={}", src.display());
-    let mut s = Srv::nbdkit(
-        &dir,
-        false,
-        &["--filter=delay", "file", &f, "delay-read=20ms"],
-    );
-    let uri = s.uri();
-    let args = [
-        "--retries=100",
-        "--retry-delay=0.1",
-        "--requests=2",
-        "--request-size=64k",
-        &uri,
-        dst.to_str().unwrap(),
-    ];
-    let Some(mut run) = CopyRun::start(&dir, &args) else {
+    let Some((dir, src, dst)) = setup("nbdkit", "retry-size", 16, 4) else {
         return;
     };
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(run.running());
-    s.kill();
+    let other = dir.file("other.img");
+    image(&other, 17, 4);
+    let mut s = Srv::slow_reads(&dir, &src);
+    let opts = ["--retries=100", "--retry-delay=0.1"];
+    let Some(mut run) = CopyRun::start_small(&dir, &opts, &s.uri(), dst.to_str().unwrap()) else {
+        return;
+    };
+    kill_mid_copy(&mut run, &mut s);
     s.args[2] = format!("file={}", other.display());
     s.start();
     let back = Instant::now();
@@ -454,34 +425,16 @@ fn a_server_back_with_another_size_is_an_error() {
 
 #[test]
 fn a_server_that_never_comes_back_fails_in_bounded_time() {
-    if !require("nbdkit") {
-        return;
-    }
-    let dir = TempDir::new("retry-gone");
-    let (src, dst) = (dir.file("src.img"), dir.file("dst.img"));
-    image(&src, 16, 5);
-    let f = format!("file={}", dst.display());
-    write_file(&dst, &vec![0; 16 << 20]);
-    let mut s = Srv::nbdkit(
-        &dir,
-        false,
-        &["--filter=delay", "file", &f, "delay-write=20ms"],
-    );
-    let uri = s.uri();
-    let args = [
-        "--retries=3",
-        "--retry-delay=0.2",
-        "--requests=2",
-        "--request-size=64k",
-        src.to_str().unwrap(),
-        &uri,
-    ];
-    let Some(mut run) = CopyRun::start(&dir, &args) else {
+    let Some((dir, src, dst)) = setup("nbdkit", "retry-gone", 16, 5) else {
         return;
     };
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(run.running());
-    s.kill();
+    write_file(&dst, &vec![0; 16 << 20]);
+    let mut s = Srv::nbdkit_file(&dir, false, &dst, "delay", &["delay-write=20ms"]);
+    let opts = ["--retries=3", "--retry-delay=0.2"];
+    let Some(mut run) = CopyRun::start_small(&dir, &opts, src.to_str().unwrap(), &s.uri()) else {
+        return;
+    };
+    kill_mid_copy(&mut run, &mut s);
     let gone = Instant::now();
     let (st, err) = run.wait(Duration::from_secs(30));
     assert_eq!(st.code(), Some(1), "{err}");
@@ -498,28 +451,12 @@ fn a_server_that_never_comes_back_fails_in_bounded_time() {
 
 #[test]
 fn sigint_during_the_backoff_cancels() {
-    if !require("nbdkit") {
+    let Some((dir, src, dst)) = setup("nbdkit", "retry-cancel", 16, 6) else {
         return;
-    }
-    let dir = TempDir::new("retry-cancel");
-    let (src, dst) = (dir.file("src.img"), dir.file("dst.img"));
-    image(&src, 16, 6);
-    let f = format!("file={}", src.display());
-    let mut s = Srv::nbdkit(
-        &dir,
-        false,
-        &["--filter=delay", "file", &f, "delay-read=20ms"],
-    );
-    let uri = s.uri();
-    let args = [
-        "--retries=100",
-        "--retry-delay=20",
-        "--requests=2",
-        "--request-size=64k",
-        &uri,
-        dst.to_str().unwrap(),
-    ];
-    let Some(mut run) = CopyRun::start(&dir, &args) else {
+    };
+    let mut s = Srv::slow_reads(&dir, &src);
+    let opts = ["--retries=100", "--retry-delay=20"];
+    let Some(mut run) = CopyRun::start_small(&dir, &opts, &s.uri(), dst.to_str().unwrap()) else {
         return;
     };
     std::thread::sleep(Duration::from_millis(300));
@@ -541,23 +478,15 @@ fn sigint_during_the_backoff_cancels() {
 
 #[test]
 fn error_replies_are_not_retried() {
-    if !require("nbdkit") {
+    let Some((dir, src, dst)) = setup("nbdkit", "retry-eio", 4, 7) else {
         return;
-    }
-    let dir = TempDir::new("retry-eio");
-    let (src, dst) = (dir.file("src.img"), dir.file("dst.img"));
-    image(&src, 4, 7);
-    let f = format!("file={}", src.display());
-    let s = Srv::nbdkit(
+    };
+    let s = Srv::nbdkit_file(
         &dir,
         false,
-        &[
-            "--filter=error",
-            "file",
-            &f,
-            "error=EIO",
-            "error-pread-rate=100%",
-        ],
+        &src,
+        "error",
+        &["error=EIO", "error-pread-rate=100%"],
     );
     let uri = s.uri();
     let args = [
@@ -579,26 +508,11 @@ fn error_replies_are_not_retried() {
 
 #[test]
 fn without_retries_a_lost_connection_fails_the_copy() {
-    if !require("nbdkit") {
+    let Some((dir, src, dst)) = setup("nbdkit", "retry-off", 16, 8) else {
         return;
-    }
-    let dir = TempDir::new("retry-off");
-    let (src, dst) = (dir.file("src.img"), dir.file("dst.img"));
-    image(&src, 16, 8);
-    let f = format!("file={}", src.display());
-    let mut s = Srv::nbdkit(
-        &dir,
-        false,
-        &["--filter=delay", "file", &f, "delay-read=20ms"],
-    );
-    let uri = s.uri();
-    let args = [
-        "--requests=2",
-        "--request-size=64k",
-        &uri,
-        dst.to_str().unwrap(),
-    ];
-    let Some(run) = CopyRun::start(&dir, &args) else {
+    };
+    let mut s = Srv::slow_reads(&dir, &src);
+    let Some(run) = CopyRun::start_small(&dir, &[], &s.uri(), dst.to_str().unwrap()) else {
         return;
     };
     std::thread::sleep(Duration::from_millis(300));
@@ -611,29 +525,12 @@ fn without_retries_a_lost_connection_fails_the_copy() {
 
 #[test]
 fn a_stalled_server_is_reconnected_after_the_timeout() {
-    if !require("nbdkit") {
+    let Some((dir, src, dst)) = setup("nbdkit", "retry-stall", 16, 9) else {
         return;
-    }
-    let dir = TempDir::new("retry-stall");
-    let (src, dst) = (dir.file("src.img"), dir.file("dst.img"));
-    image(&src, 16, 9);
-    let f = format!("file={}", src.display());
-    let mut s = Srv::nbdkit(
-        &dir,
-        false,
-        &["--filter=delay", "file", &f, "delay-read=20ms"],
-    );
-    let uri = s.uri();
-    let args = [
-        "--retries=5",
-        "--retry-delay=0.1",
-        "--timeout=1",
-        "--requests=2",
-        "--request-size=64k",
-        &uri,
-        dst.to_str().unwrap(),
-    ];
-    let Some(mut run) = CopyRun::start(&dir, &args) else {
+    };
+    let mut s = Srv::slow_reads(&dir, &src);
+    let opts = [&RETRIES[..], &["--timeout=1"]].concat();
+    let Some(mut run) = CopyRun::start_small(&dir, &opts, &s.uri(), dst.to_str().unwrap()) else {
         return;
     };
     std::thread::sleep(Duration::from_millis(300));
@@ -655,12 +552,9 @@ fn a_stalled_server_is_reconnected_after_the_timeout() {
 
 #[test]
 fn nbds_source_killed_and_restarted_runs_a_new_tls_session() {
-    if !require("nbdkit") {
+    let Some((dir, src, dst)) = setup("nbdkit", "retry-tls", 16, 3) else {
         return;
-    }
-    let dir = TempDir::new("retry-tls");
-    let (src, dst) = (dir.file("src.img"), dir.file("dst.img"));
-    image(&src, 16, 3);
+    };
     let psk = dir.file("keys.psk");
     let key: String = pattern(32, 11).iter().map(|b| format!("{b:02x}")).collect();
     std::fs::write(&psk, format!("alice:{key}\n")).unwrap();
@@ -686,18 +580,8 @@ fn nbds_source_killed_and_restarted_runs_a_new_tls_session() {
         sock.display(),
         psk.display()
     );
-    let args = [
-        "--retries=5",
-        "--retry-delay=0.1",
-        "--requests=2",
-        "--request-size=64k",
-        &uri,
-        dst.to_str().unwrap(),
-    ];
-    let Some(mut run) = CopyRun::start(&dir, &args) else {
+    let Some(run) = CopyRun::start_small(&dir, &RETRIES, &uri, dst.to_str().unwrap()) else {
         return;
     };
-    let kills = chaos(&mut run, &mut [&mut s], 3, &mut Rng::new());
-    let (st, err) = run.wait(Duration::from_secs(60));
-    check_ok(st, &err, kills, &src, &dst);
+    survives_kills(run, &mut s, &src, &dst);
 }

@@ -22,17 +22,7 @@ fn need_tools() -> bool {
 }
 
 fn sh(cmd: &str, dir: &Path) {
-    let o = Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "{cmd}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    output_ok(Command::new("sh").arg("-c").arg(cmd).current_dir(dir), cmd);
 }
 
 /// A CA, a server certificate for localhost/127.0.0.1, a client
@@ -143,12 +133,36 @@ fn image(dir: &TempDir, name: &str, seed: u64) -> PathBuf {
     p
 }
 
+/// image() "src.img" (`seed`) and "dst.img" full of the byte `fill`.
+fn src_and_dst(dir: &TempDir, seed: u64, fill: u8) -> (PathBuf, PathBuf) {
+    let dst = dir.file("dst.img");
+    write_file(&dst, &vec![fill; SIZE]);
+    (image(dir, "src.img", seed), dst)
+}
+
 fn tls_uri(s: &Server, user: Option<&str>, params: &str) -> String {
     format!(
         "nbds+unix://{}/?socket={}&{params}",
         user.map_or(String::new(), |u| format!("{u}@")),
         s.socket().display()
     )
+}
+
+/// nbdkit's arguments for serving `file` with TLS required:
+/// --tls=require TLS... file FILE.
+fn tls_args<'a>(tls: &[&'a str], file: &'a Path) -> Vec<&'a str> {
+    let mut a = vec!["--tls=require"];
+    a.extend(tls);
+    a.extend(["file", file.to_str().unwrap()]);
+    a
+}
+
+/// Copies `uri` into a new file `name` in `dir`, which must then equal
+/// `want`.
+fn copy_out_equals(dir: &TempDir, uri: &str, name: &str, want: &Path) {
+    let out = dir.file(name);
+    copy(uri, out.to_str().unwrap(), &[]).unwrap();
+    assert!(cmp(want, &out), "{uri} into {name}");
 }
 
 fn assert_err(r: nbdcpy::Result<Stats>, words: &[&str], started: Instant) {
@@ -171,27 +185,10 @@ fn psk_nbdkit_both_sides_unix_and_multi_conn() {
     }
     let dir = TempDir::new("tls-psk");
     let psk = psk_file(&dir, "keys.psk", "alice");
-    let src = image(&dir, "src.img", 1);
-    let dst = dir.file("dst.img");
-    write_file(&dst, &vec![0x55u8; SIZE]);
-    let s = nbdkit(
-        &dir,
-        &[
-            "--tls=require",
-            &format!("--tls-psk={psk}"),
-            "file",
-            src.to_str().unwrap(),
-        ],
-    );
-    let d = nbdkit(
-        &dir,
-        &[
-            "--tls=require",
-            &format!("--tls-psk={psk}"),
-            "file",
-            dst.to_str().unwrap(),
-        ],
-    );
+    let (src, dst) = src_and_dst(&dir, 1, 0x55);
+    let key = format!("--tls-psk={psk}");
+    let s = nbdkit(&dir, &tls_args(&[&key], &src));
+    let d = nbdkit(&dir, &tls_args(&[&key], &dst));
     let p = format!("tls-psk-file={psk}");
     for conns in ["1", "4"] {
         write_file(&dst, &vec![0x55u8; SIZE]);
@@ -209,9 +206,8 @@ fn psk_nbdkit_both_sides_unix_and_multi_conn() {
         assert_eq!(st.spliced, 0, "no splice with TLS");
     }
     // To and from a local file.
+    copy_out_equals(&dir, &tls_uri(&s, Some("alice"), &p), "out.img", &src);
     let out = dir.file("out.img");
-    copy(&tls_uri(&s, Some("alice"), &p), out.to_str().unwrap(), &[]).unwrap();
-    assert!(cmp(&src, &out));
     write_file(&dst, &vec![0x55u8; SIZE]);
     copy(out.to_str().unwrap(), &tls_uri(&d, Some("alice"), &p), &[]).unwrap();
     assert!(cmp(&src, &dst));
@@ -234,27 +230,10 @@ fn psk_nbdkit_tcp_and_cli() {
     }
     let dir = TempDir::new("tls-psk-tcp");
     let psk = psk_file(&dir, "keys.psk", "bob");
-    let src = image(&dir, "src.img", 2);
-    let dst = dir.file("dst.img");
-    write_file(&dst, &vec![0u8; SIZE]);
-    let (_s, su) = nbdkit_tcp(
-        &dir,
-        &[
-            "--tls=require",
-            &format!("--tls-psk={psk}"),
-            "file",
-            src.to_str().unwrap(),
-        ],
-    );
-    let (_d, du) = nbdkit_tcp(
-        &dir,
-        &[
-            "--tls=require",
-            &format!("--tls-psk={psk}"),
-            "file",
-            dst.to_str().unwrap(),
-        ],
-    );
+    let (src, dst) = src_and_dst(&dir, 2, 0);
+    let key = format!("--tls-psk={psk}");
+    let (_s, su) = nbdkit_tcp(&dir, &tls_args(&[&key], &src));
+    let (_d, du) = nbdkit_tcp(&dir, &tls_args(&[&key], &dst));
     let t = |u: &str| {
         format!(
             "{}?tls-psk-file={psk}",
@@ -289,30 +268,16 @@ fn x509_nbdkit_verify_peer_names_and_client_certs() {
     }
     let dir = TempDir::new("tls-x509");
     let pki = Pki::new(&dir);
-    let src = image(&dir, "src.img", 3);
-    let dst = dir.file("dst.img");
-    write_file(&dst, &vec![1u8; SIZE]);
+    let (src, dst) = src_and_dst(&dir, 3, 1);
     let certs = format!("--tls-certificates={}", pki.dir("server"));
     // Source: server does not verify clients; over TCP the URI host is
     // checked against the certificate.
-    let (_s, su) = nbdkit_tcp(
-        &dir,
-        &["--tls=require", &certs, "file", src.to_str().unwrap()],
-    );
+    let (_s, su) = nbdkit_tcp(&dir, &tls_args(&[&certs], &src));
     let port = su
         .trim_start_matches("nbd://127.0.0.1:")
         .trim_end_matches('/');
     // Destination: server verifies the client's certificate.
-    let d = nbdkit(
-        &dir,
-        &[
-            "--tls=require",
-            &certs,
-            "--tls-verify-peer",
-            "file",
-            dst.to_str().unwrap(),
-        ],
-    );
+    let d = nbdkit(&dir, &tls_args(&[&certs, "--tls-verify-peer"], &dst));
     let su_name = format!(
         "nbds://localhost:{port}/?tls-certificates={}",
         pki.dir("ca-only")
@@ -328,41 +293,18 @@ fn x509_nbdkit_verify_peer_names_and_client_certs() {
     copy(&su_ip, &du, &[]).unwrap();
     assert!(cmp(&src, &dst));
     // Unix socket with an explicit expected name.
-    let s2 = nbdkit(
-        &dir,
-        &["--tls=require", &certs, "file", src.to_str().unwrap()],
+    let s2 = nbdkit(&dir, &tls_args(&[&certs], &src));
+    let params = format!(
+        "tls-certificates={}&tls-hostname=localhost",
+        pki.dir("ca-only")
     );
-    let out = dir.file("out.img");
-    copy(
-        &tls_uri(
-            &s2,
-            None,
-            &format!(
-                "tls-certificates={}&tls-hostname=localhost",
-                pki.dir("ca-only")
-            ),
-        ),
-        out.to_str().unwrap(),
-        &[],
-    )
-    .unwrap();
-    assert!(cmp(&src, &out));
+    copy_out_equals(&dir, &tls_uri(&s2, None, &params), "out.img", &src);
     // tls-verify-peer=false: an untrusting client still connects.
-    let out2 = dir.file("out2.img");
-    copy(
-        &tls_uri(
-            &s2,
-            None,
-            &format!(
-                "tls-certificates={}&tls-verify-peer=false",
-                pki.dir("other-ca")
-            ),
-        ),
-        out2.to_str().unwrap(),
-        &[],
-    )
-    .unwrap();
-    assert!(cmp(&src, &out2));
+    let params = format!(
+        "tls-certificates={}&tls-verify-peer=false",
+        pki.dir("other-ca")
+    );
+    copy_out_equals(&dir, &tls_uri(&s2, None, &params), "out2.img", &src);
 }
 
 #[test]
@@ -400,8 +342,9 @@ fn qemu_nbd_x509_and_psk_tls13_and_tls12() {
             let user = (kind == "psk").then_some("carol");
             let dst = dir.file(&format!("dst-{kind}-{i}.img"));
             write_file(&dst, &vec![7u8; SIZE]);
-            let s = qemu_nbd(&dir, &src, &["--object", &creds, "--tls-creds", "tls0"]);
-            let d = qemu_nbd(&dir, &dst, &["--object", &creds, "--tls-creds", "tls0"]);
+            let tls = ["--object", &creds, "--tls-creds", "tls0"];
+            let s = qemu_nbd(&dir, &src, &tls);
+            let d = qemu_nbd(&dir, &dst, &tls);
             let st = copy(
                 &tls_uri(&s, user, &params),
                 &tls_uri(&d, user, &params),
@@ -464,47 +407,13 @@ fn failures_are_clear_bounded_and_write_nothing() {
     write_file(&dst, &before);
     let untouched = || assert_eq!(std::fs::read(&dst).unwrap(), before, "destination written");
     let certs = format!("--tls-certificates={}", pki.dir("server"));
-    let s_psk = nbdkit(
-        &dir,
-        &[
-            "--tls=require",
-            &format!("--tls-psk={psk}"),
-            "file",
-            src.to_str().unwrap(),
-        ],
-    );
-    let d_psk = nbdkit(
-        &dir,
-        &[
-            "--tls=require",
-            &format!("--tls-psk={psk}"),
-            "file",
-            dst.to_str().unwrap(),
-        ],
-    );
-    let s_x509 = nbdkit(
-        &dir,
-        &["--tls=require", &certs, "file", src.to_str().unwrap()],
-    );
-    let d_verify = nbdkit(
-        &dir,
-        &[
-            "--tls=require",
-            &certs,
-            "--tls-verify-peer",
-            "file",
-            dst.to_str().unwrap(),
-        ],
-    );
-    let s_expired = nbdkit(
-        &dir,
-        &[
-            "--tls=require",
-            &format!("--tls-certificates={}", pki.dir("expired")),
-            "file",
-            src.to_str().unwrap(),
-        ],
-    );
+    let key = format!("--tls-psk={psk}");
+    let expired = format!("--tls-certificates={}", pki.dir("expired"));
+    let s_psk = nbdkit(&dir, &tls_args(&[&key], &src));
+    let d_psk = nbdkit(&dir, &tls_args(&[&key], &dst));
+    let s_x509 = nbdkit(&dir, &tls_args(&[&certs], &src));
+    let d_verify = nbdkit(&dir, &tls_args(&[&certs, "--tls-verify-peer"], &dst));
+    let s_expired = nbdkit(&dir, &tls_args(&[&expired], &src));
     let s_plain = nbdkit(&dir, &["--tls=off", "file", src.to_str().unwrap()]);
     let d_plain_uri = dst.to_str().unwrap().to_string();
     let ca = format!("tls-certificates={}", pki.dir("ca-only"));

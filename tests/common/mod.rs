@@ -12,7 +12,7 @@ pub mod hostile;
 use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -173,16 +173,30 @@ fn spawn(mut cmd: Command, log: &Path) -> Child {
     cmd.stdin(Stdio::null())
         .stdout(f.try_clone().unwrap())
         .stderr(f);
-    // SAFETY: prctl is async-signal-safe; it makes the server die with
-    // the test process, so nothing outlives a crashed test run.
+    die_with_parent(&mut cmd);
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"))
+}
+
+/// Makes the process `cmd` starts die with the test process, so nothing
+/// outlives a crashed test run.
+pub fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             Ok(())
         });
     }
-    cmd.spawn()
-        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"))
+}
+
+/// A free TCP port on 127.0.0.1 (the kernel's pick).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Waits until the server sends the NBD greeting on its socket.
@@ -211,16 +225,18 @@ fn wait_ready(s: &mut Server) {
     }
 }
 
-/// nbdkit -f -U SOCK ARGS...
-pub fn nbdkit(dir: &TempDir, args: &[&str]) -> Server {
+/// A new server's socket and log paths in `dir`: TAG<n>.sock, TAG<n>.log.
+fn sock_and_log(dir: &TempDir, tag: &str) -> (PathBuf, PathBuf) {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let sock = dir.file(&format!("nbdkit{n}.sock"));
-    let log = dir.file(&format!("nbdkit{n}.log"));
-    let mut cmd = Command::new("nbdkit");
-    cmd.args(["-f", "--exit-with-parent", "-U"])
-        .arg(&sock)
-        .args(args);
-    let child = spawn(cmd, &log);
+    (
+        dir.file(&format!("{tag}{n}.sock")),
+        dir.file(&format!("{tag}{n}.log")),
+    )
+}
+
+/// A server running in the foreground as `child` on `sock`, once it
+/// sends its greeting.
+fn started(child: Child, sock: PathBuf, log: PathBuf) -> Server {
     let mut s = Server {
         child: Some(child),
         pidfile: None,
@@ -232,15 +248,21 @@ pub fn nbdkit(dir: &TempDir, args: &[&str]) -> Server {
     s
 }
 
+/// nbdkit -f -U SOCK ARGS...
+pub fn nbdkit(dir: &TempDir, args: &[&str]) -> Server {
+    let (sock, log) = sock_and_log(dir, "nbdkit");
+    let mut cmd = Command::new("nbdkit");
+    cmd.args(["-f", "--exit-with-parent", "-U"])
+        .arg(&sock)
+        .args(args);
+    started(spawn(cmd, &log), sock, log)
+}
+
 /// nbdkit on TCP 127.0.0.1:PORT (a free port is picked); uri() is nbd://.
 pub fn nbdkit_tcp(dir: &TempDir, args: &[&str]) -> (Server, String) {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     // Ask the kernel for a free port, then hand it to nbdkit.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let log = dir.file(&format!("nbdkit-tcp{n}.log"));
     let mut cmd = Command::new("nbdkit");
     cmd.args([
@@ -306,9 +328,7 @@ impl Drop for LoopDev {
 /// qemu-nbd -f raw -k SOCK -t -e 16 EXTRA FILE (`extra` may override -f,
 /// or hold --image-opts: FILE is then the options).
 pub fn qemu_nbd(dir: &TempDir, file: &Path, extra: &[&str]) -> Server {
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let sock = dir.file(&format!("qemu{n}.sock"));
-    let log = dir.file(&format!("qemu{n}.log"));
+    let (sock, log) = sock_and_log(dir, "qemu");
     let mut cmd = Command::new("qemu-nbd");
     if !extra.contains(&"-f") && !extra.contains(&"--image-opts") {
         cmd.args(["-f", "raw"]);
@@ -318,16 +338,7 @@ pub fn qemu_nbd(dir: &TempDir, file: &Path, extra: &[&str]) -> Server {
         .args(["-t", "-e", "16"])
         .args(extra)
         .arg(file);
-    let child = spawn(cmd, &log);
-    let mut s = Server {
-        child: Some(child),
-        pidfile: None,
-        sock,
-        export: String::new(),
-        log,
-    };
-    wait_ready(&mut s);
-    s
+    started(spawn(cmd, &log), sock, log)
 }
 
 /// nbd-server with a generated config: a unix socket (and a loopback TCP
@@ -423,6 +434,18 @@ pub fn try_read_export(uri: &str, dir: &TempDir) -> Result<Vec<u8>, String> {
     Ok(v)
 }
 
+/// Runs `cmd` to its end; panics (naming it `what`, with its stderr)
+/// unless it succeeds.  Returns its output.
+pub fn output_ok(cmd: &mut Command, what: &str) -> Output {
+    let o = cmd.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
 /// Independent writer: runs qemu-io commands (e.g. "write -P 0x5a 1M 1M")
 /// on a raw file or NBD URI.
 pub fn qemu_io(target: &str, cmds: &[&str]) {
@@ -431,26 +454,28 @@ pub fn qemu_io(target: &str, cmds: &[&str]) {
     for cmd in cmds {
         c.args(["-c", cmd]);
     }
-    let o = c.arg(target).output().unwrap();
-    assert!(
-        o.status.success(),
-        "qemu-io {target} {cmds:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    output_ok(c.arg(target), &format!("qemu-io {target} {cmds:?}"));
 }
 
 /// Independent writer: fill an export from a file, via qemu-img convert.
 pub fn fill_export(uri: &str, file: &Path) {
-    let o = Command::new("qemu-img")
-        .args(["convert", "-n", "-f", "raw", "-O", "raw"])
-        .arg(file)
-        .arg(uri)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "qemu-img convert to {uri}: {}",
-        String::from_utf8_lossy(&o.stderr)
+    output_ok(
+        Command::new("qemu-img")
+            .args(["convert", "-n", "-f", "raw", "-O", "raw"])
+            .arg(file)
+            .arg(uri),
+        &format!("qemu-img convert to {uri}"),
+    );
+}
+
+/// qemu-img convert of a raw image into a new qcow2 file.
+pub fn raw_to_qcow2(raw: &Path, qcow2: &Path) {
+    output_ok(
+        Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "qcow2"])
+            .arg(raw)
+            .arg(qcow2),
+        "qemu-img convert to qcow2",
     );
 }
 
