@@ -11,7 +11,6 @@ use super::lane::{Lane, SrcIo};
 use crate::copy::align::{align_down, push_merged, Aligner, Extent};
 use crate::copy::dirty::{DirtyExtent, DirtyMerge};
 use crate::copy::WorkQueue;
-use crate::endpoint::file::walk_extents;
 use crate::error::Result;
 
 impl Lane {
@@ -72,7 +71,7 @@ impl Lane {
         match &mut self.src {
             SrcIo::File { fd, .. } if self.params.extents => {
                 let out = &mut self.extents;
-                walk_extents(*fd, a, b, &mut |e| {
+                self.walker.walk(*fd, a, b, &mut |e| {
                     aligner.push(e, out);
                     true
                 });

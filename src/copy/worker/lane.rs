@@ -14,6 +14,7 @@ use super::HEADER_ROOM;
 use crate::copy::align::Extent;
 use crate::copy::buf::AlignedBuf;
 use crate::copy::nbdconn::NbdConn;
+use crate::endpoint::file::ExtentWalker;
 use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::RawFd;
 use std::time::Duration;
@@ -134,6 +135,8 @@ pub struct Lane {
     pub(super) status: Option<PendingStatus>,
     /// No more work to claim.
     pub(super) exhausted: bool,
+    /// SEEK_DATA/SEEK_HOLE of a file source, remembering its last answer.
+    pub(super) walker: ExtentWalker,
     /// Stream source: position, and one read in flight at a time.
     pub(super) stream_pos: u64,
     pub(super) stream_reading: bool,
@@ -186,6 +189,7 @@ impl Lane {
             extents: VecDeque::new(),
             status: None,
             exhausted: false,
+            walker: ExtentWalker::default(),
             stream_pos: 0,
             stream_reading: false,
             out_next: 0,
