@@ -50,8 +50,8 @@ usage (FILE *fp, int status)
 "         [-S N|--sparse=N] [--splice=auto|on|off] [--synchronous]\n"
 "         [-T N|--threads=N] [--timeout=SECONDS] [--slow-timeout=SECONDS]\n"
 "         [--retries=N] [--retry-delay=SECONDS] [--rate=SIZE] [--verify]\n"
-"         [--json|--json=FD] [--set=KEY=VALUE] [-v|--verbose]\n"
-"         [--dirty-bitmap=NAME] [--offset=N] [--length=N]\n"
+"         [--json|--json=FD] [--set=KEY=VALUE] [-v|--verbose] [--offset=N]\n"
+"         [--engine=auto|io_uring|epoll] [--dirty-bitmap=NAME] [--length=N]\n"
 "         [--destination-offset=N] SOURCE DESTINATION\n"
 "  nbdcpy --help | -V|--version\n"
 "\n"
@@ -361,7 +361,7 @@ main (int argc, char *argv[])
     BLKHASH_OPTION, BLKHASH_FILE_OPTION, VERIFY_OPTION,
     RATE_OPTION, JSON_OPTION,
     DIRTY_BITMAP_OPTION, OFFSET_OPTION, LENGTH_OPTION,
-    DESTINATION_OFFSET_OPTION,
+    DESTINATION_OFFSET_OPTION, ENGINE_OPTION,
   };
   static const char short_options[] = "C:pR:S:T:vV";
   static const struct option long_options[] = {
@@ -396,6 +396,7 @@ main (int argc, char *argv[])
     { "offset", required_argument, NULL, OFFSET_OPTION },
     { "length", required_argument, NULL, LENGTH_OPTION },
     { "destination-offset", required_argument, NULL, DESTINATION_OFFSET_OPTION },
+    { "engine", required_argument, NULL, ENGINE_OPTION },
     { "verbose", no_argument, NULL, 'v' },
     { "version", no_argument, NULL, 'V' },
     { NULL }
@@ -489,6 +490,7 @@ main (int argc, char *argv[])
     case RETRIES_OPTION: set (cfg, "retries", optarg); break;
     case RETRY_DELAY_OPTION: set (cfg, "retry-delay", optarg); break;
     case RATE_OPTION: set (cfg, "rate", optarg); break;
+    case ENGINE_OPTION: set (cfg, "engine", optarg); break;
     case JSON_OPTION:
       if (optarg) {
         char *end;

@@ -103,6 +103,20 @@ pub struct Config {
     /// (keys "tls-certificates", "tls-verify-peer", "tls-hostname",
     /// "tls-psk-file", "tls-username"; the URI's own parameters win).
     pub tls: crate::proto::uri::TlsParams,
+    /// How the copy talks to the kernel: key "engine" = "auto" (the
+    /// default: io_uring where the kernel allows it, else epoll),
+    /// "io_uring" or "epoll".
+    pub engine: EngineChoice,
+}
+
+/// The "engine" option: which I/O engine runs the copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EngineChoice {
+    /// io_uring, or epoll when the ring cannot be made.
+    #[default]
+    Auto,
+    IoUring,
+    Epoll,
 }
 
 /// The longest wait between two reconnect attempts (or `retry_delay`,
@@ -143,6 +157,7 @@ impl Default for Config {
             length: None,
             destination_offset: None,
             tls: Default::default(),
+            engine: EngineChoice::Auto,
         }
     }
 }
@@ -184,6 +199,7 @@ pub const OPTION_NAMES: &[&str] = &[
     "tls-hostname",
     "tls-psk-file",
     "tls-username",
+    "engine",
 ];
 
 impl Config {
@@ -204,6 +220,19 @@ impl Config {
                 }
             }
             "synchronous" => self.synchronous = parse_flag(name, value)?,
+            "engine" => {
+                self.engine = match need(name, value)? {
+                    "auto" => EngineChoice::Auto,
+                    "io_uring" | "io-uring" | "uring" => EngineChoice::IoUring,
+                    "epoll" => EngineChoice::Epoll,
+                    v => {
+                        return Err(Error::new(
+                            libc::EINVAL,
+                            format!("engine: expected auto, io_uring or epoll, not '{v}'"),
+                        ))
+                    }
+                }
+            }
             "blkhash" => {
                 self.blkhash = Some(
                     crate::blkhash::Spec::parse(value.unwrap_or(""))
