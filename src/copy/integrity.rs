@@ -41,7 +41,9 @@ pub fn check_readable(spec: &Spec, ep: &Endpoint) -> Result<()> {
 /// The read-back job's options: the same block hash, nothing written.
 pub fn readback_config(cfg: &Config, spec: HashSpec) -> Config {
     let mut c = cfg.clone();
-    c.blkhash = Some(spec);
+    // A range list's read-back hashes with the default spec (--blkhash
+    // cannot be given with --ranges), as the copy did.
+    c.blkhash = cfg.ranges.is_none().then_some(spec);
     c.blkhash_file = None;
     c.verify = false;
     c.flush = false;
