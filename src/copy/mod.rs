@@ -589,7 +589,7 @@ impl Job {
             sparse: plan.sparse,
             allocated: cfg.allocated,
             dst_is_zero,
-            extents: !cfg.no_extents,
+            extents: !cfg.no_extents && rangelist::wants_extents(self.list.as_deref(), &self.src),
             zero_piece: plan.zero_piece,
             direct_file_writes: plan.direct_file_writes,
             file_lock: plan.file_lock.then(|| Arc::new(std::sync::Mutex::new(()))),

@@ -292,6 +292,26 @@ pub fn plan_window(
     Ok(list.window())
 }
 
+/// Mean area length from which an NBD source is asked for block status
+/// per area (below it, a BLOCK_STATUS round trip costs more than reading
+/// an area's holes, which zero detection then turns into zeroing).
+pub const STATUS_MIN_MEAN_AREA: u64 = 1 << 20;
+
+/// Whether the lanes learn the source's extents (SEEK_DATA, BLOCK_STATUS)
+/// inside the areas of `list` (None: no range list, as configured).  A
+/// lane has one BLOCK_STATUS in flight and claims the next area only when
+/// it is answered, so for small areas of an NBD source the round trips
+/// would bound the copy: their holes are read instead (and zeroed on the
+/// destination by zero detection).  Files always: SEEK_DATA is local.
+pub fn wants_extents(list: Option<&RangeList>, src: &Endpoint) -> bool {
+    match (list, src) {
+        (Some(l), Endpoint::Nbd(_)) if !l.areas.is_empty() => {
+            l.total / l.areas.len() as u64 >= STATUS_MIN_MEAN_AREA
+        }
+        _ => true,
+    }
+}
+
 /// Hands out the areas in pieces of at most `piece` bytes, in order.
 #[derive(Debug)]
 pub struct Claims {
