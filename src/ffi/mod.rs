@@ -278,6 +278,7 @@ pub extern "C" fn nbdcpy_version() -> *const c_char {
 const FEATURES: &[(&str, bool)] = &[
     ("extended-headers", true),
     ("io_uring", true),
+    ("epoll", true),
     ("socket-activation", true),
     ("splice", true),
     ("blkhash", true),
@@ -309,7 +310,7 @@ pub unsafe extern "C" fn nbdcpy_supports(feature: *const c_char) -> c_int {
         .map(|&(n, have)| (n, have));
     match known {
         Some(("io_uring", _)) => {
-            catch_unwind(|| crate::ring::Ring::new(8).is_ok()).unwrap_or(false) as c_int
+            catch_unwind(crate::engine::io_uring_available).unwrap_or(false) as c_int
         }
         Some((_, have)) => have as c_int,
         None => 0,
