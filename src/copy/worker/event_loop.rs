@@ -170,7 +170,7 @@ impl Worker<'_> {
             self.last_progress = Instant::now();
             let cqes = std::mem::take(&mut self.cqes);
             for &Completion { user_data: u, res } in &cqes {
-                fault::completion();
+                fault::completion(self.shared);
                 let (lane_id, kind, idx) = decode_user_data(u);
                 let lane = lanes.get_mut(lane_id).ok_or_else(|| {
                     Error::new(libc::EIO, format!("unexpected completion {u:#x}"))
@@ -344,15 +344,13 @@ impl Worker<'_> {
 
 /// Fault injection for tests: a panic in the middle of a copy.
 #[cfg(test)]
-pub(crate) mod fault {
-    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+mod fault {
+    use crate::copy::stats::Shared;
+    use std::sync::atomic::Ordering::Relaxed;
 
-    /// Panic at the completion that brings this to zero (0: never).
-    pub static PANIC_AT_COMPLETION: AtomicU64 = AtomicU64::new(0);
-
-    pub fn completion() {
-        let n = PANIC_AT_COMPLETION.load(Relaxed);
-        if n > 0 && PANIC_AT_COMPLETION.fetch_sub(1, Relaxed) == 1 {
+    pub fn completion(shared: &Shared) {
+        let n = &shared.panic_at_completion;
+        if n.load(Relaxed) > 0 && n.fetch_sub(1, Relaxed) == 1 {
             panic!("fault injection: worker panics mid-copy");
         }
     }
@@ -361,5 +359,5 @@ pub(crate) mod fault {
 #[cfg(not(test))]
 mod fault {
     #[inline(always)]
-    pub fn completion() {}
+    pub fn completion(_: &crate::copy::stats::Shared) {}
 }
