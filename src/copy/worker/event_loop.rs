@@ -8,38 +8,16 @@
 // the drain on every exit path (the engine's Drop drains too, so a panic
 // unwinding through here never frees what the kernel may still use).
 
+use super::core::{
+    decode_user_data, user_data, Worker, K_DST_FSYNC, K_DST_NBD, K_DST_WRITE, K_SRC_NBD, K_SRC_READ,
+};
 use super::lane::{DstIo, Lane, SrcIo};
-use crate::copy::nbdconn::ConnEvent;
 use crate::copy::splice;
 use crate::copy::stats::Shared;
 use crate::copy::WorkQueue;
 use crate::engine::{Completion, Engine, EngineKind};
 use crate::error::{Error, Result};
 use std::time::{Duration, Instant};
-
-// What a completion belongs to (the `kind` in its user_data).
-/// A file source read into a slot (index: the slot).
-pub(super) const K_SRC_READ: u64 = 1;
-/// A file destination operation (index: the operation).
-pub(super) const K_DST_WRITE: u64 = 2;
-/// The destination file's fsync.
-pub(super) const K_DST_FSYNC: u64 = 3;
-/// The source NBD connection's send or receive (index: which).
-pub(super) const K_SRC_NBD: u64 = 4;
-/// ... and the destination's.
-pub(super) const K_DST_NBD: u64 = 5;
-
-/// The user_data of an operation: lane, kind and an index (48 bits).
-#[inline]
-pub(super) fn user_data(lane: usize, kind: u64, idx: u64) -> u64 {
-    ((lane as u64) << 56) | (kind << 48) | (idx & ((1 << 48) - 1))
-}
-
-/// `user_data`'s parts again.
-#[inline]
-fn decode_user_data(u: u64) -> (usize, u64, u64) {
-    ((u >> 56) as usize, (u >> 48) & 0xff, u & ((1 << 48) - 1))
-}
 
 /// Runs lanes on an engine of `kind` until they finish, fail or are
 /// cancelled.  `fallback`: an io_uring that cannot be set up on this
@@ -95,17 +73,6 @@ pub fn run_worker(
             c.finish();
         }
     }
-}
-
-pub(super) struct Worker<'a> {
-    pub(super) engine: Engine,
-    q: &'a WorkQueue,
-    pub(super) shared: &'a Shared,
-    cqes: Vec<Completion>,
-    events: Vec<ConnEvent>,
-    pub(super) last_progress: Instant,
-    /// A lane waits for the rate limit: how long (the ring wait's bound).
-    rate_wait: Option<Duration>,
 }
 
 impl Worker<'_> {

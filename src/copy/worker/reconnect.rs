@@ -10,7 +10,7 @@
 // timeout) with retries on is taken as the loss of every connection of
 // this worker that has something outstanding.
 
-use super::event_loop::{user_data, Worker, K_DST_NBD, K_SRC_NBD};
+use super::core::{user_data, Worker, K_DST_NBD, K_SRC_NBD};
 use super::lane::{DstIo, Lane, SrcIo};
 use crate::error::{Error, Result};
 use std::time::Instant;
