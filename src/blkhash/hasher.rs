@@ -126,10 +126,6 @@ impl BlockHasher {
         }
     }
 
-    pub fn spec(&self) -> Spec {
-        self.spec
-    }
-
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -26,4 +26,3 @@ mod zero;
 
 pub use event_loop::run_worker;
 pub use lane::{DstIo, Lane, LaneParams, SrcIo};
-pub use state::HEADER_ROOM;
