@@ -48,7 +48,7 @@ RUST_SRCS  := $(shell find src -type f) Cargo.toml $(wildcard Cargo.lock) build.
 EXAMPLES   := $(patsubst %.c,%,$(wildcard examples/*.c))
 MULTIARCH  := $(shell $(CC) -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
 
-.PHONY: all lib cli fuzz check check-rust check-c check-header check-style check-valgrind \
+.PHONY: check-valgrind-panic all lib cli fuzz check check-rust check-c check-header check-style check-valgrind \
         check-warnings check-symbols check-install check-spdx check-deb header \
         test-deps deps demo install uninstall bench bench-dirty bench-ranges deb deb-deps clean dist check-dist
 
@@ -187,8 +187,20 @@ check-install: all
 # Valgrind is optional outside CI (a distro build root may lack it).
 check-valgrind: all
 	@if command -v valgrind >/dev/null || [ -n "$$NBDCPY_REQUIRE_SERVERS" ]; then \
-	  $(MAKE) -C c-tests check-valgrind B=$(CURDIR)/$(B); \
+	  $(MAKE) -C c-tests check-valgrind B=$(CURDIR)/$(B) && \
+	  $(MAKE) -s check-valgrind-panic; \
 	else echo "check-valgrind: valgrind not installed, skipped"; fi
+
+# Fault injection (compiled into the library's unit tests only): a worker
+# panics mid-copy with reads in flight, on each engine; under valgrind
+# no invalid read or write, nbdcpy_run fails, the next copy succeeds.
+PANIC_TEST := ffi::panic_test::a_worker_panic_mid_copy_is_an_error_and_the_next_copy_works
+check-valgrind-panic:
+	@set -e; bin=$$($(CARGO) test --profile $(CARGO_PROFILE) $(CARGOFLAGS) --lib --no-run \
+	    --message-format=json 2>/dev/null | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | head -1); \
+	[ -n "$$bin" ] || { echo "check-valgrind-panic: cannot build the unit tests"; exit 1; }; \
+	echo "== worker panic mid-copy (valgrind)"; \
+	valgrind -q --fair-sched=yes --error-exitcode=99 "$$bin" --exact $(PANIC_TEST) --test-threads=1
 
 # Every tracked source file carries an SPDX-License-Identifier line in its
 # first 15 lines (see README "Licence"): add

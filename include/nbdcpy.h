@@ -217,6 +217,14 @@ struct nbdcpy_config *nbdcpy_config_new(void);
 //    the up-front zeroing), fsync or fallocate is outstanding, which can
 //    legitimately take long (default 0: never, like nbdcopy).
 //  - "splice": "auto" (default), "1" or "0", see nbdcpy(1) --splice.
+//  - "engine": how the copy talks to the kernel: "auto" (default:
+//    io_uring, or epoll when this process may not set up an io_uring:
+//    seccomp profiles of container runtimes, kernel.io_uring_disabled,
+//    kernels before 5.11; decided once per nbdcpy_run(), silently but
+//    for one NBDCPY_LOG_INFO message), "io_uring" (fails with the
+//    kernel's reason where it cannot run) or "epoll" (non-blocking
+//    system calls on readiness; every data path works on both).
+//    nbdcpy_get_engine() tells which ran.
 //  - "retries": how many times to try reconnecting an NBD connection
 //    that was lost (reset, EOF, or no I/O for "timeout" seconds) before
 //    failing (default 0: never, like nbdcopy); see nbdcpy(1) --retries.

@@ -10,16 +10,29 @@
 // `engine` (io_uring and epoll engines, the buffers they own), `sys` (safe system call wrappers) and
 // `proto` (sans-I/O NBD).
 
-pub mod blkhash;
+pub(crate) mod blkhash;
 pub mod config;
-pub mod copy;
-pub mod endpoint;
-pub mod engine;
+pub(crate) mod copy;
+pub(crate) mod endpoint;
+pub(crate) mod engine;
 pub mod error;
 pub mod ffi;
-pub mod proto;
-pub mod sys;
-pub mod tls;
+pub(crate) mod proto;
+pub(crate) mod sys;
+pub(crate) mod tls;
 
 pub use config::Config;
+pub use copy::Job;
+pub use engine::EngineKind;
 pub use error::{Error, Result};
+
+/// The internals the integration tests and fuzz targets drive (not API:
+/// no stability promise).
+#[doc(hidden)]
+pub mod testing {
+    pub use crate::copy::splice::cached;
+    pub use crate::endpoint::connect::Limits;
+    pub use crate::endpoint::{Endpoint, Side, Spec};
+    pub use crate::proto::fuzz;
+    pub use crate::proto::HeaderMode;
+}

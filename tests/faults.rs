@@ -18,9 +18,9 @@ fn run(src: &str, dst: &str, opts: &[(&str, &str)]) -> (nbdcpy::Result<()>, u64,
     for (k, v) in opts {
         cfg.set(k, Some(v)).unwrap();
     }
-    let mut job = match nbdcpy::copy::Job::open(
-        nbdcpy::endpoint::Spec::parse(src),
-        nbdcpy::endpoint::Spec::parse(dst),
+    let mut job = match nbdcpy::Job::open(
+        nbdcpy::testing::Spec::parse(src),
+        nbdcpy::testing::Spec::parse(dst),
         cfg,
     ) {
         Ok(j) => j,

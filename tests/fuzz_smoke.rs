@@ -97,19 +97,19 @@ fn run(target: &str, f: fn(&[u8]), iterations: usize) {
 
 #[test]
 fn fuzz_reply_smoke() {
-    run("fuzz_reply", nbdcpy::proto::fuzz::fuzz_reply, 200_000);
+    run("fuzz_reply", nbdcpy::testing::fuzz::fuzz_reply, 200_000);
 }
 
 #[test]
 fn fuzz_handshake_smoke() {
     run(
         "fuzz_handshake",
-        nbdcpy::proto::fuzz::fuzz_handshake,
+        nbdcpy::testing::fuzz::fuzz_handshake,
         100_000,
     );
 }
 
 #[test]
 fn fuzz_uri_smoke() {
-    run("fuzz_uri", nbdcpy::proto::fuzz::fuzz_uri, 100_000);
+    run("fuzz_uri", nbdcpy::testing::fuzz::fuzz_uri, 100_000);
 }

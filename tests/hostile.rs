@@ -196,9 +196,9 @@ fn copy_cancelled_after_300ms(
     dst: &str,
     cfg: nbdcpy::Config,
 ) -> (nbdcpy::Error, Duration) {
-    let mut job = nbdcpy::copy::Job::open(
-        nbdcpy::endpoint::Spec::parse(src),
-        nbdcpy::endpoint::Spec::parse(dst),
+    let mut job = nbdcpy::Job::open(
+        nbdcpy::testing::Spec::parse(src),
+        nbdcpy::testing::Spec::parse(dst),
         cfg,
     )
     .unwrap();

@@ -6,9 +6,9 @@
 
 mod common;
 
-use nbdcpy::copy::Job;
-use nbdcpy::endpoint::Spec;
+use nbdcpy::testing::Spec;
 use nbdcpy::Config;
+use nbdcpy::Job;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;

@@ -647,7 +647,7 @@ fn file_source_splice_cached_and_uncached() {
     write_file(&a, &data);
     let f = std::fs::File::open(&a).unwrap();
     f.sync_all().unwrap();
-    if !nbdcpy::copy::splice::cached(f.as_raw_fd(), 0, 4 * MIB as u64) {
+    if !nbdcpy::testing::cached(f.as_raw_fd(), 0, 4 * MIB as u64) {
         eprintln!("SKIP: cachestat (Linux 6.5+) unavailable: file sources are never spliced");
         return;
     }
@@ -660,7 +660,7 @@ fn file_source_splice_cached_and_uncached() {
             libc::POSIX_FADV_DONTNEED,
         )
     };
-    let evicted = !nbdcpy::copy::splice::cached(f.as_raw_fd(), 4 * MIB as u64, 4 * MIB as u64);
+    let evicted = !nbdcpy::testing::cached(f.as_raw_fd(), 4 * MIB as u64, 4 * MIB as u64);
     let m = nbdkit(&d, &["memory", &size.to_string()]);
     let st = copy(a.to_str().unwrap(), &m.uri(), &[("splice", "1")]).unwrap();
     assert_eq!(read_export(&m.uri(), &d), data);

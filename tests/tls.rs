@@ -352,16 +352,16 @@ fn qemu_nbd_x509_and_psk_tls13_and_tls12() {
             )
             .unwrap_or_else(|e| panic!("{kind} {prio}: {}", e.msg));
             // Extended headers, negotiated inside TLS.
-            let ep = nbdcpy::endpoint::Endpoint::open(
-                &nbdcpy::endpoint::Spec::parse(&tls_uri(&s, user, &params)),
-                nbdcpy::endpoint::Side::Source,
+            let ep = nbdcpy::testing::Endpoint::open(
+                &nbdcpy::testing::Spec::parse(&tls_uri(&s, user, &params)),
+                nbdcpy::testing::Side::Source,
                 &nbdcpy::Config::default(),
-                &nbdcpy::endpoint::connect::Limits::none(),
+                &nbdcpy::testing::Limits::none(),
             )
             .unwrap();
             match &ep {
-                nbdcpy::endpoint::Endpoint::Nbd(n) => {
-                    assert_eq!(n.info.mode, nbdcpy::proto::HeaderMode::Extended);
+                nbdcpy::testing::Endpoint::Nbd(n) => {
+                    assert_eq!(n.info.mode, nbdcpy::testing::HeaderMode::Extended);
                     assert!(n.tls_summary().is_some_and(|t| t.contains("TLSv1.")));
                 }
                 _ => panic!("not an NBD endpoint"),

@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 // Copyright (C) 2026 The nbdcpy authors
 
-//! libFuzzer target: nbdcpy::proto::fuzz::fuzz_handshake over arbitrary bytes.
+//! libFuzzer target: nbdcpy::testing::fuzz::fuzz_handshake over arbitrary bytes.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    nbdcpy::proto::fuzz::fuzz_handshake(data);
+    nbdcpy::testing::fuzz::fuzz_handshake(data);
 });

@@ -52,7 +52,7 @@ impl Hash {
     }
 
     /// Lower-case hexadecimal, as blksum and nbdcopy print it.
-    pub fn to_hex(&self) -> String {
+    pub fn to_hex(self) -> String {
         to_hex(self.as_bytes())
     }
 }

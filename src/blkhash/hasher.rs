@@ -143,10 +143,6 @@ impl BlockHasher {
         self.offset_map.as_ref().map_or(offset, |m| m(offset))
     }
 
-    pub fn spec(&self) -> Spec {
-        self.spec
-    }
-
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }

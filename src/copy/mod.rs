@@ -45,10 +45,6 @@ pub struct WorkQueue {
 }
 
 impl WorkQueue {
-    pub fn new(size: u64, piece: u64) -> WorkQueue {
-        WorkQueue::range(0, size, piece)
-    }
-
     /// Hands out [start, end) only.
     pub fn range(start: u64, end: u64, piece: u64) -> WorkQueue {
         WorkQueue {

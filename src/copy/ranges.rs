@@ -71,6 +71,7 @@ impl Window {
         self.end - self.start
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.end == self.start
     }

@@ -35,6 +35,10 @@ pub struct Shared {
     pub ring_enters: AtomicU64,
     /// The engine the workers ran on (set once per run).
     pub engine: OnceLock<crate::engine::EngineKind>,
+    /// Fault injection (tests only): a worker panics at the completion
+    /// that brings this to zero (0: never).
+    #[cfg(test)]
+    pub panic_at_completion: AtomicU64,
     /// Other system calls made for I/O (direct pwrite of file data, and
     /// every operation of the epoll engine).
     pub syscalls_direct: AtomicU64,

@@ -46,6 +46,23 @@ impl Limits {
         Limits::new(self.timeout, self.cancelled.clone())
     }
 
+    /// The same limits, cancelled also once `flag` is set.
+    pub fn or_cancelled_by(&self, flag: Arc<std::sync::atomic::AtomicBool>) -> Limits {
+        let first = self.cancelled.clone();
+        let cancelled: CancelFn =
+            Arc::new(move || first() || flag.load(std::sync::atomic::Ordering::Relaxed));
+        Limits {
+            timeout: self.timeout,
+            deadline: self.deadline,
+            cancelled,
+        }
+    }
+
+    /// Whether waits made under these limits are cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        (self.cancelled)()
+    }
+
     /// Fails if cancelled or past the deadline (`what` names the step).
     pub fn check(&self, what: &str) -> Result<()> {
         if (self.cancelled)() {

@@ -23,7 +23,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub struct NbdEndpoint {
     /// What the first connection negotiated; later ones must match.
@@ -574,6 +574,7 @@ impl Drop for NbdEndpoint {
 }
 
 /// Connects to an endpoint's server again (see `NbdEndpoint::redialer`).
+#[derive(Clone)]
 pub struct Redial {
     transport: Transport,
     export: String,
@@ -595,6 +596,90 @@ impl Redial {
             tls: self.tls.as_deref(),
         };
         connect_one(&self.transport, ask, &self.limits.renew())
+    }
+
+    /// Waits `wait`, then dials, on a helper thread, so the caller's
+    /// event loop goes on meanwhile; the result arrives through the
+    /// returned [`Dialing`].  Both steps end early when the job is
+    /// cancelled or the `Dialing` is dropped.
+    pub fn dial_after(&self, wait: Duration) -> Dialing {
+        let abandon = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut me = self.clone();
+        me.limits = self.limits.or_cancelled_by(abandon.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("nbdcpy-redial".into())
+            .spawn(move || {
+                let _ = tx.send(me.wait_then_dial(wait));
+            });
+        let thread = match spawned {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let (tx, rx2) = std::sync::mpsc::channel();
+                let _ = tx.send(Err(Error::os("cannot start a reconnect thread", e)));
+                return Dialing {
+                    rx: rx2,
+                    abandon,
+                    thread: None,
+                };
+            }
+        };
+        Dialing {
+            rx,
+            abandon,
+            thread,
+        }
+    }
+
+    fn wait_then_dial(&self, wait: Duration) -> Result<Connected> {
+        let end = Instant::now() + wait;
+        loop {
+            if self.limits.is_cancelled() {
+                return Err(Error::new(
+                    libc::ECANCELED,
+                    "stopped while waiting to reconnect",
+                ));
+            }
+            let now = Instant::now();
+            if now >= end {
+                break;
+            }
+            std::thread::sleep((end - now).min(Duration::from_millis(20)));
+        }
+        self.dial()
+    }
+}
+
+/// A reconnect in progress on a helper thread ([`Redial::dial_after`]).
+/// Dropping it abandons the attempt and waits for the thread (which
+/// notices within a few milliseconds), so no thread outlives it.
+pub struct Dialing {
+    rx: std::sync::mpsc::Receiver<Result<Connected>>,
+    abandon: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Dialing {
+    /// The attempt's result once it is there (never blocks).
+    pub fn poll(&mut self) -> Option<Result<Connected>> {
+        match self.rx.try_recv() {
+            Ok(r) => Some(r),
+            Err(std::sync::mpsc::TryRecvError::Empty) => None,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => Some(Err(Error::new(
+                libc::EIO,
+                "internal error: the reconnect thread ended without a result",
+            ))),
+        }
+    }
+}
+
+impl Drop for Dialing {
+    fn drop(&mut self) {
+        self.abandon
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 fn t_goodbye(mut t: TlsSession, last: &[u8]) {

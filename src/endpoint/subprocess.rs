@@ -144,6 +144,7 @@ impl ServerProcess {
         &self.sock
     }
 
+    #[cfg(test)]
     pub fn pid(&self) -> i32 {
         self.pid
     }

@@ -73,16 +73,13 @@ impl Chunk {
     }
 
     /// Whether the header was put in front of the payload.
+    #[cfg(test)]
     pub fn is_joined(&self) -> bool {
         self.head_len == 0 && self.body.is_some()
     }
 
     pub fn len(&self) -> usize {
         self.head_len as usize + self.body.as_ref().map_or(0, Span::len)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// The chunk's bytes, in up to two parts.
@@ -265,6 +262,7 @@ impl Engine {
         })
     }
 
+    #[cfg(test)]
     pub fn kind(&self) -> EngineKind {
         match self {
             Engine::Uring(_) => EngineKind::IoUring,

@@ -21,9 +21,11 @@ use std::ops::Range;
 
 /// Bytes in front of the data of an OFFSET_DATA chunk: 20-byte header +
 /// 8-byte offset (compact) = exactly a compact WRITE header.
+#[cfg(test)]
 pub const DATA_PREFIX_COMPACT: usize = 28;
 /// The same for an extended chunk: 32 + 8, more than the 32-byte
 /// extended WRITE header.
+#[cfg(test)]
 pub const DATA_PREFIX_EXTENDED: usize = 40;
 /// Largest error message accepted (the spec says 4096).
 const MAX_ERROR_MSG: usize = 4096;
@@ -164,13 +166,8 @@ impl ReplyParser {
         self.external_data = on;
     }
 
-    /// The largest message this parser will ever accept, for a request of
-    /// at most `max_request` bytes: the caller sizes its buffer with it.
-    pub fn max_message(&self, max_request: usize) -> usize {
-        32 + 8 + max_request.max(self.max_status).max(MAX_ERROR_MSG + 16)
-    }
-
     /// Requests in flight.
+    #[cfg(test)]
     pub fn in_flight(&self) -> usize {
         self.inflight.len()
     }

@@ -27,6 +27,7 @@ pub const DISC: Request = Request {
 };
 
 /// Header size of a request in this mode.
+#[cfg(test)]
 pub fn header_len(mode: HeaderMode) -> usize {
     match mode {
         HeaderMode::Extended => 32,
@@ -63,7 +64,8 @@ pub fn encode(mode: HeaderMode, r: &Request, out: &mut [u8]) -> usize {
     }
 }
 
-/// Decodes a request header (for tests and the fuzz harness's servers).
+/// Decodes a request header (for tests).
+#[cfg(test)]
 pub fn decode(mode: HeaderMode, b: &[u8]) -> Option<Request> {
     use super::{be16, be32, be64};
     match mode {

@@ -36,7 +36,7 @@ pub struct TlsConn {
 impl TlsConn {
     /// Takes a handshaken session over to memory buffers.
     pub fn new(mut sess: TlsSession, fd: RawFd) -> TlsConn {
-        sess.into_memory();
+        sess.use_memory();
         TlsConn {
             sess,
             fd,

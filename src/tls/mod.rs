@@ -10,7 +10,7 @@ pub mod conn;
 pub mod creds;
 pub mod session;
 
-pub use session::{Decrypted, TlsSession};
+pub use session::TlsSession;
 
 use crate::error::{Error, Result};
 use crate::proto::uri::TlsParams;

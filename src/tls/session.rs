@@ -125,7 +125,7 @@ impl TlsSession {
     /// Switches to memory buffers: from now on ciphertext is exchanged
     /// through [`rx_space`](Self::rx_space) / [`received`](Self::received)
     /// and [`take_tx`](Self::take_tx).
-    pub fn into_memory(&mut self) {
+    pub fn use_memory(&mut self) {
         let w = self.s.get_mut();
         if !w.mem {
             w.mem = true;
@@ -218,7 +218,7 @@ impl TlsSession {
     /// Best-effort goodbye without blocking: `last` (an NBD_CMD_DISC, or
     /// nothing) and close_notify, sent with MSG_DONTWAIT.
     pub fn goodbye(&mut self, last: &[u8]) {
-        self.into_memory();
+        self.use_memory();
         if !last.is_empty() {
             let _ = self.encrypt(last);
         }
@@ -230,7 +230,7 @@ impl TlsSession {
     }
 }
 
-/// Blocking mode (before [`TlsSession::into_memory`]): the handshake and
+/// Blocking mode (before [`TlsSession::use_memory`]): the handshake and
 /// the endpoint's requests before the copy.
 impl Read for TlsSession {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -347,7 +347,7 @@ mod tests {
             SslVersion::TLS1_2 => "TLSv1.2",
             _ => "TLSv1.3",
         }));
-        t.into_memory();
+        t.use_memory();
         (t, a, h)
     }
 

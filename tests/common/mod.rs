@@ -509,9 +509,9 @@ pub fn copy(src: &str, dst: &str, opts: &[(&str, &str)]) -> nbdcpy::Result<Stats
     for (k, v) in opts {
         cfg.set(k, Some(v)).unwrap();
     }
-    let mut job = nbdcpy::copy::Job::open(
-        nbdcpy::endpoint::Spec::parse(src),
-        nbdcpy::endpoint::Spec::parse(dst),
+    let mut job = nbdcpy::Job::open(
+        nbdcpy::testing::Spec::parse(src),
+        nbdcpy::testing::Spec::parse(dst),
         cfg,
     )?;
     job.run(Duration::from_millis(100), &mut |_| true)?;

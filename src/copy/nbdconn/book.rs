@@ -163,11 +163,7 @@ impl RequestBook {
         self.completed += 1;
         self.delivered.remove(&cookie);
         if p.kind == Kind::Status {
-            return Ok(ConnEvent::StatusDone {
-                offset: p.offset,
-                len: p.len,
-                ok: result.is_ok(),
-            });
+            return Ok(ConnEvent::StatusDone { ok: result.is_ok() });
         }
         if let Err(e) = result {
             return Err(Error::new(
@@ -325,14 +321,7 @@ mod tests {
                 },
             ),
             (Kind::Flush, ConnEvent::Flushed),
-            (
-                Kind::Status,
-                ConnEvent::StatusDone {
-                    offset: 4096,
-                    len: 512,
-                    ok: true,
-                },
-            ),
+            (Kind::Status, ConnEvent::StatusDone { ok: true }),
         ];
         for (kind, want) in cases {
             let c = b.cookie(3);

@@ -62,7 +62,7 @@ pub enum ConnEvent {
     DirtyExtents { extents: Vec<DirtyExtent> },
     /// The BLOCK_STATUS for [offset, offset+len) completed (or failed,
     /// when `ok` is false: the range is then treated as data).
-    StatusDone { offset: u64, len: u64, ok: bool },
+    StatusDone { ok: bool },
 }
 
 /// Completion index of a connection's send (in the user_data's low bits).

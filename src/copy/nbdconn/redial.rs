@@ -5,9 +5,9 @@
 //
 // With `--retries`, a connection that is lost (reset, EOF, a send that
 // cannot go out, a stall) is not an error at once: the socket is shut
-// down so the engine gives back its operations, then (in the worker, which
-// blocks meanwhile) the endpoint's server is dialled again with capped
-// exponential backoff, the new negotiation is checked against the old,
+// down so the engine gives back its operations, then (on a helper thread,
+// while the worker's other lanes go on) the endpoint's server is dialled
+// again with capped exponential backoff, the new negotiation is checked against the old,
 // and every request in the book is sent again in the order it was
 // issued (READ, WRITE and WRITE_ZEROES are idempotent; a FLUSH is only
 // in flight when no write of its lane is).  A server's error reply is not
@@ -16,14 +16,14 @@
 use super::{ConnEvent, NbdConn, RECV, SEND};
 use crate::config::RETRY_DELAY_CAP;
 use crate::copy::stats::Shared;
-use crate::endpoint::nbd::Redial;
+use crate::endpoint::nbd::{Dialing, Redial};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::proto::reply::ReplyParser;
 use crate::proto::request::Request;
 use crate::proto::{consts, HeaderMode, Negotiated};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The reconnect state of one connection.
 pub struct Retry {
@@ -43,6 +43,12 @@ pub struct Retry {
     /// The socket of a connection made here (the first one is the
     /// endpoint's).
     sock: Option<OwnedFd>,
+    /// A reconnect running on a helper thread (the worker goes on).
+    dialing: Option<Dialing>,
+    /// The loss is being handled (attempts counted since it happened).
+    handling: bool,
+    /// The last failed attempt's error.
+    last: Option<Error>,
 }
 
 impl Retry {
@@ -56,6 +62,9 @@ impl Retry {
             attempts: 0,
             completed_then: 0,
             sock: None,
+            dialing: None,
+            handling: false,
+            last: None,
         }
     }
 }
@@ -167,11 +176,13 @@ impl NbdConn {
     }
 
     /// When the connection was lost and the engine holds nothing of it any
-    /// more: connects again (waiting with backoff, blocking this worker),
-    /// checks the export is the same and sends every request in flight
-    /// again.  True when it reconnected.  Fails after `retries` attempts
-    /// without progress, with the error that lost the connection; at once
-    /// when the export changed; with ECANCELED when the job is cancelled.
+    /// more: connects again, waiting with backoff, on a helper thread (so
+    /// this worker's other lanes go on), checks the export is the same and
+    /// sends every request in flight again.  True while it reconnects or
+    /// when it just did (the lane is not stalled).  Fails after `retries`
+    /// attempts without progress, with the error that lost the
+    /// connection; at once when the export changed.  (A cancelled job
+    /// stops the worker, which drops the attempt.)
     pub fn redial_if_lost(
         &mut self,
         engine: &mut Engine,
@@ -184,29 +195,27 @@ impl NbdConn {
         if r.lost.is_none() || self.send.busy || self.recv_busy {
             return Ok(false);
         }
-        let lost = r
-            .lost
-            .take()
-            .unwrap_or_else(|| Error::new(libc::EIO, "lost"));
-        if self.book.completed != r.completed_then {
-            r.attempts = 0; // the last connection made progress
-        }
-        let mut last: Option<Error> = None;
-        let (sock, info, sess) = loop {
-            if r.attempts >= r.retries {
-                let why = last.map_or(String::new(), |e| format!("; last attempt: {e}"));
-                return Err(Error::new(
-                    lost.errno,
-                    format!(
-                        "{lost}; gave up after {} reconnect attempt(s){why}",
-                        r.attempts
-                    ),
-                ));
+        if !r.handling {
+            r.handling = true;
+            r.last = None;
+            if self.book.completed != r.completed_then {
+                r.attempts = 0; // the last connection made progress
             }
-            r.attempts += 1;
-            sleep(backoff(r.delay, r.attempts), shared)?;
-            match r.dial.dial() {
-                Ok((sock, info, sess)) => {
+        }
+        if let Some(d) = r.dialing.as_mut() {
+            match d.poll() {
+                None => return Ok(true),
+                Some(Err(e)) => {
+                    r.dialing = None;
+                    r.last = Some(e);
+                }
+                Some(Ok((sock, info, sess))) => {
+                    r.dialing = None;
+                    let lost = r
+                        .lost
+                        .take()
+                        .unwrap_or_else(|| Error::new(libc::EIO, "lost"));
+                    r.handling = false;
                     if let Some(why) = changed(&self.info, &info) {
                         return Err(Error::new(
                             libc::EPROTO,
@@ -217,23 +226,42 @@ impl NbdConn {
                             ),
                         ));
                     }
-                    break (sock, info, sess);
+                    r.completed_then = self.book.completed;
+                    self.fd = sock.as_raw_fd();
+                    // The previous redialled socket (if any) has nothing in
+                    // the engine.
+                    r.sock = Some(sock);
+                    let whole_reads = r.whole_reads;
+                    if let Some(sess) = sess {
+                        // nbds://: the old session went with the old socket.
+                        self.set_tls(sess);
+                    }
+                    self.resume_on(info, whole_reads)?;
+                    Shared::add(&shared.reconnects, 1);
+                    self.post_recv(engine, base)?;
+                    return Ok(true);
                 }
-                Err(e) => last = Some(e),
             }
-        };
-        r.completed_then = self.book.completed;
-        self.fd = sock.as_raw_fd();
-        // The previous redialled socket (if any) has nothing in the engine.
-        r.sock = Some(sock);
-        let whole_reads = r.whole_reads;
-        if let Some(sess) = sess {
-            // nbds://: the old session went with the old socket.
-            self.set_tls(sess);
         }
-        self.resume_on(info, whole_reads)?;
-        Shared::add(&shared.reconnects, 1);
-        self.post_recv(engine, base)?;
+        if r.attempts >= r.retries {
+            let lost = r
+                .lost
+                .take()
+                .unwrap_or_else(|| Error::new(libc::EIO, "lost"));
+            let why = r
+                .last
+                .take()
+                .map_or(String::new(), |e| format!("; last attempt: {e}"));
+            return Err(Error::new(
+                lost.errno,
+                format!(
+                    "{lost}; gave up after {} reconnect attempt(s){why}",
+                    r.attempts
+                ),
+            ));
+        }
+        r.attempts += 1;
+        r.dialing = Some(r.dial.dial_after(backoff(r.delay, r.attempts)));
         Ok(true)
     }
 
@@ -318,25 +346,6 @@ impl NbdConn {
             });
         }
         Ok(())
-    }
-}
-
-/// Waits `d`, waking every 50 ms to see whether the job is stopping.
-fn sleep(d: Duration, shared: &Shared) -> Result<()> {
-    let end = Instant::now() + d;
-    loop {
-        if shared.stopping() {
-            return Err(if shared.cancelled() {
-                Error::cancelled()
-            } else {
-                Error::new(libc::ECANCELED, "stopped while waiting to reconnect")
-            });
-        }
-        let now = Instant::now();
-        if now >= end {
-            return Ok(());
-        }
-        std::thread::sleep((end - now).min(Duration::from_millis(50)));
     }
 }
 

@@ -8,6 +8,7 @@
 // cutting them into aligned data and zero pieces.
 
 use super::lane::{Lane, SrcIo};
+use super::state::PendingStatus;
 use crate::copy::align::{align_down, push_merged, Aligner, Extent};
 use crate::copy::dirty::{DirtyExtent, DirtyMerge};
 use crate::copy::WorkQueue;
@@ -224,15 +225,4 @@ impl Lane {
         self.status = Some(st);
         Ok(None)
     }
-}
-
-/// A claimed range whose BLOCK_STATUS is outstanding.
-pub(super) struct PendingStatus {
-    /// Where the outstanding request's answer must make progress from.
-    start: u64,
-    end: u64,
-    /// Extents received so far end at `aligner.pos()`.
-    aligner: Aligner,
-    /// Incremental copies: both contexts' answers, merged.
-    dirty: Option<DirtyMerge>,
 }

@@ -7,11 +7,10 @@
 // or skipped, the rest written to the destination; slot accounting, the
 // final flush, and the events of NBD connections.
 
-use super::event_loop::{user_data, Worker, K_DST_FSYNC};
-use super::fileio::{OpKind, ZeroMode};
+use super::core::{user_data, Worker, K_DST_FSYNC};
 use super::lane::{DstIo, Lane, SrcIo};
+use super::state::{OpKind, ZeroMode, HEADER_ROOM};
 use super::zero::zero_runs;
-use super::HEADER_ROOM;
 use crate::copy::nbdconn::ConnEvent;
 use crate::copy::stats::Shared;
 use crate::engine::buf::{write_exclusive, Span};

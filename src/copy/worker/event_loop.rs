@@ -8,38 +8,16 @@
 // the drain on every exit path (the engine's Drop drains too, so a panic
 // unwinding through here never frees what the kernel may still use).
 
+use super::core::{
+    decode_user_data, user_data, Worker, K_DST_FSYNC, K_DST_NBD, K_DST_WRITE, K_SRC_NBD, K_SRC_READ,
+};
 use super::lane::{DstIo, Lane, SrcIo};
-use crate::copy::nbdconn::ConnEvent;
 use crate::copy::splice;
 use crate::copy::stats::Shared;
 use crate::copy::WorkQueue;
 use crate::engine::{Completion, Engine, EngineKind};
 use crate::error::{Error, Result};
 use std::time::{Duration, Instant};
-
-// What a completion belongs to (the `kind` in its user_data).
-/// A file source read into a slot (index: the slot).
-pub(super) const K_SRC_READ: u64 = 1;
-/// A file destination operation (index: the operation).
-pub(super) const K_DST_WRITE: u64 = 2;
-/// The destination file's fsync.
-pub(super) const K_DST_FSYNC: u64 = 3;
-/// The source NBD connection's send or receive (index: which).
-pub(super) const K_SRC_NBD: u64 = 4;
-/// ... and the destination's.
-pub(super) const K_DST_NBD: u64 = 5;
-
-/// The user_data of an operation: lane, kind and an index (48 bits).
-#[inline]
-pub(super) fn user_data(lane: usize, kind: u64, idx: u64) -> u64 {
-    ((lane as u64) << 56) | (kind << 48) | (idx & ((1 << 48) - 1))
-}
-
-/// `user_data`'s parts again.
-#[inline]
-fn decode_user_data(u: u64) -> (usize, u64, u64) {
-    ((u >> 56) as usize, (u >> 48) & 0xff, u & ((1 << 48) - 1))
-}
 
 /// Runs lanes on an engine of `kind` until they finish, fail or are
 /// cancelled.  `fallback`: an io_uring that cannot be set up on this
@@ -95,17 +73,6 @@ pub fn run_worker(
             c.finish();
         }
     }
-}
-
-pub(super) struct Worker<'a> {
-    pub(super) engine: Engine,
-    q: &'a WorkQueue,
-    pub(super) shared: &'a Shared,
-    cqes: Vec<Completion>,
-    events: Vec<ConnEvent>,
-    pub(super) last_progress: Instant,
-    /// A lane waits for the rate limit: how long (the ring wait's bound).
-    rate_wait: Option<Duration>,
 }
 
 impl Worker<'_> {
@@ -170,7 +137,7 @@ impl Worker<'_> {
             self.last_progress = Instant::now();
             let cqes = std::mem::take(&mut self.cqes);
             for &Completion { user_data: u, res } in &cqes {
-                fault::completion();
+                fault::completion(self.shared);
                 let (lane_id, kind, idx) = decode_user_data(u);
                 let lane = lanes.get_mut(lane_id).ok_or_else(|| {
                     Error::new(libc::EIO, format!("unexpected completion {u:#x}"))
@@ -344,15 +311,13 @@ impl Worker<'_> {
 
 /// Fault injection for tests: a panic in the middle of a copy.
 #[cfg(test)]
-pub(crate) mod fault {
-    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+mod fault {
+    use crate::copy::stats::Shared;
+    use std::sync::atomic::Ordering::Relaxed;
 
-    /// Panic at the completion that brings this to zero (0: never).
-    pub static PANIC_AT_COMPLETION: AtomicU64 = AtomicU64::new(0);
-
-    pub fn completion() {
-        let n = PANIC_AT_COMPLETION.load(Relaxed);
-        if n > 0 && PANIC_AT_COMPLETION.fetch_sub(1, Relaxed) == 1 {
+    pub fn completion(shared: &Shared) {
+        let n = &shared.panic_at_completion;
+        if n.load(Relaxed) > 0 && n.fetch_sub(1, Relaxed) == 1 {
             panic!("fault injection: worker panics mid-copy");
         }
     }
@@ -361,5 +326,5 @@ pub(crate) mod fault {
 #[cfg(not(test))]
 mod fault {
     #[inline(always)]
-    pub fn completion() {}
+    pub fn completion(_: &crate::copy::stats::Shared) {}
 }

@@ -7,9 +7,9 @@
 // would punt): source reads into slot buffers, destination writes,
 // zeroing by fallocate or written zeroes, and in-order stream output.
 
-use super::event_loop::{user_data, Worker, K_DST_WRITE, K_SRC_READ};
+use super::core::{user_data, Worker, K_DST_WRITE, K_SRC_READ};
 use super::lane::{DstIo, Lane, SrcIo};
-use super::HEADER_ROOM;
+use super::state::{OpKind, WriteOp, ZeroMode, HEADER_ROOM};
 use crate::copy::stats::Shared;
 use crate::engine::buf::Span;
 use crate::engine::Op;
@@ -17,38 +17,6 @@ use crate::error::{Error, Result};
 use crate::sys;
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering::Relaxed;
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum OpKind {
-    /// Write the op's data.
-    Write,
-    /// Write zeroes from the shared zero buffer.
-    WriteZeroes,
-    /// fallocate(mode) over the range.
-    Fallocate(i32),
-}
-
-/// A destination file operation in flight.
-pub(super) struct WriteOp {
-    slot: u32,
-    offset: u64,
-    /// What a Write writes (None for zeroing).
-    data: Option<Span>,
-    len: u64,
-    done: u64,
-    kind: OpKind,
-    /// Receive block holding the data (NBD sources).
-    block: Option<u32>,
-}
-
-/// How a regular-file or block-device destination is zeroed; degrades
-/// when the kernel or filesystem refuses a mode.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum ZeroMode {
-    PunchHole,
-    ZeroRange,
-    Write,
-}
 
 impl Worker<'_> {
     pub(super) fn push_file_read(

@@ -6,11 +6,8 @@
 // A lane: a source connection or file paired with a destination one, its
 // request slots and its settings.
 
-use super::cursor::PendingStatus;
-use super::fileio::{WriteOp, ZeroMode};
-use super::splice_lane::LaneSplice;
+use super::state::{LaneSplice, PendingStatus, WriteOp, ZeroMode, HEADER_ROOM};
 use super::zero::Run;
-use super::HEADER_ROOM;
 use crate::copy::align::Extent;
 use crate::copy::nbdconn::NbdConn;
 use crate::endpoint::file::ExtentWalker;

@@ -13,6 +13,7 @@
 // too (`zero`, `dispatch`).  File I/O lives in `fileio`, the splice data
 // path in `splice_lane`, the loop itself in `event_loop`.
 
+mod core;
 mod cursor;
 mod dispatch;
 mod event_loop;
@@ -20,11 +21,8 @@ mod fileio;
 mod lane;
 mod reconnect;
 mod splice_lane;
+mod state;
 mod zero;
 
 pub use event_loop::run_worker;
 pub use lane::{DstIo, Lane, LaneParams, SrcIo};
-
-/// Bytes reserved in front of every file-read buffer, so an NBD WRITE
-/// header can be written just before the data and both sent as one slice.
-pub const HEADER_ROOM: usize = 64;

@@ -4,12 +4,13 @@
 //! Lanes' lost NBD connections (`--retries`): reconnecting them, and stalls taken as losses.
 //
 // A lost connection (see `nbdconn::redial`) is reconnected from the
-// event loop once the engine holds nothing of it; this blocks the worker
-// (its other lanes wait; other workers go on).  A stall (no I/O for the
+// event loop once the engine holds nothing of it; the wait and the dial
+// run on a helper thread, polled each loop turn, so the worker's other
+// lanes go on.  A stall (no I/O for the
 // timeout) with retries on is taken as the loss of every connection of
 // this worker that has something outstanding.
 
-use super::event_loop::{user_data, Worker, K_DST_NBD, K_SRC_NBD};
+use super::core::{user_data, Worker, K_DST_NBD, K_SRC_NBD};
 use super::lane::{DstIo, Lane, SrcIo};
 use crate::error::{Error, Result};
 use std::time::Instant;
@@ -29,7 +30,7 @@ impl Worker<'_> {
                 again |= c.redial_if_lost(&mut self.engine, base, self.shared)?;
             }
             if again {
-                // The wait was not a stall.
+                // Reconnecting is not a stall.
                 self.last_progress = Instant::now();
             }
         }

@@ -7,23 +7,14 @@
 // moving what arrived in the pipe on to the destination, with zero
 // detection on a tee'd copy.
 
-use super::event_loop::Worker;
+use super::core::Worker;
 use super::lane::{DstIo, Lane, SrcIo};
+use super::state::LaneSplice;
 use super::zero::{zero_runs, Run};
 use crate::copy::splice::{self, Pipe, WaitLimits};
 use crate::copy::stats::Shared;
 use crate::error::{Error, Result};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-
-/// A lane's splice data path: READ payloads arrive in `pipe`; zero
-/// detection reads a duplicate made with tee into `tee`/`tee_buf`; bytes not
-/// written anywhere go to /dev/null.
-pub(super) struct LaneSplice {
-    pub(super) pipe: Pipe,
-    pub(super) tee: Option<(Pipe, Vec<u8>)>,
-    pub(super) devnull: OwnedFd,
-    pub(super) ctl: WaitLimits,
-}
+use std::os::fd::{AsRawFd, RawFd};
 
 impl Lane {
     /// Switches this lane to the splice data path when it applies (an
