@@ -50,7 +50,7 @@ MULTIARCH  := $(shell $(CC) -print-multiarch 2>/dev/null || echo x86_64-linux-gn
 
 .PHONY: check-valgrind-panic all lib cli fuzz check check-rust check-c check-header check-style check-valgrind \
         check-warnings check-symbols check-install check-spdx check-deb header \
-        test-deps deps demo install uninstall bench bench-dirty deb deb-deps clean dist check-dist
+        test-deps deps demo install uninstall bench bench-dirty bench-ranges deb deb-deps clean dist check-dist
 
 all: $(B)/nbdcpy $(B)/nbdcpy.install $(LIBSO) $(B)/libnbdcpy.so $(B)/libnbdcpy.a
 
@@ -368,7 +368,7 @@ fuzz:
 # Side-by-side benchmark with nbdcopy (see ../shared/bench/run.sh).
 BENCH ?= ../shared/bench/run.sh
 # Alternating runs, medians and the ratio table (bench/compare.sh).
-bench: all bench-dirty
+bench: all bench-dirty bench-ranges
 	BENCH=$(BENCH) NBDCPY=$(CURDIR)/$(B)/nbdcpy bench/compare.sh $(WORKLOADS)
 	BENCH=$(BENCH) NBDCPY=$(CURDIR)/$(B)/nbdcpy bench/blkhash.sh
 
@@ -380,6 +380,15 @@ bench-dirty: all
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(BENCH_PKGS); fi
 	NBDCPY=$(CURDIR)/$(B)/nbdcpy bench/dirty-bitmap.sh
+
+# Copy of a list of changed areas (--ranges, issue 29) against the libnbd
+# Python loop migration tools run today and a full nbdcopy
+# (bench/range-list.sh, BENCHMARKS.md).
+bench-ranges: all
+	@if ! /usr/bin/python3 -c 'import nbd' 2>/dev/null && command -v apt-get >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(BENCH_PKGS); fi
+	NBDCPY=$(CURDIR)/$(B)/nbdcpy bench/range-list.sh
 
 clean:
 	$(CARGO) clean

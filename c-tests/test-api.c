@@ -991,6 +991,111 @@ test_blkhash (void)
   nbdcpy_close (h);
 }
 
+/* Reads `len` bytes at `off` of file `p` into `buf` (an independent
+ * reader: plain stdio).
+ */
+static int
+read_at (const char *p, long off, unsigned char *buf, size_t len)
+{
+  FILE *f = fopen (p, "rb");
+  if (!f) return -1;
+  int ok = fseek (f, off, SEEK_SET) == 0 && fread (buf, 1, len, f) == len;
+  fclose (f);
+  return ok ? 0 : -1;
+}
+
+static off_t
+file_size (const char *p)
+{
+  struct stat st;
+  return stat (p, &st) == 0 ? st.st_size : -1;
+}
+
+/* nbdcpy_config_set_ranges and the "ranges-file" key: unsorted,
+ * overlapping and touching areas land at their offsets, nothing else of
+ * the destination changes; invalid lists fail with EINVAL at once,
+ * areas past the end at open, before anything is written.
+ */
+static void
+test_range_list (void)
+{
+  enum { SIZE = 1 << 20 };
+  static unsigned char src[SIZE], dst[SIZE];
+  make_file (path ("rl-src"), SIZE, 29);
+  CHECK (read_at (path ("rl-src"), 0, src, SIZE) == 0);
+  FILE *f = fopen (path ("rl-dst"), "wb");
+  CHECK (f != NULL);
+  memset (dst, 0xaa, SIZE);
+  if (f) { fwrite (dst, 1, SIZE, f); fclose (f); }
+
+  struct nbdcpy_config *cfg = nbdcpy_config_new ();
+  struct nbdcpy_range bad[] = { { 0, 10 }, { 4096, 0 } };
+  CHECK (nbdcpy_config_set_ranges (cfg, bad, 2) == -1);
+  CHECK (nbdcpy_get_errno () == EINVAL);
+  CHECK (strstr (nbdcpy_get_error (), "length 0") != NULL);
+  struct nbdcpy_range wrap[] = { { UINT64_MAX - 10, 100 } };
+  CHECK (nbdcpy_config_set_ranges (cfg, wrap, 1) == -1);
+  CHECK (nbdcpy_get_errno () == EINVAL);
+  CHECK (strstr (nbdcpy_get_error (), "overflows") != NULL);
+  CHECK (nbdcpy_config_set_ranges (cfg, NULL, 1) == -1);
+  CHECK (nbdcpy_get_errno () == EFAULT);
+  CHECK (nbdcpy_config_set_ranges (NULL, bad, 1) == -1);
+
+  /* Given on the heap and freed at once: the list is copied. */
+  struct nbdcpy_range *r = malloc (4 * sizeof *r);
+  CHECK (r != NULL);
+  if (!r) return;
+  r[0] = (struct nbdcpy_range) { 700001, 999 };        /* odd */
+  r[1] = (struct nbdcpy_range) { 4096, 8192 };
+  r[2] = (struct nbdcpy_range) { 8192, 8192 };         /* overlaps */
+  r[3] = (struct nbdcpy_range) { SIZE - 3, 3 };        /* the very end */
+  CHECK (nbdcpy_config_set_ranges (cfg, r, 4) == 0);
+  free (r);
+  struct nbdcpy *h = nbdcpy_open (path ("rl-src"), path ("rl-dst"), cfg);
+  CHECK (h != NULL);
+  struct nbdcpy_stats st;
+  CHECK (h && nbdcpy_stats (h, &st, sizeof st) == 0);
+  CHECK (st.size == 999 + 12288 + 3);
+  CHECK (h && nbdcpy_run (h) == 0);
+  CHECK (h && nbdcpy_stats (h, &st, sizeof st) == 0 && st.bytes_done == st.size);
+  nbdcpy_close (h);
+  memset (dst, 0xaa, SIZE);
+  memcpy (dst + 700001, src + 700001, 999);
+  memcpy (dst + 4096, src + 4096, 12288);
+  memcpy (dst + SIZE - 3, src + SIZE - 3, 3);
+  static unsigned char got[SIZE];
+  CHECK (read_at (path ("rl-dst"), 0, got, SIZE) == 0);
+  CHECK (memcmp (got, dst, SIZE) == 0);
+  CHECK (file_size (path ("rl-dst")) == SIZE);
+
+  /* Past the end of the source: refused at open, nothing written. */
+  struct nbdcpy_range past[] = { { 0, 4096 }, { SIZE - 512, 1024 } };
+  CHECK (nbdcpy_config_set_ranges (cfg, past, 2) == 0);
+  h = nbdcpy_open (path ("rl-src"), path ("rl-dst"), cfg);
+  CHECK (h == NULL && nbdcpy_get_errno () == EINVAL);
+  CHECK (strstr (nbdcpy_get_error (), "past the end of source") != NULL);
+  nbdcpy_close (h);
+  CHECK (read_at (path ("rl-dst"), 0, got, SIZE) == 0);
+  CHECK (memcmp (got, dst, SIZE) == 0);
+
+  /* The "ranges-file" key replaces the list. */
+  write_text (path ("rl-list"), "# changed\n0 1k\n\n512k 4k # two\n");
+  CHECK (nbdcpy_config_set (cfg, "ranges-file", path ("rl-list")) == 0);
+  h = nbdcpy_open (path ("rl-src"), path ("rl-dst"), cfg);
+  CHECK (h && nbdcpy_run (h) == 0);
+  nbdcpy_close (h);
+  memcpy (dst, src, 1024);
+  memcpy (dst + (512 << 10), src + (512 << 10), 4096);
+  CHECK (read_at (path ("rl-dst"), 0, got, SIZE) == 0);
+  CHECK (memcmp (got, dst, SIZE) == 0);
+  write_text (path ("rl-list"), "0 1k\n4k 4k 4k\n");
+  h = nbdcpy_open (path ("rl-src"), path ("rl-dst"), cfg);
+  CHECK (h == NULL && nbdcpy_get_errno () == EINVAL);
+  CHECK (strstr (nbdcpy_get_error (), "line 2") != NULL);
+  nbdcpy_close (h);
+  nbdcpy_config_free (cfg);
+}
+
 /* After every copy above (successes, failures, cancellations, server
  * subprocesses): no file descriptor, thread or child process is left.
  */
@@ -1028,6 +1133,7 @@ main (void)
   RUN (test_no_environment_overrides);
   RUN (test_tls_copy);
   RUN (test_blkhash);
+  RUN (test_range_list);
   RUN (test_nothing_left_behind);
 
   return test_end ();

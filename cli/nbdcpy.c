@@ -52,7 +52,7 @@ usage (FILE *fp, int status)
 "         [--retries=N] [--retry-delay=SECONDS] [--rate=SIZE] [--verify]\n"
 "         [--json|--json=FD] [--set=KEY=VALUE] [-v|--verbose] [--offset=N]\n"
 "         [--engine=auto|io_uring|epoll] [--dirty-bitmap=NAME] [--length=N]\n"
-"         [--destination-offset=N] SOURCE DESTINATION\n"
+"         [--destination-offset=N] [--ranges=FILE|-] SOURCE DESTINATION\n"
 "  nbdcpy --help | -V|--version\n"
 "\n"
 "  SOURCE, DESTINATION := - | FILE | DEVICE | NBD-URI | [ CMD ARGS ... ]\n"
@@ -368,7 +368,7 @@ main (int argc, char *argv[])
     BLKHASH_OPTION, BLKHASH_FILE_OPTION, VERIFY_OPTION,
     RATE_OPTION, JSON_OPTION,
     DIRTY_BITMAP_OPTION, OFFSET_OPTION, LENGTH_OPTION,
-    DESTINATION_OFFSET_OPTION, ENGINE_OPTION,
+    DESTINATION_OFFSET_OPTION, ENGINE_OPTION, RANGES_OPTION,
   };
   static const char short_options[] = "C:pR:S:T:vV";
   static const struct option long_options[] = {
@@ -403,6 +403,7 @@ main (int argc, char *argv[])
     { "offset", required_argument, NULL, OFFSET_OPTION },
     { "length", required_argument, NULL, LENGTH_OPTION },
     { "destination-offset", required_argument, NULL, DESTINATION_OFFSET_OPTION },
+    { "ranges", required_argument, NULL, RANGES_OPTION },
     { "engine", required_argument, NULL, ENGINE_OPTION },
     { "verbose", no_argument, NULL, 'v' },
     { "version", no_argument, NULL, 'V' },
@@ -477,6 +478,7 @@ main (int argc, char *argv[])
     case DESTINATION_OFFSET_OPTION:
       set (cfg, "destination-offset", optarg);
       break;
+    case RANGES_OPTION: set (cfg, "ranges-file", optarg); break;
     case SET_OPTION: {
       /* --set=KEY=VALUE: any nbdcpy_config_set key (debug knobs). */
       char *eq = strchr (optarg, '=');

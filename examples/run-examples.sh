@@ -37,3 +37,13 @@ wait "$writer" 2>/dev/null || :
 [ "$rc" = 130 ] || { echo "cancel exited $rc, expected 130"; cat "$t/cancel.out"; exit 1; }
 grep -q '^copy cancelled$' "$t/cancel.out"
 echo "examples: cancel OK"
+
+# ranges: only the areas given change; the rest of the destination stays.
+head -c 8M /dev/zero | tr '\0' '\132' > "$t/prev.img"
+cp "$t/prev.img" "$t/want.img"
+dd if="$t/src.img" of="$t/want.img" bs=4096 skip=1280 seek=1280 count=32 conv=notrunc status=none
+dd if="$t/src.img" of="$t/want.img" bs=1 skip=100 seek=100 count=900 conv=notrunc status=none
+"$EXAMPLES/ranges" "$t/src.img" "$t/prev.img" 5308416:65536 100:900 5242880:65536 > "$t/ranges.out"
+grep -q '^copied 131972 bytes of changed areas$' "$t/ranges.out"
+cmp "$t/prev.img" "$t/want.img"
+echo "examples: ranges OK"

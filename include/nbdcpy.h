@@ -84,6 +84,13 @@ struct nbdcpy_config;
 // while other calls on the handle are still running (see there).
 struct nbdcpy;
 
+// One area of a range list: `length` bytes at `offset`.  Since version
+// 0.3.
+struct nbdcpy_range {
+  uint64_t offset;
+  uint64_t length;
+};
+
 // Counters of a copy, read with nbdcpy_stats().  Every counter is
 // available from nbdcpy_open() on: right after it, `size` is already the
 // source's size (for a source of known size) and the others are 0.
@@ -210,6 +217,14 @@ struct nbdcpy_config *nbdcpy_config_new(void);
 //    the up-front zeroing), fsync or fallocate is outstanding, which can
 //    legitimately take long (default 0: never, like nbdcopy).
 //  - "splice": "auto" (default), "1" or "0", see nbdcpy(1) --splice.
+//  - "engine": how the copy talks to the kernel: "auto" (default:
+//    io_uring, or epoll when this process may not set up an io_uring:
+//    seccomp profiles of container runtimes, kernel.io_uring_disabled,
+//    kernels before 5.11; decided once per nbdcpy_run(), silently but
+//    for one NBDCPY_LOG_INFO message), "io_uring" (fails with the
+//    kernel's reason where it cannot run) or "epoll" (non-blocking
+//    system calls on readiness; every data path works on both).
+//    nbdcpy_get_engine() tells which ran.
 //  - "retries": how many times to try reconnecting an NBD connection
 //    that was lost (reset, EOF, or no I/O for "timeout" seconds) before
 //    failing (default 0: never, like nbdcopy); see nbdcpy(1) --retries.
@@ -239,6 +254,12 @@ struct nbdcpy_config *nbdcpy_config_new(void);
 //    destination.  Stats then count the dirty bytes as `size` (shrinking
 //    from the range's length as clean blocks are found) and the clean
 //    bytes as `bytes_skipped`.
+//  - "ranges-file": copy only the areas this file lists, one
+//    "OFFSET LENGTH" a line (sizes as above; blank lines and "#"
+//    comments ignored), "-" for standard input; see
+//    nbdcpy_config_set_ranges().  The file is read and checked by
+//    nbdcpy_open/nbdcpy_connect, before anything is written.  Since
+//    version 0.3.
 //  - "tls-certificates", "tls-verify-peer", "tls-hostname",
 //    "tls-psk-file", "tls-username": TLS settings for every nbds://
 //    endpoint whose URI does not give them (the URI's query parameters of
@@ -276,6 +297,31 @@ struct nbdcpy_config *nbdcpy_config_new(void);
 // `config` is NULL or a config pointer; `name` and `value` are NULL or
 // NUL-terminated strings.
 int nbdcpy_config_set(struct nbdcpy_config *config, const char *name, const char *value);
+
+// Copies only these `n` areas, each from the source to the same offset
+// of the destination (CBT-driven incremental copies); nothing else of
+// the destination is written (a regular file is neither truncated nor
+// extended).  The areas may come in any order, overlap or touch: they
+// are sorted and merged.  Inside an area holes of the source become
+// zeroes on the destination.  The array is copied: the caller may free
+// it when this returns.  `n` 0 (then `ranges` may be NULL) sets an empty
+// list: nothing is copied.  Replaces an earlier list or "ranges-file".
+//
+// Fails with EINVAL, changing nothing, for a list that is invalid in
+// itself: a zero length, or an offset plus length past 2^63 - 1.  Areas
+// past the end of the source or the destination, and the options a
+// range list cannot be combined with ("offset", "length",
+// "destination-offset", "dirty-bitmap", "blkhash"), fail in
+// nbdcpy_open/nbdcpy_connect, before anything is written.  Stats count
+// the merged areas' length as `size`; "verify" reads back only the
+// areas.  Since version 0.3.
+//
+// # Safety
+// `config` is NULL or a config pointer; `ranges` points to `n` areas
+// (or is NULL when `n` is 0).
+int nbdcpy_config_set_ranges(struct nbdcpy_config *config,
+                             const struct nbdcpy_range *ranges,
+                             size_t n);
 
 // Registers a progress callback (see nbdcpy_progress_cb), called at most
 // every `interval_ms` milliseconds (0 means 1000; the finest step is

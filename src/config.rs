@@ -107,6 +107,12 @@ pub struct Config {
     /// default: io_uring where the kernel allows it, else epoll),
     /// "io_uring" or "epoll".
     pub engine: EngineChoice,
+    /// Copy only the areas this file lists, one `OFFSET LENGTH` a line
+    /// ("-": standard input).  Key "ranges-file", option --ranges.
+    pub ranges_file: Option<String>,
+    /// The areas given with `nbdcpy_config_set_ranges` (sorted and
+    /// merged); wins over `ranges_file`.
+    pub ranges: Option<std::sync::Arc<crate::copy::rangelist::RangeList>>,
 }
 
 /// The "engine" option: which I/O engine runs the copy.
@@ -158,6 +164,8 @@ impl Default for Config {
             destination_offset: None,
             tls: Default::default(),
             engine: EngineChoice::Auto,
+            ranges_file: None,
+            ranges: None,
         }
     }
 }
@@ -200,6 +208,7 @@ pub const OPTION_NAMES: &[&str] = &[
     "tls-psk-file",
     "tls-username",
     "engine",
+    "ranges-file",
 ];
 
 impl Config {
@@ -314,6 +323,18 @@ impl Config {
                     return Err(bad(name, value, "must be a bitmap name of 1 to 4000 bytes"));
                 }
                 self.dirty_bitmap = Some(v.to_string());
+            }
+            "ranges-file" => {
+                let f = need(name, value)?;
+                if f.is_empty() {
+                    return Err(bad(
+                        name,
+                        value,
+                        "expected a file name, or - for standard input",
+                    ));
+                }
+                self.ranges_file = Some(f.to_string());
+                self.ranges = None;
             }
             "offset" => {
                 self.offset = parse_size(need(name, value)?).map_err(|e| bad(name, value, &e))?
@@ -499,6 +520,10 @@ mod tests {
             }
         );
         assert!(c.set("tls-psk-file", None).is_err());
+        c.set("ranges-file", Some("changed.txt")).unwrap();
+        assert_eq!(c.ranges_file.as_deref(), Some("changed.txt"));
+        assert!(c.set("ranges-file", Some("")).is_err());
+        assert!(c.set("ranges-file", None).is_err());
     }
 
     #[test]

@@ -25,8 +25,14 @@ pub struct BlockHasher {
     /// Keep each block's fingerprint (for --verify: where two hashes
     /// first differ).
     keep_prints: bool,
+    /// Maps the offsets given to where they are in the hashed data (a
+    /// range list hashes its areas one after the other).
+    offset_map: Option<OffsetMap>,
     state: Mutex<State>,
 }
+
+/// See `BlockHasher::set_offset_map`.
+pub type OffsetMap = Box<dyn Fn(u64) -> u64 + Send + Sync>;
 
 struct State {
     /// The first block whose digest is not yet in `outer`.
@@ -115,6 +121,7 @@ impl BlockHasher {
             zero_hash,
             zero_run,
             keep_prints,
+            offset_map: None,
             state: Mutex::new(State {
                 next: 0,
                 outer: spec.digest.ctx(),
@@ -124,6 +131,16 @@ impl BlockHasher {
                 twice: None,
             }),
         }
+    }
+
+    /// Offsets given to `data` and `zero` are passed through `map` first
+    /// (each piece given must map to a contiguous range).
+    pub fn set_offset_map(&mut self, map: OffsetMap) {
+        self.offset_map = Some(map);
+    }
+
+    fn mapped(&self, offset: u64) -> u64 {
+        self.offset_map.as_ref().map_or(offset, |m| m(offset))
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -160,6 +177,7 @@ impl BlockHasher {
     /// `data` read at `offset`.  Whole blocks in it are hashed here, on
     /// the calling thread.
     pub fn data(&self, offset: u64, data: &[u8]) {
+        let offset = self.mapped(offset);
         let bs = self.spec.block_size;
         let mut batch = Batch::new();
         let mut parts = Vec::new();
@@ -192,6 +210,7 @@ impl BlockHasher {
     /// [offset, offset + len) reads as zeroes: nothing is read or hashed
     /// byte by byte.
     pub fn zero(&self, offset: u64, len: u64) {
+        let offset = self.mapped(offset);
         let bs = self.spec.block_size;
         let mut batch = Batch::new();
         let mut parts = Vec::new();

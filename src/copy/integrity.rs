@@ -41,7 +41,13 @@ pub fn check_readable(spec: &Spec, ep: &Endpoint) -> Result<()> {
 /// The read-back job's options: the same block hash, nothing written.
 pub fn readback_config(cfg: &Config, spec: HashSpec) -> Config {
     let mut c = cfg.clone();
-    c.blkhash = Some(spec);
+    // A range list's read-back hashes with the default spec (--blkhash
+    // cannot be given with --ranges), as the copy did, on the receive
+    // path (spliced bytes are not seen).
+    c.blkhash = cfg.ranges.is_none().then_some(spec);
+    if cfg.ranges.is_some() {
+        c.splice = Some(false);
+    }
     c.blkhash_file = None;
     c.verify = false;
     c.flush = false;

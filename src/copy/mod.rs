@@ -11,6 +11,7 @@ pub mod dirty;
 pub mod integrity;
 pub mod nbdconn;
 pub mod plan;
+pub mod rangelist;
 pub mod ranges;
 pub mod rate;
 pub mod splice;
@@ -39,6 +40,8 @@ pub struct WorkQueue {
     next: AtomicU64,
     end: u64,
     piece: u64,
+    /// A range list: its areas are handed out instead.
+    list: Option<rangelist::Claims>,
 }
 
 impl WorkQueue {
@@ -48,11 +51,23 @@ impl WorkQueue {
             next: AtomicU64::new(start),
             end,
             piece: piece.max(1),
+            list: None,
+        }
+    }
+
+    /// Hands out the areas of a range list only.
+    pub fn areas(list: Arc<rangelist::RangeList>, piece: u64) -> WorkQueue {
+        WorkQueue {
+            list: Some(rangelist::Claims::new(list)),
+            ..WorkQueue::range(0, 0, piece)
         }
     }
 
     /// The next [start, end) piece, or None when everything is handed out.
     pub fn claim(&self) -> Option<(u64, u64)> {
+        if let Some(l) = &self.list {
+            return l.claim(self.piece);
+        }
         let start = self.next.fetch_add(self.piece, Relaxed);
         if start >= self.end {
             return None;
@@ -110,6 +125,8 @@ pub struct Job {
     readback: Option<u64>,
     /// What part of the source is copied, and where it goes.
     window: ranges::Window,
+    /// A range list (--ranges): only its areas are copied.
+    list: Option<Arc<rangelist::RangeList>>,
 }
 
 /// How much a log message matters (the C API's `NBDCPY_LOG_*` values).
@@ -166,6 +183,13 @@ impl Job {
         cfg: Config,
         shared: Arc<Shared>,
     ) -> Result<Job> {
+        // The whole range list is read and checked before anything opens.
+        let list = rangelist::load(&cfg, &src_spec)?;
+        let mut cfg = cfg;
+        if let Some(l) = &list {
+            cfg.ranges = Some(l.clone());
+            cfg.ranges_file = None;
+        }
         if same_nbd_export(&src_spec, &dst_spec) {
             return Err(Error::invalid(format!(
                 "source {src_spec} and destination {dst_spec} are the same NBD export: \
@@ -209,28 +233,35 @@ impl Job {
         };
         let dst_stream = matches!(&dst, Endpoint::File(f) if f.is_stream());
         dirty::check_options(&cfg, matches!(&src, Endpoint::Nbd(_)), dst_stream)?;
-        let window = ranges::Window::plan(
-            &cfg,
-            &ranges::Ends {
-                src_name: &src_spec.to_string(),
-                dst_name: &dst_spec.to_string(),
-                src_size: src.size(),
-                dst_fixed_size: dst.size().filter(|_| fixed_dst),
-                dst_stream,
-                align: plan::plan(&EndFacts::of(&src), &EndFacts::of(&dst), &cfg, 1).align,
-            },
-        )?;
-        // The block hash covers a whole source as copied from offset 0.
-        if (cfg.blkhash.is_some() || cfg.verify) && (window.partial || cfg.dirty_bitmap.is_some()) {
+        let align = plan::plan(&EndFacts::of(&src), &EndFacts::of(&dst), &cfg, 1).align;
+        let window = match &list {
+            Some(l) => rangelist::plan_window(l, &src_spec, &dst_spec, &src, &dst, align)?,
+            None => ranges::Window::plan(
+                &cfg,
+                &ranges::Ends {
+                    src_name: &src_spec.to_string(),
+                    dst_name: &dst_spec.to_string(),
+                    src_size: src.size(),
+                    dst_fixed_size: dst.size().filter(|_| fixed_dst),
+                    dst_stream,
+                    align,
+                },
+            )?,
+        };
+        // The block hash covers a whole source as copied from offset 0
+        // (--verify with a range list: the areas, one after the other).
+        if (cfg.blkhash.is_some() || cfg.verify)
+            && list.is_none()
+            && (window.partial || cfg.dirty_bitmap.is_some())
+        {
             return Err(Error::invalid(
                 "--blkhash and --verify hash the whole source: they cannot be combined \
                  with --offset, --length, --destination-offset or --dirty-bitmap",
             ));
         }
         // The handle's counters (the C API reads them from any thread).
-        shared
-            .size
-            .store(src.size().map_or(0, |_| window.len()), Relaxed);
+        let work = list.as_ref().map_or(window.len(), |l| l.total());
+        shared.size.store(src.size().map_or(0, |_| work), Relaxed);
         shared
             .size_known
             .store(src.size().is_some() as u64, Relaxed);
@@ -247,6 +278,7 @@ impl Job {
             hashed: None,
             readback: None,
             window,
+            list,
         })
     }
 
@@ -311,6 +343,9 @@ impl Job {
     /// the length copied).
     fn src_size(&self) -> Option<u64> {
         let s = self.src.size()?;
+        if let Some(l) = &self.list {
+            return Some(l.total()); // what is hashed: the areas, packed
+        }
         Some(self.readback.map_or(s, |l| s.min(l)))
     }
 
@@ -400,11 +435,15 @@ impl Job {
         let _ = self.shared.engine.set(engine.kind);
         let src_size = self.src_size();
         if self.cfg.blkhash.is_some() || self.cfg.verify || self.readback.is_some() {
-            self.hasher = Some(Arc::new(crate::blkhash::BlockHasher::new(
+            let mut h = crate::blkhash::BlockHasher::new(
                 self.cfg.blkhash.unwrap_or_default(),
                 src_size,
                 self.cfg.verify || self.readback.is_some(),
-            )));
+            );
+            if let Some(l) = self.list.clone() {
+                h.set_offset_map(Box::new(move |off| l.packed_offset(off)));
+            }
+            self.hasher = Some(Arc::new(h));
         }
         // Regular-file destinations are truncated and extended: they then
         // read as zeroes (like nbdcopy).
@@ -426,8 +465,9 @@ impl Job {
             .unwrap_or(1);
         let (mut src_facts, plan_cfg) =
             ranges::plan_inputs(EndFacts::of(&self.src), &self.window, &self.cfg);
-        if self.readback.is_some() {
-            // A --verify read-back: only the source's length.
+        if self.readback.is_some() || self.list.is_some() {
+            // A --verify read-back: only the source's length; a range
+            // list: the areas' length.
             src_facts.size = src_size;
         }
         let plan = plan::plan(&src_facts, &EndFacts::of(&self.dst), &plan_cfg, cores);
@@ -448,7 +488,10 @@ impl Job {
             });
         }
         let lanes = self.build_lanes(&plan, dst_is_zero)?;
-        let q = WorkQueue::range(self.window.start, self.window.end, plan.work_piece);
+        let q = match &self.list {
+            Some(l) => WorkQueue::areas(l.clone(), plan.work_piece),
+            None => WorkQueue::range(self.window.start, self.window.end, plan.work_piece),
+        };
         let fallback = self.cfg.engine == crate::config::EngineChoice::Auto;
         let engine = (engine.kind, fallback);
         self.run_workers(lanes, plan.workers as usize, &q, engine, interval, progress)
@@ -549,7 +592,7 @@ impl Job {
             sparse: plan.sparse,
             allocated: cfg.allocated,
             dst_is_zero,
-            extents: !cfg.no_extents,
+            extents: !cfg.no_extents && rangelist::wants_extents(self.list.as_deref(), &self.src),
             zero_piece: plan.zero_piece,
             direct_file_writes: plan.direct_file_writes,
             file_lock: plan.file_lock.then(|| Arc::new(std::sync::Mutex::new(()))),

@@ -430,6 +430,12 @@ fn with_config<T>(
 ///    destination.  Stats then count the dirty bytes as `size` (shrinking
 ///    from the range's length as clean blocks are found) and the clean
 ///    bytes as `bytes_skipped`.
+///  - "ranges-file": copy only the areas this file lists, one
+///    "OFFSET LENGTH" a line (sizes as above; blank lines and "#"
+///    comments ignored), "-" for standard input; see
+///    nbdcpy_config_set_ranges().  The file is read and checked by
+///    nbdcpy_open/nbdcpy_connect, before anything is written.  Since
+///    version 0.3.
 ///  - "tls-certificates", "tls-verify-peer", "tls-hostname",
 ///    "tls-psk-file", "tls-username": TLS settings for every nbds://
 ///    endpoint whose URI does not give them (the URI's query parameters of
@@ -483,6 +489,73 @@ pub unsafe extern "C" fn nbdcpy_config_set(
         };
         with_config(config, |c| c.cfg.set(name, value))?;
         Ok(0)
+    })
+}
+
+/// One area of a range list: `length` bytes at `offset`.  Since version
+/// 0.3.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+#[allow(non_camel_case_types)]
+pub struct nbdcpy_range {
+    pub offset: u64,
+    pub length: u64,
+}
+
+/// Copies only these `n` areas, each from the source to the same offset
+/// of the destination (CBT-driven incremental copies); nothing else of
+/// the destination is written (a regular file is neither truncated nor
+/// extended).  The areas may come in any order, overlap or touch: they
+/// are sorted and merged.  Inside an area holes of the source become
+/// zeroes on the destination.  The array is copied: the caller may free
+/// it when this returns.  `n` 0 (then `ranges` may be NULL) sets an empty
+/// list: nothing is copied.  Replaces an earlier list or "ranges-file".
+///
+/// Fails with EINVAL, changing nothing, for a list that is invalid in
+/// itself: a zero length, or an offset plus length past 2^63 - 1.  Areas
+/// past the end of the source or the destination, and the options a
+/// range list cannot be combined with ("offset", "length",
+/// "destination-offset", "dirty-bitmap", "blkhash"), fail in
+/// nbdcpy_open/nbdcpy_connect, before anything is written.  Stats count
+/// the merged areas' length as `size`; "verify" reads back only the
+/// areas.  Since version 0.3.
+///
+/// # Safety
+/// `config` is NULL or a config pointer; `ranges` points to `n` areas
+/// (or is NULL when `n` is 0).
+#[no_mangle]
+pub unsafe extern "C" fn nbdcpy_config_set_ranges(
+    config: *mut Config,
+    ranges: *const nbdcpy_range,
+    n: usize,
+) -> c_int {
+    guard(-1, || {
+        with_config(config, |_| Ok(()))?;
+        let areas: &[nbdcpy_range] = if n == 0 {
+            &[]
+        } else if ranges.is_null() {
+            return Err(null("ranges"));
+        } else if n > isize::MAX as usize / std::mem::size_of::<nbdcpy_range>() {
+            return Err(Error::invalid(format!("n {n} is too large")));
+        } else {
+            // SAFETY: per this function's contract, `n` areas at `ranges`.
+            unsafe { std::slice::from_raw_parts(ranges, n) }
+        };
+        let mut list = Vec::with_capacity(areas.len());
+        for (i, r) in areas.iter().enumerate() {
+            crate::copy::rangelist::check_area(r.offset, r.length)
+                .map_err(|e| Error::invalid(format!("nbdcpy_config_set_ranges: area {i}: {e}")))?;
+            list.push(crate::copy::rangelist::Area {
+                offset: r.offset,
+                length: r.length,
+            });
+        }
+        let list = std::sync::Arc::new(crate::copy::rangelist::RangeList::new(list)?);
+        with_config(config, |c| {
+            c.cfg.ranges = Some(list);
+            c.cfg.ranges_file = None;
+            Ok(0)
+        })
     })
 }
 
