@@ -6,7 +6,7 @@
 
 use super::plan::EndFacts;
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Side};
 
 /// What the copy plan is decided from, given a window: the source's size
 /// is the range's length; a range moved to other offsets takes the
@@ -94,7 +94,8 @@ impl Window {
                             "destination {} ({d} bytes) is smaller than source {} ({s} bytes)",
                             e.dst_name, e.src_name
                         ),
-                    ));
+                    )
+                    .on(Side::Destination));
                 }
             }
             return Ok(w);
@@ -104,7 +105,8 @@ impl Window {
                 "source {} is a stream: --offset, --length and --destination-offset need \
                  a source that can seek",
                 e.src_name
-            )));
+            ))
+            .on(Side::Source));
         };
         let start = cfg.offset;
         if start > size {
@@ -132,7 +134,8 @@ impl Window {
                 "destination {} is a stream, written from its start: --destination-offset \
                  must be 0 (it defaults to --offset={start})",
                 e.dst_name
-            )));
+            ))
+            .on(Side::Destination));
         }
         let len = end - start;
         let Some(dst_end) = dst_start.checked_add(len).filter(|&v| v <= i64::MAX as u64) else {
@@ -149,7 +152,8 @@ impl Window {
                          --destination-offset={dst_start} (they would end at {dst_end})",
                         e.dst_name
                     ),
-                ));
+                )
+                .on(Side::Destination));
             }
         }
         let a = e.align.max(1);
