@@ -211,14 +211,16 @@ struct canceller_args {
   unsigned seed;
 };
 
-/* Cancels its copies, each at a random moment 300 to 1500 ms from now
- * (all 16 copies have started by then). */
+/* Cancels its copies, each at a random moment 300 to 900 ms after the
+ * one before (4 times that under valgrind), mostly while they run,
+ * sometimes while they connect. */
 static void *
 cancel_some (void *arg)
 {
   struct canceller_args *a = arg;
   for (int k = 0; k < a->n; k++) {
-    usleep (300000 + rand_r (&a->seed) % 600000);
+    int scale = under_valgrind ? 4 : 1;
+    usleep (scale * (300000 + rand_r (&a->seed) % 600000));
     struct copy *c = &a->copies[a->which[k]];
     for (int tries = 0; tries < 1000; tries++) {
       pthread_mutex_lock (&c->lock);
@@ -245,7 +247,9 @@ test_sixteen_copies_at_once (void)
   printf ("# seed %u, %d copies of %s MiB\n", seed, NCOPIES, copy_mib_s);
   for (int i = 0; i < NCOPIES; i++) {
     plan_copy (&copies[i], i);
-    copies[i].rate = copy_size * 2 / 3;       /* about 1.5 s each */
+    /* About 1.5 s each (6 s under valgrind, which runs one thread at a
+     * time), so that all run at the same time. */
+    copies[i].rate = under_valgrind ? copy_size / 6 : copy_size * 2 / 3;
   }
   struct canceller_args ca[2] = { { copies, {0}, 0, seed }, { copies, {0}, 0, seed + 1 } };
   for (int k = 0; k < 4; k++) {
@@ -265,9 +269,12 @@ test_sixteen_copies_at_once (void)
     pthread_join (t[i], NULL);
   printf ("# all done in %.1f s\n", now_s () - t0);
   static const char *kinds[] = { "nbd->nbd", "nbd->file", "file->nbd", "tls" };
-  /* All 16 ran at the same time: the last start is before the first end. */
+  /* The finished copies all ran at the same time: the last start is
+   * before the first end. */
   double last_start = 0, first_end = 1e300;
   for (int i = 0; i < NCOPIES; i++) {
+    if (copies[i].cancel)
+      continue;
     if (copies[i].started > last_start) last_start = copies[i].started;
     if (copies[i].ended < first_end) first_end = copies[i].ended;
   }
@@ -277,15 +284,20 @@ test_sixteen_copies_at_once (void)
     struct copy *c = &copies[i];
     printf ("# copy %2d %-9s %s: r=%d errno=%d side=%d %s\n", i, kinds[c->kind],
             c->cancel ? "cancelled" : "finished ", c->r, c->err, c->side, c->msg);
-    CHECK (c->connected);
-    CHECK (c->st.finished == 1);
     if (c->cancel) {
+      /* Cancelled while it connected (nbdcpy_connect fails, naming the
+       * end it was connecting to) or while it ran (about neither end). */
       CHECK (c->r == -1);
       CHECK (c->err == ECANCELED);
-      CHECK (c->side == -1);
       CHECK (strstr (c->msg, "cancel") != NULL);
       CHECK (c->st.bytes_done < (uint64_t) copy_size);
+      if (c->connected) {
+        CHECK (c->side == -1);
+        CHECK (c->st.finished == 1);
+      }
     } else {
+      CHECK (c->connected);
+      CHECK (c->st.finished == 1);
       CHECK (c->r == 0);
       CHECK (c->st.bytes_done == (uint64_t) copy_size);
       CHECK (same (c->src_file, c->dst_file));
@@ -334,6 +346,7 @@ fds_after_exec (void)
   int p[2];
   if (pipe2 (p, O_CLOEXEC) != 0)
     return -1;
+  fflush (stdout);
   pid_t pid = fork ();
   if (pid == 0) {
     /* Only async-signal-safe calls until exec. */
@@ -376,7 +389,8 @@ test_fork_while_copying (void)
   usleep (100000);
   int forks = 0;
   for (int k = 0; k < 10; k++) {
-    pid_t pid = fork ();
+    fflush (stdout);
+  pid_t pid = fork ();
     CHECK (pid >= 0);
     if (pid == 0) {
       execl ("/bin/true", "true", (char *) NULL);
@@ -414,9 +428,14 @@ fork_storm (void *arg)
 {
   volatile int *stop = arg;
   while (!*stop) {
-    pid_t pid = fork ();
-    if (pid == 0)
-      _exit (0);
+    fflush (stdout);
+  pid_t pid = fork ();
+    if (pid == 0) {
+      /* exec, not _exit: under valgrind a child that exits is checked
+       * for leaks, and the other threads' memory looks lost there. */
+      execl ("/bin/true", "true", (char *) NULL);
+      _exit (127);
+    }
     if (pid > 0)
       while (waitpid (pid, NULL, 0) == -1 && errno == EINTR)
         ;
@@ -520,7 +539,8 @@ test_sigpipe_default_server_gone (void)
     struct nbdcpy *h = nbdcpy_open (src, dst, c);
     nbdcpy_config_free (c);
     CHECK (h != NULL);
-    pid_t pid = fork ();
+    fflush (stdout);
+  pid_t pid = fork ();
     if (pid == 0) {
       /* Kills the server after 500 ms. */
       usleep (500000);

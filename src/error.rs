@@ -50,9 +50,12 @@ impl Error {
     }
 
     /// Marks the error as about `side`, unless an inner layer already
-    /// said which end it is about.
+    /// said which end it is about.  A cancellation (ECANCELED) is about
+    /// neither end, wherever it stopped the copy.
     pub fn on(mut self, side: Side) -> Self {
-        self.side.get_or_insert(side);
+        if self.errno != libc::ECANCELED {
+            self.side.get_or_insert(side);
+        }
         self
     }
 
@@ -131,5 +134,10 @@ mod tests {
         let e = e.context("outer").on(Side::Source);
         assert_eq!(e.side, Some(Side::Destination));
         assert!(e.msg.starts_with("outer: destination d.img"));
+        let e = Error::new(libc::ECANCELED, "handshake: cancelled").at(Side::Source, "s");
+        assert_eq!(
+            (e.side, e.msg.as_str()),
+            (None, "source s: handshake: cancelled")
+        );
     }
 }

@@ -15,6 +15,7 @@ pub mod nbdconn;
 pub mod plan;
 pub mod ranges;
 pub mod rate;
+pub mod signals;
 pub mod splice;
 pub mod stats;
 pub mod worker;
@@ -659,6 +660,7 @@ impl Job {
                 std::thread::Builder::new()
                     .name("nbdcpy-worker".into())
                     .spawn_scoped(s, move || {
+                        signals::library_thread_start();
                         // A panic in a worker becomes an error, never an abort.
                         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                             worker::run_worker(lanes, q, shared)
