@@ -279,7 +279,10 @@ test_sixteen_copies_at_once (void)
     if (copies[i].ended < first_end) first_end = copies[i].ended;
   }
   printf ("# all running together for %.2f s\n", first_end - last_start);
-  CHECK (last_start < first_end);
+  /* Valgrind runs one thread at a time and its TLS handshakes take
+   * seconds: there the copies overlap only mostly. */
+  if (!under_valgrind)
+    CHECK (last_start < first_end);
   for (int i = 0; i < NCOPIES; i++) {
     struct copy *c = &copies[i];
     printf ("# copy %2d %-9s %s: r=%d errno=%d side=%d %s\n", i, kinds[c->kind],
@@ -619,6 +622,78 @@ test_second_run_is_busy (void)
   unlink (c.dst_file);
 }
 
+/* Every key can be listed and read back, and what is read back sets the
+ * same value again; the tuning keys read as their documented defaults.
+ */
+static void
+test_config_keys (void)
+{
+  struct nbdcpy_config *c = nbdcpy_config_new ();
+  size_t n = 0;
+  int saw_socket_dir = 0, saw_fast_zero = 0;
+  for (; nbdcpy_config_key (n) != NULL; n++) {
+    const char *k = nbdcpy_config_key (n);
+    CHECK (k == nbdcpy_config_key (n));         /* static storage */
+    char *v = nbdcpy_config_get (c, k);
+    CHECK (v != NULL);
+    if (v == NULL)
+      continue;
+    if (v[0] != '\0') {
+      struct nbdcpy_config *c2 = nbdcpy_config_new ();
+      int ok = nbdcpy_config_set (c2, k, v) == 0;
+      if (!ok)
+        printf ("# %s=%s: %s\n", k, v, nbdcpy_get_error ());
+      CHECK (ok);
+      char *v2 = nbdcpy_config_get (c2, k);
+      CHECK (v2 && strcmp (v, v2) == 0);
+      free (v2);
+      nbdcpy_config_free (c2);
+    }
+    saw_socket_dir |= strcmp (k, "socket-dir") == 0;
+    saw_fast_zero |= strcmp (k, "fast-zero") == 0;
+    free (v);
+  }
+  printf ("# %zu keys\n", n);
+  CHECK (n >= 30);
+  CHECK (saw_socket_dir && saw_fast_zero);
+  CHECK (nbdcpy_config_key ((size_t) -1) == NULL);
+  static const char *const defaults[][2] = {
+    { "fast-zero", "1" }, { "uring-file-writes", "0" }, { "file-lock", "1" },
+    { "pipe-size", "auto" }, { "timeout", "60" }, { "connections", "auto" },
+    { "splice", "auto" }, { "length", "" }, { "socket-dir", "" },
+  };
+  for (size_t i = 0; i < sizeof defaults / sizeof defaults[0]; i++) {
+    char *v = nbdcpy_config_get (c, defaults[i][0]);
+    CHECK (v && strcmp (v, defaults[i][1]) == 0);
+    free (v);
+  }
+  CHECK (nbdcpy_config_set (c, "request-size", "1M") == 0);
+  CHECK (nbdcpy_config_set (c, "target-is-zero", NULL) == 0);
+  char *v = nbdcpy_config_get (c, "request-size");
+  CHECK (v && strcmp (v, "1048576") == 0);
+  free (v);
+  v = nbdcpy_config_get (c, "destination-is-zero");
+  CHECK (v && strcmp (v, "1") == 0);
+  free (v);
+  CHECK (nbdcpy_config_set (c, "request-size", "auto") == 0);
+  v = nbdcpy_config_get (c, "request-size");
+  CHECK (v && strcmp (v, "auto") == 0);
+  free (v);
+  CHECK (nbdcpy_config_get (c, "no-such-key") == NULL);
+  CHECK (nbdcpy_get_errno () == EINVAL);
+  CHECK (strstr (nbdcpy_get_error (), "no-such-key") != NULL);
+  CHECK (nbdcpy_config_get (NULL, "timeout") == NULL);
+  CHECK (nbdcpy_get_errno () == EFAULT);
+  CHECK (nbdcpy_config_get (c, NULL) == NULL);
+  CHECK (nbdcpy_get_errno () == EFAULT);
+  CHECK (nbdcpy_config_set (c, "socket-dir", "relative/dir") == -1);
+  CHECK (nbdcpy_get_errno () == EINVAL);
+  nbdcpy_config_free (c);
+  /* A freed config is refused. */
+  CHECK (nbdcpy_config_get (c, "timeout") == NULL);
+  CHECK (nbdcpy_get_errno () == EINVAL);
+}
+
 static void
 test_nothing_left_behind (void)
 {
@@ -632,6 +707,7 @@ main (void)
   test_begin ("/tmp/nbdcpy-many-XXXXXX");
   start_servers ();
 
+  RUN (test_config_keys);
   RUN (test_sixteen_copies_at_once);
   RUN (test_fork_while_copying);
   RUN (test_host_signal_handlers);
