@@ -55,16 +55,17 @@ pub struct Config {
     /// never, like nbdcopy).
     pub slow_timeout_secs: u64,
     /// Zero an NBD destination up front when the source is mostly holes
-    /// (see `Job::run_inner`).  Debug knob "fast-zero", default on.
+    /// (see `Job::run_inner`).  Tuning key "fast-zero", default on.
     pub fast_zero: bool,
     /// Write regular-file destinations through io_uring rather than with
-    /// pwrite from the worker.  Debug knob "uring-file-writes", default off.
+    /// pwrite from the worker.  Tuning key "uring-file-writes", default
+    /// off.
     pub uring_file_writes: bool,
-    /// Serialise direct writes into one regular file across lanes.  Debug
-    /// knob "file-lock", default on.
+    /// Serialise direct writes into one regular file across lanes.  Tuning
+    /// key "file-lock", default on.
     pub file_lock: bool,
     /// Capacity of the splice pipes (None: 4 request sizes, at least
-    /// 1 MiB).  Debug knob "pipe-size".
+    /// 1 MiB).  Tuning key "pipe-size".
     pub pipe_size: Option<u64>,
     /// Move READ payloads by splice (never through user space): None
     /// (auto, the default) where it is measured to win, Some(true) wherever
