@@ -131,11 +131,14 @@ check-header: $(STAMP)
 	fi
 
 # Only prefixed names in the public header: NBDCPY_* macros, nbdcpy_* (or
-# NBDCPY_*) functions, types, constants.  The script must also catch a
+# NBDCPY_*) functions, types, constants; and no Rust doc headings in its
+# comments, which are for C programmers.  The script must also catch a
 # bare name (the SLOTS macro that once leaked), or it checks nothing.
 check-header-prefix:
 	@mkdir -p $(B)
 	tests/check-header-prefix.sh include/nbdcpy.h
+	@! grep -n '^// # ' include/nbdcpy.h || \
+	  { echo "a Rust doc heading (# Safety, # Errors ...) reached include/nbdcpy.h"; exit 1; }
 	@printf '#define SLOTS 4096\nstruct table;\nint run (void);\n' > $(B)/unprefixed.h; \
 	if tests/check-header-prefix.sh $(B)/unprefixed.h >/dev/null; then \
 	  echo "check-header-prefix: the check passed a header with bare names"; exit 1; fi
