@@ -115,6 +115,7 @@ struct copy {
   struct nbdcpy *h;
   int r, err, side, connected;
   double started, ended;        /* of nbdcpy_run */
+  char engine[16];              /* nbdcpy_get_engine after the run */
   char msg[256];
   struct nbdcpy_stats st;
 };
@@ -166,6 +167,9 @@ copy_config (const struct copy *c)
   CHECK (nbdcpy_config_set (cfg, "connections", "2") == 0);
   CHECK (nbdcpy_config_set (cfg, "threads", "1") == 0);
   CHECK (nbdcpy_config_set (cfg, "timeout", "120") == 0);
+  /* Both engines at once: every other copy on epoll. */
+  if (c->i % 2)
+    CHECK (nbdcpy_config_set (cfg, "engine", "epoll") == 0);
   /* A copy to be cancelled is slowed, so it is surely still running
    * when the cancel comes (8 s at least). */
   if (c->cancel) {
@@ -202,6 +206,8 @@ run_copy (void *arg)
   if (c->r == -1 && nbdcpy_get_error ())
     snprintf (c->msg, sizeof c->msg, "%s", nbdcpy_get_error ());
   CHECK (nbdcpy_stats (h, &c->st, sizeof c->st) == 0);
+  const char *engine = nbdcpy_get_engine (h);
+  snprintf (c->engine, sizeof c->engine, "%s", engine ? engine : "-");
   pthread_mutex_lock (&c->lock);
   c->h = NULL;
   pthread_mutex_unlock (&c->lock);
@@ -238,8 +244,9 @@ cancel_some (void *arg)
   return NULL;
 }
 
-/* 16 copies at once, each on its own thread with its own handle, one
- * of each kind cancelled from one of two other threads.
+/* 16 copies at once, each on its own thread with its own handle (half
+ * of them on the epoll engine), one of each kind cancelled from one of
+ * two other threads.
  */
 static void
 test_sixteen_copies_at_once (void)
@@ -289,8 +296,9 @@ test_sixteen_copies_at_once (void)
     CHECK (last_start < first_end);
   for (int i = 0; i < NCOPIES; i++) {
     struct copy *c = &copies[i];
-    printf ("# copy %2d %-9s %s: r=%d errno=%d side=%d %s\n", i, kinds[c->kind],
-            c->cancel ? "cancelled" : "finished ", c->r, c->err, c->side, c->msg);
+    printf ("# copy %2d %-9s %-8s %s: r=%d errno=%d side=%d %s\n", i, kinds[c->kind],
+            c->engine, c->cancel ? "cancelled" : "finished ", c->r, c->err, c->side,
+            c->msg);
     if (c->cancel) {
       /* Cancelled while it connected (nbdcpy_connect fails, naming the
        * end it was connecting to) or while it ran (about neither end). */
@@ -305,6 +313,8 @@ test_sixteen_copies_at_once (void)
     } else {
       CHECK (c->connected);
       CHECK (c->st.finished == 1);
+      if (c->i % 2)
+        CHECK (strcmp (c->engine, "epoll") == 0);
       CHECK (c->r == 0);
       CHECK (c->st.bytes_done == (uint64_t) copy_size);
       CHECK (same (c->src_file, c->dst_file));

@@ -343,8 +343,11 @@ pub extern "C" fn nbdcpy_get_errno() -> c_int {
 
 /// Which endpoint the last failed call on this thread failed on:
 /// NBDCPY_SOURCE, NBDCPY_DESTINATION, or -1 when the error is not about
-/// one of them (a bad argument, both ends) or no call failed.  Its
-/// message then starts with "source " or "destination ".  Since version 0.2.
+/// one of them (a bad argument, both ends, a cancellation, ECANCELED,
+/// wherever it stopped the copy) or no call failed.  The library keeps
+/// the side with the error; it does not depend on the message's wording
+/// (which today starts with "source " or "destination " then).  Since
+/// version 0.2.
 #[no_mangle]
 pub extern "C" fn nbdcpy_get_error_endpoint() -> c_int {
     LAST_SIDE.with(|l| l.get())
