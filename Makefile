@@ -50,6 +50,7 @@ MULTIARCH  := $(shell $(CC) -print-multiarch 2>/dev/null || echo x86_64-linux-gn
 
 .PHONY: check-valgrind-panic all lib cli fuzz check check-rust check-c check-header check-style check-valgrind \
         check-warnings check-symbols check-install check-spdx check-deb header \
+        check-header-prefix \
         test-deps deps demo install uninstall bench bench-dirty bench-ranges deb deb-deps clean dist check-dist
 
 all: $(B)/nbdcpy $(B)/nbdcpy.install $(LIBSO) $(B)/libnbdcpy.so $(B)/libnbdcpy.a
@@ -104,8 +105,8 @@ header: $(STAMP)
 	cp -f $(B)/nbdcpy.h.gen include/nbdcpy.h
 
 # Everything CI runs.  Installs its test servers first where apt-get exists.
-check: test-deps check-spdx check-style all check-warnings check-header check-symbols \
-       check-rust check-c check-valgrind check-install
+check: test-deps check-spdx check-style all check-warnings check-header check-header-prefix \
+       check-symbols check-rust check-c check-valgrind check-install
 	@echo "make check: all passed"
 
 check-style:
@@ -129,8 +130,21 @@ check-header: $(STAMP)
 	  { echo "include/nbdcpy.h is stale: run 'make header' and commit it"; exit 1; }; \
 	fi
 
+# Only prefixed names in the public header: NBDCPY_* macros, nbdcpy_* (or
+# NBDCPY_*) functions, types, constants; and no Rust doc headings in its
+# comments, which are for C programmers.  The script must also catch a
+# bare name (the SLOTS macro that once leaked), or it checks nothing.
+check-header-prefix:
+	@mkdir -p $(B)
+	tests/check-header-prefix.sh include/nbdcpy.h
+	@! grep -n '^// # ' include/nbdcpy.h || \
+	  { echo "a Rust doc heading (# Safety, # Errors ...) reached include/nbdcpy.h"; exit 1; }
+	@printf '#define SLOTS 4096\nstruct table;\nint run (void);\n' > $(B)/unprefixed.h; \
+	if tests/check-header-prefix.sh $(B)/unprefixed.h >/dev/null; then \
+	  echo "check-header-prefix: the check passed a header with bare names"; exit 1; fi
+
 # Symbol versions: every exported nbdcpy_* symbol has the version of the
-# node the map lists it in (NBDCPY_0.1, NBDCPY_0.2, ...), nothing else is
+# node the map lists it in (NBDCPY_0.1, NBDCPY_0.2, NBDCPY_0.3, ...), nothing else is
 # exported, every function of the header is in the map, and the command
 # records a need for NBDCPY_0.1 and a version for every nbdcpy_* symbol it
 # uses.

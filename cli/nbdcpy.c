@@ -480,7 +480,7 @@ main (int argc, char *argv[])
       break;
     case RANGES_OPTION: set (cfg, "ranges-file", optarg); break;
     case SET_OPTION: {
-      /* --set=KEY=VALUE: any nbdcpy_config_set key (debug knobs). */
+      /* --set=KEY=VALUE: any nbdcpy_config_set key (tuning keys). */
       char *eq = strchr (optarg, '=');
       if (eq == NULL) {
         fprintf (stderr, "nbdcpy: --set: expected KEY=VALUE, not '%s'\n",

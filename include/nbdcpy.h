@@ -23,9 +23,32 @@
  *    dereferenced, and never reach a newer object (unless the same slot
  *    was reused 2^32 times).  Each *_new/_open has one *_free/_close,
  *    which accepts NULL.  Output parameters are written only on success.
- *  - The library reads no environment variable and never writes to
- *    stderr: its messages go to the log callback (nbdcpy_config_set_log).
- *  - Thread safety is stated on each type.
+ *  - The library never writes to stderr: its messages go to the log
+ *    callback (nbdcpy_config_set_log).  No environment variable changes
+ *    an option.  The environment is read only for: PATH (to find argv[0]
+ *    of nbdcpy_config_set_command servers), TMPDIR (where their sockets
+ *    go, unless the "socket-dir" key says), and, by OpenSSL for nbds://
+ *    with X.509, OPENSSL_CONF, SSL_CERT_FILE and SSL_CERT_DIR.  Such
+ *    servers get the caller's whole environment (but LISTEN_*), plus
+ *    LISTEN_PID, LISTEN_FDS=1 and LISTEN_FDNAMES=nbd, default signal
+ *    dispositions and an empty signal mask.
+ *  - Thread safety is stated on each type.  Many handles may run at
+ *    once, from as many threads.
+ *  - Signals: the library installs no signal handler and changes no
+ *    signal mask.  It never raises SIGPIPE (sockets are written with
+ *    MSG_NOSIGNAL), so SIGPIPE may be ignored, blocked or left at its
+ *    default.  System calls interrupted by the host's handlers (EINTR)
+ *    are retried.  It waits for its server subprocesses by pid only; a
+ *    host SIGCHLD handler that reaps every child (waitpid(-1)), or
+ *    SIGCHLD set to SIG_IGN, is tolerated (the server then counts as
+ *    gone).
+ *  - fork(): every descriptor the library opens (rings, sockets, files,
+ *    pipes) is close-on-exec, and a child does not inherit the running
+ *    copies' threads.  A child of a process with copies running may
+ *    call only async-signal-safe functions, then exec or _exit, as
+ *    after any fork in a threaded process; it must not call nbdcpy_*
+ *    functions (nbdcpy_cancel() included: its handles are not running
+ *    there).  The parent's copies are not disturbed.
  */
 
 #ifndef NBDCPY_H
@@ -66,9 +89,6 @@
 // Passed on only with the "verbose" option.
 #define NBDCPY_LOG_DEBUG 3
 
-// Slots per table: the most configs (or handles) alive at once.
-#define SLOTS 4096
-
 // Options for nbdcpy_open().
 //
 // Thread safety: a config may be used from any thread; calls on one
@@ -78,10 +98,14 @@ struct nbdcpy_config;
 
 // One copy job, from nbdcpy_open() to nbdcpy_close().
 //
-// Thread safety: nbdcpy_run() runs on one thread; nbdcpy_stats() and
-// nbdcpy_cancel() may be called from any thread at the same time (and
-// nbdcpy_cancel() from a signal handler).  nbdcpy_close() may be called
-// while other calls on the handle are still running (see there).
+// Thread safety: nbdcpy_run() runs on one thread at a time (a second
+// one fails with EBUSY); nbdcpy_stats() and nbdcpy_cancel() may be
+// called from any thread at the same time (and nbdcpy_cancel() from a
+// signal handler).  nbdcpy_close() may be called while other calls on
+// the handle are still running (see there).  Handles are independent:
+// any number of them (up to 4096) may run at once on as many threads;
+// each running copy has its own worker threads and rings, and they
+// share no lock on the data path.
 struct nbdcpy;
 
 // One area of a range list: `length` bytes at `offset`.  Since version
@@ -180,8 +204,7 @@ const char *nbdcpy_version(void);
 // "blkhash", "blkhash-file" and "verify" keys and nbdcpy_get_blkhash()).
 // Never fails; does not touch nbdcpy_get_error().
 //
-// # Safety
-// `feature` is NULL or a NUL-terminated string.
+// Pointers: `feature` is NULL or a NUL-terminated string.
 int nbdcpy_supports(const char *feature);
 
 // The message of the last failed call on this thread (endpoint, offset
@@ -194,8 +217,11 @@ int nbdcpy_get_errno(void);
 
 // Which endpoint the last failed call on this thread failed on:
 // NBDCPY_SOURCE, NBDCPY_DESTINATION, or -1 when the error is not about
-// one of them (a bad argument, both ends) or no call failed.  Its
-// message then starts with "source " or "destination ".  Since version 0.2.
+// one of them (a bad argument, both ends, a cancellation, ECANCELED,
+// wherever it stopped the copy) or no call failed.  The library keeps
+// the side with the error; it does not depend on the message's wording
+// (which today starts with "source " or "destination " then).  Since
+// version 0.2.
 int nbdcpy_get_error_endpoint(void);
 
 // A new config with nbdcopy's defaults.  Free with nbdcpy_config_free().
@@ -279,22 +305,32 @@ struct nbdcpy_config *nbdcpy_config_new(void);
 //    not the source's.  nbdcpy_open() refuses it (EINVAL) for
 //    destinations that cannot be read back: "-", "null:", streams and
 //    server commands.
+//  - "engine": "auto" (default), "io_uring" or "epoll": how the copy
+//    talks to the kernel.
+//  - "socket-dir": an absolute directory (at most 80 bytes) in which
+//    the private directory holding the listening socket of each
+//    nbdcpy_config_set_command() server is made (default: $TMPDIR, else
+//    /tmp).  Since version 0.3.
 //
-// Debug knobs, for measurements and tests (defaults are what is best):
+// Tuning, supported and stable like the options above; the defaults are
+// what measured best, so they are for measurements and unusual storage:
 //  - "fast-zero" (default 1): 0 never zeroes an NBD destination up front.
 //  - "uring-file-writes" (default 0): 1 writes regular-file destinations
 //    through io_uring instead of pwrite from the worker thread.
 //  - "file-lock" (default 1): 0 lets lanes write one regular file
 //    concurrently instead of one at a time.
-//  - "pipe-size" (default 4 request sizes, at least 1M): the splice
-//    pipes' capacity, 4k to 1G.
+//  - "pipe-size" (default "auto": 4 request sizes, at least 1M): the
+//    splice pipes' capacity, 4k to 1G.
 //
-// The library reads no environment variable.  Flags take NULL, "1" or
-// "0"; sizes take nbdcopy's human forms ("1M", "256k").  Unknown names
-// and bad values are errors (EINVAL) that say which.
+// "auto" restores the default of "connections", "request-size",
+// "sparse" and "pipe-size", which depends on the copy.  Flags take NULL,
+// "1" or "0"; sizes take nbdcopy's human forms ("1M", "256k").  Unknown
+// names and bad values are errors (EINVAL) that say which.  No
+// environment variable changes an option (see nbdcpy(3), ENVIRONMENT,
+// for the few the library reads).  nbdcpy_config_key() lists the names,
+// nbdcpy_config_get() reads a value back.
 //
-// # Safety
-// `config` is NULL or a config pointer; `name` and `value` are NULL or
+// Pointers: `config` is NULL or a config pointer; `name` and `value` are NULL or
 // NUL-terminated strings.
 int nbdcpy_config_set(struct nbdcpy_config *config, const char *name, const char *value);
 
@@ -316,19 +352,39 @@ int nbdcpy_config_set(struct nbdcpy_config *config, const char *name, const char
 // the merged areas' length as `size`; "verify" reads back only the
 // areas.  Since version 0.3.
 //
-// # Safety
-// `config` is NULL or a config pointer; `ranges` points to `n` areas
-// (or is NULL when `n` is 0).
+// Pointers: `config` is NULL or a config pointer; `ranges` points to
+// `n` areas (or is NULL when `n` is 0).
 int nbdcpy_config_set_ranges(struct nbdcpy_config *config,
                              const struct nbdcpy_range *ranges,
                              size_t n);
+
+// The current value of option `name` of `config` (any name
+// nbdcpy_config_set() takes), as a string nbdcpy_config_set() accepts
+// and that keeps the option as it is: "1" or "0" for flags, decimal
+// numbers (sizes in bytes, "retry-delay" and "timeout" in seconds),
+// "auto" where the copy picks the value, and "" for an option that is
+// not set and has no default ("length", "dirty-bitmap", the "tls-*"
+// keys, "socket-dir", "blkhash" when off).  Returns a string the caller
+// frees with free(), or NULL on error (EINVAL for an unknown name, which
+// the message names).  Since version 0.3.
+//
+// Pointers: `config` is NULL or a config pointer; `name` is NULL or a
+// NUL-terminated string.
+char *nbdcpy_config_get(const struct nbdcpy_config *config, const char *name);
+
+// The name of option number `index` (0, 1, ...), in static storage, or
+// NULL once `index` is past the last one: every name
+// nbdcpy_config_set() and nbdcpy_config_get() take ("target-is-zero"
+// too, the other name of "destination-is-zero").  A newer library may
+// list more.  Never fails; does not touch nbdcpy_get_error().  Since
+// version 0.3.
+const char *nbdcpy_config_key(size_t index);
 
 // Registers a progress callback (see nbdcpy_progress_cb), called at most
 // every `interval_ms` milliseconds (0 means 1000; the finest step is
 // 10 ms) on the thread running nbdcpy_run().  `cb` NULL removes it.
 //
-// # Safety
-// `config` is NULL or a config pointer; `user_data` is passed back
+// Pointers: `config` is NULL or a config pointer; `user_data` is passed back
 // untouched.
 int nbdcpy_config_set_progress(struct nbdcpy_config *config,
                                nbdcpy_progress_cb cb,
@@ -338,8 +394,7 @@ int nbdcpy_config_set_progress(struct nbdcpy_config *config,
 // Registers a log callback (see nbdcpy_log_cb).  Without one, messages
 // are dropped: the library never prints.  `cb` NULL removes it.
 //
-// # Safety
-// `config` is NULL or a config pointer; `user_data` is passed back
+// Pointers: `config` is NULL or a config pointer; `user_data` is passed back
 // untouched.
 int nbdcpy_config_set_log(struct nbdcpy_config *config, nbdcpy_log_cb cb, void *user_data);
 
@@ -350,8 +405,7 @@ int nbdcpy_config_set_log(struct nbdcpy_config *config, nbdcpy_log_cb cb, void *
 // The server is killed and reaped when the handle is closed (and on every
 // error).  `argv` NULL clears the command.
 //
-// # Safety
-// `config` is NULL or a config pointer; `argv` is NULL or a
+// Pointers: `config` is NULL or a config pointer; `argv` is NULL or a
 // NULL-terminated array of NUL-terminated strings.
 int nbdcpy_config_set_command(struct nbdcpy_config *config, int side, const char *const *argv);
 
@@ -359,8 +413,7 @@ int nbdcpy_config_set_command(struct nbdcpy_config *config, int side, const char
 // (freed already, or never one) is detected and ignored, and
 // nbdcpy_get_error() then says so (see the README, "Handles").
 //
-// # Safety
-// None: any pointer value is accepted.
+// Any pointer value is accepted.
 void nbdcpy_config_free(struct nbdcpy_config *config);
 
 // Makes `side` (NBDCPY_SOURCE or NBDCPY_DESTINATION) an NBD server on a
@@ -383,8 +436,7 @@ void nbdcpy_config_free(struct nbdcpy_config *config);
 // duplicates).  Fails with EBADF for a bad `fd`, ENOTSOCK for one that is
 // not a stream socket.  Since version 0.2.
 //
-// # Safety
-// `config` is NULL or a config pointer; `export_name` is NULL or a
+// Pointers: `config` is NULL or a config pointer; `export_name` is NULL or a
 // NUL-terminated string.
 int nbdcpy_config_set_socket(struct nbdcpy_config *config,
                              int side,
@@ -406,8 +458,7 @@ int nbdcpy_config_set_socket(struct nbdcpy_config *config,
 // if that fails): waiting for a server is bounded by the "timeout"
 // option.  To cancel an open from another thread, use those two.
 //
-// # Safety
-// Strings are NULL or NUL-terminated; `config` is NULL or a config
+// Pointers: strings are NULL or NUL-terminated; `config` is NULL or a config
 // pointer.
 struct nbdcpy *nbdcpy_open(const char *source,
                            const char *destination,
@@ -420,8 +471,7 @@ struct nbdcpy *nbdcpy_open(const char *source,
 // counters 0).  Arguments are checked here; the config is copied (free
 // it whenever you like).  Close with nbdcpy_close().  Since version 0.2.
 //
-// # Safety
-// Strings are NULL or NUL-terminated; `config` is NULL or a config
+// Pointers: strings are NULL or NUL-terminated; `config` is NULL or a config
 // pointer.
 struct nbdcpy *nbdcpy_create(const char *source,
                              const char *destination,
@@ -437,17 +487,18 @@ struct nbdcpy *nbdcpy_create(const char *source,
 // handle can then only be closed.  A handle connects once (EISCONN
 // after a success, EALREADY after a failure).  Since version 0.2.
 //
-// # Safety
-// None: any pointer value is accepted.
+// Any pointer value is accepted.
 int nbdcpy_connect(struct nbdcpy *h);
 
 // Copies everything; blocks until done, failed or cancelled.  Returns 0
 // only when every byte was written and acknowledged (and flushed with
 // "flush").  Cancelled copies fail with errno ECANCELED.  A handle runs
-// once (EALREADY after that).
+// once (EALREADY after that).  While it runs (or nbdcpy_connect does),
+// a second nbdcpy_run (or nbdcpy_connect, nbdcpy_get_blkhash) on the
+// same handle, from another thread or a callback, fails at once with
+// EBUSY and leaves the running one alone.
 //
-// # Safety
-// None: any pointer value is accepted.
+// Any pointer value is accepted.
 int nbdcpy_run(struct nbdcpy *h);
 
 // Copies the current counters into `out` (`out_size` bytes: pass
@@ -455,8 +506,7 @@ int nbdcpy_run(struct nbdcpy *h);
 // nbdcpy_open() on, also while nbdcpy_run() runs.  A larger struct (newer
 // header) gets its extra bytes zeroed; a smaller one gets a prefix.
 //
-// # Safety
-// `out` is NULL or points to `out_size` writable bytes; any `h` value is
+// Pointers: `out` is NULL or points to `out_size` writable bytes; any `h` value is
 // accepted.
 int nbdcpy_stats(const struct nbdcpy *h, struct nbdcpy_stats *out, size_t out_size);
 
@@ -466,7 +516,6 @@ int nbdcpy_stats(const struct nbdcpy *h, struct nbdcpy_stats *out, size_t out_si
 // the string is static.  Callable from any thread, also while
 // nbdcpy_run() runs.  Does not touch nbdcpy_get_error().
 //
-// # Safety
 // Any `h` value is accepted.
 const char *nbdcpy_get_engine(const struct nbdcpy *h);
 
@@ -479,8 +528,7 @@ const char *nbdcpy_get_engine(const struct nbdcpy *h);
 // EBUSY while it runs; ERANGE when `len` is too small.  The command
 // prints it in hexadecimal, as nbdcopy does.
 //
-// # Safety
-// `buf` is NULL or points to `len` writable bytes; any `h` value is
+// Pointers: `buf` is NULL or points to `len` writable bytes; any `h` value is
 // accepted.
 int nbdcpy_get_blkhash(const struct nbdcpy *h, uint8_t *buf, size_t len);
 
@@ -492,8 +540,7 @@ int nbdcpy_get_blkhash(const struct nbdcpy *h, uint8_t *buf, size_t len);
 // (-1, EFAULT or EINVAL) with a static message, still without
 // allocating.
 //
-// # Safety
-// None: any pointer value is accepted.
+// Any pointer value is accepted.
 int nbdcpy_cancel(struct nbdcpy *h);
 
 // Closes a handle: disconnects, kills and reaps server subprocesses,
@@ -505,8 +552,7 @@ int nbdcpy_cancel(struct nbdcpy *h);
 // the run is cancelled and the handle is freed when the last of those
 // calls returns, on that call's thread.
 //
-// # Safety
-// None: any pointer value is accepted.
+// Any pointer value is accepted.
 void nbdcpy_close(struct nbdcpy *h);
 
 #ifdef __cplusplus

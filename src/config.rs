@@ -55,16 +55,17 @@ pub struct Config {
     /// never, like nbdcopy).
     pub slow_timeout_secs: u64,
     /// Zero an NBD destination up front when the source is mostly holes
-    /// (see `Job::run_inner`).  Debug knob "fast-zero", default on.
+    /// (see `Job::run_inner`).  Tuning key "fast-zero", default on.
     pub fast_zero: bool,
     /// Write regular-file destinations through io_uring rather than with
-    /// pwrite from the worker.  Debug knob "uring-file-writes", default off.
+    /// pwrite from the worker.  Tuning key "uring-file-writes", default
+    /// off.
     pub uring_file_writes: bool,
-    /// Serialise direct writes into one regular file across lanes.  Debug
-    /// knob "file-lock", default on.
+    /// Serialise direct writes into one regular file across lanes.  Tuning
+    /// key "file-lock", default on.
     pub file_lock: bool,
     /// Capacity of the splice pipes (None: 4 request sizes, at least
-    /// 1 MiB).  Debug knob "pipe-size".
+    /// 1 MiB).  Tuning key "pipe-size".
     pub pipe_size: Option<u64>,
     /// Move READ payloads by splice (never through user space): None
     /// (auto, the default) where it is measured to win, Some(true) wherever
@@ -113,6 +114,10 @@ pub struct Config {
     /// The areas given with `nbdcpy_config_set_ranges` (sorted and
     /// merged); wins over `ranges_file`.
     pub ranges: Option<std::sync::Arc<crate::copy::rangelist::RangeList>>,
+    /// Where the private directories for the sockets of `[ CMD ]` servers
+    /// are made (key "socket-dir"; None, the default: `TMPDIR`, else
+    /// /tmp).
+    pub socket_dir: Option<String>,
 }
 
 /// The "engine" option: which I/O engine runs the copy.
@@ -166,6 +171,7 @@ impl Default for Config {
             engine: EngineChoice::Auto,
             ranges_file: None,
             ranges: None,
+            socket_dir: None,
         }
     }
 }
@@ -209,6 +215,7 @@ pub const OPTION_NAMES: &[&str] = &[
     "tls-username",
     "engine",
     "ranges-file",
+    "socket-dir",
 ];
 
 impl Config {
@@ -258,8 +265,27 @@ impl Config {
             }
             "verify" => self.verify = parse_flag(name, value)?,
             "verbose" => self.verbose = parse_flag(name, value)?,
+            "connections" if value == Some("auto") => self.connections = 0,
             "connections" => {
                 self.connections = parse_u32_in(name, need(name, value)?, 1, 64)?;
+            }
+            "request-size" if value == Some("auto") => {
+                self.request_size = Config::default().request_size;
+                self.request_size_set = false;
+            }
+            "sparse" if value == Some("auto") => self.sparse = None,
+            "pipe-size" if value == Some("auto") => self.pipe_size = None,
+            "socket-dir" => {
+                let d = need(name, value)?;
+                if !d.starts_with('/') || d.contains('\0') {
+                    return Err(bad(name, value, "must be an absolute directory path"));
+                }
+                // The socket's path, DIR/nbdcpy-XXXXXX/sock, must fit
+                // sun_path (108 bytes).
+                if d.len() > 80 {
+                    return Err(bad(name, value, "must be at most 80 bytes long"));
+                }
+                self.socket_dir = Some(d.to_string());
             }
             "requests" => self.requests = parse_u32_in(name, need(name, value)?, 1, 1024)?,
             "threads" => self.threads = parse_u32_in(name, need(name, value)?, 0, 256)?,
@@ -366,6 +392,72 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// The current value of option `name` in the text form `set` takes
+    /// back ("1"/"0" for flags, sizes and counts in decimal bytes and
+    /// units; "auto" where the copy decides; "" for an option without a
+    /// value that is not set).
+    pub fn get(&self, name: &str) -> Result<String> {
+        let flag = |b: bool| if b { "1" } else { "0" }.to_string();
+        let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+        let opt_n = |v: Option<u64>| v.map(|n| n.to_string()).unwrap_or_default();
+        let auto = |v: Option<u64>| v.map_or_else(|| "auto".to_string(), |n| n.to_string());
+        Ok(match name {
+            "allocated" => flag(self.allocated),
+            "destination-is-zero" | "target-is-zero" => flag(self.destination_is_zero),
+            "flush" => flag(self.flush),
+            "no-extents" => flag(self.no_extents),
+            "synchronous" => flag(self.synchronous),
+            "verbose" => flag(self.verbose),
+            "verify" => flag(self.verify),
+            "fast-zero" => flag(self.fast_zero),
+            "uring-file-writes" => flag(self.uring_file_writes),
+            "file-lock" => flag(self.file_lock),
+            "splice" => match self.splice {
+                None => "auto".into(),
+                Some(b) => flag(b),
+            },
+            "engine" => match self.engine {
+                EngineChoice::Auto => "auto",
+                EngineChoice::IoUring => "io_uring",
+                EngineChoice::Epoll => "epoll",
+            }
+            .into(),
+            "connections" => auto(Some(self.connections as u64).filter(|&n| n != 0)),
+            "requests" => self.requests.to_string(),
+            "threads" => self.threads.to_string(),
+            "timeout" => self.timeout_secs.to_string(),
+            "slow-timeout" => self.slow_timeout_secs.to_string(),
+            "retries" => self.retries.to_string(),
+            "retry-delay" => self.retry_delay.as_secs_f64().to_string(),
+            "request-size" => auto(Some(self.request_size).filter(|_| self.request_size_set)),
+            "queue-size" => self.queue_size.to_string(),
+            "sparse" => auto(self.sparse),
+            "pipe-size" => auto(self.pipe_size),
+            "rate" => self.rate.to_string(),
+            "offset" => self.offset.to_string(),
+            "length" => opt_n(self.length),
+            "destination-offset" => opt_n(self.destination_offset),
+            "dirty-bitmap" => opt(&self.dirty_bitmap),
+            "blkhash" => self.blkhash.map(|b| b.to_string()).unwrap_or_default(),
+            "blkhash-file" => opt(&self.blkhash_file),
+            "tls-certificates" => opt(&self.tls.certificates),
+            "tls-hostname" => opt(&self.tls.hostname),
+            "tls-psk-file" => opt(&self.tls.psk_file),
+            "tls-username" => opt(&self.tls.username),
+            "tls-verify-peer" => self.tls.verify_peer.map(flag).unwrap_or_default(),
+            "socket-dir" => opt(&self.socket_dir),
+            "ranges-file" => opt(&self.ranges_file),
+            _ => {
+                return Err(Error::invalid(format!(
+                    "unknown option \"{name}\" (known: {})",
+                    OPTION_NAMES.join(", ")
+                )))
+            }
+        })
     }
 }
 
@@ -539,6 +631,48 @@ mod tests {
         }
         assert!(c.set("retries", Some("1001")).is_err());
         assert_eq!((c.retries, c.retry_delay), (4, Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn every_key_reads_back_what_set_takes() {
+        let d = Config::default();
+        for k in OPTION_NAMES {
+            let v = d.get(k).unwrap();
+            // Setting a key to what it reads (when it has a value) changes
+            // nothing, for the defaults and for set values alike.
+            if !v.is_empty() {
+                let mut c = Config::default();
+                c.set(k, Some(&v))
+                    .unwrap_or_else(|e| panic!("{k}={v}: {}", e.msg));
+                assert_eq!(c, d, "{k}={v}");
+            }
+        }
+        assert_eq!(d.get("connections").unwrap(), "auto");
+        assert_eq!(d.get("timeout").unwrap(), "60");
+        assert_eq!(d.get("fast-zero").unwrap(), "1");
+        assert_eq!(d.get("pipe-size").unwrap(), "auto");
+        assert_eq!(d.get("length").unwrap(), "");
+        let mut c = Config::default();
+        for (k, v, want) in [
+            ("request-size", "1M", "1048576"),
+            ("sparse", "0", "0"),
+            ("retry-delay", "0.25", "0.25"),
+            ("blkhash", "md5/4k", "md5/4096"),
+            ("tls-verify-peer", "false", "0"),
+            ("socket-dir", "/run/x", "/run/x"),
+            ("target-is-zero", "1", "1"),
+        ] {
+            c.set(k, Some(v)).unwrap();
+            assert_eq!(c.get(k).unwrap(), want, "{k}");
+            let before = c.clone();
+            c.set(k, Some(want)).unwrap();
+            assert_eq!(c, before, "{k} round trip");
+        }
+        assert_eq!(c.get("destination-is-zero").unwrap(), "1");
+        c.set("request-size", Some("auto")).unwrap();
+        assert_eq!((c.request_size, c.request_size_set), (256 << 10, false));
+        assert!(c.get("bogus").unwrap_err().msg.contains("bogus"));
+        assert!(c.set("socket-dir", Some("relative")).is_err());
     }
 
     #[test]

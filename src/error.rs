@@ -8,13 +8,34 @@
 
 use std::fmt;
 
-/// An error from any layer, carried to the C API as (errno, message).
+/// Which end of the copy an endpoint (or an error) is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Source,
+    Destination,
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Source => "source",
+            Side::Destination => "destination",
+        })
+    }
+}
+
+/// An error from any layer, carried to the C API as (errno, message,
+/// side).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Error {
     /// A positive errno value (EINVAL, EIO, ECANCELED, ...).
     pub errno: i32,
     /// Human-readable, complete message (endpoint, offset, cause).
     pub msg: String,
+    /// The endpoint the error is about (None: neither, both, or an
+    /// argument), what nbdcpy_get_error_endpoint reports.  Kept apart
+    /// from `msg`, so the wording can change freely.
+    pub side: Option<Side>,
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -24,7 +45,24 @@ impl Error {
         Error {
             errno,
             msg: msg.into(),
+            side: None,
         }
+    }
+
+    /// Marks the error as about `side`, unless an inner layer already
+    /// said which end it is about.  A cancellation (ECANCELED) is about
+    /// neither end, wherever it stopped the copy.
+    pub fn on(mut self, side: Side) -> Self {
+        if self.errno != libc::ECANCELED {
+            self.side.get_or_insert(side);
+        }
+        self
+    }
+
+    /// Prefixes the message with "`side` `name`: " and marks it as about
+    /// `side`.
+    pub fn at(self, side: Side, name: impl fmt::Display) -> Self {
+        self.context(format_args!("{side} {name}")).on(side)
     }
 
     /// EINVAL with a message: bad argument, option or value.
@@ -85,5 +123,21 @@ mod tests {
         assert_eq!(e.msg, "source: open x: No such file or directory");
         let e = e.context("nbdcpy");
         assert!(e.msg.starts_with("nbdcpy: source: open x"));
+        assert_eq!(e.side, None, "context alone names no side");
+    }
+
+    #[test]
+    fn the_innermost_side_wins_and_survives_context() {
+        let e = Error::invalid("bad").at(Side::Destination, "d.img");
+        assert_eq!(e.msg, "destination d.img: bad");
+        assert_eq!(e.side, Some(Side::Destination));
+        let e = e.context("outer").on(Side::Source);
+        assert_eq!(e.side, Some(Side::Destination));
+        assert!(e.msg.starts_with("outer: destination d.img"));
+        let e = Error::new(libc::ECANCELED, "handshake: cancelled").at(Side::Source, "s");
+        assert_eq!(
+            (e.side, e.msg.as_str()),
+            (None, "source s: handshake: cancelled")
+        );
     }
 }

@@ -9,11 +9,13 @@
 pub mod align;
 pub mod dirty;
 pub mod integrity;
+pub mod lane_error;
 pub mod nbdconn;
 pub mod plan;
 pub mod rangelist;
 pub mod ranges;
 pub mod rate;
+pub mod signals;
 pub mod splice;
 pub mod stats;
 pub mod worker;
@@ -221,7 +223,8 @@ impl Job {
                 return Err(Error::new(
                     libc::EROFS,
                     format!("destination {dst_spec}: the NBD server export is read-only"),
-                ));
+                )
+                .on(Side::Destination));
             }
         }
         // A destination of fixed size must hold what is copied into it
@@ -406,7 +409,7 @@ impl Job {
     fn finish_destination(&mut self) -> Result<()> {
         if let (None, Endpoint::File(f)) = (self.src.size(), &mut self.dst) {
             let len = self.shared.size.load(Relaxed);
-            let ctx = |e: Error| e.context(format!("destination {}", self.dst_spec));
+            let ctx = |e: Error| e.at(Side::Destination, &self.dst_spec);
             f.finish_dest(len).map_err(ctx)?;
             if self.cfg.flush && f.kind == FileKind::Regular {
                 f.sync().map_err(ctx)?;
@@ -458,7 +461,7 @@ impl Job {
             } else {
                 f.prepare_dest(src_size)
             };
-            dst_is_zero |= r.map_err(|e| e.context(format!("destination {}", self.dst_spec)))?;
+            dst_is_zero |= r.map_err(|e| e.at(Side::Destination, &self.dst_spec))?;
         }
         let cores = std::thread::available_parallelism()
             .map(|n| n.get() as u32)
@@ -526,7 +529,7 @@ impl Job {
         let sparse = match &mut self.src {
             Endpoint::Nbd(s) if !cfg.no_extents => s
                 .sample_zero_fraction(t, &|| self.shared.cancelled())
-                .map_err(|e| e.context(format!("source {}", self.src_spec)))?,
+                .map_err(|e| e.at(Side::Source, &self.src_spec))?,
             Endpoint::File(f) if !cfg.no_extents => f.sample_zero_fraction(),
             _ => None,
         };
@@ -557,13 +560,13 @@ impl Job {
             let other = s.spawn(move || match src_ep {
                 Endpoint::Nbd(e) => e
                     .open_connections(n)
-                    .map_err(|e| e.context(format!("source {src_spec}"))),
+                    .map_err(|e| e.at(Side::Source, src_spec)),
                 _ => Ok(()),
             });
             let mine = match dst_ep {
                 Endpoint::Nbd(e) => e
                     .open_connections(n)
-                    .map_err(|e| e.context(format!("destination {dst_spec}"))),
+                    .map_err(|e| e.at(Side::Destination, dst_spec)),
                 _ => Ok(()),
             };
             other
@@ -621,7 +624,7 @@ impl Job {
                 },
                 Endpoint::Nbd(n) => SrcIo::Nbd(Box::new(
                     lane_conn(n, i, &params, params.stage_reads)
-                        .map_err(|e| e.context(format!("source {}", self.src_spec)))?,
+                        .map_err(|e| e.at(Side::Source, &self.src_spec))?,
                 )),
                 Endpoint::Null => unreachable!("null: is refused as a source at open"),
             };
@@ -632,11 +635,10 @@ impl Job {
                     stream: f.is_stream(),
                     name: self.dst_spec.to_string(),
                 },
-                Endpoint::Nbd(n) => {
-                    DstIo::Nbd(Box::new(lane_conn(n, i, &params, false).map_err(|e| {
-                        e.context(format!("destination {}", self.dst_spec))
-                    })?))
-                }
+                Endpoint::Nbd(n) => DstIo::Nbd(Box::new(
+                    lane_conn(n, i, &params, false)
+                        .map_err(|e| e.at(Side::Destination, &self.dst_spec))?,
+                )),
             };
             let mut lane = Lane::new(src, dst, params.clone());
             if plan.splice {
@@ -709,6 +711,7 @@ impl Job {
                 std::thread::Builder::new()
                     .name("nbdcpy-worker".into())
                     .spawn_scoped(s, move || {
+                        signals::library_thread_start();
                         // A panic in a worker becomes an error, never an abort.
                         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                             worker::run_worker(lanes, q, shared, kind, fallback)

@@ -6,7 +6,7 @@
 
 use super::plan::EndFacts;
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Side};
 
 /// What the copy plan is decided from, given a window: the source's size
 /// is the range's length; a range moved to other offsets takes the
@@ -95,7 +95,8 @@ impl Window {
                             "destination {} ({d} bytes) is smaller than source {} ({s} bytes)",
                             e.dst_name, e.src_name
                         ),
-                    ));
+                    )
+                    .on(Side::Destination));
                 }
             }
             return Ok(w);
@@ -105,7 +106,8 @@ impl Window {
                 "source {} is a stream: --offset, --length and --destination-offset need \
                  a source that can seek",
                 e.src_name
-            )));
+            ))
+            .on(Side::Source));
         };
         let start = cfg.offset;
         if start > size {
@@ -133,7 +135,8 @@ impl Window {
                 "destination {} is a stream, written from its start: --destination-offset \
                  must be 0 (it defaults to --offset={start})",
                 e.dst_name
-            )));
+            ))
+            .on(Side::Destination));
         }
         let len = end - start;
         let Some(dst_end) = dst_start.checked_add(len).filter(|&v| v <= i64::MAX as u64) else {
@@ -150,7 +153,8 @@ impl Window {
                          --destination-offset={dst_start} (they would end at {dst_end})",
                         e.dst_name
                     ),
-                ));
+                )
+                .on(Side::Destination));
             }
         }
         let a = e.align.max(1);

@@ -32,20 +32,7 @@ impl Extent {
 }
 
 /// Which end of the copy an endpoint is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Source,
-    Destination,
-}
-
-impl fmt::Display for Side {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Side::Source => "source",
-            Side::Destination => "destination",
-        })
-    }
-}
+pub use crate::error::Side;
 
 /// An endpoint as the user named it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,11 +90,12 @@ impl Endpoint {
     /// Opens (and for NBD, connects and negotiates) one endpoint; every
     /// wait for a server is bounded by `lim`.
     pub fn open(spec: &Spec, side: Side, cfg: &Config, lim: &Limits) -> Result<Endpoint> {
-        let ctx = |e: Error| e.context(format!("{side} {spec}"));
+        let ctx = |e: Error| e.at(side, spec);
         match spec {
             Spec::Null if side == Side::Source => Err(Error::invalid(format!(
                 "{side} null: can only be used as the destination"
-            ))),
+            ))
+            .on(side)),
             Spec::Null => Ok(Endpoint::Null),
             Spec::Stdio => file::LocalFile::stdio(side)
                 .map(Endpoint::File)

@@ -21,6 +21,7 @@ use crate::sys;
 use crate::tls::{TlsClient, TlsSession};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::Path;
 use std::sync::Arc;
 
 use std::time::{Duration, Instant};
@@ -83,7 +84,7 @@ impl NbdEndpoint {
     }
 
     pub fn spawn(argv: &[String], side: Side, cfg: &Config, lim: &Limits) -> Result<NbdEndpoint> {
-        let server = ServerProcess::spawn(argv)
+        let server = ServerProcess::spawn(argv, cfg.socket_dir.as_deref().map(Path::new))
             .map_err(|e| Error::os(format!("cannot run {}", argv.first().map_or("", |s| s)), e))?;
         let transport = Transport::Unix {
             path: server.socket_path().to_string_lossy().into_owned(),
@@ -303,7 +304,7 @@ impl NbdEndpoint {
         let pending = reqs.len();
         let parser = self
             .send_requests(&reqs, timeout)
-            .map_err(|e| e.context(self.zeroing()))?;
+            .map_err(|e| e.context(self.zeroing()).on(self.side))?;
         Ok(parser.map(|parser| FastZero {
             parser,
             pending,
@@ -366,7 +367,7 @@ impl NbdEndpoint {
             timeout,
         } = fz;
         let r = self.collect(&mut parser, pending, timeout, cancelled, &mut |_| {});
-        r.map_err(|e| e.context(self.zeroing()))
+        r.map_err(|e| e.context(self.zeroing()).on(self.side))
     }
 
     /// Estimates which fraction of the export reads as zeroes from one

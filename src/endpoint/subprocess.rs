@@ -49,18 +49,22 @@ fn find_in_path(cmd: &str) -> io::Result<PathBuf> {
     ))
 }
 
-fn make_private_dir() -> io::Result<PathBuf> {
-    sys::mkdtemp(&std::env::temp_dir().join("nbdcpy-XXXXXX"))
+/// A private directory for the socket, in `parent` (the "socket-dir"
+/// key) or else where `std::env::temp_dir` says (`TMPDIR`, else /tmp).
+fn make_private_dir(parent: Option<&Path>) -> io::Result<PathBuf> {
+    let parent = parent.map_or_else(std::env::temp_dir, Path::to_path_buf);
+    sys::mkdtemp(&parent.join("nbdcpy-XXXXXX"))
 }
 
 impl ServerProcess {
-    /// Starts `argv` with a listening socket as fd 3 (LISTEN_FDS=1).
-    pub fn spawn(argv: &[String]) -> io::Result<ServerProcess> {
+    /// Starts `argv` with a listening socket as fd 3 (LISTEN_FDS=1), the
+    /// socket in a private directory made in `socket_dir` (None: TMPDIR).
+    pub fn spawn(argv: &[String], socket_dir: Option<&Path>) -> io::Result<ServerProcess> {
         let cmd = argv
             .first()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
         let exe = find_in_path(cmd)?;
-        let dir = make_private_dir()?;
+        let dir = make_private_dir(socket_dir)?;
         let sock = dir.join("sock");
         let listener = match UnixListener::bind(&sock) {
             Ok(l) => l,
@@ -154,11 +158,19 @@ impl ServerProcess {
         if self.reaped {
             return Some(0);
         }
-        if let Ok(Some(st)) = sys::waitpid(self.pid, libc::WNOHANG) {
-            self.reaped = true;
-            return Some(st);
+        match sys::waitpid(self.pid, libc::WNOHANG) {
+            Ok(Some(st)) => {
+                self.reaped = true;
+                Some(st)
+            }
+            // A host's SIGCHLD handler (or SIGCHLD ignored) reaped it
+            // already: it is gone, and its pid is not ours any more.
+            Err(e) if e.raw_os_error() == Some(libc::ECHILD) => {
+                self.reaped = true;
+                Some(0)
+            }
+            _ => None,
         }
-        None
     }
 
     /// SIGTERM, a bounded wait, then SIGKILL; always reaps.  Idempotent.
@@ -274,7 +286,7 @@ mod tests {
 
     #[test]
     fn qemu_nbd_and_nbdkit_by_socket_activation() {
-        let dir = make_private_dir().unwrap();
+        let dir = make_private_dir(None).unwrap();
         let img = dir.join("img");
         std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
         let mut cmds = vec![vec![
@@ -293,8 +305,15 @@ mod tests {
                 eprintln!("SKIP: {} not installed", argv[0]);
                 continue;
             }
-            let mut sp = ServerProcess::spawn(&argv).unwrap();
+            // The second one's socket in a directory of the caller's
+            // ("socket-dir").
+            let in_dir = argv[0] == "nbdkit";
+            let mut sp = ServerProcess::spawn(&argv, in_dir.then_some(dir.as_path())).unwrap();
             assert_eq!(&greeting(&sp), b"NBDMAGIC", "{argv:?}");
+            assert_eq!(
+                sp.socket_path().parent().unwrap().parent() == Some(dir.as_path()),
+                in_dir
+            );
             let (pid, sdir) = (sp.pid(), sp.socket_path().parent().unwrap().to_path_buf());
             sp.kill();
             drop(sp);
@@ -306,11 +325,11 @@ mod tests {
 
     #[test]
     fn missing_command_is_a_clear_error() {
-        let e = ServerProcess::spawn(&["no-such-nbd-server-xyz".into()])
+        let e = ServerProcess::spawn(&["no-such-nbd-server-xyz".into()], None)
             .err()
             .unwrap();
         assert!(e.to_string().contains("not found"), "{e}");
-        let e = ServerProcess::spawn(&["/nonexistent/server".into()])
+        let e = ServerProcess::spawn(&["/nonexistent/server".into()], None)
             .err()
             .unwrap();
         assert_eq!(e.raw_os_error(), Some(libc::ENOENT));

@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize};
 
 /// Slots per table: the most configs (or handles) alive at once.
-pub const SLOTS: usize = 4096;
+pub(crate) const SLOTS: usize = 4096;
 
 const CANCEL: u64 = 1 << 0;
 const LIVE: u64 = 1 << 1;

@@ -6,6 +6,11 @@
 // The C ABI: opaque handles, NULL checks, panic boundaries, thread-local
 // errors.  No copying logic lives here.
 
+// The contract of each exported unsafe function is its "Pointers:"
+// paragraph, written for the C header (where a Rust "# Safety" heading
+// would mean nothing).
+#![allow(clippy::missing_safety_doc)]
+
 mod handles;
 
 use crate::config::Config as CopyConfig;
@@ -13,7 +18,7 @@ use crate::copy::stats::Shared;
 use crate::copy::Job;
 use crate::endpoint::connect::GivenSocket;
 use crate::endpoint::Spec;
-use crate::error::Error;
+use crate::error::{Error, Side};
 use handles::{Kind, Refused, Table};
 use std::cell::{Cell, RefCell};
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
@@ -155,10 +160,14 @@ impl Default for ConfigData {
 
 /// One copy job, from nbdcpy_open() to nbdcpy_close().
 ///
-/// Thread safety: nbdcpy_run() runs on one thread; nbdcpy_stats() and
-/// nbdcpy_cancel() may be called from any thread at the same time (and
-/// nbdcpy_cancel() from a signal handler).  nbdcpy_close() may be called
-/// while other calls on the handle are still running (see there).
+/// Thread safety: nbdcpy_run() runs on one thread at a time (a second
+/// one fails with EBUSY); nbdcpy_stats() and nbdcpy_cancel() may be
+/// called from any thread at the same time (and nbdcpy_cancel() from a
+/// signal handler).  nbdcpy_close() may be called while other calls on
+/// the handle are still running (see there).  Handles are independent:
+/// any number of them (up to 4096) may run at once on as many threads;
+/// each running copy has its own worker threads and rings, and they
+/// share no lock on the data path.
 pub struct Handle {
     job: Mutex<Option<Job>>,
     /// What nbdcpy_connect opens (from nbdcpy_create until then).
@@ -195,21 +204,16 @@ fn set_error(e: &Error) {
     LAST_MSG.with(|l| *l.borrow_mut() = Some(msg));
     LAST_STATIC.with(|l| l.set(None));
     LAST_ERRNO.with(|l| l.set(if e.errno > 0 { e.errno } else { libc::EIO }));
-    LAST_SIDE.with(|l| l.set(error_side(&e.msg)));
+    LAST_SIDE.with(|l| l.set(side_code(e.side)));
 }
 
-/// Which endpoint an error message is about: every error of one end
-/// starts with "source " or "destination " and its name (see
-/// `Endpoint::open` and the lanes' names); errors about both ends or
-/// neither do not.
-fn error_side(msg: &str) -> c_int {
-    let both = msg.contains(" and destination ");
-    if msg.starts_with("source ") && !both {
-        NBDCPY_SOURCE
-    } else if msg.starts_with("destination ") {
-        NBDCPY_DESTINATION
-    } else {
-        -1
+/// The C value of an error's side (kept in the error itself, never read
+/// from its message).
+fn side_code(side: Option<Side>) -> c_int {
+    match side {
+        Some(Side::Source) => NBDCPY_SOURCE,
+        Some(Side::Destination) => NBDCPY_DESTINATION,
+        None => -1,
     }
 }
 
@@ -296,8 +300,7 @@ const FEATURES: &[(&str, bool)] = &[
 /// "blkhash", "blkhash-file" and "verify" keys and nbdcpy_get_blkhash()).
 /// Never fails; does not touch nbdcpy_get_error().
 ///
-/// # Safety
-/// `feature` is NULL or a NUL-terminated string.
+/// Pointers: `feature` is NULL or a NUL-terminated string.
 #[no_mangle]
 pub unsafe extern "C" fn nbdcpy_supports(feature: *const c_char) -> c_int {
     if feature.is_null() {
@@ -340,8 +343,11 @@ pub extern "C" fn nbdcpy_get_errno() -> c_int {
 
 /// Which endpoint the last failed call on this thread failed on:
 /// NBDCPY_SOURCE, NBDCPY_DESTINATION, or -1 when the error is not about
-/// one of them (a bad argument, both ends) or no call failed.  Its
-/// message then starts with "source " or "destination ".  Since version 0.2.
+/// one of them (a bad argument, both ends, a cancellation, ECANCELED,
+/// wherever it stopped the copy) or no call failed.  The library keeps
+/// the side with the error; it does not depend on the message's wording
+/// (which today starts with "source " or "destination " then).  Since
+/// version 0.2.
 #[no_mangle]
 pub extern "C" fn nbdcpy_get_error_endpoint() -> c_int {
     LAST_SIDE.with(|l| l.get())
@@ -455,22 +461,32 @@ fn with_config<T>(
 ///    not the source's.  nbdcpy_open() refuses it (EINVAL) for
 ///    destinations that cannot be read back: "-", "null:", streams and
 ///    server commands.
+///  - "engine": "auto" (default), "io_uring" or "epoll": how the copy
+///    talks to the kernel.
+///  - "socket-dir": an absolute directory (at most 80 bytes) in which
+///    the private directory holding the listening socket of each
+///    nbdcpy_config_set_command() server is made (default: $TMPDIR, else
+///    /tmp).  Since version 0.3.
 ///
-/// Debug knobs, for measurements and tests (defaults are what is best):
+/// Tuning, supported and stable like the options above; the defaults are
+/// what measured best, so they are for measurements and unusual storage:
 ///  - "fast-zero" (default 1): 0 never zeroes an NBD destination up front.
 ///  - "uring-file-writes" (default 0): 1 writes regular-file destinations
 ///    through io_uring instead of pwrite from the worker thread.
 ///  - "file-lock" (default 1): 0 lets lanes write one regular file
 ///    concurrently instead of one at a time.
-///  - "pipe-size" (default 4 request sizes, at least 1M): the splice
-///    pipes' capacity, 4k to 1G.
+///  - "pipe-size" (default "auto": 4 request sizes, at least 1M): the
+///    splice pipes' capacity, 4k to 1G.
 ///
-/// The library reads no environment variable.  Flags take NULL, "1" or
-/// "0"; sizes take nbdcopy's human forms ("1M", "256k").  Unknown names
-/// and bad values are errors (EINVAL) that say which.
+/// "auto" restores the default of "connections", "request-size",
+/// "sparse" and "pipe-size", which depends on the copy.  Flags take NULL,
+/// "1" or "0"; sizes take nbdcopy's human forms ("1M", "256k").  Unknown
+/// names and bad values are errors (EINVAL) that say which.  No
+/// environment variable changes an option (see nbdcpy(3), ENVIRONMENT,
+/// for the few the library reads).  nbdcpy_config_key() lists the names,
+/// nbdcpy_config_get() reads a value back.
 ///
-/// # Safety
-/// `config` is NULL or a config pointer; `name` and `value` are NULL or
+/// Pointers: `config` is NULL or a config pointer; `name` and `value` are NULL or
 /// NUL-terminated strings.
 #[no_mangle]
 pub unsafe extern "C" fn nbdcpy_config_set(
@@ -520,9 +536,8 @@ pub struct nbdcpy_range {
 /// the merged areas' length as `size`; "verify" reads back only the
 /// areas.  Since version 0.3.
 ///
-/// # Safety
-/// `config` is NULL or a config pointer; `ranges` points to `n` areas
-/// (or is NULL when `n` is 0).
+/// Pointers: `config` is NULL or a config pointer; `ranges` points to
+/// `n` areas (or is NULL when `n` is 0).
 #[no_mangle]
 pub unsafe extern "C" fn nbdcpy_config_set_ranges(
     config: *mut Config,
@@ -559,12 +574,70 @@ pub unsafe extern "C" fn nbdcpy_config_set_ranges(
     })
 }
 
+/// The current value of option `name` of `config` (any name
+/// nbdcpy_config_set() takes), as a string nbdcpy_config_set() accepts
+/// and that keeps the option as it is: "1" or "0" for flags, decimal
+/// numbers (sizes in bytes, "retry-delay" and "timeout" in seconds),
+/// "auto" where the copy picks the value, and "" for an option that is
+/// not set and has no default ("length", "dirty-bitmap", the "tls-*"
+/// keys, "socket-dir", "blkhash" when off).  Returns a string the caller
+/// frees with free(), or NULL on error (EINVAL for an unknown name, which
+/// the message names).  Since version 0.3.
+///
+/// Pointers: `config` is NULL or a config pointer; `name` is NULL or a
+/// NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn nbdcpy_config_get(
+    config: *const Config,
+    name: *const c_char,
+) -> *mut c_char {
+    guard(std::ptr::null_mut(), || {
+        // SAFETY: per this function's contract.
+        let name = unsafe { str_arg(name, "name") }?;
+        let v = with_config(config, |c| c.cfg.get(name))?;
+        let len = v.len();
+        // SAFETY: malloc of len + 1 bytes (never 0); checked for NULL
+        // before use.
+        let p = unsafe { libc::malloc(len + 1) }.cast::<u8>();
+        if p.is_null() {
+            return Err(Error::new(libc::ENOMEM, "nbdcpy_config_get: out of memory"));
+        }
+        // SAFETY: p has len + 1 writable bytes; v has len readable ones
+        // (values never hold a NUL: set refuses them, C strings cannot).
+        unsafe {
+            std::ptr::copy_nonoverlapping(v.as_ptr(), p, len);
+            *p.add(len) = 0;
+        }
+        Ok(p.cast::<c_char>())
+    })
+}
+
+/// The name of option number `index` (0, 1, ...), in static storage, or
+/// NULL once `index` is past the last one: every name
+/// nbdcpy_config_set() and nbdcpy_config_get() take ("target-is-zero"
+/// too, the other name of "destination-is-zero").  A newer library may
+/// list more.  Never fails; does not touch nbdcpy_get_error().  Since
+/// version 0.3.
+#[no_mangle]
+pub extern "C" fn nbdcpy_config_key(index: usize) -> *const c_char {
+    static KEYS: std::sync::OnceLock<Vec<CString>> = std::sync::OnceLock::new();
+    catch_unwind(|| {
+        let keys = KEYS.get_or_init(|| {
+            crate::config::OPTION_NAMES
+                .iter()
+                .filter_map(|k| CString::new(*k).ok())
+                .collect()
+        });
+        keys.get(index).map_or(std::ptr::null(), |k| k.as_ptr())
+    })
+    .unwrap_or(std::ptr::null())
+}
+
 /// Registers a progress callback (see nbdcpy_progress_cb), called at most
 /// every `interval_ms` milliseconds (0 means 1000; the finest step is
 /// 10 ms) on the thread running nbdcpy_run().  `cb` NULL removes it.
 ///
-/// # Safety
-/// `config` is NULL or a config pointer; `user_data` is passed back
+/// Pointers: `config` is NULL or a config pointer; `user_data` is passed back
 /// untouched.
 #[no_mangle]
 pub unsafe extern "C" fn nbdcpy_config_set_progress(
@@ -586,8 +659,7 @@ pub unsafe extern "C" fn nbdcpy_config_set_progress(
 /// Registers a log callback (see nbdcpy_log_cb).  Without one, messages
 /// are dropped: the library never prints.  `cb` NULL removes it.
 ///
-/// # Safety
-/// `config` is NULL or a config pointer; `user_data` is passed back
+/// Pointers: `config` is NULL or a config pointer; `user_data` is passed back
 /// untouched.
 #[no_mangle]
 pub unsafe extern "C" fn nbdcpy_config_set_log(
@@ -611,8 +683,7 @@ pub unsafe extern "C" fn nbdcpy_config_set_log(
 /// The server is killed and reaped when the handle is closed (and on every
 /// error).  `argv` NULL clears the command.
 ///
-/// # Safety
-/// `config` is NULL or a config pointer; `argv` is NULL or a
+/// Pointers: `config` is NULL or a config pointer; `argv` is NULL or a
 /// NULL-terminated array of NUL-terminated strings.
 #[no_mangle]
 pub unsafe extern "C" fn nbdcpy_config_set_command(
@@ -654,10 +725,9 @@ pub unsafe extern "C" fn nbdcpy_config_set_command(
 /// (freed already, or never one) is detected and ignored, and
 /// nbdcpy_get_error() then says so (see the README, "Handles").
 ///
-/// # Safety
-/// None: any pointer value is accepted.
+/// Any pointer value is accepted.
 #[no_mangle]
-pub unsafe extern "C" fn nbdcpy_config_free(config: *mut Config) {
+pub extern "C" fn nbdcpy_config_free(config: *mut Config) {
     guard((), || {
         if !config.is_null() {
             CONFIGS.remove(config).map_err(|r| refused("config", r))?;
@@ -686,8 +756,7 @@ pub unsafe extern "C" fn nbdcpy_config_free(config: *mut Config) {
 /// duplicates).  Fails with EBADF for a bad `fd`, ENOTSOCK for one that is
 /// not a stream socket.  Since version 0.2.
 ///
-/// # Safety
-/// `config` is NULL or a config pointer; `export_name` is NULL or a
+/// Pointers: `config` is NULL or a config pointer; `export_name` is NULL or a
 /// NUL-terminated string.
 #[no_mangle]
 pub unsafe extern "C" fn nbdcpy_config_set_socket(
@@ -743,8 +812,7 @@ fn side_index(side: c_int) -> Result<usize, Error> {
 /// if that fails): waiting for a server is bounded by the "timeout"
 /// option.  To cancel an open from another thread, use those two.
 ///
-/// # Safety
-/// Strings are NULL or NUL-terminated; `config` is NULL or a config
+/// Pointers: strings are NULL or NUL-terminated; `config` is NULL or a config
 /// pointer.
 #[no_mangle]
 pub unsafe extern "C" fn nbdcpy_open(
@@ -770,8 +838,7 @@ pub unsafe extern "C" fn nbdcpy_open(
 /// counters 0).  Arguments are checked here; the config is copied (free
 /// it whenever you like).  Close with nbdcpy_close().  Since version 0.2.
 ///
-/// # Safety
-/// Strings are NULL or NUL-terminated; `config` is NULL or a config
+/// Pointers: strings are NULL or NUL-terminated; `config` is NULL or a config
 /// pointer.
 #[no_mangle]
 pub unsafe extern "C" fn nbdcpy_create(
@@ -797,7 +864,7 @@ unsafe fn create(
     } else {
         with_config(config, |c| Ok(c.clone()))?
     };
-    let spec = |p: *const c_char, idx: usize, what: &str| -> Result<Spec, Error> {
+    let spec = |p: *const c_char, idx: usize, what: Side| -> Result<Spec, Error> {
         let given = [
             !p.is_null(),
             c.commands[idx].is_some(),
@@ -806,7 +873,8 @@ unsafe fn create(
         if given.iter().filter(|&&g| g).count() > 1 {
             return Err(Error::invalid(format!(
                 "{what} given more than once (as a string, a command or a socket)"
-            )));
+            ))
+            .on(what));
         }
         if let Some(argv) = &c.commands[idx] {
             return Ok(Spec::Command(argv.clone()));
@@ -821,13 +889,17 @@ unsafe fn create(
                         s.caller_fd
                     ),
                 )
+                .on(what)
             });
         }
         // SAFETY: per this function's contract.
-        Ok(Spec::parse(unsafe { str_arg(p, what) }?))
+        Ok(Spec::parse(
+            unsafe { str_arg(p, if idx == 0 { "source" } else { "destination" }) }
+                .map_err(|e| e.on(what))?,
+        ))
     };
-    let src = spec(source, 0, "source")?;
-    let dst = spec(destination, 1, "destination")?;
+    let src = spec(source, 0, Side::Source)?;
+    let dst = spec(destination, 1, Side::Destination)?;
     let shared = Arc::new(Shared::new());
     let h = Box::new(Handle {
         job: Mutex::new(None),
@@ -861,16 +933,15 @@ unsafe fn create(
 /// handle can then only be closed.  A handle connects once (EISCONN
 /// after a success, EALREADY after a failure).  Since version 0.2.
 ///
-/// # Safety
-/// None: any pointer value is accepted.
+/// Any pointer value is accepted.
 #[no_mangle]
-pub unsafe extern "C" fn nbdcpy_connect(h: *mut Handle) -> c_int {
+pub extern "C" fn nbdcpy_connect(h: *mut Handle) -> c_int {
     guard(-1, || connect(h).map(|()| 0))
 }
 
 fn connect(h: *mut Handle) -> Result<(), Error> {
     let h = handle(h)?;
-    let mut job = lock(&h.job);
+    let mut job = busy_or(&h.job, "nbdcpy_connect")?;
     if job.is_some() {
         return Err(Error::new(libc::EISCONN, "the handle is already connected"));
     }
@@ -892,6 +963,23 @@ fn connect(h: *mut Handle) -> Result<(), Error> {
     Ok(())
 }
 
+/// The handle's job, or EBUSY at once when nbdcpy_run or nbdcpy_connect
+/// holds it on another thread (or on this one, from a callback): a
+/// second caller never waits for a whole copy.
+fn busy_or<'a>(
+    job: &'a Mutex<Option<Job>>,
+    call: &str,
+) -> Result<MutexGuard<'a, Option<Job>>, Error> {
+    match job.try_lock() {
+        Ok(j) => Ok(j),
+        Err(std::sync::TryLockError::Poisoned(p)) => Ok(p.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => Err(Error::new(
+            libc::EBUSY,
+            format!("{call}: nbdcpy_run or nbdcpy_connect is running on this handle"),
+        )),
+    }
+}
+
 /// The live handle `h` names, held until the guard drops.
 fn handle(h: *const Handle) -> Result<handles::Guard<'static, Handle>, Error> {
     if h.is_null() {
@@ -903,15 +991,17 @@ fn handle(h: *const Handle) -> Result<handles::Guard<'static, Handle>, Error> {
 /// Copies everything; blocks until done, failed or cancelled.  Returns 0
 /// only when every byte was written and acknowledged (and flushed with
 /// "flush").  Cancelled copies fail with errno ECANCELED.  A handle runs
-/// once (EALREADY after that).
+/// once (EALREADY after that).  While it runs (or nbdcpy_connect does),
+/// a second nbdcpy_run (or nbdcpy_connect, nbdcpy_get_blkhash) on the
+/// same handle, from another thread or a callback, fails at once with
+/// EBUSY and leaves the running one alone.
 ///
-/// # Safety
-/// None: any pointer value is accepted.
+/// Any pointer value is accepted.
 #[no_mangle]
-pub unsafe extern "C" fn nbdcpy_run(h: *mut Handle) -> c_int {
+pub extern "C" fn nbdcpy_run(h: *mut Handle) -> c_int {
     guard(-1, || {
         let h = handle(h)?;
-        let mut job = lock(&h.job);
+        let mut job = busy_or(&h.job, "nbdcpy_run")?;
         let job = job.as_mut().ok_or_else(|| {
             Error::new(
                 libc::ENOTCONN,
@@ -955,8 +1045,7 @@ fn snapshot(s: &Shared, finished: bool) -> nbdcpy_stats {
 /// nbdcpy_open() on, also while nbdcpy_run() runs.  A larger struct (newer
 /// header) gets its extra bytes zeroed; a smaller one gets a prefix.
 ///
-/// # Safety
-/// `out` is NULL or points to `out_size` writable bytes; any `h` value is
+/// Pointers: `out` is NULL or points to `out_size` writable bytes; any `h` value is
 /// accepted.
 #[no_mangle]
 pub unsafe extern "C" fn nbdcpy_stats(
@@ -997,10 +1086,9 @@ pub unsafe extern "C" fn nbdcpy_stats(
 /// the string is static.  Callable from any thread, also while
 /// nbdcpy_run() runs.  Does not touch nbdcpy_get_error().
 ///
-/// # Safety
 /// Any `h` value is accepted.
 #[no_mangle]
-pub unsafe extern "C" fn nbdcpy_get_engine(h: *const Handle) -> *const c_char {
+pub extern "C" fn nbdcpy_get_engine(h: *const Handle) -> *const c_char {
     let r = catch_unwind(AssertUnwindSafe(|| {
         let Ok(h) = handle(h) else {
             return std::ptr::null();
@@ -1023,23 +1111,13 @@ pub unsafe extern "C" fn nbdcpy_get_engine(h: *const Handle) -> *const c_char {
 /// EBUSY while it runs; ERANGE when `len` is too small.  The command
 /// prints it in hexadecimal, as nbdcopy does.
 ///
-/// # Safety
-/// `buf` is NULL or points to `len` writable bytes; any `h` value is
+/// Pointers: `buf` is NULL or points to `len` writable bytes; any `h` value is
 /// accepted.
 #[no_mangle]
 pub unsafe extern "C" fn nbdcpy_get_blkhash(h: *const Handle, buf: *mut u8, len: usize) -> c_int {
     guard(-1, || {
         let h = handle(h)?;
-        let job = match h.job.try_lock() {
-            Ok(j) => j,
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => {
-                return Err(Error::new(
-                    libc::EBUSY,
-                    "nbdcpy_get_blkhash: nbdcpy_run is running on this handle",
-                ))
-            }
-        };
+        let job = busy_or(&h.job, "nbdcpy_get_blkhash")?;
         let job = job
             .as_ref()
             .ok_or_else(|| Error::new(libc::EINVAL, "handle has no job"))?;
@@ -1084,10 +1162,9 @@ pub unsafe extern "C" fn nbdcpy_get_blkhash(h: *const Handle, buf: *mut u8, len:
 /// (-1, EFAULT or EINVAL) with a static message, still without
 /// allocating.
 ///
-/// # Safety
-/// None: any pointer value is accepted.
+/// Any pointer value is accepted.
 #[no_mangle]
-pub unsafe extern "C" fn nbdcpy_cancel(h: *mut Handle) -> c_int {
+pub extern "C" fn nbdcpy_cancel(h: *mut Handle) -> c_int {
     if h.is_null() {
         set_static_error(libc::EFAULT, c"nbdcpy_cancel: handle must not be NULL");
         return -1;
@@ -1120,10 +1197,9 @@ pub unsafe extern "C" fn nbdcpy_cancel(h: *mut Handle) -> c_int {
 /// the run is cancelled and the handle is freed when the last of those
 /// calls returns, on that call's thread.
 ///
-/// # Safety
-/// None: any pointer value is accepted.
+/// Any pointer value is accepted.
 #[no_mangle]
-pub unsafe extern "C" fn nbdcpy_close(h: *mut Handle) {
+pub extern "C" fn nbdcpy_close(h: *mut Handle) {
     guard((), || {
         if !h.is_null() {
             HANDLES.remove(h).map_err(|r| refused("handle", r))?;

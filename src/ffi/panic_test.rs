@@ -71,18 +71,15 @@ fn run(src: &str, engine: &str, panic_at: u64) -> (c_int, c_int, String) {
     let s = std::ffi::CString::new(src).unwrap();
     // SAFETY: NUL-terminated strings and a live config.
     let h = unsafe { nbdcpy_open(s.as_ptr(), c"null:".as_ptr(), cfg) };
-    // SAFETY: the config from nbdcpy_config_new.
-    unsafe { nbdcpy_config_free(cfg) };
+    nbdcpy_config_free(cfg);
     assert!(!h.is_null(), "open: {:?}", last_error());
     if panic_at > 0 {
         let g = handle(h).unwrap();
         g.shared.panic_at_completion.store(panic_at, Relaxed);
     }
-    // SAFETY: a live handle.
-    let r = unsafe { nbdcpy_run(h) };
+    let r = nbdcpy_run(h);
     let (errno, msg) = (nbdcpy_get_errno(), last_error());
-    // SAFETY: a live handle, closed once.
-    unsafe { nbdcpy_close(h) };
+    nbdcpy_close(h);
     (r, errno, msg)
 }
 
