@@ -52,7 +52,8 @@ MULTIARCH  := $(shell $(CC) -print-multiarch 2>/dev/null || echo x86_64-linux-gn
         check-warnings check-symbols check-install check-spdx check-deb header \
         test-deps deps demo install uninstall bench bench-dirty deb deb-deps clean dist check-dist
 
-all: $(B)/nbdcpy $(B)/nbdcpy.install $(LIBSO) $(B)/libnbdcpy.so $(B)/libnbdcpy.a
+all: $(B)/nbdcpy $(B)/nbdcpy.install $(LIBSO) $(B)/libnbdcpy.so $(B)/libnbdcpy.a \
+     $(B)/no-io-uring
 
 # Older names of the build targets.
 lib: $(LIBSO) $(B)/libnbdcpy.so $(B)/libnbdcpy.a
@@ -99,6 +100,12 @@ $(B)/nbdcpy.install: cli/nbdcpy.c include/nbdcpy.h $(B)/libnbdcpy.so
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -Iinclude -o $@ cli/nbdcpy.c \
 	  $(LDFLAGS) -L$(B) -lnbdcpy
 
+# A test helper (not installed): runs a command with io_uring blocked by
+# seccomp, as container runtimes do (tests/container.rs).
+$(B)/no-io-uring: tests/helpers/no-io-uring.c
+	@mkdir -p $(B)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -o $@ $< $(LDFLAGS)
+
 # Replaces the checked-in header with the one build.rs generates.
 header: $(STAMP)
 	cp -f $(B)/nbdcpy.h.gen include/nbdcpy.h
@@ -115,6 +122,7 @@ check-style:
 # The C sources with -Werror; the header alone as C99 -pedantic and as C++.
 check-warnings: all
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -Werror -Iinclude -fsyntax-only cli/nbdcpy.c
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -Werror -fsyntax-only tests/helpers/no-io-uring.c
 	@for f in examples/*.c; do echo "  $$f"; \
 	  $(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -Werror -Iinclude -fsyntax-only $$f || exit 1; done
 	printf '#include "nbdcpy.h"\nint main (void) { return nbdcpy_version () == NULL; }\n' > $(B)/hdr.c
