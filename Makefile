@@ -165,12 +165,22 @@ check-symbols: $(LIBSO) $(B)/nbdcpy
 	  grep -q "^ $$f@$$v " debian/libnbdcpy0.symbols || { echo "$$f@$$v missing in debian/libnbdcpy0.symbols"; exit 1; }; done; \
 	echo "check-symbols: $$(echo $$syms | wc -w) symbols in their map nodes ($$(cut -d@ -f3 $(B)/syms.got | sort -u | tr '\n' ' ')), command's symbols versioned"
 
+# The unit and doc tests once; the integration tests (tests/*.rs) once
+# per engine: NBDCPY_TEST_ENGINE tells tests/common which one to set
+# (the library never reads it).  Every engine runs even if one fails.
+TEST_ENGINES ?= io_uring epoll
+CARGO_TEST := $(CARGO) test --profile $(CARGO_PROFILE) $(CARGOFLAGS)
 check-rust: all
-	NBDCPY_BIN=$(CURDIR)/$(B)/nbdcpy $(CARGO) test --profile $(CARGO_PROFILE) $(CARGOFLAGS) \
-	  -- --test-threads=2
+	NBDCPY_BIN=$(CURDIR)/$(B)/nbdcpy $(CARGO_TEST) --lib -- --test-threads=2
+	$(CARGO_TEST) --doc -- --test-threads=2
+	@failed=""; for e in $(TEST_ENGINES); do \
+	  echo "== integration tests, engine $$e"; \
+	  NBDCPY_TEST_ENGINE=$$e NBDCPY_BIN=$(CURDIR)/$(B)/nbdcpy \
+	    $(CARGO_TEST) --test '*' -- --test-threads=2 || failed="$$failed $$e"; done; \
+	[ -z "$$failed" ] || { echo "check-rust: integration tests failed on:$$failed"; exit 1; }
 
 check-c: all
-	$(MAKE) -C c-tests check B=$(CURDIR)/$(B)
+	$(MAKE) -C c-tests check B=$(CURDIR)/$(B) TEST_ENGINES="$(TEST_ENGINES)"
 
 # Stage an install; build the examples and a smoke test against it with
 # pkg-config; run them and the nbdcopy compat test from the staged tree.
@@ -195,7 +205,7 @@ check-install: all
 # Valgrind is optional outside CI (a distro build root may lack it).
 check-valgrind: all
 	@if command -v valgrind >/dev/null || [ -n "$$NBDCPY_REQUIRE_SERVERS" ]; then \
-	  $(MAKE) -C c-tests check-valgrind B=$(CURDIR)/$(B); \
+	  $(MAKE) -C c-tests check-valgrind B=$(CURDIR)/$(B) TEST_ENGINES="$(TEST_ENGINES)"; \
 	else echo "check-valgrind: valgrind not installed, skipped"; fi
 
 # Every tracked source file carries an SPDX-License-Identifier line in its
