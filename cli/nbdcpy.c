@@ -206,6 +206,7 @@ struct result {
   int err;                          /* errno, 0 on success */
   int endpoint;                     /* NBDCPY_SOURCE/DESTINATION or -1 */
   const char *blkhash;              /* hex, or NULL when not computed */
+  const char *engine;               /* "io_uring", "epoll" or NULL */
 };
 
 /* Writes the result as one JSON object and a newline to json_fd, in one
@@ -256,9 +257,15 @@ write_json (const struct result *r)
     json_string (fp, ename);
   else
     fputs ("null", fp);
-  fprintf (fp, ", \"endpoint\": %s}\n",
+  fprintf (fp, ", \"endpoint\": %s",
            r->endpoint == NBDCPY_SOURCE ? "\"source\""
            : r->endpoint == NBDCPY_DESTINATION ? "\"destination\"" : "null");
+  fputs (", \"engine\": ", fp);
+  if (r->engine)
+    json_string (fp, r->engine);
+  else
+    fputs ("null", fp);
+  fputs ("}\n", fp);
   if (fclose (fp) != 0) {
     free (buf);
     return -1;
@@ -594,7 +601,7 @@ main (int argc, char *argv[])
     fprintf (stderr, "nbdcpy: %s\n", nbdcpy_get_error ());
     if (json_fd >= 0) {
       struct result res = { words[0], words[1], NULL, 0, nbdcpy_get_error (),
-                            err, nbdcpy_get_error_endpoint (), NULL };
+                            err, nbdcpy_get_error_endpoint (), NULL, NULL };
       if (write_json (&res) == -1)
         fprintf (stderr, "nbdcpy: --json: cannot write the result: %m\n");
     }
@@ -661,7 +668,8 @@ main (int argc, char *argv[])
     int have_st = nbdcpy_stats (h, &st, sizeof st) == 0;
     struct result res = { words[0], words[1], have_st ? &st : NULL, r == 0,
                           r == -1 ? (msg ? msg : "unknown error") : NULL,
-                          err, err_side, hex[0] ? hex : NULL };
+                          err, err_side, hex[0] ? hex : NULL,
+                          nbdcpy_get_engine (h) };
     if (write_json (&res) == -1) {
       fprintf (stderr, "nbdcpy: --json: cannot write the result: %m\n");
       json_failed = 1;

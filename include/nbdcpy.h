@@ -167,7 +167,8 @@ const char *nbdcpy_version(void);
 // path, the "splice" option), "extended-headers" (NBD 64-bit requests),
 // "socket-activation" (servers run by nbdcpy_config_set_command),
 // "io_uring" (1 only if this kernel lets the process create an
-// io_uring, which every copy needs), "tls" (nbds:// URIs: X.509 and
+// io_uring, the fast engine), "epoll" (the engine every Linux has, used
+// where io_uring is refused: always 1), "tls" (nbds:// URIs: X.509 and
 // TLS-PSK through OpenSSL) and "blkhash" (nbdcopy's --blkhash: the
 // "blkhash", "blkhash-file" and "verify" keys and nbdcpy_get_blkhash()).
 // Never fails; does not touch nbdcpy_get_error().
@@ -412,6 +413,16 @@ int nbdcpy_run(struct nbdcpy *h);
 // `out` is NULL or points to `out_size` writable bytes; any `h` value is
 // accepted.
 int nbdcpy_stats(const struct nbdcpy *h, struct nbdcpy_stats *out, size_t out_size);
+
+// The I/O engine the copy ran on: "io_uring" or "epoll" (the "engine"
+// key; with "auto", epoll where the kernel refuses io_uring).  NULL
+// before nbdcpy_run() has chosen one (and for a NULL or closed handle);
+// the string is static.  Callable from any thread, also while
+// nbdcpy_run() runs.  Does not touch nbdcpy_get_error().
+//
+// # Safety
+// Any `h` value is accepted.
+const char *nbdcpy_get_engine(const struct nbdcpy *h);
 
 // Copies the block hash ("blkhash" or "verify") computed by a successful
 // nbdcpy_run() into `buf`, which has `len` bytes, and returns its length

@@ -259,6 +259,48 @@ pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     check_size(unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })
 }
 
+/// write(2) of `buf`.
+pub fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: buf is valid for reads of buf.len() bytes during the call.
+    check_size(unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) })
+}
+
+/// fsync(2).
+pub fn fsync(fd: RawFd) -> io::Result<()> {
+    // SAFETY: no memory arguments.
+    check(unsafe { libc::fsync(fd) })?;
+    Ok(())
+}
+
+/// epoll_create1(EPOLL_CLOEXEC).
+pub fn epoll_create() -> io::Result<OwnedFd> {
+    // SAFETY: no memory arguments.
+    let fd = check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+    // SAFETY: a new descriptor nothing else owns.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// epoll_ctl(2): `op` (EPOLL_CTL_ADD/MOD/DEL) for `fd` with `events`,
+/// reported with `data`.
+pub fn epoll_ctl(ep: RawFd, op: libc::c_int, fd: RawFd, events: u32, data: u64) -> io::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: data };
+    // SAFETY: ev is valid for the call.
+    check(unsafe { libc::epoll_ctl(ep, op, fd, &mut ev) })?;
+    Ok(())
+}
+
+/// epoll_wait(2) into `events` for up to `timeout_ms`; how many arrived.
+pub fn epoll_wait(
+    ep: RawFd,
+    events: &mut [libc::epoll_event],
+    timeout_ms: i32,
+) -> io::Result<usize> {
+    let n = events.len().min(i32::MAX as usize) as libc::c_int;
+    // SAFETY: events is valid for writes of n entries during the call.
+    let r = check(unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), n, timeout_ms) })?;
+    Ok(r as usize)
+}
+
 /// pread(2) into `buf` at `offset`.
 pub fn pread(fd: RawFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     // SAFETY: buf is valid for writes of buf.len() bytes during the call.

@@ -7,7 +7,6 @@
 // into lanes and worker threads, progress reporting and the final result.
 
 pub mod align;
-pub mod buf;
 pub mod dirty;
 pub mod integrity;
 pub mod nbdconn;
@@ -23,6 +22,7 @@ use crate::endpoint::connect::Limits;
 use crate::endpoint::file::FileKind;
 use crate::endpoint::nbd::{FastZero, NbdEndpoint};
 use crate::endpoint::{Endpoint, Side, Spec};
+use crate::engine::{Choice, EngineKind};
 use crate::error::{Error, Result};
 use plan::{EndFacts, Plan};
 use stats::Shared;
@@ -397,6 +397,11 @@ impl Job {
         interval: Duration,
         progress: &mut dyn FnMut(&Shared) -> bool,
     ) -> Result<()> {
+        // The engine first: a forced io_uring that cannot run fails
+        // before the destination is touched.
+        let engine = Choice::decide(self.cfg.engine)?;
+        self.log().emit(Level::Info, || engine.describe());
+        let _ = self.shared.engine.set(engine.kind);
         let src_size = self.src_size();
         if self.cfg.blkhash.is_some() || self.cfg.verify || self.readback.is_some() {
             self.hasher = Some(Arc::new(crate::blkhash::BlockHasher::new(
@@ -448,7 +453,9 @@ impl Job {
         }
         let lanes = self.build_lanes(&plan, dst_is_zero)?;
         let q = WorkQueue::range(self.window.start, self.window.end, plan.work_piece);
-        self.run_workers(lanes, plan.workers as usize, &q, interval, progress)
+        let fallback = self.cfg.engine == crate::config::EngineChoice::Auto;
+        let engine = (engine.kind, fallback);
+        self.run_workers(lanes, plan.workers as usize, &q, engine, interval, progress)
     }
 
     fn log(&self) -> Log<'_> {
@@ -647,6 +654,7 @@ impl Job {
         lanes: Vec<Lane>,
         workers: usize,
         q: &WorkQueue,
+        (kind, fallback): (EngineKind, bool),
         interval: Duration,
         progress: &mut dyn FnMut(&Shared) -> bool,
     ) -> Result<()> {
@@ -664,7 +672,7 @@ impl Job {
                     .spawn_scoped(s, move || {
                         // A panic in a worker becomes an error, never an abort.
                         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            worker::run_worker(lanes, q, shared)
+                            worker::run_worker(lanes, q, shared, kind, fallback)
                         }));
                         if r.is_err() {
                             shared.fail(Error::new(libc::EIO, "internal error: worker panicked"));

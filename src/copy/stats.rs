@@ -30,9 +30,13 @@ pub struct Shared {
     pub requests: AtomicU64,
     /// Payload bytes copied in user space (the zero-copy claim, checked).
     pub bytes_memcpy: AtomicU64,
-    /// io_uring_enter calls made by the workers.
+    /// Calls that submit or wait for operations made by the workers
+    /// (io_uring_enter, or epoll_wait with the epoll engine).
     pub ring_enters: AtomicU64,
-    /// Other system calls made for I/O (direct pwrite of file data).
+    /// The engine the workers ran on (set once per run).
+    pub engine: OnceLock<crate::engine::EngineKind>,
+    /// Other system calls made for I/O (direct pwrite of file data, and
+    /// every operation of the epoll engine).
     pub syscalls_direct: AtomicU64,
     /// Connections per side actually used.
     pub connections: AtomicU64,

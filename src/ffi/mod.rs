@@ -278,6 +278,7 @@ pub extern "C" fn nbdcpy_version() -> *const c_char {
 const FEATURES: &[(&str, bool)] = &[
     ("extended-headers", true),
     ("io_uring", true),
+    ("epoll", true),
     ("socket-activation", true),
     ("splice", true),
     ("blkhash", true),
@@ -289,7 +290,8 @@ const FEATURES: &[(&str, bool)] = &[
 /// path, the "splice" option), "extended-headers" (NBD 64-bit requests),
 /// "socket-activation" (servers run by nbdcpy_config_set_command),
 /// "io_uring" (1 only if this kernel lets the process create an
-/// io_uring, which every copy needs), "tls" (nbds:// URIs: X.509 and
+/// io_uring, the fast engine), "epoll" (the engine every Linux has, used
+/// where io_uring is refused: always 1), "tls" (nbds:// URIs: X.509 and
 /// TLS-PSK through OpenSSL) and "blkhash" (nbdcopy's --blkhash: the
 /// "blkhash", "blkhash-file" and "verify" keys and nbdcpy_get_blkhash()).
 /// Never fails; does not touch nbdcpy_get_error().
@@ -309,7 +311,7 @@ pub unsafe extern "C" fn nbdcpy_supports(feature: *const c_char) -> c_int {
         .map(|&(n, have)| (n, have));
     match known {
         Some(("io_uring", _)) => {
-            catch_unwind(|| crate::ring::Ring::new(8).is_ok()).unwrap_or(false) as c_int
+            catch_unwind(crate::engine::io_uring_available).unwrap_or(false) as c_int
         }
         Some((_, have)) => have as c_int,
         None => 0,
@@ -906,6 +908,29 @@ pub unsafe extern "C" fn nbdcpy_stats(
         }
         Ok(0)
     })
+}
+
+/// The I/O engine the copy ran on: "io_uring" or "epoll" (the "engine"
+/// key; with "auto", epoll where the kernel refuses io_uring).  NULL
+/// before nbdcpy_run() has chosen one (and for a NULL or closed handle);
+/// the string is static.  Callable from any thread, also while
+/// nbdcpy_run() runs.  Does not touch nbdcpy_get_error().
+///
+/// # Safety
+/// Any `h` value is accepted.
+#[no_mangle]
+pub unsafe extern "C" fn nbdcpy_get_engine(h: *const Handle) -> *const c_char {
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        let Ok(h) = handle(h) else {
+            return std::ptr::null();
+        };
+        match h.shared.engine.get() {
+            Some(crate::engine::EngineKind::IoUring) => c"io_uring".as_ptr(),
+            Some(crate::engine::EngineKind::Epoll) => c"epoll".as_ptr(),
+            None => std::ptr::null(),
+        }
+    }));
+    r.unwrap_or(std::ptr::null())
 }
 
 /// Copies the block hash ("blkhash" or "verify") computed by a successful

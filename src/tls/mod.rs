@@ -4,11 +4,11 @@
 //! TLS for NBD connections (nbds://) through OpenSSL.
 //
 // TLS for NBD connections (nbds:// URIs) through OpenSSL: X.509 and
-// TLS-PSK clients, sessions over memory buffers, and their io_uring glue.
+// TLS-PSK clients, sessions over memory buffers, and their glue to the engine.
 
+pub mod conn;
 pub mod creds;
 pub mod session;
-pub mod uring;
 
 pub use session::{Decrypted, TlsSession};
 

@@ -5,8 +5,9 @@
 //
 // One TLS session over an NBD socket: blocking on the socket during the
 // handshake, then over memory buffers (ciphertext in, plaintext out;
-// plaintext in, ciphertext out) so io_uring keeps doing the socket I/O.
+// plaintext in, ciphertext out) so the engine keeps doing the socket I/O.
 
+use crate::engine::buf::{AlignedBuf, IoBuf};
 use crate::error::{Error, Result};
 use crate::sys::FdStream;
 use openssl::ssl::{ErrorCode, SslStream};
@@ -23,7 +24,8 @@ pub struct Wire {
     pub(crate) fd: RawFd,
     mem: bool,
     /// Received ciphertext not yet given to OpenSSL: rx[rx_start..rx_end].
-    pub(crate) rx: Box<[u8]>,
+    /// (Shared with the receive in flight, which writes past rx_end.)
+    pub(crate) rx: IoBuf,
     pub(crate) rx_start: usize,
     pub(crate) rx_end: usize,
     /// The peer closed its end (a receive returned 0).
@@ -38,7 +40,7 @@ impl Wire {
             sock: FdStream(fd),
             fd,
             mem: false,
-            rx: Box::new([]),
+            rx: AlignedBuf::shared(1),
             rx_start: 0,
             rx_end: 0,
             eof: false,
@@ -60,7 +62,7 @@ impl Read for Wire {
             };
         }
         let n = buf.len().min(self.rx_end - self.rx_start);
-        buf[..n].copy_from_slice(&self.rx[self.rx_start..self.rx_start + n]);
+        buf[..n].copy_from_slice(&self.rx.as_slice()[self.rx_start..self.rx_start + n]);
         self.rx_start += n;
         Ok(n)
     }
@@ -127,24 +129,28 @@ impl TlsSession {
         let w = self.s.get_mut();
         if !w.mem {
             w.mem = true;
-            w.rx = vec![0u8; RX_SIZE].into_boxed_slice();
+            w.rx = AlignedBuf::shared(RX_SIZE);
         }
     }
 
-    /// Where the next ciphertext receive may write (compacting first).
-    pub fn rx_space(&mut self) -> (*mut u8, usize) {
+    /// Where the next ciphertext receive may write (compacting first):
+    /// `len` bytes at `at` of the buffer.  No receive may be in flight.
+    pub fn rx_space(&mut self) -> (IoBuf, usize, usize) {
         let w = self.s.get_mut();
         if w.rx_start == w.rx_end {
             w.rx_start = 0;
             w.rx_end = 0;
         } else if w.rx.len() - w.rx_end < (64 << 10) {
-            w.rx.copy_within(w.rx_start..w.rx_end, 0);
-            w.rx_end -= w.rx_start;
-            w.rx_start = 0;
+            // No receive in flight: the buffer is ours alone (else it is
+            // left as it is and the receive gets the smaller rest).
+            if let Some(rx) = std::sync::Arc::get_mut(&mut w.rx) {
+                rx.as_mut_slice().copy_within(w.rx_start..w.rx_end, 0);
+                w.rx_end -= w.rx_start;
+                w.rx_start = 0;
+            }
         }
         let end = w.rx_end;
-        // SAFETY: end <= rx.len(): a pointer inside (or one past) rx.
-        (unsafe { w.rx.as_mut_ptr().add(end) }, w.rx.len() - end)
+        (w.rx.clone(), end, w.rx.len() - end)
     }
 
     /// `n` bytes of ciphertext arrived at [`rx_space`](Self::rx_space)
@@ -347,10 +353,11 @@ mod tests {
 
     /// Receives ciphertext from `sock` in pieces of at most `step`.
     fn recv_some(t: &mut TlsSession, sock: &mut UnixStream, step: usize) -> usize {
-        let (p, room) = t.rx_space();
-        // SAFETY: rx_space gives a writable region of `room` bytes.
-        let buf = unsafe { std::slice::from_raw_parts_mut(p, room.min(step)) };
-        let n = sock.read(buf).unwrap();
+        let (buf, at, room) = t.rx_space();
+        // SAFETY: rx_space's bytes are free (no receive in flight).
+        let n = sock
+            .read(unsafe { buf.range_mut(at, at + room.min(step)) })
+            .unwrap();
         t.received(n);
         n
     }
@@ -459,11 +466,11 @@ mod tests {
             all.extend_from_slice(&b[..n]);
         }
         assert!(all.len() > 10000);
-        let (p, room) = t.rx_space();
+        let (buf, at, room) = t.rx_space();
         let part = all.len() - 100;
         assert!(room >= part);
-        // SAFETY: rx_space gives room writable bytes.
-        unsafe { std::ptr::copy_nonoverlapping(all.as_ptr(), p, part) };
+        // SAFETY: rx_space's bytes are free (no receive in flight).
+        unsafe { buf.range_mut(at, at + part) }.copy_from_slice(&all[..part]);
         t.received(part);
         let mut out = vec![0u8; 20000];
         // Records before the cut decrypt; the cut one never shows.

@@ -7,7 +7,7 @@
 // flight asked for, and the event its reply completes.
 
 use super::ConnEvent;
-use crate::copy::buf::Span;
+use crate::engine::buf::Span;
 use crate::error::{Error, Result};
 use crate::proto::reply::RequestError;
 use std::collections::HashMap;
@@ -41,7 +41,7 @@ impl Kind {
 }
 
 /// One request awaiting its reply.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Pending {
     /// The lane slot it belongs to (unused for FLUSH and BLOCK_STATUS).
     pub slot: u32,

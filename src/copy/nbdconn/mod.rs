@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 // Copyright (C) 2026 The nbdcpy authors
 
-//! One NBD connection on io_uring: requests, sends, receives, events for its lane.
+//! One NBD connection on an engine: requests, sends, receives, events for its lane.
 //
 // One NBD connection inside a worker: requests queued through one path
 // (`book`, `send`), replies parsed in place from large receives (`recv`),
@@ -16,15 +16,15 @@ mod splice_mode;
 pub use redial::Retry;
 
 use super::align::Extent;
-use super::buf::Span;
 use super::dirty::DirtyExtent;
 use super::splice::WaitLimits;
+use crate::engine::buf::Span;
+use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::proto::reply::{Chunk, Parse, ReplyParser};
 use crate::proto::request::{self, Request};
 use crate::proto::{consts, HeaderMode, Negotiated};
-use crate::ring::Ring;
-use crate::tls::uring::RingTls;
+use crate::tls::conn::TlsConn;
 use book::{Kind, Pending, RequestBook};
 use recv::RecvBuf;
 use send::{SendItem, SendQueue};
@@ -92,8 +92,11 @@ pub struct NbdConn {
     recv_busy: bool,
     /// Reconnecting after a lost connection (`--retries`), when on.
     retry: Option<Box<Retry>>,
-    /// nbds://: sends encrypted, receives decrypted (crate::tls::uring).
-    tls: Option<RingTls>,
+    /// nbds://: sends encrypted, receives decrypted (crate::tls::conn).
+    tls: Option<TlsConn>,
+    /// Bytes the TLS receive in flight decrypts into (at the receive
+    /// buffer's tail).
+    tls_target: usize,
 }
 
 impl NbdConn {
@@ -130,17 +133,18 @@ impl NbdConn {
             recv_busy: false,
             retry: None,
             tls: None,
+            tls_target: 0,
         }
     }
 
     /// Runs this connection through its TLS session (never in splice mode).
     pub fn set_tls(&mut self, sess: crate::tls::TlsSession) {
-        self.tls = Some(RingTls::new(sess, self.fd));
+        self.tls = Some(TlsConn::new(sess, self.fd));
     }
 
     /// Posts the first receive.
-    pub fn start(&mut self, ring: &mut Ring, base: u64) -> Result<()> {
-        self.post_recv(ring, base)
+    pub fn start(&mut self, engine: &mut Engine, base: u64) -> Result<()> {
+        self.post_recv(engine, base)
     }
 
     pub fn can_issue(&self) -> bool {
@@ -227,15 +231,13 @@ impl NbdConn {
                 kind,
                 cmd: req.cmd,
                 flags: req.flags,
-                payload,
+                payload: payload.clone(),
                 block: held,
             },
         );
         let mut hdr = [0u8; 32];
         let n = request::encode(self.info.mode, &req, &mut hdr);
-        self.send
-            .queue
-            .push(SendItem::new(&hdr[..n], payload, block));
+        self.send.push(SendItem::new(&hdr[..n], payload, block));
         Ok(())
     }
 
@@ -315,7 +317,7 @@ impl NbdConn {
     }
 
     /// Starts a send of everything queued, if none is in flight.
-    pub fn kick(&mut self, ring: &mut Ring, base: u64) -> Result<()> {
+    pub fn kick(&mut self, engine: &mut Engine, base: u64) -> Result<()> {
         if self.broken {
             return Ok(());
         }
@@ -323,29 +325,40 @@ impl NbdConn {
             return self.send_queue_now(false);
         }
         if self.send.start_batch() {
-            let r = self
-                .send
-                .post(ring, self.fd, base | SEND, self.tls.as_mut());
+            let r = self.post_send(engine, base);
             self.broken |= r.is_err();
             r.map_err(|e| e.context(&self.name))?;
         }
         Ok(())
     }
 
-    fn post_recv(&mut self, ring: &mut Ring, base: u64) -> Result<()> {
+    /// Posts the send of the rest of the batch (encrypted with TLS).
+    fn post_send(&mut self, engine: &mut Engine, base: u64) -> Result<()> {
+        match self.tls.as_mut() {
+            None => self.send.post(engine, self.fd, base | SEND),
+            Some(t) => {
+                self.send.busy = true;
+                let (chunks, skip) = self.send.batch();
+                t.post_send(engine, chunks, skip, base | SEND)
+            }
+        }
+    }
+
+    fn post_recv(&mut self, engine: &mut Engine, base: u64) -> Result<()> {
         // Splice mode: never read past the message (its payload is spliced).
         let greedy = self.splice.is_none();
         let first = self.first_read();
         let Some(t) = self.tls.as_mut() else {
             self.recv
-                .post(ring, self.fd, base | RECV, first, greedy, &self.name)?;
+                .post(engine, self.fd, base | RECV, first, greedy, &self.name)?;
             self.recv_busy = true;
             return Ok(());
         };
-        let (ptr, len) = self.recv.target(first, greedy, &self.name)?;
-        // SAFETY: [ptr, ptr+len) is in the held block `cur`, untouched by
+        let (_, _, len) = self.recv.target(first, greedy, &self.name)?;
+        self.tls_target = len;
+        // The target, [tail, tail+len) of the held block, is untouched by
         // anything else until this receive completes (as a plain one).
-        let r = unsafe { t.post_recv(ring, ptr, len, base | RECV) };
+        let r = t.post_recv(engine, self.recv.target_mut(len), base | RECV);
         self.broken |= r.is_err();
         r.map_err(|e| e.context(&self.name))
     }
@@ -368,7 +381,7 @@ impl NbdConn {
     /// Handles a completion of this connection's send or receive.
     pub fn complete(
         &mut self,
-        ring: &mut Ring,
+        engine: &mut Engine,
         base: u64,
         idx: u64,
         res: i32,
@@ -389,7 +402,7 @@ impl NbdConn {
             }
             let n = match self.tls.as_mut() {
                 None => res as usize,
-                Some(t) => match t.send_done(ring, res, base | SEND) {
+                Some(t) => match t.send_done(engine, res, base | SEND) {
                     Ok(true) => self.send.unsent(),
                     Ok(false) => return Ok(()), // the rest is posted
                     Err(e) => {
@@ -406,14 +419,19 @@ impl NbdConn {
                 .send
                 .sent(n, &mut |block| events.push(ConnEvent::Release { block }));
             return if done {
-                self.kick(ring, base)
+                self.kick(engine, base)
             } else {
-                self.send.post(ring, self.fd, base | SEND, None)
+                self.post_send(engine, base)
             };
         }
         let res = match self.tls.as_mut() {
             None => res,
-            Some(t) => match t.recv_done(ring, res, base | RECV) {
+            Some(t) => match t.recv_done(
+                engine,
+                res,
+                base | RECV,
+                self.recv.target_mut(self.tls_target),
+            ) {
                 Ok(Some(n)) => n,
                 Ok(None) => return Ok(()), // more ciphertext is being received
                 Err(e) => {
@@ -438,13 +456,18 @@ impl NbdConn {
         if let Some(sp) = self.splice.as_mut() {
             sp.budget = DIRECT_BUDGET;
         }
-        self.recv_more(ring, base, events)
+        self.recv_more(engine, base, events)
     }
 
     /// Parses what arrived; in splice mode keeps receiving directly while
     /// messages are waiting (up to a budget), stopping whenever READ data
     /// was put into the pipe.  Otherwise posts the next receive.
-    fn recv_more(&mut self, ring: &mut Ring, base: u64, events: &mut Vec<ConnEvent>) -> Result<()> {
+    fn recv_more(
+        &mut self,
+        engine: &mut Engine,
+        base: u64,
+        events: &mut Vec<ConnEvent>,
+    ) -> Result<()> {
         loop {
             if self.parse(events)? {
                 return Ok(()); // data in the pipe: the worker resumes us
@@ -452,7 +475,7 @@ impl NbdConn {
             if self.splice.as_ref().is_some_and(|s| s.budget > 0) && self.recv_direct()? {
                 continue;
             }
-            return self.post_recv(ring, base);
+            return self.post_recv(engine, base);
         }
     }
 

@@ -7,10 +7,9 @@
 // replies parsed where they landed, and a partial message moved to a
 // fresh block only when it would not fit before the block's end.
 
-use crate::copy::buf::{BlockPool, Span};
+use crate::engine::buf::{BlockPool, IoBuf, Span};
+use crate::engine::{Engine, Op};
 use crate::error::Result;
-use crate::ring::Ring;
-use io_uring::{opcode, types};
 use std::os::fd::RawFd;
 
 /// Receive buffers: pool block `cur`, bytes [head, tail) not yet parsed.
@@ -57,11 +56,12 @@ impl RecvBuf {
             "span outside the data"
         );
         self.pool.hold(self.cur);
-        // SAFETY: inside the block's received bytes, which nothing writes
-        // until the block is free again: the reference just taken is held
-        // until the span's user releases it.  The parsed bytes in front
-        // are not used any more.
-        let span = unsafe { Span::new(self.pool.ptr(self.cur).add(self.head + start), len, start) };
+        // The block's received bytes are not written until the block is
+        // free again (the reference just taken is held until the span's
+        // user releases it); the parsed bytes in front are not used any
+        // more, so they are the span's room.
+        let at = self.head + start;
+        let span = Span::with_room(self.pool.buf(self.cur), at, len, start);
         (span, self.cur)
     }
 
@@ -85,27 +85,29 @@ impl RecvBuf {
     /// Errors when a message would be larger than any asked for.
     pub fn post(
         &mut self,
-        ring: &mut Ring,
+        engine: &mut Engine,
         fd: RawFd,
         user_data: u64,
         first: usize,
         greedy: bool,
         name: &str,
     ) -> Result<()> {
-        let (ptr, len) = self.target(first, greedy, name)?;
-        let e = opcode::Recv::new(types::Fd(fd), ptr, len as u32)
-            .build()
-            .user_data(user_data);
-        // SAFETY: the block is held (our reference on `cur`) until this
-        // receive completes; nothing else reads or writes [tail, tail+len)
-        // meanwhile; the worker drains the ring before dropping the pool.
-        unsafe { ring.push(&e) }
+        let (buf, at, len) = self.target(first, greedy, name)?;
+        // Nothing else reads or writes [tail, tail+len) of the held block
+        // `cur` until this receive completes; the operation holds a share
+        // of the block for as long as the kernel may write it.
+        engine.push(Op::Recv { fd, buf, at, len }, user_data)
     }
 
     /// Where the next receive goes, as for [`post`](Self::post): `len`
-    /// bytes at `ptr`, inside the held block `cur` (also the target of a
-    /// TLS connection's decryption).
-    pub fn target(&mut self, first: usize, greedy: bool, name: &str) -> Result<(*mut u8, usize)> {
+    /// bytes at `at` of the held block `cur` (also the target of a TLS
+    /// connection's decryption, see [`target_mut`](Self::target_mut)).
+    pub fn target(
+        &mut self,
+        first: usize,
+        greedy: bool,
+        name: &str,
+    ) -> Result<(IoBuf, usize, usize)> {
         self.rewind_if_idle();
         let bs = self.pool.block_size();
         let want = self.want(first);
@@ -127,9 +129,15 @@ impl RecvBuf {
         } else {
             self.head + want - self.tail
         };
-        // SAFETY: tail + len <= bs (both branches), inside the block.
-        let ptr = unsafe { self.pool.ptr(self.cur).add(self.tail) };
-        Ok((ptr, len))
+        // tail + len <= bs (both branches): inside the block.
+        Ok((self.pool.buf(self.cur).clone(), self.tail, len))
+    }
+
+    /// The bytes a receive posted at `target` writes (for decrypting
+    /// into them): [tail, tail+len) of the current block.
+    pub fn target_mut(&mut self, len: usize) -> &mut [u8] {
+        let (cur, tail) = (self.cur, self.tail);
+        self.pool.range_mut(cur, tail, tail + len)
     }
 
     /// The message would straddle the block end: continue it at the start
@@ -138,9 +146,7 @@ impl RecvBuf {
     fn move_to_fresh_block(&mut self) {
         let new = self.pool.take();
         let (h, t, old) = (self.head, self.tail, self.cur);
-        let (src, dst) = (self.pool.ptr(old), self.pool.ptr(new));
-        // SAFETY: distinct blocks of block_size bytes; h <= t <= bs.
-        unsafe { std::ptr::copy_nonoverlapping(src.add(h), dst, t - h) };
+        self.pool.copy_to_fresh(old, h, t, new);
         self.memcpy += (t - h) as u64;
         self.pool.release(old);
         self.cur = new;
@@ -148,9 +154,9 @@ impl RecvBuf {
         self.tail = t - h;
     }
 
-    /// Where a direct (non-io_uring) receive of the rest of the current
+    /// Where a direct (non-engine) receive of the rest of the current
     /// message goes; None when it would not fit in this block (an
-    /// io_uring receive then moves it).
+    /// engine receive then moves it).
     pub fn direct_target(&mut self, first: usize) -> Option<&mut [u8]> {
         self.rewind_if_idle();
         let want = self.want(first);

@@ -5,7 +5,7 @@
 //
 // With `--retries`, a connection that is lost (reset, EOF, a send that
 // cannot go out, a stall) is not an error at once: the socket is shut
-// down so the ring gives back its operations, then (in the worker, which
+// down so the engine gives back its operations, then (in the worker, which
 // blocks meanwhile) the endpoint's server is dialled again with capped
 // exponential backoff, the new negotiation is checked against the old,
 // and every request in the book is sent again in the order it was
@@ -17,11 +17,11 @@ use super::{ConnEvent, NbdConn, RECV, SEND};
 use crate::config::RETRY_DELAY_CAP;
 use crate::copy::stats::Shared;
 use crate::endpoint::nbd::Redial;
+use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::proto::reply::ReplyParser;
 use crate::proto::request::Request;
 use crate::proto::{consts, HeaderMode, Negotiated};
-use crate::ring::Ring;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -120,7 +120,7 @@ impl NbdConn {
     }
 
     /// A completion of the lost socket's send or receive: nothing more
-    /// than that it is out of the ring.
+    /// than that it is out of the engine.
     pub(super) fn lost_completion(&mut self, idx: u64) -> Result<()> {
         if idx == SEND {
             self.send.busy = false;
@@ -140,7 +140,7 @@ impl NbdConn {
         Err(e)
     }
 
-    /// Gives up this socket: shut down, so its operations in the ring
+    /// Gives up this socket: shut down, so its operations in the engine
     /// complete; `redial_if_lost` takes over once they have.
     pub fn lose(&mut self, e: Error) {
         let Some(r) = self.retry.as_mut() else {
@@ -150,7 +150,7 @@ impl NbdConn {
         if r.lost.is_none() {
             r.lost = Some(e);
         }
-        // The socket stays open (its owner closes it) until the ring has
+        // The socket stays open (its owner closes it) until the engine has
         // given back its operations.
         let _ = crate::sys::shutdown(self.fd);
     }
@@ -166,13 +166,18 @@ impl NbdConn {
         self.retry.is_some()
     }
 
-    /// When the connection was lost and the ring holds nothing of it any
+    /// When the connection was lost and the engine holds nothing of it any
     /// more: connects again (waiting with backoff, blocking this worker),
     /// checks the export is the same and sends every request in flight
     /// again.  True when it reconnected.  Fails after `retries` attempts
     /// without progress, with the error that lost the connection; at once
     /// when the export changed; with ECANCELED when the job is cancelled.
-    pub fn redial_if_lost(&mut self, ring: &mut Ring, base: u64, shared: &Shared) -> Result<bool> {
+    pub fn redial_if_lost(
+        &mut self,
+        engine: &mut Engine,
+        base: u64,
+        shared: &Shared,
+    ) -> Result<bool> {
         let Some(r) = self.retry.as_mut() else {
             return Ok(false);
         };
@@ -219,7 +224,7 @@ impl NbdConn {
         };
         r.completed_then = self.book.completed;
         self.fd = sock.as_raw_fd();
-        // The previous redialled socket (if any) has nothing in the ring.
+        // The previous redialled socket (if any) has nothing in the engine.
         r.sock = Some(sock);
         let whole_reads = r.whole_reads;
         if let Some(sess) = sess {
@@ -228,7 +233,7 @@ impl NbdConn {
         }
         self.resume_on(info, whole_reads)?;
         Shared::add(&shared.reconnects, 1);
-        self.post_recv(ring, base)?;
+        self.post_recv(engine, base)?;
         Ok(true)
     }
 

@@ -10,8 +10,8 @@
 use super::send::{io_slices, MAX_BATCH};
 use super::{ConnEvent, NbdConn};
 use crate::copy::splice::{self, WaitLimits};
+use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::ring::Ring;
 use std::os::fd::RawFd;
 
 /// A source connection's splice state.
@@ -25,7 +25,7 @@ pub(super) struct SpliceIn {
     pub(super) rest: Option<PipeRest>,
     /// Stopped with data in the pipe: the worker drains it, then resumes.
     pub(super) stopped: bool,
-    /// Direct receives left before falling back to an io_uring receive.
+    /// Direct receives left before falling back to an engine receive.
     pub(super) budget: u32,
 }
 
@@ -36,7 +36,7 @@ pub(super) struct PipeRest {
     pub(super) done: Option<crate::proto::reply::Completion>,
 }
 
-/// Direct receives (messages already waiting) per io_uring receive.
+/// Direct receives (messages already waiting) per engine receive.
 pub(super) const DIRECT_BUDGET: u32 = 16;
 
 impl NbdConn {
@@ -82,7 +82,7 @@ impl NbdConn {
                 return Err(e);
             }
             // Splice mode never forwards receive blocks: nothing to release.
-            q.queue.drain(..n);
+            q.drop_sent(n);
         }
         Ok(())
     }
@@ -114,7 +114,7 @@ impl NbdConn {
     /// Continues after the worker drained the pipe (splice mode).
     pub fn resume(
         &mut self,
-        ring: &mut Ring,
+        engine: &mut Engine,
         base: u64,
         events: &mut Vec<ConnEvent>,
     ) -> Result<()> {
@@ -128,7 +128,7 @@ impl NbdConn {
                 return Ok(());
             }
         }
-        self.recv_more(ring, base, events)
+        self.recv_more(engine, base, events)
     }
 
     /// One non-blocking receive of the rest of the current message (splice

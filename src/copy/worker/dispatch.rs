@@ -12,11 +12,11 @@ use super::fileio::{OpKind, ZeroMode};
 use super::lane::{DstIo, Lane, SrcIo};
 use super::zero::zero_runs;
 use super::HEADER_ROOM;
-use crate::copy::buf::Span;
 use crate::copy::nbdconn::ConnEvent;
 use crate::copy::stats::Shared;
+use crate::engine::buf::{write_exclusive, Span};
+use crate::engine::Op;
 use crate::error::{Error, Result};
-use io_uring::{opcode, types};
 
 impl Worker<'_> {
     /// Copies one READ chunk (`data` with its receive block, or a hole
@@ -47,10 +47,11 @@ impl Worker<'_> {
         let at = HEADER_ROOM + (off - slot.offset) as usize;
         if !slot.staged {
             // What no chunk covers reads as zero.
-            buf.as_mut_slice()[HEADER_ROOM..HEADER_ROOM + slot.len as usize].fill(0);
+            write_exclusive(buf, HEADER_ROOM, HEADER_ROOM + slot.len as usize).fill(0);
             slot.staged = true;
         }
-        let dst = &mut buf.as_mut_slice()[at..at + len as usize];
+        // The slot is busy assembling: nothing but this reads its bytes.
+        let dst = write_exclusive(buf, at, at + len as usize);
         match data {
             Some((span, block)) => {
                 dst.copy_from_slice(span.as_slice());
@@ -281,11 +282,9 @@ impl Worker<'_> {
         match &mut lane.dst {
             DstIo::Null | DstIo::File { stream: true, .. } => lane.flushed = true,
             DstIo::File { fd, .. } => {
-                let e = opcode::Fsync::new(types::Fd(*fd))
-                    .build()
-                    .user_data(user_data(lane_id, K_DST_FSYNC, 0));
-                // SAFETY: fsync refers to no memory.
-                unsafe { self.ring.push(&e) }?;
+                let fd = *fd;
+                self.engine
+                    .push(Op::Fsync { fd }, user_data(lane_id, K_DST_FSYNC, 0))?;
             }
             DstIo::Nbd(c) => {
                 if !c.queue_flush()? {

@@ -1,19 +1,20 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 // Copyright (C) 2026 The nbdcpy authors
 
-//! A worker thread's io_uring event loop, from the first read to the drain.
+//! A worker thread's event loop on its engine, from the first read to the drain.
 //
-// The worker thread's io_uring event loop: starting work on free slots,
-// waiting, routing completions to lanes, the stall timeout, and the
-// drain on every exit path.
+// The worker thread's event loop: starting work on free slots, waiting
+// on the engine, routing completions to lanes, the stall timeout, and
+// the drain on every exit path (the engine's Drop drains too, so a panic
+// unwinding through here never frees what the kernel may still use).
 
 use super::lane::{DstIo, Lane, SrcIo};
 use crate::copy::nbdconn::ConnEvent;
 use crate::copy::splice;
 use crate::copy::stats::Shared;
 use crate::copy::WorkQueue;
+use crate::engine::{Completion, Engine, EngineKind};
 use crate::error::{Error, Result};
-use crate::ring::Ring;
 use std::time::{Duration, Instant};
 
 // What a completion belongs to (the `kind` in its user_data).
@@ -40,18 +41,29 @@ fn decode_user_data(u: u64) -> (usize, u64, u64) {
     ((u >> 56) as usize, (u >> 48) & 0xff, u & ((1 << 48) - 1))
 }
 
-/// Runs lanes on this thread's ring until they finish, fail or are cancelled.
-pub fn run_worker(mut lanes: Vec<Lane>, q: &WorkQueue, shared: &Shared) {
+/// Runs lanes on an engine of `kind` until they finish, fail or are
+/// cancelled.  `fallback`: an io_uring that cannot be set up on this
+/// thread is replaced by epoll (the job's engine is "auto").
+pub fn run_worker(
+    mut lanes: Vec<Lane>,
+    q: &WorkQueue,
+    shared: &Shared,
+    kind: EngineKind,
+    fallback: bool,
+) {
     let entries = lanes.iter().map(|l| l.slots.len() * 2 + 8).sum::<usize>();
-    let ring = match Ring::new(entries as u32) {
-        Ok(r) => r,
-        Err(e) => {
-            shared.fail(e);
-            return;
+    let engine = match Engine::new(kind, entries as u32) {
+        Ok(e) => e,
+        Err(_) if fallback && kind == EngineKind::IoUring => {
+            match Engine::new(EngineKind::Epoll, entries as u32) {
+                Ok(e) => e,
+                Err(e) => return shared.fail(e),
+            }
         }
+        Err(e) => return shared.fail(e),
     };
     let mut w = Worker {
-        ring,
+        engine,
         q,
         shared,
         cqes: Vec::with_capacity(256),
@@ -62,14 +74,13 @@ pub fn run_worker(mut lanes: Vec<Lane>, q: &WorkQueue, shared: &Shared) {
     if let Err(e) = w.run(&mut lanes) {
         shared.fail(e);
     }
-    // Every exit path: cancel and reap all operations before the buffers
-    // they use (in `lanes`) are dropped.
-    let clean = w.ring.drain(Duration::from_secs(10), &mut |_, _| {});
-    Shared::add(&shared.ring_enters, w.ring.enters);
+    // Cancel and reap all operations before the connections say goodbye.
+    // (The operations hold their buffers: even if this never ran, as on a
+    // panic, the engine's Drop drains or leaks them, never frees them.)
+    let clean = w.engine.drain(Duration::from_secs(10), &mut |_| {});
+    Shared::add(&shared.ring_enters, w.engine.enters());
+    Shared::add(&shared.syscalls_direct, w.engine.syscalls());
     if !clean {
-        // The kernel may still use these buffers: never free them.
-        std::mem::forget(lanes);
-        std::mem::forget(w.ring);
         shared.fail(Error::new(
             libc::EIO,
             "I/O operations did not finish after cancellation",
@@ -87,10 +98,10 @@ pub fn run_worker(mut lanes: Vec<Lane>, q: &WorkQueue, shared: &Shared) {
 }
 
 pub(super) struct Worker<'a> {
-    pub(super) ring: Ring,
+    pub(super) engine: Engine,
     q: &'a WorkQueue,
     pub(super) shared: &'a Shared,
-    cqes: Vec<(u64, i32, u32)>,
+    cqes: Vec<Completion>,
     events: Vec<ConnEvent>,
     pub(super) last_progress: Instant,
     /// A lane waits for the rate limit: how long (the ring wait's bound).
@@ -101,10 +112,10 @@ impl Worker<'_> {
     fn run(&mut self, lanes: &mut [Lane]) -> Result<()> {
         for (i, lane) in lanes.iter_mut().enumerate() {
             if let SrcIo::Nbd(c) = &mut lane.src {
-                c.start(&mut self.ring, user_data(i, K_SRC_NBD, 0))?;
+                c.start(&mut self.engine, user_data(i, K_SRC_NBD, 0))?;
             }
             if let DstIo::Nbd(c) = &mut lane.dst {
-                c.start(&mut self.ring, user_data(i, K_DST_NBD, 0))?;
+                c.start(&mut self.engine, user_data(i, K_DST_NBD, 0))?;
             }
         }
         loop {
@@ -131,10 +142,10 @@ impl Worker<'_> {
             self.redial_lost(lanes)?;
             for (i, lane) in lanes.iter_mut().enumerate() {
                 if let SrcIo::Nbd(c) = &mut lane.src {
-                    c.kick(&mut self.ring, user_data(i, K_SRC_NBD, 0))?;
+                    c.kick(&mut self.engine, user_data(i, K_SRC_NBD, 0))?;
                 }
                 if let DstIo::Nbd(c) = &mut lane.dst {
-                    c.kick(&mut self.ring, user_data(i, K_DST_NBD, 0))?;
+                    c.kick(&mut self.engine, user_data(i, K_DST_NBD, 0))?;
                 }
             }
             let wait = self
@@ -143,9 +154,9 @@ impl Worker<'_> {
                 .map_or(Duration::from_millis(50), |d| {
                     d.clamp(Duration::from_millis(1), Duration::from_millis(50))
                 });
-            self.ring.submit_and_wait(wait)?;
+            self.engine.wait(wait)?;
             self.cqes.clear();
-            self.ring.reap(&mut self.cqes);
+            self.engine.reap(&mut self.cqes);
             if self.cqes.is_empty() {
                 // Idle for a whole wait: let other threads run.  Costs
                 // nothing on a busy copy, and under valgrind (which treats
@@ -158,7 +169,8 @@ impl Worker<'_> {
             }
             self.last_progress = Instant::now();
             let cqes = std::mem::take(&mut self.cqes);
-            for &(u, res, _flags) in &cqes {
+            for &Completion { user_data: u, res } in &cqes {
+                fault::completion();
                 let (lane_id, kind, idx) = decode_user_data(u);
                 let lane = lanes.get_mut(lane_id).ok_or_else(|| {
                     Error::new(libc::EIO, format!("unexpected completion {u:#x}"))
@@ -183,7 +195,7 @@ impl Worker<'_> {
         let Some(t) = limit else {
             return Ok(());
         };
-        if self.ring.in_flight() > 0 && self.last_progress.elapsed() > t {
+        if self.engine.in_flight() > 0 && self.last_progress.elapsed() > t {
             return Err(Error::new(
                 libc::ETIMEDOUT,
                 format!(
@@ -288,7 +300,7 @@ impl Worker<'_> {
                 let mut events = std::mem::take(&mut self.events);
                 events.clear();
                 let mut r = c.complete(
-                    &mut self.ring,
+                    &mut self.engine,
                     user_data(lane_id, kind, 0),
                     idx,
                     res,
@@ -310,7 +322,11 @@ impl Worker<'_> {
                     // Splice mode: the pipe is drained; go on receiving.
                     match &mut lane.src {
                         SrcIo::Nbd(c) if is_src && r.is_ok() && c.wants_resume() => {
-                            r = c.resume(&mut self.ring, user_data(lane_id, kind, 0), &mut events);
+                            r = c.resume(
+                                &mut self.engine,
+                                user_data(lane_id, kind, 0),
+                                &mut events,
+                            );
                         }
                         _ => break,
                     }
@@ -324,4 +340,26 @@ impl Worker<'_> {
             )),
         }
     }
+}
+
+/// Fault injection for tests: a panic in the middle of a copy.
+#[cfg(test)]
+pub(crate) mod fault {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+    /// Panic at the completion that brings this to zero (0: never).
+    pub static PANIC_AT_COMPLETION: AtomicU64 = AtomicU64::new(0);
+
+    pub fn completion() {
+        let n = PANIC_AT_COMPLETION.load(Relaxed);
+        if n > 0 && PANIC_AT_COMPLETION.fetch_sub(1, Relaxed) == 1 {
+            panic!("fault injection: worker panics mid-copy");
+        }
+    }
+}
+
+#[cfg(not(test))]
+mod fault {
+    #[inline(always)]
+    pub fn completion() {}
 }

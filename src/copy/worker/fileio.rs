@@ -3,18 +3,18 @@
 
 //! A lane's file I/O: source reads, destination writes and zeroing, stream output.
 //
-// File I/O of a lane through io_uring (or direct pwrite where io_uring
+// File I/O of a lane through the engine (or direct pwrite where io_uring
 // would punt): source reads into slot buffers, destination writes,
 // zeroing by fallocate or written zeroes, and in-order stream output.
 
 use super::event_loop::{user_data, Worker, K_DST_WRITE, K_SRC_READ};
 use super::lane::{DstIo, Lane, SrcIo};
 use super::HEADER_ROOM;
-use crate::copy::buf::Span;
 use crate::copy::stats::Shared;
+use crate::engine::buf::Span;
+use crate::engine::Op;
 use crate::error::{Error, Result};
 use crate::sys;
-use io_uring::{opcode, types};
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -65,20 +65,17 @@ impl Worker<'_> {
             .as_ref()
             .ok_or_else(|| Error::new(libc::EIO, "internal error: slot without buffer"))?;
         let filled = slot.filled as usize;
-        let ptr = buf.ptr_at(HEADER_ROOM + filled);
-        let off = if stream {
-            u64::MAX
-        } else {
-            slot.offset + slot.filled
+        let op = Op::Read {
+            fd,
+            buf: buf.clone(),
+            at: HEADER_ROOM + filled,
+            len: (slot.len - slot.filled) as usize,
+            offset: (!stream).then_some(slot.offset + slot.filled),
         };
-        let e = opcode::Read::new(types::Fd(fd), ptr, (slot.len - slot.filled) as u32)
-            .offset(off)
-            .build()
-            .user_data(user_data(lane_id, K_SRC_READ, slot_id as u64));
-        // SAFETY: the slot buffer lives in `lane`, which outlives every
-        // operation (run_worker drains the ring before dropping lanes), and
-        // the slot is not reused until this read completes.
-        unsafe { self.ring.push(&e) }
+        // The slot is not reused (nor its buffer written) until this read
+        // completes; the operation holds a share of the buffer.
+        self.engine
+            .push(op, user_data(lane_id, K_SRC_READ, slot_id as u64))
     }
 
     pub(super) fn file_read_done(
@@ -254,32 +251,28 @@ impl Worker<'_> {
                 return self.write_done_file(lane_id, lane, oi, res);
             }
         }
-        let off = if stream {
-            u64::MAX
-        } else {
-            op.offset + op.done
-        };
+        let offset = (!stream).then_some(op.offset + op.done);
         let u = user_data(lane_id, K_DST_WRITE, oi as u64);
         let e = match op.kind {
-            OpKind::Write | OpKind::WriteZeroes => {
-                let rest = op.rest();
-                opcode::Write::new(types::Fd(fd), rest.as_ptr(), rest.len() as u32)
-                    .offset(off)
-                    .build()
-            }
+            OpKind::Write | OpKind::WriteZeroes => Op::Write {
+                fd,
+                data: op.rest(),
+                offset,
+            },
             OpKind::Fallocate(mode) => {
                 lane.slow_file_ops += 1;
-                opcode::Fallocate::new(types::Fd(fd), op.len)
-                    .offset(op.offset)
-                    .mode(mode)
-                    .build()
+                Op::Fallocate {
+                    fd,
+                    offset: op.offset,
+                    len: op.len,
+                    mode,
+                }
             }
         };
-        // SAFETY: the data lives in a slot buffer or receive block owned by
-        // `lane` and held (slot busy / block reference) until this
-        // operation completes, or in the static zero buffer; run_worker
-        // drains the ring before dropping lanes.
-        unsafe { self.ring.push(&e.user_data(u)) }
+        // The data (a slot buffer or receive block held by the slot or a
+        // block reference until this completes, or the zero buffer) is
+        // shared with the operation.
+        self.engine.push(e, u)
     }
 
     pub(super) fn write_done_file(
@@ -369,7 +362,7 @@ impl WriteOp {
     /// What is left to write: the rest of the data, or (zeroing by
     /// writes) up to 32 MiB of zeroes.
     fn rest(&self) -> Span {
-        match self.data {
+        match &self.data {
             Some(d) => d.sub(self.done as usize, d.len(), 0),
             None => Span::zeroes((self.len - self.done).min(32 << 20) as usize),
         }

@@ -12,9 +12,9 @@ use super::splice_lane::LaneSplice;
 use super::zero::Run;
 use super::HEADER_ROOM;
 use crate::copy::align::Extent;
-use crate::copy::buf::AlignedBuf;
 use crate::copy::nbdconn::NbdConn;
 use crate::endpoint::file::ExtentWalker;
+use crate::engine::buf::{AlignedBuf, IoBuf};
 use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::RawFd;
 use std::time::Duration;
@@ -110,7 +110,7 @@ pub(super) struct Slot {
     /// File-source buffer, or the buffer fragmented NBD reads are
     /// assembled in (`LaneParams::stage_reads`): HEADER_ROOM +
     /// request_size bytes.
-    pub(super) buf: Option<AlignedBuf>,
+    pub(super) buf: Option<IoBuf>,
     /// READ chunks of this slot are being assembled in `buf`.
     pub(super) staged: bool,
     /// Destination operations still outstanding for this slot.
@@ -147,7 +147,7 @@ pub struct Lane {
     pub(super) zero_mode: ZeroMode,
     pub(super) flushed: bool,
     pub(super) flushing: bool,
-    /// fallocate operations in the ring (they may take long).
+    /// fallocate operations in flight (they may take long).
     pub(super) slow_file_ops: u32,
     /// Reused scratch space for zero-detection runs.
     pub(super) runs: Vec<Run>,
@@ -167,7 +167,7 @@ impl Lane {
                 len: 0,
                 filled: 0,
                 buf: (file_src || p.stage_reads)
-                    .then(|| AlignedBuf::new(HEADER_ROOM + p.request_size as usize)),
+                    .then(|| AlignedBuf::shared(HEADER_ROOM + p.request_size as usize)),
                 staged: false,
                 parts: 0,
                 read_done: false,

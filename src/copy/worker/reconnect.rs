@@ -4,7 +4,7 @@
 //! Lanes' lost NBD connections (`--retries`): reconnecting them, and stalls taken as losses.
 //
 // A lost connection (see `nbdconn::redial`) is reconnected from the
-// event loop once the ring holds nothing of it; this blocks the worker
+// event loop once the engine holds nothing of it; this blocks the worker
 // (its other lanes wait; other workers go on).  A stall (no I/O for the
 // timeout) with retries on is taken as the loss of every connection of
 // this worker that has something outstanding.
@@ -16,17 +16,17 @@ use std::time::Instant;
 
 impl Worker<'_> {
     /// Reconnects the lanes' lost connections whose operations have left
-    /// the ring, sending their requests again.
+    /// the engine, sending their requests again.
     pub(super) fn redial_lost(&mut self, lanes: &mut [Lane]) -> Result<()> {
         for (i, lane) in lanes.iter_mut().enumerate() {
             let mut again = false;
             if let SrcIo::Nbd(c) = &mut lane.src {
                 let base = user_data(i, K_SRC_NBD, 0);
-                again |= c.redial_if_lost(&mut self.ring, base, self.shared)?;
+                again |= c.redial_if_lost(&mut self.engine, base, self.shared)?;
             }
             if let DstIo::Nbd(c) = &mut lane.dst {
                 let base = user_data(i, K_DST_NBD, 0);
-                again |= c.redial_if_lost(&mut self.ring, base, self.shared)?;
+                again |= c.redial_if_lost(&mut self.engine, base, self.shared)?;
             }
             if again {
                 // The wait was not a stall.

@@ -1,0 +1,399 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// Copyright (C) 2026 The nbdcpy authors
+
+//! I/O buffers the kernel may use in flight (shared, never moved) and `Span`, a counted handle to their bytes.
+//
+// Every buffer the kernel may read or write is an `IoBuf`: a fixed heap
+// allocation behind an `Arc`.  Operations handed to an engine hold a
+// clone until their completion is reaped (or forever, when the engine
+// cannot make sure the kernel is done with them), and so does every
+// `Span`: dropping a lane, a connection or a pool while an operation is in
+// flight never frees memory the kernel still uses, on any path (panics
+// included).  Which *bytes* of a shared buffer are in use is the
+// business of its owner (a pool's reference counts, a slot's busy flag);
+// that is what the few `unsafe` writers below rely on.
+
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+const ALIGN: usize = 4096;
+
+/// A fixed-size heap buffer that never moves: page-aligned and zeroed
+/// (`new`), or the allocation of a `Vec<u8>` taken over (`from_vec`).
+pub struct AlignedBuf {
+    ptr: NonNull<u8>,
+    len: usize,
+    /// Some(capacity): the memory came from a Vec and goes back as one.
+    vec_cap: Option<usize>,
+}
+
+// SAFETY: AlignedBuf owns its allocation exclusively, like Box<[u8]>;
+// shared access only reads, but for the `unsafe` writers whose callers
+// guarantee exclusive use of the bytes they write.
+unsafe impl Send for AlignedBuf {}
+// SAFETY: as above.
+unsafe impl Sync for AlignedBuf {}
+
+/// A buffer the kernel may use while an operation is in flight.
+pub type IoBuf = Arc<AlignedBuf>;
+
+impl AlignedBuf {
+    pub fn new(len: usize) -> AlignedBuf {
+        let len = len.max(1);
+        let layout = Layout::from_size_align(len, ALIGN).expect("buffer layout");
+        // SAFETY: layout has non-zero size.  Zeroed memory from fresh pages
+        // costs nothing until touched, and means no uninitialised bytes are
+        // ever exposed as &[u8].
+        let p = unsafe { alloc_zeroed(layout) };
+        let ptr = NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        AlignedBuf {
+            ptr,
+            len,
+            vec_cap: None,
+        }
+    }
+
+    /// A shared buffer of `len` zeroed bytes.
+    pub fn shared(len: usize) -> IoBuf {
+        Arc::new(AlignedBuf::new(len))
+    }
+
+    /// Takes over the bytes of `v` (no copy); `into_vec` gives them back.
+    pub fn from_vec(v: Vec<u8>) -> AlignedBuf {
+        let mut v = std::mem::ManuallyDrop::new(v);
+        let (ptr, len, cap) = (v.as_mut_ptr(), v.len(), v.capacity());
+        AlignedBuf {
+            // A Vec's pointer is never null (dangling when empty).
+            ptr: NonNull::new(ptr).expect("Vec pointer"),
+            len,
+            vec_cap: Some(cap),
+        }
+    }
+
+    /// The Vec `from_vec` took over, or None for a page-aligned buffer.
+    pub fn into_vec(self) -> Option<Vec<u8>> {
+        let me = std::mem::ManuallyDrop::new(self);
+        let cap = me.vec_cap?;
+        // SAFETY: ptr/len/cap are those of the Vec taken over in
+        // `from_vec`, unchanged; `me` is not dropped, so this is the only
+        // owner.
+        Some(unsafe { Vec::from_raw_parts(me.ptr.as_ptr(), me.len, cap) })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// A pointer `at` bytes into the buffer (at most its end), for the
+    /// engine to hand to the kernel.
+    pub(crate) fn ptr_at(&self, at: usize) -> *mut u8 {
+        assert!(at <= self.len, "pointer past the buffer");
+        self.ptr.as_ptr().wrapping_add(at)
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: ptr is valid for len initialised bytes for self's lifetime.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and &mut self guarantees exclusive access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// Bytes [start, end) for writing, while the buffer is shared.
+    ///
+    /// # Safety
+    /// Nothing else (no operation in flight, no span in use, no other
+    /// borrow) reads or writes these bytes while the slice lives.
+    #[allow(clippy::mut_from_ref)] // the bytes are behind a raw pointer, like an UnsafeCell
+    pub(crate) unsafe fn range_mut(&self, start: usize, end: usize) -> &mut [u8] {
+        assert!(start <= end && end <= self.len, "range outside the buffer");
+        // SAFETY: inside the allocation; exclusivity is the caller's promise.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(start), end - start) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        match self.vec_cap {
+            // SAFETY: the Vec taken over in `from_vec`, unchanged.
+            Some(cap) => drop(unsafe { Vec::from_raw_parts(self.ptr.as_ptr(), self.len, cap) }),
+            None => {
+                let layout = Layout::from_size_align(self.len, ALIGN).expect("buffer layout");
+                // SAFETY: allocated in `new` with this very layout.
+                unsafe { dealloc(self.ptr.as_ptr(), layout) }
+            }
+        }
+    }
+}
+
+/// A buffer written only where nobody else looks: exclusive when not
+/// shared, else through the owner's promise.
+///
+/// The owner of a slot buffer (its lane) writes it only while the slot is
+/// busy with no operation or span on the bytes written.
+pub fn write_exclusive(buf: &mut IoBuf, start: usize, end: usize) -> &mut [u8] {
+    assert!(start <= end && end <= buf.len(), "range outside the buffer");
+    if Arc::get_mut(buf).is_some() {
+        // Borrow again to satisfy the borrow checker's view of get_mut.
+        return &mut Arc::get_mut(buf).expect("unique").as_mut_slice()[start..end];
+    }
+    // SAFETY: spans of the slot's previous use may still be held (a
+    // request book keeps a payload until its reply), but the slot is
+    // only reused once every operation and part of it finished, so no
+    // one reads or writes these bytes now.
+    unsafe { buf.range_mut(start, end) }
+}
+
+/// A bounded pool of equal-size buffers with reference counts: a buffer is
+/// reused only when no operation refers to it any more.
+pub struct BlockPool {
+    blocks: Vec<IoBuf>,
+    refs: Vec<u32>,
+    free: Vec<u32>,
+    block_size: usize,
+}
+
+impl BlockPool {
+    pub fn new(block_size: usize) -> BlockPool {
+        BlockPool {
+            blocks: Vec::new(),
+            refs: Vec::new(),
+            free: Vec::new(),
+            block_size,
+        }
+    }
+
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    /// Takes a free block (allocating one if none is free) with one reference.
+    pub fn take(&mut self) -> u32 {
+        let id = match self.free.pop() {
+            Some(id) => id,
+            None => {
+                self.blocks.push(AlignedBuf::shared(self.block_size));
+                self.refs.push(0);
+                (self.blocks.len() - 1) as u32
+            }
+        };
+        self.refs[id as usize] = 1;
+        id
+    }
+
+    pub fn hold(&mut self, id: u32) {
+        self.refs[id as usize] += 1;
+    }
+
+    /// Drops one reference; the block is free again at zero.
+    pub fn release(&mut self, id: u32) {
+        let r = &mut self.refs[id as usize];
+        debug_assert!(*r > 0, "block released too often");
+        *r = r.saturating_sub(1);
+        if *r == 0 {
+            self.free.push(id);
+        }
+    }
+
+    /// References held on block `id`.
+    pub fn refs(&self, id: u32) -> u32 {
+        self.refs[id as usize]
+    }
+
+    /// The block itself (to hand an operation or a span a share of it).
+    pub fn buf(&self, id: u32) -> &IoBuf {
+        &self.blocks[id as usize]
+    }
+
+    pub fn slice(&self, id: u32) -> &[u8] {
+        self.blocks[id as usize].as_slice()
+    }
+
+    /// Bytes [start, end) of block `id`, for writing.  The pool's users
+    /// keep the rule that makes this sound: bytes are written only at a
+    /// held block's unreceived end, where no span or operation but the
+    /// one receive the caller owns points.
+    pub fn range_mut(&mut self, id: u32, start: usize, end: usize) -> &mut [u8] {
+        assert!(start <= end && end <= self.block_size);
+        // SAFETY: the pool's rule above; &mut self keeps the pool from
+        // handing out the same range twice at once.
+        unsafe { self.blocks[id as usize].range_mut(start, end) }
+    }
+
+    /// Copies [start, end) of block `from` to the start of block `to`
+    /// (distinct blocks; `to` freshly taken, so unused).
+    pub fn copy_to_fresh(&mut self, from: u32, start: usize, end: usize, to: u32) {
+        assert!(from != to && start <= end && end <= self.block_size);
+        let (src, dst) = (&self.blocks[from as usize], &self.blocks[to as usize]);
+        // SAFETY: `to` was just taken (one reference, no span, no
+        // operation); the bytes of `from` are only read.
+        let out = unsafe { dst.range_mut(0, end - start) };
+        out.copy_from_slice(&src.as_slice()[start..end]);
+    }
+}
+
+/// Bytes of an I/O buffer passed along the data path (a READ payload in
+/// a receive block, a file read in a slot buffer, the zero buffer): `len`
+/// bytes at `start`, with `room` bytes in front of them where a request
+/// header may be put.  The span holds a share of its buffer, so its bytes
+/// stay allocated for as long as it lives.
+#[derive(Clone)]
+pub struct Span {
+    buf: IoBuf,
+    start: usize,
+    len: usize,
+    room: usize,
+}
+
+impl std::fmt::Debug for Span {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Span({}+{}, room {})", self.start, self.len, self.room)
+    }
+}
+
+impl Span {
+    /// `len` bytes of `buf` from `start`, with the bytes before them as
+    /// room (the owner reserves them for headers).
+    pub fn of_buf(buf: &IoBuf, start: usize, len: usize) -> Span {
+        Span::with_room(buf, start, len, start)
+    }
+
+    /// As `of_buf`, with only `room` bytes of room (at most `start`).
+    pub fn with_room(buf: &IoBuf, start: usize, len: usize, room: usize) -> Span {
+        assert!(
+            start.checked_add(len).is_some_and(|e| e <= buf.len()) && room <= start,
+            "span outside its buffer"
+        );
+        Span {
+            buf: buf.clone(),
+            start,
+            len,
+            room,
+        }
+    }
+
+    /// `len` bytes of the process-wide zero buffer (no room: never written).
+    pub fn zeroes(len: usize) -> Span {
+        static ZEROES: once_cell::sync::Lazy<IoBuf> =
+            once_cell::sync::Lazy::new(|| AlignedBuf::shared(32 << 20));
+        assert!(len <= ZEROES.len(), "zero buffer too small");
+        Span::with_room(&ZEROES, 0, len, 0)
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Writable bytes in front of the data.
+    pub fn room(&self) -> usize {
+        self.room
+    }
+
+    /// The buffer and where the bytes start in it (for the engine).
+    pub(crate) fn parts(&self) -> (&IoBuf, usize) {
+        (&self.buf, self.start)
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.buf.as_slice()[self.start..self.start + self.len]
+    }
+
+    /// The bytes [start, end) of this span, with `room` bytes in front of
+    /// them that the caller knows are free (at most what lies before them
+    /// in this span's buffer).
+    pub fn sub(&self, start: usize, end: usize, room: usize) -> Span {
+        assert!(start <= end && end <= self.len && room <= start + self.room);
+        Span {
+            buf: self.buf.clone(),
+            start: self.start + start,
+            len: end - start,
+            room,
+        }
+    }
+
+    /// Writes `hdr` into the room just in front of the data and returns
+    /// the span of header and data together; None when the room is too
+    /// small.
+    pub fn prepend(&self, hdr: &[u8]) -> Option<Span> {
+        if hdr.len() > self.room {
+            return None;
+        }
+        let at = self.start - hdr.len();
+        // SAFETY: the room in front of a span is, by the rule of whoever
+        // made the span, bytes nothing else uses (parsed reply headers,
+        // a slot's header room, the zero run a header may cover).
+        let out = unsafe { self.buf.range_mut(at, self.start) };
+        out.copy_from_slice(hdr);
+        Some(Span {
+            buf: self.buf.clone(),
+            start: at,
+            len: hdr.len() + self.len,
+            room: self.room - hdr.len(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligned_and_zeroed() {
+        let mut b = AlignedBuf::new(10000);
+        assert_eq!(b.ptr_at(0) as usize % 4096, 0);
+        assert!(b.as_slice().iter().all(|&x| x == 0));
+        b.as_mut_slice()[9999] = 1;
+        assert_eq!(b.as_slice()[9999], 1);
+    }
+
+    #[test]
+    fn vec_round_trip() {
+        let b = AlignedBuf::from_vec(vec![1, 2, 3]);
+        assert_eq!(b.as_slice(), &[1, 2, 3]);
+        assert_eq!(b.into_vec().unwrap(), vec![1, 2, 3]);
+        assert!(AlignedBuf::new(8).into_vec().is_none());
+    }
+
+    #[test]
+    fn pool_reuses_only_released_blocks() {
+        let mut p = BlockPool::new(4096);
+        let a = p.take();
+        p.hold(a);
+        let b = p.take();
+        assert_ne!(a, b);
+        p.release(a);
+        let c = p.take();
+        assert_ne!(c, a, "a still has a reference");
+        p.release(a);
+        let d = p.take();
+        assert_eq!(d, a);
+    }
+
+    #[test]
+    fn spans_cut_and_prepend_and_keep_their_buffer() {
+        let buf = AlignedBuf::shared(128);
+        let s = Span::of_buf(&buf, 64, 32);
+        assert_eq!((s.len(), s.room()), (32, 64));
+        let t = s.sub(8, 16, 8);
+        assert_eq!((t.len(), t.room()), (8, 8));
+        let h = t.prepend(&[7u8; 8]).unwrap();
+        assert_eq!(h.len(), 16);
+        assert_eq!(&h.as_slice()[..8], &[7u8; 8]);
+        assert!(h.prepend(&[1]).is_none(), "no room left");
+        assert!(Span::zeroes(4096).as_slice().iter().all(|&b| b == 0));
+        // The span outlives the caller's handle: the bytes stay.
+        drop(buf);
+        assert_eq!(h.as_slice().len(), 16);
+    }
+}

@@ -1,0 +1,341 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+// Copyright (C) 2026 The nbdcpy authors
+
+//! The I/O engine seam: the operations a copy asks of the kernel, their keyed completions, and the buffers they hold.
+//
+// A worker hands its engine operations (`Op`) tagged with a user_data of
+// its choosing, waits, and reaps `Completion`s carrying the same
+// user_data and a result in io_uring's convention (bytes or -errno).
+// Nothing above this module knows which engine runs:
+//
+// - `uring`: io_uring, one ring per worker, everything queued submitted
+//   in one io_uring_enter per loop turn.
+// - `epoll`: non-blocking system calls when a socket is ready, file I/O
+//   done at once, results queued as the same completions (for kernels,
+//   containers and sandboxes where io_uring is refused).
+//
+// An operation owns what the kernel may touch (shares of `IoBuf`s, the
+// batch of a send): the engine keeps it until the completion is reaped,
+// and an engine dropped with operations in flight cancels and waits for
+// them, or leaks them (never frees) when it cannot, on every path, panics
+// included.
+
+pub mod buf;
+mod epoll;
+mod uring;
+
+use crate::config::EngineChoice;
+use crate::error::{Error, Result};
+use buf::{IoBuf, Span};
+use std::os::fd::RawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One request header (at most 32 bytes) and the payload after it: one
+/// contiguous span when the header could be written in front of the
+/// payload, else two parts.
+pub struct Chunk {
+    head: [u8; 32],
+    head_len: u8,
+    body: Option<Span>,
+}
+
+impl Chunk {
+    /// `hdr` followed by `payload`; the header goes in front of the
+    /// payload, in its buffer, when there is room there.
+    pub fn new(hdr: &[u8], payload: Option<Span>) -> Chunk {
+        let mut head = [0u8; 32];
+        match payload {
+            None => {
+                head[..hdr.len()].copy_from_slice(hdr);
+                Chunk {
+                    head,
+                    head_len: hdr.len() as u8,
+                    body: None,
+                }
+            }
+            Some(p) => match p.prepend(hdr) {
+                Some(joined) => Chunk {
+                    head,
+                    head_len: 0,
+                    body: Some(joined),
+                },
+                None => {
+                    head[..hdr.len()].copy_from_slice(hdr);
+                    Chunk {
+                        head,
+                        head_len: hdr.len() as u8,
+                        body: Some(p),
+                    }
+                }
+            },
+        }
+    }
+
+    /// Whether the header was put in front of the payload.
+    pub fn is_joined(&self) -> bool {
+        self.head_len == 0 && self.body.is_some()
+    }
+
+    pub fn len(&self) -> usize {
+        self.head_len as usize + self.body.as_ref().map_or(0, Span::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The chunk's bytes, in up to two parts.
+    pub fn slices(&self) -> [&[u8]; 2] {
+        [
+            &self.head[..self.head_len as usize],
+            self.body.as_ref().map_or(&[][..], Span::as_slice),
+        ]
+    }
+}
+
+/// The bytes of `chunks` without their first `skip` bytes, as the
+/// non-empty slices a vectored send takes.
+pub fn gather<'a>(chunks: &'a [Chunk], mut skip: usize, out: &mut Vec<&'a [u8]>) {
+    out.clear();
+    for part in chunks.iter().flat_map(Chunk::slices) {
+        if skip >= part.len() {
+            skip -= part.len();
+            continue;
+        }
+        out.push(&part[skip..]);
+        skip = 0;
+    }
+}
+
+/// An operation for the kernel.  `offset: None` means a stream's current
+/// position (read/write, not pread/pwrite).
+pub enum Op {
+    /// Receive up to `len` bytes into `buf[at..]` (a socket).
+    Recv {
+        fd: RawFd,
+        buf: IoBuf,
+        at: usize,
+        len: usize,
+    },
+    /// Read up to `len` bytes into `buf[at..]`.
+    Read {
+        fd: RawFd,
+        buf: IoBuf,
+        at: usize,
+        len: usize,
+        offset: Option<u64>,
+    },
+    /// Write `data`.
+    Write {
+        fd: RawFd,
+        data: Span,
+        offset: Option<u64>,
+    },
+    /// Send `data` on a socket.
+    Send {
+        fd: RawFd,
+        data: Span,
+    },
+    /// Send the chunks of `batch` (without the first `skip` bytes) on a
+    /// socket, as one vectored send.
+    SendBatch {
+        fd: RawFd,
+        batch: Arc<Vec<Chunk>>,
+        skip: usize,
+    },
+    /// fallocate(mode) over [offset, offset+len).
+    Fallocate {
+        fd: RawFd,
+        offset: u64,
+        len: u64,
+        mode: i32,
+    },
+    Fsync {
+        fd: RawFd,
+    },
+    /// Completes at once with 0 (a result that is already known).
+    Nop,
+}
+
+/// A finished operation: the user_data it was pushed with, and its
+/// result (bytes, or -errno).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Completion {
+    pub user_data: u64,
+    pub res: i32,
+}
+
+/// Which engine runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineKind {
+    IoUring,
+    Epoll,
+}
+
+impl EngineKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineKind::IoUring => "io_uring",
+            EngineKind::Epoll => "epoll",
+        }
+    }
+}
+
+/// The engine a job's workers use, decided once per job.
+#[derive(Clone, Debug)]
+pub struct Choice {
+    pub kind: EngineKind,
+    /// Why io_uring is not used (auto fell back), for `-v`.
+    pub fallback_reason: Option<String>,
+}
+
+impl Choice {
+    /// Decides the engine: `Auto` tries to set up an io_uring once and
+    /// falls back to epoll when the kernel refuses (EPERM, EACCES, ENOSYS:
+    /// seccomp profiles, `kernel.io_uring_disabled`, old kernels, or one
+    /// too old for what the io_uring engine needs); forcing io_uring
+    /// where it cannot run is an error.
+    pub fn decide(want: EngineChoice) -> Result<Choice> {
+        match want {
+            EngineChoice::Epoll => Ok(Choice {
+                kind: EngineKind::Epoll,
+                fallback_reason: None,
+            }),
+            EngineChoice::IoUring => {
+                uring::UringEngine::new(8)?;
+                Ok(Choice {
+                    kind: EngineKind::IoUring,
+                    fallback_reason: None,
+                })
+            }
+            EngineChoice::Auto => match uring::UringEngine::new(8) {
+                Ok(_) => Ok(Choice {
+                    kind: EngineKind::IoUring,
+                    fallback_reason: None,
+                }),
+                Err(e) if refused(&e) => Ok(Choice {
+                    kind: EngineKind::Epoll,
+                    fallback_reason: Some(e.to_string()),
+                }),
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    /// One line for `-v`.
+    pub fn describe(&self) -> String {
+        match &self.fallback_reason {
+            None => format!("engine: {}", self.kind.name()),
+            Some(why) => format!("engine: {} (io_uring unavailable: {why})", self.kind.name()),
+        }
+    }
+}
+
+/// Whether this process may set up an io_uring the io_uring engine can
+/// use (seccomp profiles, `kernel.io_uring_disabled` and old kernels
+/// say no).
+pub fn io_uring_available() -> bool {
+    uring::UringEngine::new(8).is_ok()
+}
+
+/// Whether a failed io_uring setup means "not here" (fall back) rather
+/// than a real failure.
+fn refused(e: &Error) -> bool {
+    matches!(
+        e.errno,
+        libc::EPERM | libc::EACCES | libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOMEM
+    )
+}
+
+/// The engine of one worker thread (one per worker, never moved on the
+/// hot path: the size difference of the variants does not matter).
+#[allow(clippy::large_enum_variant)]
+pub enum Engine {
+    Uring(uring::UringEngine),
+    Epoll(epoll::EpollEngine),
+}
+
+impl Engine {
+    /// An engine of `kind` for about `entries` operations in flight.
+    pub fn new(kind: EngineKind, entries: u32) -> Result<Engine> {
+        Ok(match kind {
+            EngineKind::IoUring => Engine::Uring(uring::UringEngine::new(entries)?),
+            EngineKind::Epoll => Engine::Epoll(epoll::EpollEngine::new()?),
+        })
+    }
+
+    pub fn kind(&self) -> EngineKind {
+        match self {
+            Engine::Uring(_) => EngineKind::IoUring,
+            Engine::Epoll(_) => EngineKind::Epoll,
+        }
+    }
+
+    /// Queues `op`; its completion carries `user_data`.
+    #[inline]
+    pub fn push(&mut self, op: Op, user_data: u64) -> Result<()> {
+        match self {
+            Engine::Uring(e) => e.push(op, user_data),
+            Engine::Epoll(e) => e.push(op, user_data),
+        }
+    }
+
+    /// Starts everything queued and waits until at least one completion
+    /// is there or `timeout` passes.
+    #[inline]
+    pub fn wait(&mut self, timeout: Duration) -> Result<()> {
+        match self {
+            Engine::Uring(e) => e.submit_and_wait(timeout),
+            Engine::Epoll(e) => e.wait(timeout),
+        }
+    }
+
+    /// Moves the completions that are there into `out`.
+    #[inline]
+    pub fn reap(&mut self, out: &mut Vec<Completion>) {
+        match self {
+            Engine::Uring(e) => e.reap(out),
+            Engine::Epoll(e) => e.reap(out),
+        }
+    }
+
+    /// Operations pushed whose completion was not reaped.
+    pub fn in_flight(&self) -> usize {
+        match self {
+            Engine::Uring(e) => e.in_flight(),
+            Engine::Epoll(e) => e.in_flight(),
+        }
+    }
+
+    /// Cancels every operation in flight and waits until all are reaped
+    /// (handed to `sink`).  False when some did not finish within
+    /// `limit`: the engine then keeps (leaks) them when dropped.
+    pub fn drain(&mut self, limit: Duration, sink: &mut dyn FnMut(Completion)) -> bool {
+        match self {
+            Engine::Uring(e) => e.drain(limit, sink),
+            Engine::Epoll(e) => e.drain(sink),
+        }
+    }
+
+    /// Calls into the kernel to wait for or submit operations
+    /// (io_uring_enter, epoll_wait), for stats.
+    pub fn enters(&self) -> u64 {
+        match self {
+            Engine::Uring(e) => e.enters,
+            Engine::Epoll(e) => e.enters,
+        }
+    }
+
+    /// System calls made for single operations (the epoll engine's
+    /// reads, writes, receives and sends), for stats.
+    pub fn syscalls(&self) -> u64 {
+        match self {
+            Engine::Uring(_) => 0,
+            Engine::Epoll(e) => e.syscalls,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
