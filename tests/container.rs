@@ -626,14 +626,14 @@ fn python_blkhash(file: &Path, digest: &str, block: usize) -> String {
 #[test]
 fn blkhash_of_nbd_and_file_sources() {
     let Some(b) = Blocked::new() else { return };
-    if !require("python3") || !require("qemu-nbd") {
+    if !require("python3") || !require("nbdkit") {
         return;
     }
     let d = TempDir::new("ctr-blkhash");
     let src = image(&d, "src.img", SIZE + 12_345, 11);
     let want = python_blkhash(&src, "sha256", 65536);
-    // NBD -> file, the hash in a file.
-    let q = qemu_nbd(&d, &src, &["-r"]);
+    // NBD (nbdkit: the odd size exactly) -> file, the hash in a file.
+    let q = nbdkit(&d, &["-r", "file", s(&src)]);
     let out = d.file("out.img");
     let hf = d.file("hash");
     let hash_file = format!("--blkhash-file={}", hf.display());
