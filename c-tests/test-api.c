@@ -1000,6 +1000,57 @@ test_nothing_left_behind (void)
   check_nothing_left_behind (1000);
 }
 
+/* The engine key: the engine a copy ran on is readable after
+ * nbdcpy_run (NULL before, and for NULL); with NBDCPY_TEST_ENGINE set it
+ * is that one; each engine asked for is the one that runs.
+ */
+static void
+test_engine_choice (void)
+{
+  static const char *const engines[] = { "io_uring", "epoll" };
+
+  CHECK (nbdcpy_supports ("epoll") == 1);
+  CHECK (nbdcpy_get_engine (NULL) == NULL);
+  make_file (path ("eng-src"), 2 * 1024 * 1024 + 511, 7);
+
+  struct nbdcpy_config *c = test_config_new ();
+  CHECK (nbdcpy_config_set (c, "engine", "bogus") == -1);
+  CHECK (nbdcpy_get_errno () == EINVAL);
+  CHECK (strstr (nbdcpy_get_error (), "epoll") != NULL);
+  struct nbdcpy *h = nbdcpy_open (path ("eng-src"), path ("eng-dst"), c);
+  nbdcpy_config_free (c);
+  CHECK (h != NULL);
+  if (!h)
+    return;
+  CHECK (nbdcpy_get_engine (h) == NULL);
+  CHECK (nbdcpy_run (h) == 0);
+  const char *e = nbdcpy_get_engine (h);
+  CHECK (e != NULL && (strcmp (e, "io_uring") == 0 || strcmp (e, "epoll") == 0));
+  if (e && test_engine ())
+    CHECK (strcmp (e, test_engine ()) == 0);
+  CHECK (same_files (path ("eng-src"), path ("eng-dst")));
+  nbdcpy_close (h);
+  CHECK (nbdcpy_get_engine (h) == NULL);   /* closed */
+
+  for (size_t i = 0; i < sizeof engines / sizeof engines[0]; i++) {
+    if (strcmp (engines[i], "io_uring") == 0 && !nbdcpy_supports ("io_uring"))
+      continue;
+    unlink (path ("eng-dst"));
+    c = nbdcpy_config_new ();
+    CHECK (nbdcpy_config_set (c, "engine", engines[i]) == 0);
+    h = nbdcpy_open (path ("eng-src"), path ("eng-dst"), c);
+    nbdcpy_config_free (c);
+    CHECK (h != NULL);
+    if (!h)
+      continue;
+    CHECK (nbdcpy_run (h) == 0);
+    e = nbdcpy_get_engine (h);
+    CHECK (e != NULL && strcmp (e, engines[i]) == 0);
+    CHECK (same_files (path ("eng-src"), path ("eng-dst")));
+    nbdcpy_close (h);
+  }
+}
+
 int
 main (void)
 {
@@ -1028,6 +1079,7 @@ main (void)
   RUN (test_no_environment_overrides);
   RUN (test_tls_copy);
   RUN (test_blkhash);
+  RUN (test_engine_choice);
   RUN (test_nothing_left_behind);
 
   return test_end ();
