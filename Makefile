@@ -53,7 +53,8 @@ MULTIARCH  := $(shell $(CC) -print-multiarch 2>/dev/null || echo x86_64-linux-gn
         check-header-prefix \
         test-deps deps demo install uninstall bench bench-dirty bench-ranges deb deb-deps clean dist check-dist
 
-all: $(B)/nbdcpy $(B)/nbdcpy.install $(LIBSO) $(B)/libnbdcpy.so $(B)/libnbdcpy.a
+all: $(B)/nbdcpy $(B)/nbdcpy.install $(LIBSO) $(B)/libnbdcpy.so $(B)/libnbdcpy.a \
+     $(B)/no-io-uring
 
 # Older names of the build targets.
 lib: $(LIBSO) $(B)/libnbdcpy.so $(B)/libnbdcpy.a
@@ -100,6 +101,12 @@ $(B)/nbdcpy.install: cli/nbdcpy.c include/nbdcpy.h $(B)/libnbdcpy.so
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -Iinclude -o $@ cli/nbdcpy.c \
 	  $(LDFLAGS) -L$(B) -lnbdcpy
 
+# A test helper (not installed): runs a command with io_uring blocked by
+# seccomp, as container runtimes do (tests/container.rs).
+$(B)/no-io-uring: tests/helpers/no-io-uring.c
+	@mkdir -p $(B)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -o $@ $< $(LDFLAGS)
+
 # Replaces the checked-in header with the one build.rs generates.
 header: $(STAMP)
 	cp -f $(B)/nbdcpy.h.gen include/nbdcpy.h
@@ -116,6 +123,7 @@ check-style:
 # The C sources with -Werror; the header alone as C99 -pedantic and as C++.
 check-warnings: all
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -Werror -Iinclude -fsyntax-only cli/nbdcpy.c
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -Werror -fsyntax-only tests/helpers/no-io-uring.c
 	@for f in examples/*.c; do echo "  $$f"; \
 	  $(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -Werror -Iinclude -fsyntax-only $$f || exit 1; done
 	printf '#include "nbdcpy.h"\nint main (void) { return nbdcpy_version () == NULL; }\n' > $(B)/hdr.c
@@ -171,12 +179,22 @@ check-symbols: $(LIBSO) $(B)/nbdcpy
 	  grep -q "^ $$f@$$v " debian/libnbdcpy0.symbols || { echo "$$f@$$v missing in debian/libnbdcpy0.symbols"; exit 1; }; done; \
 	echo "check-symbols: $$(echo $$syms | wc -w) symbols in their map nodes ($$(cut -d@ -f3 $(B)/syms.got | sort -u | tr '\n' ' ')), command's symbols versioned"
 
+# The unit and doc tests once; the integration tests (tests/*.rs) once
+# per engine: NBDCPY_TEST_ENGINE tells tests/common which one to set
+# (the library never reads it).  Every engine runs even if one fails.
+TEST_ENGINES ?= io_uring epoll
+CARGO_TEST := $(CARGO) test --profile $(CARGO_PROFILE) $(CARGOFLAGS)
 check-rust: all
-	NBDCPY_BIN=$(CURDIR)/$(B)/nbdcpy $(CARGO) test --profile $(CARGO_PROFILE) $(CARGOFLAGS) \
-	  -- --test-threads=2
+	NBDCPY_BIN=$(CURDIR)/$(B)/nbdcpy $(CARGO_TEST) --lib -- --test-threads=2
+	$(CARGO_TEST) --doc -- --test-threads=2
+	@failed=""; for e in $(TEST_ENGINES); do \
+	  echo "== integration tests, engine $$e"; \
+	  NBDCPY_TEST_ENGINE=$$e NBDCPY_BIN=$(CURDIR)/$(B)/nbdcpy \
+	    $(CARGO_TEST) --test '*' -- --test-threads=2 || failed="$$failed $$e"; done; \
+	[ -z "$$failed" ] || { echo "check-rust: integration tests failed on:$$failed"; exit 1; }
 
 check-c: all
-	$(MAKE) -C c-tests check B=$(CURDIR)/$(B)
+	$(MAKE) -C c-tests check B=$(CURDIR)/$(B) TEST_ENGINES="$(TEST_ENGINES)"
 
 # Stage an install; build the examples and a smoke test against it with
 # pkg-config; run them and the nbdcopy compat test from the staged tree.
@@ -201,7 +219,7 @@ check-install: all
 # Valgrind is optional outside CI (a distro build root may lack it).
 check-valgrind: all
 	@if command -v valgrind >/dev/null || [ -n "$$NBDCPY_REQUIRE_SERVERS" ]; then \
-	  $(MAKE) -C c-tests check-valgrind B=$(CURDIR)/$(B) && \
+	  $(MAKE) -C c-tests check-valgrind B=$(CURDIR)/$(B) TEST_ENGINES="$(TEST_ENGINES)" && \
 	  $(MAKE) -s check-valgrind-panic; \
 	else echo "check-valgrind: valgrind not installed, skipped"; fi
 

@@ -19,6 +19,39 @@
 #include "nbdcpy.h"
 #include "tap.h"
 
+/* The engine this run tests: NBDCPY_TEST_ENGINE=io_uring or epoll
+ * (make check-c runs the tests once with each), or NULL when unset (no
+ * "engine" key set: the library's default).  The variable belongs to
+ * the tests only: the library never reads it.
+ */
+static const char *
+test_engine (void)
+{
+  const char *e = getenv ("NBDCPY_TEST_ENGINE");
+  if (e == NULL || *e == '\0')
+    return NULL;
+  if (strcmp (e, "io_uring") != 0 && strcmp (e, "epoll") != 0) {
+    fprintf (stderr, "NBDCPY_TEST_ENGINE must be io_uring or epoll, not '%s'\n", e);
+    exit (1);
+  }
+  return e;
+}
+
+/* nbdcpy_config_new with the "engine" key set to test_engine(): every
+ * config the tests make comes from here.
+ */
+static struct nbdcpy_config *
+test_config_new (void)
+{
+  struct nbdcpy_config *c = nbdcpy_config_new ();
+  const char *e = test_engine ();
+  if (c && e && nbdcpy_config_set (c, "engine", e) != 0) {
+    fprintf (stderr, "cannot set engine=%s: %s\n", e, nbdcpy_get_error ());
+    exit (1);
+  }
+  return c;
+}
+
 /* The scratch directory (made by test_begin, removed by test_end). */
 static char dir[64];
 static int under_valgrind;

@@ -52,7 +52,7 @@ test_errors_are_thread_local (void)
 static void
 test_config (void)
 {
-  struct nbdcpy_config *c = nbdcpy_config_new ();
+  struct nbdcpy_config *c = test_config_new ();
   CHECK (c != NULL);
   CHECK (nbdcpy_config_set (c, "connections", "2") == 0);
   CHECK (nbdcpy_config_set (c, "requests", "16") == 0);
@@ -127,7 +127,7 @@ test_open_errors (void)
   CHECK (strstr (nbdcpy_get_error (), "destination") != NULL);
 
   /* Both a string and a command for one side. */
-  struct nbdcpy_config *c = nbdcpy_config_new ();
+  struct nbdcpy_config *c = test_config_new ();
   const char *argv[] = { "nbdkit", "memory", "1M", NULL };
   nbdcpy_config_set_command (c, NBDCPY_SOURCE, argv);
   CHECK (nbdcpy_open (path ("src"), "null:", c) == NULL);
@@ -275,7 +275,7 @@ test_stats_during_run (void)
 {
   size_t size = (under_valgrind ? 8 : 64) * 1024 * 1024;
   make_file (path ("big"), size, 4);
-  struct nbdcpy_config *c = nbdcpy_config_new ();
+  struct nbdcpy_config *c = test_config_new ();
   nbdcpy_config_set (c, "request-size", "64k");
   nbdcpy_config_set (c, "requests", "4");
   nbdcpy_config_set_progress (c, on_progress, (void *) 0x1234, 1);
@@ -342,7 +342,7 @@ test_cancel_from_progress (void)
 {
   CHECK (mkfifo (path ("fifo2"), 0600) == 0);
   int keep = open (path ("fifo2"), O_RDWR);
-  struct nbdcpy_config *c = nbdcpy_config_new ();
+  struct nbdcpy_config *c = test_config_new ();
   nbdcpy_config_set_progress (c, cancel_from_progress, NULL, 10);
   struct nbdcpy *h = nbdcpy_open (path ("fifo2"), "null:", c);
   nbdcpy_config_free (c);
@@ -361,7 +361,7 @@ test_destination_smaller_than_source (void)
   if (!need_nbdkit ())
     return;
   make_file (path ("two-mib"), 2 * 1024 * 1024, 5);
-  struct nbdcpy_config *c = nbdcpy_config_new ();
+  struct nbdcpy_config *c = test_config_new ();
   const char *argv[] = { "nbdkit", "memory", "1M", NULL };
   CHECK (nbdcpy_config_set_command (c, NBDCPY_DESTINATION, argv) == 0);
   struct nbdcpy *h = nbdcpy_open (path ("two-mib"), NULL, c);
@@ -384,7 +384,7 @@ test_destination_smaller_than_source (void)
   nbdcpy_config_free (c);
 
   /* A unix-socket server into null: moves every byte by splice. */
-  c = nbdcpy_config_new ();
+  c = test_config_new ();
   const char *pattern[] = { "nbdkit", "pattern", "2M", NULL };
   CHECK (nbdcpy_config_set_command (c, NBDCPY_SOURCE, pattern) == 0);
   h = nbdcpy_open (NULL, "null:", c);
@@ -409,7 +409,7 @@ test_ranges_and_dirty_bitmap (void)
   make_file (path ("r-src"), 4 * M, 7);
   make_file (path ("r-dst"), 4 * M, 8);
   make_file (path ("r-old"), 4 * M, 8);
-  struct nbdcpy_config *c = nbdcpy_config_new ();
+  struct nbdcpy_config *c = test_config_new ();
   CHECK (nbdcpy_config_set (c, "offset", "1M") == 0);
   CHECK (nbdcpy_config_set (c, "length", "12345") == 0);
   CHECK (nbdcpy_config_set (c, "destination-offset", "3") == 0);
@@ -470,7 +470,7 @@ test_ranges_and_dirty_bitmap (void)
             "-c 'write -z 2M 65536' -c 'write -P 3 7M 512' $q >/dev/null",
             path ("inc.qcow2"), path ("inc.raw"));
   CHECK (system (cmd) == 0);
-  c = nbdcpy_config_new ();
+  c = test_config_new ();
   const char *qn[] = { "qemu-nbd", "-r", "-f", "qcow2", "-B", "b0",
                        path ("inc.qcow2"), NULL };
   CHECK (nbdcpy_config_set_command (c, NBDCPY_SOURCE, qn) == 0);
@@ -500,7 +500,7 @@ test_ranges_and_dirty_bitmap (void)
 static void
 set_einval (void)
 {
-  struct nbdcpy_config *c = nbdcpy_config_new ();
+  struct nbdcpy_config *c = test_config_new ();
   nbdcpy_config_set (c, "bogus", "1");
   nbdcpy_config_free (c);
 }
@@ -588,9 +588,9 @@ test_stale_handles_never_alias (void)
   nbdcpy_close (h);
 
   /* Configs too. */
-  struct nbdcpy_config *oldc = nbdcpy_config_new ();
+  struct nbdcpy_config *oldc = test_config_new ();
   nbdcpy_config_free (oldc);
-  struct nbdcpy_config *c = nbdcpy_config_new ();
+  struct nbdcpy_config *c = test_config_new ();
   CHECK (c != oldc);
   nbdcpy_config_free (oldc);
   CHECK (nbdcpy_config_set (c, "flush", "1") == 0);
@@ -618,7 +618,7 @@ test_close_during_run (void)
 {
   CHECK (mkfifo (path ("fifo3"), 0600) == 0);
   int keep = open (path ("fifo3"), O_RDWR);
-  struct nbdcpy_config *c = nbdcpy_config_new ();
+  struct nbdcpy_config *c = test_config_new ();
   nbdcpy_config_set_progress (c, close_from_progress, NULL, 10);
   struct nbdcpy *h = nbdcpy_open (path ("fifo3"), "null:", c);
   nbdcpy_config_free (c);
@@ -674,7 +674,7 @@ test_progress_calls (void)
 {
   /* A quick copy: one call, the final one. */
   make_file (path ("one-mib"), 1024 * 1024, 6);
-  struct nbdcpy_config *c = nbdcpy_config_new ();
+  struct nbdcpy_config *c = test_config_new ();
   nbdcpy_config_set_progress (c, count_progress, NULL, 1000);
   struct nbdcpy *h = nbdcpy_open (path ("one-mib"), path ("quick-copy"), c);
   CHECK (h != NULL);
@@ -741,7 +741,7 @@ test_stats_after_open (void)
 static void
 test_retry_keys (void)
 {
-  struct nbdcpy_config *c = nbdcpy_config_new ();
+  struct nbdcpy_config *c = test_config_new ();
   CHECK (nbdcpy_config_set (c, "retries", "3") == 0);
   CHECK (nbdcpy_config_set (c, "retries", "-1") == -1);
   CHECK (nbdcpy_get_errno () == EINVAL);
@@ -795,7 +795,7 @@ test_log_callback_not_stderr (void)
 
   struct log_seen quiet = { 0 }, loud = { 0 };
   for (int verbose = 0; verbose < 2; verbose++) {
-    struct nbdcpy_config *c = nbdcpy_config_new ();
+    struct nbdcpy_config *c = test_config_new ();
     struct log_seen *seen = verbose ? &loud : &quiet;
     CHECK (nbdcpy_config_set (c, "verbose", verbose ? "1" : "0") == 0);
     CHECK (nbdcpy_config_set_log (c, on_log, seen) == 0);
@@ -805,7 +805,7 @@ test_log_callback_not_stderr (void)
     nbdcpy_close (h);
   }
   /* verbose without a callback: still silent. */
-  struct nbdcpy_config *c = nbdcpy_config_new ();
+  struct nbdcpy_config *c = test_config_new ();
   nbdcpy_config_set (c, "verbose", "1");
   struct nbdcpy *h = nbdcpy_open (path ("src"), path ("log-copy"), c);
   nbdcpy_config_free (c);
@@ -827,7 +827,7 @@ test_log_callback_not_stderr (void)
 static void
 test_no_environment_overrides (void)
 {
-  struct nbdcpy_config *c = nbdcpy_config_new ();
+  struct nbdcpy_config *c = test_config_new ();
   CHECK (nbdcpy_config_set (c, "fast-zero", "0") == 0);
   CHECK (nbdcpy_config_set (c, "uring-file-writes", "1") == 0);
   CHECK (nbdcpy_config_set (c, "file-lock", "0") == 0);
@@ -840,7 +840,7 @@ test_no_environment_overrides (void)
   const char *pattern[] = { "nbdkit", "pattern", "2M", NULL };
   for (int on = 0; on < 2; on++) {
     setenv ("NBDCPY_SPLICE", on ? "0" : "1", 1);
-    c = nbdcpy_config_new ();
+    c = test_config_new ();
     CHECK (nbdcpy_config_set (c, "splice", on ? "1" : "0") == 0);
     CHECK (nbdcpy_config_set_command (c, NBDCPY_SOURCE, pattern) == 0);
     struct nbdcpy *h = nbdcpy_open (NULL, "null:", c);
@@ -883,7 +883,7 @@ test_tls_copy (void)
   }
   char uri[512];
   snprintf (uri, sizeof uri, "nbds+unix:///?socket=%s", path ("tls.sock"));
-  struct nbdcpy_config *c = nbdcpy_config_new ();
+  struct nbdcpy_config *c = test_config_new ();
   CHECK (nbdcpy_config_set (c, "tls-psk-file", path ("keys.psk")) == 0);
   CHECK (nbdcpy_config_set (c, "tls-username", "alice") == 0);
   CHECK (nbdcpy_config_set (c, "tls-verify-peer", "maybe") == -1);
@@ -936,7 +936,7 @@ static void
 test_blkhash (void)
 {
   write_text (path ("hello"), "hello");
-  struct nbdcpy_config *cfg = nbdcpy_config_new ();
+  struct nbdcpy_config *cfg = test_config_new ();
   CHECK (nbdcpy_config_set (cfg, "blkhash", "md5/4") == 0);
   CHECK (nbdcpy_config_set (cfg, "blkhash", "crc32") == -1);
   CHECK (nbdcpy_get_errno () == EINVAL);
@@ -1105,6 +1105,57 @@ test_nothing_left_behind (void)
   check_nothing_left_behind (1000);
 }
 
+/* The engine key: the engine a copy ran on is readable after
+ * nbdcpy_run (NULL before, and for NULL); with NBDCPY_TEST_ENGINE set it
+ * is that one; each engine asked for is the one that runs.
+ */
+static void
+test_engine_choice (void)
+{
+  static const char *const engines[] = { "io_uring", "epoll" };
+
+  CHECK (nbdcpy_supports ("epoll") == 1);
+  CHECK (nbdcpy_get_engine (NULL) == NULL);
+  make_file (path ("eng-src"), 2 * 1024 * 1024 + 511, 7);
+
+  struct nbdcpy_config *c = test_config_new ();
+  CHECK (nbdcpy_config_set (c, "engine", "bogus") == -1);
+  CHECK (nbdcpy_get_errno () == EINVAL);
+  CHECK (strstr (nbdcpy_get_error (), "epoll") != NULL);
+  struct nbdcpy *h = nbdcpy_open (path ("eng-src"), path ("eng-dst"), c);
+  nbdcpy_config_free (c);
+  CHECK (h != NULL);
+  if (!h)
+    return;
+  CHECK (nbdcpy_get_engine (h) == NULL);
+  CHECK (nbdcpy_run (h) == 0);
+  const char *e = nbdcpy_get_engine (h);
+  CHECK (e != NULL && (strcmp (e, "io_uring") == 0 || strcmp (e, "epoll") == 0));
+  if (e && test_engine ())
+    CHECK (strcmp (e, test_engine ()) == 0);
+  CHECK (same_files (path ("eng-src"), path ("eng-dst")));
+  nbdcpy_close (h);
+  CHECK (nbdcpy_get_engine (h) == NULL);   /* closed */
+
+  for (size_t i = 0; i < sizeof engines / sizeof engines[0]; i++) {
+    if (strcmp (engines[i], "io_uring") == 0 && !nbdcpy_supports ("io_uring"))
+      continue;
+    unlink (path ("eng-dst"));
+    c = nbdcpy_config_new ();
+    CHECK (nbdcpy_config_set (c, "engine", engines[i]) == 0);
+    h = nbdcpy_open (path ("eng-src"), path ("eng-dst"), c);
+    nbdcpy_config_free (c);
+    CHECK (h != NULL);
+    if (!h)
+      continue;
+    CHECK (nbdcpy_run (h) == 0);
+    e = nbdcpy_get_engine (h);
+    CHECK (e != NULL && strcmp (e, engines[i]) == 0);
+    CHECK (same_files (path ("eng-src"), path ("eng-dst")));
+    nbdcpy_close (h);
+  }
+}
+
 int
 main (void)
 {
@@ -1134,6 +1185,7 @@ main (void)
   RUN (test_tls_copy);
   RUN (test_blkhash);
   RUN (test_range_list);
+  RUN (test_engine_choice);
   RUN (test_nothing_left_behind);
 
   return test_end ();

@@ -104,7 +104,7 @@ test_socket_source (void)
   const char *args[] = { "pattern", "3M", NULL };
   pid_t pid;
   int fd = nbdkit_on_socketpair (args, &pid);
-  struct nbdcpy_config *c = nbdcpy_config_new ();
+  struct nbdcpy_config *c = test_config_new ();
   CHECK (nbdcpy_config_set (c, "connections", "4") == 0);
   CHECK (nbdcpy_config_set_socket (c, NBDCPY_SOURCE, fd, NULL) == 0);
   close (fd);
@@ -148,7 +148,7 @@ test_socket_destination (void)
   const char *args[] = { "file", arg, NULL };
   pid_t pid;
   int fd = nbdkit_on_socketpair (args, &pid);
-  struct nbdcpy_config *c = nbdcpy_config_new ();
+  struct nbdcpy_config *c = test_config_new ();
   CHECK (nbdcpy_config_set_socket (c, NBDCPY_DESTINATION, fd, "any") == 0);
   struct nbdcpy *h = nbdcpy_create (path ("sock-src"), NULL, c);
   nbdcpy_config_free (c);
@@ -172,7 +172,7 @@ test_socket_destination (void)
 static void
 test_socket_errors (void)
 {
-  struct nbdcpy_config *c = nbdcpy_config_new ();
+  struct nbdcpy_config *c = test_config_new ();
   CHECK (nbdcpy_config_set_socket (c, NBDCPY_SOURCE, 999, NULL) == -1);
   CHECK (nbdcpy_get_errno () == EBADF);
   CHECK (nbdcpy_config_set_socket (c, NBDCPY_SOURCE, -5, NULL) == -1);
@@ -228,7 +228,7 @@ test_open_times_out (void)
   int s = silent_server (path ("silent.sock"), 8);
   char uri[400];
   snprintf (uri, sizeof uri, "nbd+unix:///?socket=%s", path ("silent.sock"));
-  struct nbdcpy_config *c = nbdcpy_config_new ();
+  struct nbdcpy_config *c = test_config_new ();
   CHECK (nbdcpy_config_set (c, "timeout", "2") == 0);
   double t0 = now_s ();
   CHECK (nbdcpy_open (uri, "null:", c) == NULL);
@@ -278,7 +278,7 @@ test_connect_times_out (void)
   }
   char uri[400];
   snprintf (uri, sizeof uri, "nbd+unix:///?socket=%s", path ("full.sock"));
-  struct nbdcpy_config *c = nbdcpy_config_new ();
+  struct nbdcpy_config *c = test_config_new ();
   CHECK (nbdcpy_config_set (c, "timeout", "1") == 0);
   double t0 = now_s ();
   CHECK (nbdcpy_open (uri, "null:", c) == NULL);
@@ -301,7 +301,7 @@ test_connect_cancelled (void)
   int s = silent_server (path ("cancel.sock"), 8);
   char uri[400];
   snprintf (uri, sizeof uri, "nbd+unix:///?socket=%s", path ("cancel.sock"));
-  struct nbdcpy_config *c = nbdcpy_config_new ();
+  struct nbdcpy_config *c = test_config_new ();
   CHECK (nbdcpy_config_set (c, "timeout", "0") == 0);
   for (int close_instead = 0; close_instead < 2; close_instead++) {
     struct nbdcpy *h = nbdcpy_create (path ("src"), uri, c);
@@ -345,7 +345,7 @@ test_connect_cancelled (void)
 static void
 test_silent_subprocess (void)
 {
-  struct nbdcpy_config *c = nbdcpy_config_new ();
+  struct nbdcpy_config *c = test_config_new ();
   const char *argv[] = { "sleep", "60", NULL };
   CHECK (nbdcpy_config_set_command (c, NBDCPY_SOURCE, argv) == 0);
   CHECK (nbdcpy_config_set (c, "timeout", "1") == 0);
@@ -363,7 +363,7 @@ test_silent_subprocess (void)
 static void
 test_rate_key (void)
 {
-  struct nbdcpy_config *c = nbdcpy_config_new ();
+  struct nbdcpy_config *c = test_config_new ();
   CHECK (nbdcpy_config_set (c, "rate", "10M/s") == 0);
   CHECK (nbdcpy_config_set (c, "rate", "fast") == -1);
   CHECK (nbdcpy_get_errno () == EINVAL);

@@ -45,7 +45,7 @@ fn python(dir: &TempDir, file: &Path, specs: &[String]) -> Vec<String> {
 
 /// The command with `args`, not started.
 fn nbdcpy(args: &[&str]) -> Command {
-    let mut c = Command::new(nbdcpy_bin().expect("nbdcpy built"));
+    let mut c = common::nbdcpy_cmd();
     c.args(args);
     c
 }
@@ -57,9 +57,10 @@ fn run(args: &[&str]) -> Output {
 /// `cat IMG | nbdcpy ARGS` (stdin the source), which must succeed.
 fn piped(img: &Path, args: &str) -> Output {
     let script = format!(
-        "cat '{}' | '{}' {args}",
+        "cat '{}' | '{}' {} {args}",
         img.display(),
-        nbdcpy_bin().unwrap().display()
+        nbdcpy_bin().unwrap().display(),
+        engine_args().join(" ")
     );
     output_ok(Command::new("sh").arg("-c").arg(&script), &script)
 }
@@ -242,7 +243,7 @@ fn nbd_sources_every_destination_and_streams() {
                 "{kind} {spec} nbd"
             );
             let hf = d.file("stdout.hash");
-            let o = Command::new(nbdcpy_bin().unwrap())
+            let o = common::nbdcpy_cmd()
                 .args([
                     &b,
                     &format!("--blkhash-file={}", hf.display()),

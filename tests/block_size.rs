@@ -125,7 +125,7 @@ fn strict_source_and_both_sides() {
 /// A stream into a server with a 64 KiB minimum: whole requests.
 #[test]
 fn stream_into_strict_destination() {
-    let Some(b) = nbdcpy_bin() else { return };
+    let Some(_) = nbdcpy_bin() else { return };
     if !require("nbdkit") {
         return;
     }
@@ -135,7 +135,7 @@ fn stream_into_strict_destination() {
     let out = dir.file("dst.img");
     write_file(&out, &vec![0x22; size]);
     let d = strict_nbdkit(&dir, &out, 65536, 32 << 20, false);
-    let o = Command::new(&b)
+    let o = common::nbdcpy_cmd()
         .arg("-")
         .arg(d.uri())
         .stdin(std::fs::File::open(&src).unwrap())

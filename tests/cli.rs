@@ -16,8 +16,8 @@ fn tmpdir(name: &str) -> PathBuf {
 }
 
 fn run(args: &[&str]) -> Option<Output> {
-    let b = common::nbdcpy_bin()?;
-    Some(Command::new(b).args(args).output().unwrap())
+    common::nbdcpy_bin()?;
+    Some(common::nbdcpy_cmd().args(args).output().unwrap())
 }
 
 fn stderr(o: &Output) -> String {
@@ -32,8 +32,8 @@ fn bin_with(servers: &[&str]) -> Option<PathBuf> {
 }
 
 /// The command `b` with `opts`, copying the file `src` to `dst`.
-fn copy_file(b: &Path, opts: &[&str], src: &Path, dst: &Path) -> Output {
-    Command::new(b)
+fn copy_file(opts: &[&str], src: &Path, dst: &Path) -> Output {
+    common::nbdcpy_cmd()
         .args(opts)
         .arg(src)
         .arg(dst)
@@ -119,7 +119,7 @@ fn missing_source_names_it() {
 
 #[test]
 fn file_copies_with_every_local_option() {
-    let Some(b) = common::nbdcpy_bin() else {
+    let Some(_) = common::nbdcpy_bin() else {
         return;
     };
     let d = tmpdir("opts");
@@ -148,7 +148,7 @@ fn file_copies_with_every_local_option() {
         vec!["--timeout=5"],
     ] {
         let dst = d.join("dst");
-        let o = copy_file(&b, &opts, &src, &dst);
+        let o = copy_file(&opts, &src, &dst);
         assert!(o.status.success(), "{opts:?}: {}", stderr(&o));
         let st = Command::new("cmp").arg(&src).arg(&dst).status().unwrap();
         assert!(st.success(), "{opts:?}: copy differs");
@@ -164,7 +164,7 @@ fn file_copies_with_every_local_option() {
 
 #[test]
 fn destination_is_zero_skips_zeroes() {
-    let Some(b) = common::nbdcpy_bin() else {
+    let Some(_) = common::nbdcpy_bin() else {
         return;
     };
     let d = tmpdir("diz");
@@ -177,7 +177,7 @@ fn destination_is_zero_skips_zeroes() {
     for flag in ["--destination-is-zero", "--target-is-zero"] {
         let dst = d.join("dst");
         std::fs::write(&dst, vec![0u8; 1 << 20]).unwrap();
-        let o = copy_file(&b, &[flag, "-v"], &src, &dst);
+        let o = copy_file(&[flag, "-v"], &src, &dst);
         assert!(o.status.success(), "{}", stderr(&o));
         assert_eq!(std::fs::read(&dst).unwrap(), v);
         assert!(stderr(&o).contains("61440 skipped"), "{}", stderr(&o));
@@ -187,18 +187,18 @@ fn destination_is_zero_skips_zeroes() {
 
 #[test]
 fn stdin_and_stdout_stream() {
-    let Some(b) = common::nbdcpy_bin() else {
+    let Some(_) = common::nbdcpy_bin() else {
         return;
     };
     let d = tmpdir("stdio");
     let v = data((3 << 20) + 11, 3);
     // stdin -> file
     let dst = d.join("from-stdin");
-    let o = with_stdin(Command::new(&b).arg("-").arg(&dst), v.clone(), true);
+    let o = with_stdin(common::nbdcpy_cmd().arg("-").arg(&dst), v.clone(), true);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(std::fs::read(&dst).unwrap(), v);
     // file -> stdout
-    let o = Command::new(&b).arg(&dst).arg("-").output().unwrap();
+    let o = common::nbdcpy_cmd().arg(&dst).arg("-").output().unwrap();
     assert!(o.status.success());
     assert_eq!(o.stdout, v);
     std::fs::remove_dir_all(&d).unwrap();
@@ -216,8 +216,14 @@ fn progress_fd_writes_percentages() {
     let dst_arg = format!("'{}'", d.join("dst").display());
     let lines = |copier: &Path, extra: &str, src: &str, dst: &str| -> Vec<String> {
         let log = d.join("progress.log");
+        // The suite's engine for ours (nbdcpy_cmd()'s arguments).
+        let engine = if copier == b.as_path() {
+            common::engine_args().join(" ")
+        } else {
+            String::new()
+        };
         let cmd = format!(
-            "exec 3>'{}'; {extra} '{}' --progress=3 --request-size=65536 -R 2 {src} {dst}",
+            "exec 3>'{}'; {extra} '{}' {engine} --progress=3 --request-size=65536 -R 2 {src} {dst}",
             log.display(),
             copier.display(),
         );
@@ -277,25 +283,25 @@ fn progress_fd_writes_percentages() {
 /// itself never writes to stderr).
 #[test]
 fn verbose_prints_the_library_log() {
-    let Some(b) = common::nbdcpy_bin() else {
+    let Some(_) = common::nbdcpy_bin() else {
         return;
     };
     let d = tmpdir("verbose-log");
     let src = d.join("src");
     std::fs::write(&src, data(1 << 20, 5)).unwrap();
     let dst = d.join("dst");
-    let o = copy_file(&b, &[], &src, &dst);
+    let o = copy_file(&[], &src, &dst);
     assert!(o.status.success());
     assert_eq!(stderr(&o), "", "quiet without -v");
-    let o = copy_file(&b, &["-v"], &src, &dst);
+    let o = copy_file(&["-v"], &src, &dst);
     assert!(o.status.success());
     assert!(stderr(&o).contains("nbdcpy: ") && stderr(&o).contains("data path"));
     // Debug knobs are config keys, reachable with --set.
     let knobs = ["--set=file-lock=0", "--set=uring-file-writes=1"];
-    let o = copy_file(&b, &knobs, &src, &dst);
+    let o = copy_file(&knobs, &src, &dst);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(common::cmp(&src, &dst));
-    let o = copy_file(&b, &["--set=bogus=1"], &src, &dst);
+    let o = copy_file(&["--set=bogus=1"], &src, &dst);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("bogus"));
 }
@@ -327,7 +333,7 @@ fn procs_with(needle: &str) -> Vec<String> {
 
 #[test]
 fn subprocess_servers_both_ends_and_none_left_behind() {
-    let Some(b) = bin_with(&["qemu-nbd", "nbdkit", "qemu-img"]) else {
+    let Some(_) = bin_with(&["qemu-nbd", "nbdkit", "qemu-img"]) else {
         return;
     };
     let d = tmpdir("subproc");
@@ -340,7 +346,7 @@ fn subprocess_servers_both_ends_and_none_left_behind() {
     let marker = d.join("marker-file-for-ps");
     // [ qemu-nbd -f qcow2 ] -> file
     let out = d.join("out");
-    let o = Command::new(&b)
+    let o = common::nbdcpy_cmd()
         .args(["--", "[", "qemu-nbd", "-r", "-f", "qcow2"])
         .arg(&q)
         .arg("]")
@@ -358,7 +364,7 @@ fn subprocess_servers_both_ends_and_none_left_behind() {
         .status()
         .unwrap()
         .success());
-    let o = Command::new(&b)
+    let o = common::nbdcpy_cmd()
         .args(["--"])
         .arg(&raw)
         .args(["[", "qemu-nbd", "-f", "qcow2"])
@@ -376,7 +382,7 @@ fn subprocess_servers_both_ends_and_none_left_behind() {
         .success());
     // Both ends subprocesses: [ qemu-nbd ] -> [ nbdkit memory ]; the
     // marker path in nbdkit's argv lets us look for leftovers.
-    let o = Command::new(&b)
+    let o = common::nbdcpy_cmd()
         .args(["--", "[", "qemu-nbd", "-r", "-f", "qcow2"])
         .arg(&q)
         .args(["]", "[", "nbdkit", "memory", "3M"])
@@ -390,7 +396,7 @@ fn subprocess_servers_both_ends_and_none_left_behind() {
         (&q, "qemu-nbd left behind"),
     ]);
     // A failing copy still stops its servers: destination too small.
-    let o = Command::new(&b)
+    let o = common::nbdcpy_cmd()
         .args(["--"])
         .arg(&raw)
         .args(["[", "nbdkit", "memory", "1M"])
@@ -410,7 +416,7 @@ fn subprocess_servers_both_ends_and_none_left_behind() {
 
 #[test]
 fn nbd_streams_to_stdout_and_from_stdin() {
-    let Some(b) = bin_with(&["nbdkit"]) else {
+    let Some(_) = bin_with(&["nbdkit"]) else {
         return;
     };
     let dir = common::TempDir::new("clistream");
@@ -419,15 +425,15 @@ fn nbd_streams_to_stdout_and_from_stdin() {
     std::fs::write(&src, &v).unwrap();
     let m = common::nbdkit(&dir, &["memory", "4M"]);
     // stdin -> NBD
-    let o = with_stdin(Command::new(&b).arg("-").arg(m.uri()), v.clone(), true);
+    let o = with_stdin(common::nbdcpy_cmd().arg("-").arg(m.uri()), v.clone(), true);
     assert!(o.status.success(), "{}", stderr(&o));
     // NBD -> stdout
-    let o = Command::new(&b).arg(m.uri()).arg("-").output().unwrap();
+    let o = common::nbdcpy_cmd().arg(m.uri()).arg("-").output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(o.stdout, v);
     // A stream longer than the destination is an error, not a truncation.
     let small = common::nbdkit(&dir, &["memory", "1M"]);
-    let o = with_stdin(Command::new(&b).arg("-").arg(small.uri()), v, false);
+    let o = with_stdin(common::nbdcpy_cmd().arg("-").arg(small.uri()), v, false);
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).contains("is larger than destination"),
@@ -438,13 +444,13 @@ fn nbd_streams_to_stdout_and_from_stdin() {
 
 #[test]
 fn ctrl_c_cancels_cleanly() {
-    let Some(b) = bin_with(&["nbdkit"]) else {
+    let Some(_) = bin_with(&["nbdkit"]) else {
         return;
     };
     let d = tmpdir("sigint");
     let marker = d.join("slow-server-marker");
     // A slow source (delay filter) run as a subprocess.
-    let c = Command::new(&b)
+    let c = common::nbdcpy_cmd()
         .args([
             "--",
             "[",
@@ -480,7 +486,7 @@ fn ctrl_c_cancels_cleanly() {
 /// checked with cmp against the source.
 #[test]
 fn splice_with_a_small_pipe() {
-    let Some(b) = bin_with(&["qemu-nbd"]) else {
+    let Some(_) = bin_with(&["qemu-nbd"]) else {
         return;
     };
     let d = common::TempDir::new("splice-pipe");
@@ -504,7 +510,7 @@ fn splice_with_a_small_pipe() {
             "file" => dstf.to_str().unwrap().to_string(),
             _ => "null:".to_string(),
         };
-        let o = Command::new(&b)
+        let o = common::nbdcpy_cmd()
             .args(["-v", "--splice=on", "--set=pipe-size=64k"])
             .args(["--request-size=1048576"])
             .args(&extra)

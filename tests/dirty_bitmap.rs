@@ -297,8 +297,8 @@ fn combinations_that_make_no_sense_are_refused() {
     .unwrap_err();
     assert!(e.msg.contains("needs an NBD source"), "{}", e.msg);
     // The command: exit 1 and the reason.
-    if let Some(b) = nbdcpy_bin() {
-        let o = Command::new(b)
+    if nbdcpy_bin().is_some() {
+        let o = common::nbdcpy_cmd()
             .args(["--dirty-bitmap=b0", &srv.uri(), "-"])
             .output()
             .unwrap();
@@ -314,9 +314,9 @@ fn command_line_incremental_copy() {
     if !qemu_tools() {
         return;
     }
-    let Some(b) = nbdcpy_bin() else { return };
+    let Some(_) = nbdcpy_bin() else { return };
     let (_dir, src, full, trace, srv) = served("dirty-cli", true);
-    let o = Command::new(b)
+    let o = common::nbdcpy_cmd()
         .args(["-v", "--no-extents", "--dirty-bitmap=b0", &srv.uri()])
         .arg(&full)
         .output()

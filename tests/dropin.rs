@@ -10,12 +10,15 @@ use common::*;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+/// `prog` with `args`: libnbd's nbdcopy, or ours (nbdcpy_cmd(), on the
+/// suite's engine).
 fn run(prog: &Path, args: &[String]) -> Output {
-    Command::new(prog)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+    let mut c = if prog.file_name().is_some_and(|n| n == "nbdcopy") {
+        Command::new(prog)
+    } else {
+        nbdcpy_cmd()
+    };
+    c.args(args).stdin(Stdio::null()).output().unwrap()
 }
 
 #[test]

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 /// Runs a copy and returns (result, bytes_done, size).
 fn run(src: &str, dst: &str, opts: &[(&str, &str)]) -> (nbdcpy::Result<()>, u64, u64) {
-    let mut cfg = nbdcpy::Config::default();
+    let mut cfg = common::config();
     for (k, v) in opts {
         cfg.set(k, Some(v)).unwrap();
     }

@@ -229,7 +229,7 @@ fn cancel_sends_disc() {
         // The destination offers FAST_ZERO, so with extents nbdcpy first
         // samples the source's extents (and stalls there).
         let dst_h = Hostile::start(d.path(), Mode::Good, SIZE, false);
-        let mut cfg = nbdcpy::Config::default();
+        let mut cfg = common::config();
         cfg.set("connections", Some("2")).unwrap();
         for (k, v) in &opts {
             cfg.set(k, Some(v)).unwrap();
@@ -267,7 +267,7 @@ fn cancel_mid_payload() {
         let d = TempDir::new("cancel-mid");
         let src = Hostile::start(d.path(), Mode::StallMidReply, SIZE, false);
         let dst = nbdkit(&d, &["--threads=1", "memory", &SIZE.to_string()]);
-        let mut cfg = nbdcpy::Config::default();
+        let mut cfg = common::config();
         cfg.set("splice", Some(splice)).unwrap();
         cfg.set("no-extents", None).unwrap();
         let (e, took) = copy_cancelled_after_300ms(&src.uri(), &dst.uri(), cfg);

@@ -7,7 +7,6 @@
 mod common;
 
 use nbdcpy::testing::Spec;
-use nbdcpy::Config;
 use nbdcpy::Job;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,7 +29,7 @@ fn cmp(a: &Path, b: &Path) {
 }
 
 fn copy(src: &str, dst: &str, opts: &[(&str, &str)]) -> nbdcpy::Result<()> {
-    let mut cfg = Config::default();
+    let mut cfg = common::config();
     for (k, v) in opts {
         cfg.set(k, Some(v)).unwrap();
     }

@@ -14,7 +14,7 @@ mod common;
 use common::*;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 const MIB: usize = 1 << 20;
 /// Size of the fixed-size destinations (device, export): larger than
@@ -65,8 +65,8 @@ enum Dst {
 
 /// Runs the command with `args`, feeding `stdin_data` through a pipe or
 /// `stdin_file` as a redirection.
-fn run(b: &Path, args: &[String], stdin_data: Option<&[u8]>, stdin_file: Option<&Path>) -> Output {
-    let mut c = Command::new(b);
+fn run(args: &[String], stdin_data: Option<&[u8]>, stdin_file: Option<&Path>) -> Output {
+    let mut c = common::nbdcpy_cmd();
     c.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
     match (stdin_data, stdin_file) {
         (Some(_), _) => c.stdin(Stdio::piped()),
@@ -90,7 +90,7 @@ fn run(b: &Path, args: &[String], stdin_data: Option<&[u8]>, stdin_file: Option<
 
 /// Every source kind and data set x every mode into one destination kind.
 fn matrix(dst: Dst) {
-    let Some(b) = nbdcpy_bin() else { return };
+    let Some(_) = nbdcpy_bin() else { return };
     if !require("nbdkit") {
         return;
     }
@@ -162,7 +162,6 @@ fn matrix(dst: Dst) {
                 args.push(source);
                 args.push(target);
                 let o = run(
-                    &b,
                     &args,
                     (src == Src::Pipe).then_some(&data[..]),
                     (src == Src::Redirected).then_some(src_file.as_path()),
@@ -219,7 +218,7 @@ fn into_dirty_nbd_export() {
 /// the destination; the destination's bytes past what was written stay.
 #[test]
 fn stream_longer_than_fixed_destination_fails() {
-    let Some(b) = nbdcpy_bin() else { return };
+    let Some(_) = nbdcpy_bin() else { return };
     if !require("nbdkit") {
         return;
     }
@@ -236,7 +235,7 @@ fn stream_longer_than_fixed_destination_fails() {
         targets.push(l.0.clone());
     }
     for t in targets {
-        let o = run(&b, &["-".into(), t.clone()], Some(&data), None);
+        let o = run(&["-".into(), t.clone()], Some(&data), None);
         let e = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(1), "{t}: {e}");
         assert!(e.contains(&t) && e.contains("offset"), "{t}: {e}");
@@ -248,7 +247,7 @@ fn stream_longer_than_fixed_destination_fails() {
 /// it, the same NBD URI (also spelled differently).
 #[test]
 fn copy_onto_itself_is_refused() {
-    let Some(b) = nbdcpy_bin() else { return };
+    let Some(_) = nbdcpy_bin() else { return };
     let dir = TempDir::new("noloss-self");
     let data = pattern(MIB + 17, 11);
     let f = dir.file("disk.img");
@@ -265,7 +264,7 @@ fn copy_onto_itself_is_refused() {
         (vec!["-".into(), fs.clone()], true),
     ];
     for (args, redirect) in cases {
-        let o = run(&b, &args, None, redirect.then_some(f.as_path()));
+        let o = run(&args, None, redirect.then_some(f.as_path()));
         let e = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(1), "{args:?}: {e}");
         assert!(e.contains("same file"), "{args:?}: {e}");
@@ -286,7 +285,7 @@ fn copy_onto_itself_is_refused() {
         format!("nbd+unix://?socket={sock}"),
         format!("nbd+unix:///?socket={}", sock2.display()),
     ] {
-        let o = run(&b, &[u.clone(), other.clone()], None, None);
+        let o = run(&[u.clone(), other.clone()], None, None);
         let e = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(1), "{other}: {e}");
         assert!(e.contains("same NBD export"), "{other}: {e}");
@@ -294,7 +293,6 @@ fn copy_onto_itself_is_refused() {
     assert_eq!(std::fs::read(&f).unwrap(), data, "export damaged");
     // A different export name on the same server is not the same export.
     let o = run(
-        &b,
         &[u.clone(), format!("nbd+unix:///other?socket={sock}")],
         None,
         None,

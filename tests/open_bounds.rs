@@ -9,12 +9,12 @@ mod common;
 
 use common::TempDir;
 use std::os::unix::net::UnixListener;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 #[test]
 fn silent_server_times_out() {
-    let Some(bin) = common::nbdcpy_bin() else {
+    let Some(_) = common::nbdcpy_bin() else {
         return;
     };
     let d = TempDir::new("open-timeout");
@@ -26,7 +26,7 @@ fn silent_server_times_out() {
         ("-", uri.as_str(), "destination"),
     ] {
         let t0 = Instant::now();
-        let o = Command::new(&bin)
+        let o = common::nbdcpy_cmd()
             .args(["--timeout=2", "--json=1", src, dst])
             .stdin(Stdio::null())
             .output()
@@ -51,14 +51,14 @@ fn silent_server_times_out() {
 
 #[test]
 fn interrupt_ends_a_hanging_connect() {
-    let Some(bin) = common::nbdcpy_bin() else {
+    let Some(_) = common::nbdcpy_bin() else {
         return;
     };
     let d = TempDir::new("open-int");
     let sock = d.file("silent.sock");
     let _l = UnixListener::bind(&sock).unwrap();
     let uri = format!("nbd+unix:///?socket={}", sock.display());
-    let mut c = Command::new(&bin)
+    let mut c = common::nbdcpy_cmd()
         .args(["--timeout=0", &uri, "null:"])
         .stderr(Stdio::piped())
         .spawn()
@@ -79,7 +79,7 @@ fn interrupt_ends_a_hanging_connect() {
 
 #[test]
 fn silent_subprocess_is_reaped() {
-    let Some(bin) = common::nbdcpy_bin() else {
+    let Some(_) = common::nbdcpy_bin() else {
         return;
     };
     let d = TempDir::new("open-sub");
@@ -91,7 +91,7 @@ fn silent_subprocess_is_reaped() {
         m = marker.display()
     );
     let t0 = Instant::now();
-    let o = Command::new(&bin)
+    let o = common::nbdcpy_cmd()
         .args(["--timeout=1", "--", "[", "sh", "-c", &script, "]", "null:"])
         .output()
         .unwrap();

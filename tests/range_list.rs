@@ -223,8 +223,8 @@ fn verify_and_null_and_rate() {
 }
 
 /// Runs the command; returns (exit code, stderr).
-fn run(b: &Path, args: &[&str], stdin: Option<&str>) -> (Option<i32>, String, String) {
-    let mut c = Command::new(b);
+fn run(_b: &Path, args: &[&str], stdin: Option<&str>) -> (Option<i32>, String, String) {
+    let mut c = nbdcpy_cmd();
     c.args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -8,7 +8,6 @@
 
 mod common;
 use common::*;
-use std::process::Command;
 
 const M: usize = 1 << 20;
 
@@ -218,7 +217,7 @@ fn ranges_are_checked_against_both_sizes() {
 /// from offset 0.
 #[test]
 fn command_line_ranges() {
-    let Some(b) = nbdcpy_bin() else { return };
+    let Some(_) = nbdcpy_bin() else { return };
     let dir = TempDir::new("ranges-cli");
     let src = dir.file("src.raw");
     let img = pattern(4 * M, 3);
@@ -226,7 +225,7 @@ fn command_line_ranges() {
     let dst = dir.file("dst.raw");
     let before = pattern(4 * M, 4);
     write_file(&dst, &before);
-    let o = Command::new(&b)
+    let o = common::nbdcpy_cmd()
         .args(["--offset=1M", "--length=64k", "--destination-offset=2s"])
         .arg(&src)
         .arg(&dst)
@@ -234,7 +233,7 @@ fn command_line_ranges() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     check(&std::fs::read(&dst).unwrap(), &before, &img, M, 65536, 1024);
-    let o = Command::new(&b)
+    let o = common::nbdcpy_cmd()
         .args(["--offset=3M", "--destination-offset=0"])
         .arg(&src)
         .arg("-")
@@ -242,7 +241,7 @@ fn command_line_ranges() {
         .unwrap();
     assert!(o.status.success());
     assert!(o.stdout == img[3 * M..]);
-    let o = Command::new(&b)
+    let o = common::nbdcpy_cmd()
         .args(["--offset=3M"])
         .arg(&src)
         .arg("-")
@@ -250,7 +249,7 @@ fn command_line_ranges() {
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--destination-offset must be 0"));
-    let o = Command::new(&b)
+    let o = common::nbdcpy_cmd()
         .args(["--length=1X"])
         .arg(&src)
         .arg(&dst)

@@ -13,8 +13,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::Instant;
 
 fn nbdcpy(args: &[&str]) -> Option<Output> {
-    let b = common::nbdcpy_bin()?;
-    Some(Command::new(b).args(args).output().unwrap())
+    common::nbdcpy_bin()?;
+    Some(common::nbdcpy_cmd().args(args).output().unwrap())
 }
 
 /// Parses one JSON document with Python's json module (an independent
@@ -152,9 +152,12 @@ fn json_on_fd_and_odd_names() {
     let Some(bin) = common::nbdcpy_bin() else {
         return;
     };
+    let engine = common::engine_args().join(" ");
     let o = Command::new("sh")
         .arg("-c")
-        .arg(r#"exec "$0" --json=3 -- [ nbdkit pattern 1M ] "$1" 3>"$2""#)
+        .arg(format!(
+            r#"exec "$0" {engine} --json=3 -- [ nbdkit pattern 1M ] "$1" 3>"$2""#
+        ))
         .arg(&bin)
         .arg(&dst)
         .arg(&out)
@@ -185,7 +188,7 @@ fn json_on_fd_and_odd_names() {
     let bad = d
         .path()
         .join(std::ffi::OsStr::from_bytes(b"bad-\xff\xc3.img"));
-    let o = Command::new(&bin)
+    let o = common::nbdcpy_cmd()
         .arg("--json")
         .arg("--")
         .args(["[", "nbdkit", "pattern", "64k", "]"])

@@ -200,9 +200,9 @@ struct CopyRun {
 
 impl CopyRun {
     fn start(dir: &TempDir, args: &[&str]) -> Option<CopyRun> {
-        let bin = nbdcpy_bin()?;
+        nbdcpy_bin()?;
         let err = dir.file("nbdcpy.err");
-        let child = Command::new(bin)
+        let child = common::nbdcpy_cmd()
             .arg("-v")
             .args(args)
             .stdin(Stdio::null())

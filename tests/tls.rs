@@ -243,9 +243,12 @@ fn psk_nbdkit_tcp_and_cli() {
     copy(&t(&su), &t(&du), &[("connections", "2")]).unwrap();
     assert!(cmp(&src, &dst));
     // The command, and an independent reader (libnbd's nbdcopy).
-    if let Some(b) = nbdcpy_bin() {
+    if nbdcpy_bin().is_some() {
         write_file(&dst, &vec![0u8; SIZE]);
-        let o = Command::new(b).args([t(&su), t(&du)]).output().unwrap();
+        let o = common::nbdcpy_cmd()
+            .args([t(&su), t(&du)])
+            .output()
+            .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         assert!(cmp(&src, &dst));
     }
@@ -355,7 +358,7 @@ fn qemu_nbd_x509_and_psk_tls13_and_tls12() {
             let ep = nbdcpy::testing::Endpoint::open(
                 &nbdcpy::testing::Spec::parse(&tls_uri(&s, user, &params)),
                 nbdcpy::testing::Side::Source,
-                &nbdcpy::Config::default(),
+                &common::config(),
                 &nbdcpy::testing::Limits::none(),
             )
             .unwrap();
@@ -368,8 +371,8 @@ fn qemu_nbd_x509_and_psk_tls13_and_tls12() {
             }
             drop(ep);
             // The version asked for was the one negotiated (the log says).
-            if let Some(b) = nbdcpy_bin() {
-                let o = Command::new(b)
+            if nbdcpy_bin().is_some() {
+                let o = common::nbdcpy_cmd()
                     .args(["-v", &tls_uri(&s, user, &params), "null:"])
                     .output()
                     .unwrap();

@@ -70,9 +70,7 @@ pub fn require(cmd: &str) -> bool {
 /// cli`).  None (with a SKIP line) when not built, unless
 /// NBDCPY_REQUIRE_SERVERS is set: then a panic.
 pub fn nbdcpy_bin() -> Option<PathBuf> {
-    let p = std::env::var_os("NBDCPY_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("build/nbdcpy"));
+    let p = bin_path();
     if p.exists() {
         Some(p)
     } else if std::env::var_os("NBDCPY_REQUIRE_SERVERS").is_some() {
@@ -81,6 +79,63 @@ pub fn nbdcpy_bin() -> Option<PathBuf> {
         eprintln!("SKIP: {} not built (run make cli)", p.display());
         None
     }
+}
+
+/// The engine this run of the suite tests: NBDCPY_TEST_ENGINE=io_uring
+/// or epoll (`make check-rust` runs the integration tests once with
+/// each); None when unset (no `engine` key set: the library's default).
+/// The variable belongs to this harness only: the library never reads it.
+pub fn test_engine() -> Option<&'static str> {
+    match std::env::var("NBDCPY_TEST_ENGINE").as_deref() {
+        Err(_) | Ok("") => None,
+        Ok("io_uring") => Some("io_uring"),
+        Ok("epoll") => Some("epoll"),
+        Ok(v) => panic!("NBDCPY_TEST_ENGINE must be io_uring or epoll, not '{v}'"),
+    }
+}
+
+/// Sets the `engine` key of `cfg` to the suite's engine (test_engine()),
+/// if one is chosen.  Every Config a test builds goes through this.
+pub fn set_engine(cfg: &mut nbdcpy::Config) {
+    if let Some(e) = test_engine() {
+        cfg.set("engine", Some(e))
+            .unwrap_or_else(|e| panic!("engine key: {e}"));
+    }
+}
+
+/// A Config with the suite's engine set (Config::default() otherwise).
+pub fn config() -> nbdcpy::Config {
+    let mut cfg = nbdcpy::Config::default();
+    set_engine(&mut cfg);
+    cfg
+}
+
+/// The path of the command under test ($NBDCPY_BIN or build/nbdcpy),
+/// built or not (nbdcpy_bin() checks).
+fn bin_path() -> PathBuf {
+    std::env::var_os("NBDCPY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("build/nbdcpy"))
+}
+
+/// The command under test with `--engine=X` first when the suite runs on
+/// an engine (test_engine()).  Tests call nbdcpy_bin() first to skip
+/// when it is not built.  A test that picks its own engine (container.rs)
+/// builds its command line itself.
+pub fn nbdcpy_cmd() -> Command {
+    let mut c = Command::new(bin_path());
+    if let Some(e) = test_engine() {
+        c.arg(format!("--engine={e}"));
+    }
+    c
+}
+
+/// The arguments nbdcpy_cmd() puts first (for command lines given to a
+/// shell or to another program as a string).
+pub fn engine_args() -> Vec<String> {
+    test_engine()
+        .map(|e| vec![format!("--engine={e}")])
+        .unwrap_or_default()
 }
 
 /// A server process; killed (TERM, then KILL) and reaped on drop.
@@ -504,8 +559,9 @@ pub fn serve(kind: &str, dir: &TempDir, file: &Path) -> Server {
 pub const KINDS: [&str; 4] = ["qemu-nbd", "nbdkit", "nbdkit --no-sr", "nbd-server"];
 
 /// Runs the library copy with options; returns the job's stats.
+/// The `engine` key is the suite's (test_engine()) unless `opts` sets it.
 pub fn copy(src: &str, dst: &str, opts: &[(&str, &str)]) -> nbdcpy::Result<Stats> {
-    let mut cfg = nbdcpy::Config::default();
+    let mut cfg = config();
     for (k, v) in opts {
         cfg.set(k, Some(v)).unwrap();
     }
