@@ -258,6 +258,13 @@ struct nbdcpy_config *nbdcpy_config_new(void);
 //    not the source's.  nbdcpy_open() refuses it (EINVAL) for
 //    destinations that cannot be read back: "-", "null:", streams and
 //    server commands.
+//  - "page-cache": what the copy leaves in the host's page cache of a
+//    local file or block device.  "drop" (default): written pages are
+//    written back and dropped some distance behind the copy (and at its
+//    end), source pages the copy brought in are dropped, pages cached
+//    before it stay cached (nbdcopy's behaviour, done better on the
+//    source side).  "keep": nothing is dropped.  Files on tmpfs are
+//    left alone either way.  Since version 0.3.
 //
 // Debug knobs, for measurements and tests (defaults are what is best):
 //  - "fast-zero" (default 1): 0 never zeroes an NBD destination up front.

@@ -107,6 +107,21 @@ pub struct Config {
     /// default: io_uring where the kernel allows it, else epoll),
     /// "io_uring" or "epoll".
     pub engine: EngineChoice,
+    /// What the copy leaves in the host's page cache of a local file or
+    /// block device: key "page-cache" = "drop" (the default: written
+    /// pages are written back and dropped behind the copy, pages the copy
+    /// read in are dropped, pages cached before stay) or "keep".
+    pub page_cache: PageCacheMode,
+}
+
+/// The "page-cache" option.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PageCacheMode {
+    /// Leave the page cache as the copy found it (as far as it can).
+    #[default]
+    Drop,
+    /// Leave whatever the copy read and wrote cached.
+    Keep,
 }
 
 /// The "engine" option: which I/O engine runs the copy.
@@ -158,6 +173,7 @@ impl Default for Config {
             destination_offset: None,
             tls: Default::default(),
             engine: EngineChoice::Auto,
+            page_cache: PageCacheMode::Drop,
         }
     }
 }
@@ -200,6 +216,7 @@ pub const OPTION_NAMES: &[&str] = &[
     "tls-psk-file",
     "tls-username",
     "engine",
+    "page-cache",
 ];
 
 impl Config {
@@ -229,6 +246,18 @@ impl Config {
                         return Err(Error::new(
                             libc::EINVAL,
                             format!("engine: expected auto, io_uring or epoll, not '{v}'"),
+                        ))
+                    }
+                }
+            }
+            "page-cache" => {
+                self.page_cache = match need(name, value)? {
+                    "drop" => PageCacheMode::Drop,
+                    "keep" => PageCacheMode::Keep,
+                    v => {
+                        return Err(Error::new(
+                            libc::EINVAL,
+                            format!("page-cache: expected drop or keep, not '{v}'"),
                         ))
                     }
                 }
