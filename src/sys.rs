@@ -519,32 +519,6 @@ pub fn socket_family(fd: RawFd) -> io::Result<libc::c_int> {
     Ok(ss.ss_family as libc::c_int)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::fd::AsRawFd;
-
-    #[test]
-    fn pipe_send_and_splice() {
-        let (r, w) = pipe().unwrap();
-        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
-        assert_eq!(send(a.as_raw_fd(), b"hello", 0).unwrap(), 5);
-        assert_eq!(
-            splice(b.as_raw_fd(), None, w.as_raw_fd(), None, 5, 0).unwrap(),
-            5
-        );
-        let mut buf = [0u8; 8];
-        assert_eq!(read(r.as_raw_fd(), &mut buf).unwrap(), 5);
-        assert_eq!(&buf[..5], b"hello");
-        let e = recv(b.as_raw_fd(), &mut buf, libc::MSG_DONTWAIT).unwrap_err();
-        assert_eq!(e.raw_os_error(), Some(libc::EAGAIN));
-        assert_eq!(
-            poll_one(b.as_raw_fd(), libc::POLLIN, 0).unwrap() & libc::POLLIN,
-            0
-        );
-    }
-}
-
 /// sync_file_range(2) over [offset, offset+len) with `flags`
 /// (`SYNC_FILE_RANGE_*`): starts and/or waits for write-back.
 pub fn sync_file_range(fd: RawFd, offset: u64, len: u64, flags: libc::c_uint) -> io::Result<()> {
@@ -638,5 +612,31 @@ pub fn resident_pages(fd: RawFd, offset: u64, len: u64, out: &mut Vec<u8>) -> io
     match err {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn pipe_send_and_splice() {
+        let (r, w) = pipe().unwrap();
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert_eq!(send(a.as_raw_fd(), b"hello", 0).unwrap(), 5);
+        assert_eq!(
+            splice(b.as_raw_fd(), None, w.as_raw_fd(), None, 5, 0).unwrap(),
+            5
+        );
+        let mut buf = [0u8; 8];
+        assert_eq!(read(r.as_raw_fd(), &mut buf).unwrap(), 5);
+        assert_eq!(&buf[..5], b"hello");
+        let e = recv(b.as_raw_fd(), &mut buf, libc::MSG_DONTWAIT).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EAGAIN));
+        assert_eq!(
+            poll_one(b.as_raw_fd(), libc::POLLIN, 0).unwrap() & libc::POLLIN,
+            0
+        );
     }
 }
