@@ -546,6 +546,21 @@ mod tests {
     }
 
     #[test]
+    fn page_cache_drop_or_keep() {
+        let mut c = Config::default();
+        assert_eq!(c.page_cache, PageCacheMode::Drop);
+        c.set("page-cache", Some("keep")).unwrap();
+        assert_eq!(c.page_cache, PageCacheMode::Keep);
+        c.set("page-cache", Some("drop")).unwrap();
+        assert_eq!(c.page_cache, PageCacheMode::Drop);
+        let e = c.set("page-cache", Some("sometimes")).unwrap_err();
+        assert_eq!(e.errno, libc::EINVAL);
+        assert!(e.msg.contains("page-cache") && e.msg.contains("sometimes"));
+        assert!(c.set("page-cache", None).is_err());
+        assert!(OPTION_NAMES.contains(&"page-cache"));
+    }
+
+    #[test]
     fn bad_options_say_which() {
         let mut c = Config::default();
         let e = c.set("bogus", Some("1")).unwrap_err();
