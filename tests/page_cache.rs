@@ -130,6 +130,8 @@ fn nbd_to_file_leaves_little_cached() {
         &["--splice=off"][..],
         &["--set=uring-file-writes=1"][..],
         &["--request-size=64k", "--flush"][..],
+        &["--engine=epoll"][..],
+        &["--engine=epoll", "--connections=2", "--splice=off"][..],
     ] {
         let Some((cached, fc)) = nbd_to_file(opts) else {
             return;
@@ -193,8 +195,10 @@ fn file_to_nbd_keeps_the_cache_as_it_was() {
         &["--connections=4", "--threads=2"][..],
         &["--splice=off"][..],
         &["--splice=off", "--connections=2", "--request-size=64k"][..],
+        &["--engine=epoll"][..],
+        &["--engine=epoll", "--splice=off", "--connections=2"][..],
     ] {
-        for pre in [&[][..], &warm[..]] {
+        for pre in [&[][..], &warm[..], &[(0, 256)][..]] {
             let Some((before, after)) = file_to_nbd(opts, pre) else {
                 return;
             };
