@@ -156,18 +156,29 @@ fn nbd_to_file_keep_leaves_it_cached() {
     assert!(cached >= SIZE / 2, "only {cached} bytes cached");
 }
 
-/// Copies a 256 MiB file with `cached_before` (MiB ranges) in the cache
-/// to an NBD server; returns the cache map before and after.
-fn file_to_nbd(opts: &[&str], cached_before: &[(u64, u64)]) -> Option<(Vec<bool>, Vec<bool>)> {
+/// A 256 MiB source file in a new directory outside tmpfs.
+fn source_image() -> Option<(TempDir, PathBuf)> {
     let dir = disk_dir("f2n")?;
     let img = dir.file("src.img");
     common::write_file(&img, &common::pattern(SIZE as usize, 28));
+    Some((dir, img))
+}
+
+/// Copies the 256 MiB file `img` with `cached_before` (MiB ranges) in the
+/// cache to an NBD server; returns the cache map before and after.
+fn file_to_nbd(
+    dir: &TempDir,
+    img: &Path,
+    opts: &[&str],
+    cached_before: &[(u64, u64)],
+) -> (Vec<bool>, Vec<bool>) {
+    let img = img.to_path_buf();
     uncache(&img);
     for &(a, n) in cached_before {
         touch(&img, a * MIB, n * MIB);
     }
     let before = resident(&img, SIZE);
-    let dst = nbdkit(&dir, &["memory", &SIZE.to_string()]);
+    let dst = nbdkit(dir, &["memory", &SIZE.to_string()]);
     let mut args = opts.to_vec();
     let uri = dst.uri();
     let imgs = img.to_str().unwrap();
@@ -181,7 +192,7 @@ fn file_to_nbd(opts: &[&str], cached_before: &[(u64, u64)]) -> Option<(Vec<bool>
         common::qemu_img_compare(imgs, &uri),
         "{opts:?}: the copy differs"
     );
-    Some((before, after))
+    (before, after)
 }
 
 #[test]
@@ -189,6 +200,9 @@ fn file_to_nbd_keeps_the_cache_as_it_was() {
     if !ready() {
         return;
     }
+    let Some((dir, img)) = source_image() else {
+        return;
+    };
     let warm = [(0, 8), (40, 16), (100, 1), (130, 24), (250, 6)];
     for opts in [
         &[][..],
@@ -199,9 +213,7 @@ fn file_to_nbd_keeps_the_cache_as_it_was() {
         &["--engine=epoll", "--splice=off", "--connections=2"][..],
     ] {
         for pre in [&[][..], &warm[..], &[(0, 256)][..]] {
-            let Some((before, after)) = file_to_nbd(opts, pre) else {
-                return;
-            };
+            let (before, after) = file_to_nbd(&dir, &img, opts, pre);
             let lost = before
                 .iter()
                 .zip(&after)
@@ -220,9 +232,10 @@ fn file_to_nbd_keep_leaves_it_cached() {
     if !ready() {
         return;
     }
-    let Some((_, after)) = file_to_nbd(&["--page-cache=keep"], &[]) else {
+    let Some((dir, img)) = source_image() else {
         return;
     };
+    let (_, after) = file_to_nbd(&dir, &img, &["--page-cache=keep"], &[]);
     let a = cached_bytes(&after);
     assert!(a >= SIZE / 2, "only {a} bytes cached");
 }
