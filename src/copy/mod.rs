@@ -461,8 +461,15 @@ impl Job {
         let fallback = self.cfg.engine == crate::config::EngineChoice::Auto;
         let engine = (engine.kind, fallback);
         self.run_workers(lanes, plan.workers as usize, &q, engine, interval, progress)?;
+        // The lanes' last pages (not when cancelled: that ends at once).
+        // A failure here counts only if nothing failed before.
         for c in [caches.0, caches.1].into_iter().flatten() {
-            c.finish()?;
+            if self.shared.cancelled() {
+                break;
+            }
+            if let Err(e) = c.finish() {
+                self.shared.fail(e);
+            }
         }
         Ok(())
     }
