@@ -735,6 +735,27 @@ test_stats_after_open (void)
   nbdcpy_close (h);
 }
 
+/* The "page-cache" key: drop or keep; either way a file copy is whole. */
+static void
+test_page_cache_key (void)
+{
+  static const char *const modes[] = { "keep", "drop" };
+  make_file (path ("pc-src"), 3 * 1024 * 1024 + 512, 28);
+  for (size_t i = 0; i < 2; i++) {
+    struct nbdcpy_config *c = nbdcpy_config_new ();
+    CHECK (nbdcpy_config_set (c, "page-cache", modes[i]) == 0);
+    CHECK (nbdcpy_config_set (c, "page-cache", "sometimes") == -1);
+    CHECK (nbdcpy_get_errno () == EINVAL);
+    CHECK (nbdcpy_get_error () && strstr (nbdcpy_get_error (), "page-cache"));
+    CHECK (nbdcpy_config_set (c, "page-cache", NULL) == -1);
+    struct nbdcpy *h = nbdcpy_open (path ("pc-src"), path ("pc-dst"), c);
+    nbdcpy_config_free (c);
+    CHECK (h && nbdcpy_run (h) == 0);
+    nbdcpy_close (h);
+    CHECK (same_files (path ("pc-src"), path ("pc-dst")));
+  }
+}
+
 /* The reconnect keys: values checked; a copy with them on still works
  * and counts no reconnect when none was needed.
  */
@@ -1180,6 +1201,7 @@ main (void)
   RUN (test_progress_calls);
   RUN (test_stats_after_open);
   RUN (test_retry_keys);
+  RUN (test_page_cache_key);
   RUN (test_log_callback_not_stderr);
   RUN (test_no_environment_overrides);
   RUN (test_tls_copy);

@@ -52,7 +52,8 @@ usage (FILE *fp, int status)
 "         [--retries=N] [--retry-delay=SECONDS] [--rate=SIZE] [--verify]\n"
 "         [--json|--json=FD] [--set=KEY=VALUE] [-v|--verbose] [--offset=N]\n"
 "         [--engine=auto|io_uring|epoll] [--dirty-bitmap=NAME] [--length=N]\n"
-"         [--destination-offset=N] [--ranges=FILE|-] SOURCE DESTINATION\n"
+"         [--destination-offset=N] [--ranges=FILE|-] [--page-cache=drop|keep]\n"
+"         SOURCE DESTINATION\n"
 "  nbdcpy --help | -V|--version\n"
 "\n"
 "  SOURCE, DESTINATION := - | FILE | DEVICE | NBD-URI | [ CMD ARGS ... ]\n"
@@ -368,7 +369,7 @@ main (int argc, char *argv[])
     BLKHASH_OPTION, BLKHASH_FILE_OPTION, VERIFY_OPTION,
     RATE_OPTION, JSON_OPTION,
     DIRTY_BITMAP_OPTION, OFFSET_OPTION, LENGTH_OPTION,
-    DESTINATION_OFFSET_OPTION, ENGINE_OPTION, RANGES_OPTION,
+    DESTINATION_OFFSET_OPTION, ENGINE_OPTION, RANGES_OPTION, PAGE_CACHE_OPTION,
   };
   static const char short_options[] = "C:pR:S:T:vV";
   static const struct option long_options[] = {
@@ -405,6 +406,7 @@ main (int argc, char *argv[])
     { "destination-offset", required_argument, NULL, DESTINATION_OFFSET_OPTION },
     { "ranges", required_argument, NULL, RANGES_OPTION },
     { "engine", required_argument, NULL, ENGINE_OPTION },
+    { "page-cache", required_argument, NULL, PAGE_CACHE_OPTION },
     { "verbose", no_argument, NULL, 'v' },
     { "version", no_argument, NULL, 'V' },
     { NULL }
@@ -500,6 +502,7 @@ main (int argc, char *argv[])
     case RETRY_DELAY_OPTION: set (cfg, "retry-delay", optarg); break;
     case RATE_OPTION: set (cfg, "rate", optarg); break;
     case ENGINE_OPTION: set (cfg, "engine", optarg); break;
+    case PAGE_CACHE_OPTION: set (cfg, "page-cache", optarg); break;
     case JSON_OPTION:
       if (optarg) {
         char *end;

@@ -311,6 +311,13 @@ struct nbdcpy_config *nbdcpy_config_new(void);
 //    the private directory holding the listening socket of each
 //    nbdcpy_config_set_command() server is made (default: $TMPDIR, else
 //    /tmp).  Since version 0.3.
+//  - "page-cache": what the copy leaves in the host's page cache of a
+//    local file or block device.  "drop" (default): written pages are
+//    written back and dropped some distance behind the copy (and at its
+//    end), source pages the copy brought in are dropped, pages cached
+//    before it stay cached (nbdcopy's behaviour, done better on the
+//    source side).  "keep": nothing is dropped.  Files on tmpfs are
+//    left alone either way.  Since version 0.3.
 //
 // Tuning, supported and stable like the options above; the defaults are
 // what measured best, so they are for measurements and unusual storage:

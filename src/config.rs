@@ -118,6 +118,21 @@ pub struct Config {
     /// are made (key "socket-dir"; None, the default: `TMPDIR`, else
     /// /tmp).
     pub socket_dir: Option<String>,
+    /// What the copy leaves in the host's page cache of a local file or
+    /// block device: key "page-cache" = "drop" (the default: written
+    /// pages are written back and dropped behind the copy, pages the copy
+    /// read in are dropped, pages cached before stay) or "keep".
+    pub page_cache: PageCacheMode,
+}
+
+/// The "page-cache" option.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PageCacheMode {
+    /// Leave the page cache as the copy found it (as far as it can).
+    #[default]
+    Drop,
+    /// Leave whatever the copy read and wrote cached.
+    Keep,
 }
 
 /// The "engine" option: which I/O engine runs the copy.
@@ -172,6 +187,7 @@ impl Default for Config {
             ranges_file: None,
             ranges: None,
             socket_dir: None,
+            page_cache: PageCacheMode::Drop,
         }
     }
 }
@@ -216,6 +232,7 @@ pub const OPTION_NAMES: &[&str] = &[
     "engine",
     "ranges-file",
     "socket-dir",
+    "page-cache",
 ];
 
 impl Config {
@@ -245,6 +262,18 @@ impl Config {
                         return Err(Error::new(
                             libc::EINVAL,
                             format!("engine: expected auto, io_uring or epoll, not '{v}'"),
+                        ))
+                    }
+                }
+            }
+            "page-cache" => {
+                self.page_cache = match need(name, value)? {
+                    "drop" => PageCacheMode::Drop,
+                    "keep" => PageCacheMode::Keep,
+                    v => {
+                        return Err(Error::new(
+                            libc::EINVAL,
+                            format!("page-cache: expected drop or keep, not '{v}'"),
                         ))
                     }
                 }
@@ -451,6 +480,11 @@ impl Config {
             "tls-verify-peer" => self.tls.verify_peer.map(flag).unwrap_or_default(),
             "socket-dir" => opt(&self.socket_dir),
             "ranges-file" => opt(&self.ranges_file),
+            "page-cache" => match self.page_cache {
+                PageCacheMode::Drop => "drop",
+                PageCacheMode::Keep => "keep",
+            }
+            .into(),
             _ => {
                 return Err(Error::invalid(format!(
                     "unknown option \"{name}\" (known: {})",
@@ -673,6 +707,21 @@ mod tests {
         assert_eq!((c.request_size, c.request_size_set), (256 << 10, false));
         assert!(c.get("bogus").unwrap_err().msg.contains("bogus"));
         assert!(c.set("socket-dir", Some("relative")).is_err());
+    }
+
+    #[test]
+    fn page_cache_drop_or_keep() {
+        let mut c = Config::default();
+        assert_eq!(c.page_cache, PageCacheMode::Drop);
+        c.set("page-cache", Some("keep")).unwrap();
+        assert_eq!(c.page_cache, PageCacheMode::Keep);
+        c.set("page-cache", Some("drop")).unwrap();
+        assert_eq!(c.page_cache, PageCacheMode::Drop);
+        let e = c.set("page-cache", Some("sometimes")).unwrap_err();
+        assert_eq!(e.errno, libc::EINVAL);
+        assert!(e.msg.contains("page-cache") && e.msg.contains("sometimes"));
+        assert!(c.set("page-cache", None).is_err());
+        assert!(OPTION_NAMES.contains(&"page-cache"));
     }
 
     #[test]

@@ -35,4 +35,8 @@ pub mod testing {
     pub use crate::endpoint::{Endpoint, Side, Spec};
     pub use crate::proto::fuzz;
     pub use crate::proto::HeaderMode;
+    /// The page-cache system calls the page-cache tests measure with.
+    pub mod sys {
+        pub use crate::sys::{fadvise, fs_type, page_size, resident_pages};
+    }
 }

@@ -519,6 +519,102 @@ pub fn socket_family(fd: RawFd) -> io::Result<libc::c_int> {
     Ok(ss.ss_family as libc::c_int)
 }
 
+/// sync_file_range(2) over [offset, offset+len) with `flags`
+/// (`SYNC_FILE_RANGE_*`): starts and/or waits for write-back.
+pub fn sync_file_range(fd: RawFd, offset: u64, len: u64, flags: libc::c_uint) -> io::Result<()> {
+    // SAFETY: no memory arguments.
+    check(unsafe {
+        libc::sync_file_range(fd, offset as libc::off64_t, len as libc::off64_t, flags)
+    })?;
+    Ok(())
+}
+
+/// posix_fadvise(2) `advice` over [offset, offset+len).
+pub fn fadvise(fd: RawFd, offset: u64, len: u64, advice: libc::c_int) -> io::Result<()> {
+    // SAFETY: no memory arguments.
+    let r = unsafe { libc::posix_fadvise(fd, offset as libc::off_t, len as libc::off_t, advice) };
+    // It returns the error number instead of setting errno.
+    if r != 0 {
+        return Err(io::Error::from_raw_os_error(r));
+    }
+    Ok(())
+}
+
+/// The type (`f_type`, a magic number such as TMPFS_MAGIC) of the
+/// filesystem holding `fd`.
+pub fn fs_type(fd: RawFd) -> io::Result<i64> {
+    // SAFETY: statfs is plain data; all-zero bytes are a valid value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatfs writes `st`, live and of the right type.
+    check(unsafe { libc::fstatfs(fd, &mut st) })?;
+    Ok(st.f_type as i64)
+}
+
+/// The owner (uid) of the file open on `fd`.
+pub fn fd_owner(fd: RawFd) -> io::Result<u32> {
+    // SAFETY: stat is plain data; all-zero bytes are a valid value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes `st`, live and of the right type.
+    check(unsafe { libc::fstat(fd, &mut st) })?;
+    Ok(st.st_uid)
+}
+
+/// The size of a memory page.
+pub fn page_size() -> u64 {
+    // SAFETY: no memory arguments.
+    let r = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if r > 0 {
+        r as u64
+    } else {
+        4096
+    }
+}
+
+/// Which pages of [offset, offset+len) of file `fd` are in the page
+/// cache (mincore(2) over a temporary read-only shared mapping; never
+/// touched, so nothing is read): one byte per page in `out`, bit 0 set
+/// for a resident page.  `offset` must be a multiple of the page size.
+/// The kernel reports the page cache only for files the caller owns or
+/// may write (else only pages this process mapped: none).
+pub fn resident_pages(fd: RawFd, offset: u64, len: u64, out: &mut Vec<u8>) -> io::Result<()> {
+    let page = page_size();
+    out.clear();
+    if len == 0 {
+        return Ok(());
+    }
+    if offset % page != 0 || usize::try_from(len).is_err() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let pages = len.div_ceil(page) as usize;
+    out.resize(pages, 0);
+    // SAFETY: a new mapping chosen by the kernel (no address given), so no
+    // existing memory is replaced; it is only passed to mincore and
+    // unmapped below, never read or written.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len as usize,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            fd,
+            offset as libc::off_t,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: [addr, addr+len) is the mapping made above; `out` holds one
+    // byte per page of it.
+    let r = unsafe { libc::mincore(addr, len as usize, out.as_mut_ptr()) };
+    let err = (r < 0).then(io::Error::last_os_error);
+    // SAFETY: unmaps exactly the mapping made above, referenced nowhere.
+    unsafe { libc::munmap(addr, len as usize) };
+    match err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

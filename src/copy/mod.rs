@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::endpoint::connect::Limits;
 use crate::endpoint::file::FileKind;
 use crate::endpoint::nbd::{FastZero, NbdEndpoint};
+use crate::endpoint::pagecache::{FileCache, LaneCache};
 use crate::endpoint::{Endpoint, Side, Spec};
 use crate::engine::{Choice, EngineKind};
 use crate::error::{Error, Result};
@@ -490,14 +491,44 @@ impl Job {
                 )
             });
         }
-        let lanes = self.build_lanes(&plan, dst_is_zero)?;
+        let mut lanes = self.build_lanes(&plan, dst_is_zero)?;
+        let caches = self.page_caches(plan.lanes);
+        for lane in &mut lanes {
+            lane.cache = LaneCache::new(caches.0.as_ref(), caches.1.as_ref());
+        }
         let q = match &self.list {
             Some(l) => WorkQueue::areas(l.clone(), plan.work_piece),
             None => WorkQueue::range(self.window.start, self.window.end, plan.work_piece),
         };
         let fallback = self.cfg.engine == crate::config::EngineChoice::Auto;
         let engine = (engine.kind, fallback);
-        self.run_workers(lanes, plan.workers as usize, &q, engine, interval, progress)
+        self.run_workers(lanes, plan.workers as usize, &q, engine, interval, progress)?;
+        // The lanes' last pages (not when cancelled: that ends at once).
+        // A failure here counts only if nothing failed before.
+        for c in [caches.0, caches.1].into_iter().flatten() {
+            if self.shared.cancelled() {
+                break;
+            }
+            if let Err(e) = c.finish() {
+                self.shared.fail(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// The page-cache book-keeping of a file source and destination
+    /// (option "page-cache").
+    fn page_caches(&self, lanes: u32) -> (Option<FileCache>, Option<FileCache>) {
+        let of = |ep: &Endpoint, side, spec: &Spec| match ep {
+            Endpoint::File(f) => {
+                FileCache::new(f, side, &spec.to_string(), self.cfg.page_cache, lanes)
+            }
+            _ => None,
+        };
+        (
+            of(&self.src, Side::Source, &self.src_spec),
+            of(&self.dst, Side::Destination, &self.dst_spec),
+        )
     }
 
     fn log(&self) -> Log<'_> {

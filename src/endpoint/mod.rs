@@ -9,6 +9,7 @@
 pub mod connect;
 pub mod file;
 pub mod nbd;
+pub mod pagecache;
 pub mod subprocess;
 
 use crate::config::Config;

@@ -29,6 +29,10 @@ impl TempDir {
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
     }
+    /// Takes over directory `p` (it exists; removed on drop).
+    pub fn at(p: PathBuf) -> TempDir {
+        TempDir(p)
+    }
     pub fn path(&self) -> &Path {
         &self.0
     }

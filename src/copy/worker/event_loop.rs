@@ -217,6 +217,7 @@ impl Worker<'_> {
                 continue;
             }
             Shared::add(&self.shared.requests, 1);
+            lane.cache.before_read(off, len);
             match &mut lane.src {
                 SrcIo::File {
                     fd, stream: false, ..

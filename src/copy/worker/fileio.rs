@@ -121,6 +121,7 @@ impl Worker<'_> {
         let slot = &mut lane.slots[slot_id as usize];
         slot.read_done = true;
         let (off, len) = (slot.offset, slot.len as usize);
+        lane.cache.read(off, len as u64);
         let data = slot
             .buf
             .as_ref()
@@ -306,8 +307,11 @@ impl Worker<'_> {
         if op.done < op.len {
             return self.push_file_op(lane_id, lane, oi, fd, stream);
         }
-        let (slot_id, len, block) = (op.slot, op.len, op.block.take());
+        let (slot_id, offset, len, block) = (op.slot, op.offset, op.len, op.block.take());
         lane.free_ops.push(oi);
+        if !matches!(kind, OpKind::Fallocate(_)) && !stream {
+            lane.cache.wrote(offset, len)?;
+        }
         if let (Some(b), SrcIo::Nbd(c)) = (block, &mut lane.src) {
             c.release(b);
         }

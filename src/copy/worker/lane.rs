@@ -152,6 +152,8 @@ pub struct Lane {
     pub(super) splice: Option<LaneSplice>,
     /// Clean bytes (dirty bitmap) not yet reported.
     pub(super) clean: u64,
+    /// Page-cache hygiene of file sources and destinations.
+    pub cache: crate::endpoint::pagecache::LaneCache,
 }
 
 impl Lane {
@@ -199,6 +201,7 @@ impl Lane {
             runs: Vec::new(),
             splice: None,
             clean: 0,
+            cache: Default::default(),
             params: p,
         }
     }

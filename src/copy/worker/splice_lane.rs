@@ -142,11 +142,13 @@ impl Worker<'_> {
                         }
                         _ => splice::splice_out(pipe_r, devnull, None, n, &ctl, "/dev/null"),
                     };
-                    moved.map(|()| {
-                        Shared::add(&self.shared.bytes_copied, n as u64);
-                        Shared::add(&self.shared.bytes_spliced, n as u64);
-                        self.part_done(lane, slot_id, n as u64);
-                    })
+                    moved
+                        .and_then(|()| lane.cache.wrote(roff, n as u64))
+                        .map(|()| {
+                            Shared::add(&self.shared.bytes_copied, n as u64);
+                            Shared::add(&self.shared.bytes_spliced, n as u64);
+                            self.part_done(lane, slot_id, n as u64);
+                        })
                 }
             };
             if r.is_err() {
@@ -183,6 +185,7 @@ impl Worker<'_> {
             self.pipe_data(lane_id, lane, slot_id, off + done, n)?;
             done += n as u64;
         }
+        lane.cache.read(off, len);
         lane.slots[slot_id as usize].read_done = true;
         self.part_done(lane, slot_id, 0);
         Ok(())
