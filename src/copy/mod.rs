@@ -7,6 +7,7 @@
 // into lanes and worker threads, progress reporting and the final result.
 
 pub mod align;
+pub mod compat;
 pub mod dirty;
 pub mod integrity;
 pub mod nbdconn;
@@ -66,8 +67,9 @@ impl WorkQueue {
 }
 
 /// Whether two endpoints name the same NBD export (same transport
-/// address, unix socket paths resolved, and export name): refused, as
-/// copying an export onto itself destroys it.
+/// address, unix socket paths resolved, and export name).  Allowed, as
+/// nbdcopy allows it (reading and writing the same bytes changes
+/// nothing), but then the destination is never zeroed up front.
 fn same_nbd_export(a: &Spec, b: &Spec) -> bool {
     use crate::proto::uri::{parse, Transport};
     let (Spec::Uri(a), Spec::Uri(b)) = (a, b) else {
@@ -114,6 +116,9 @@ pub struct Job {
     readback: Option<u64>,
     /// What part of the source is copied, and where it goes.
     window: ranges::Window,
+    /// The source and destination are the same NBD export: no up-front
+    /// zeroing (it would destroy the source).
+    self_copy: bool,
 }
 
 /// How much a log message matters (the C API's `NBDCPY_LOG_*` values).
@@ -170,12 +175,7 @@ impl Job {
         cfg: Config,
         shared: Arc<Shared>,
     ) -> Result<Job> {
-        if same_nbd_export(&src_spec, &dst_spec) {
-            return Err(Error::invalid(format!(
-                "source {src_spec} and destination {dst_spec} are the same NBD export: \
-                 copying it onto itself would destroy it"
-            )));
-        }
+        let self_copy = same_nbd_export(&src_spec, &dst_spec);
         let lim = {
             let sh = shared.clone();
             let timeout = (cfg.timeout_secs > 0).then(|| Duration::from_secs(cfg.timeout_secs));
@@ -251,6 +251,7 @@ impl Job {
             hashed: None,
             readback: None,
             window,
+            self_copy,
         })
     }
 
@@ -435,7 +436,17 @@ impl Job {
             src_facts.size = src_size;
         }
         let plan = plan::plan(&src_facts, &EndFacts::of(&self.dst), &plan_cfg, cores);
-        let fast_zero = self.fast_zero_start(dst_is_zero || keep_dst)?;
+        if self.readback.is_none() {
+            for l in compat::verbose_lines(
+                (&self.src_spec, &self.src),
+                (&self.dst_spec, &self.dst),
+                &plan,
+                self.cfg.synchronous,
+            ) {
+                self.log().emit(Level::Info, || l);
+            }
+        }
+        let fast_zero = self.fast_zero_start(dst_is_zero || keep_dst || self.self_copy)?;
         self.open_connections(plan.lanes as usize)?;
         if let (Some(fz), Endpoint::Nbd(n)) = (fast_zero, &mut self.dst) {
             dst_is_zero = n.fast_zero_finish(fz, &|| self.shared.cancelled())?;
