@@ -49,7 +49,7 @@ EXAMPLES   := $(patsubst %.c,%,$(wildcard examples/*.c))
 MULTIARCH  := $(shell $(CC) -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
 
 .PHONY: all lib cli fuzz check check-rust check-c check-header check-style check-valgrind \
-        check-warnings check-symbols check-install check-spdx check-deb header \
+        check-warnings check-symbols check-install check-spdx check-deb check-libnbd header \
         test-deps deps demo install uninstall bench bench-dirty deb deb-deps clean dist check-dist
 
 all: $(B)/nbdcpy $(B)/nbdcpy.install $(LIBSO) $(B)/libnbdcpy.so $(B)/libnbdcpy.a
@@ -105,7 +105,7 @@ header: $(STAMP)
 
 # Everything CI runs.  Installs its test servers first where apt-get exists.
 check: test-deps check-spdx check-style all check-warnings check-header check-symbols \
-       check-rust check-c check-valgrind check-install
+       check-rust check-c check-valgrind check-install $(if $(LIBNBD_SRC),check-libnbd)
 	@echo "make check: all passed"
 
 check-style:
@@ -160,6 +160,15 @@ check-symbols: $(LIBSO) $(B)/nbdcpy
 check-rust: all
 	NBDCPY_BIN=$(CURDIR)/$(B)/nbdcpy $(CARGO) test --profile $(CARGO_PROFILE) $(CARGOFLAGS) \
 	  -- --test-threads=2
+
+# libnbd's own nbdcopy tests (copy/*.sh of a libnbd source tree, e.g.
+# `git clone https://gitlab.com/nbdkit/libnbd` or `apt-get source libnbd`;
+# no configure needed) against $(B)/nbdcpy installed as `nbdcopy` first
+# in PATH: make check-libnbd LIBNBD_SRC=DIR [LIBNBD_TESTS="a.sh b.sh"].
+# `make check` runs it too when LIBNBD_SRC is set.
+check-libnbd: $(B)/nbdcpy
+	@test -n "$(LIBNBD_SRC)" || { echo "check-libnbd: set LIBNBD_SRC=DIR (a libnbd source tree)"; exit 2; }
+	tests/check-libnbd.sh "$(LIBNBD_SRC)" $(B)/nbdcpy
 
 check-c: all
 	$(MAKE) -C c-tests check B=$(CURDIR)/$(B)
