@@ -37,7 +37,8 @@ sed -e "s|@abs_top_srcdir@|$tmp/tree|g" \
     -e "s|@TRUNCATE@|$(w truncate)|g" -e "s|@[A-Z_]*@||g" \
     "$src/tests/functions.sh.in" > "$tmp/tree/tests/functions.sh"
 
-export PATH="$tmp/bin:$PATH" VG= LIBNBD_DEBUG=
+# What libnbd's Makefile passes from configure.
+export PATH="$tmp/bin:$PATH" VG= LIBNBD_DEBUG= PSKTOOL=$(command -v psktool || true)
 cd "$tmp/tree/copy" || exit 2
 pass=0 fail=0 skip=0 expected=0 failed=
 tests=${LIBNBD_TESTS:-$(ls *.sh | grep -v '^tester\.sh$')}
