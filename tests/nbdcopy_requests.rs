@@ -17,13 +17,17 @@ const M: u64 = 1 << 20;
 /// one at 384 MiB: 3 pieces and 1 byte) into a logging eval destination
 /// with `opts`; returns the sorted request lines.
 fn requests(opts: &[&str]) -> Option<Vec<String>> {
+    requests_of(&format!("1 @{} 1 @{} 1", 200 * M - 1, 384 * M), opts)
+}
+
+/// The sorted requests of a copy of nbdkit-data `data` with `opts`.
+fn requests_of(data: &str, opts: &[&str]) -> Option<Vec<String>> {
     let b = nbdcpy_bin()?;
     if !require("nbdkit") || !have_plugin("eval") || !have_plugin("data") {
         return None;
     }
     let dir = TempDir::new("nbdcopy-req");
     let log = dir.file("requests");
-    let data = format!("1 @{} 1 @{} 1", 200 * M - 1, 384 * M);
     let src = nbdkit(&dir, &["data", &format!("data={data}")]);
     let rec = format!("echo $@ >> '{}'", log.display());
     let dst = nbdkit(
@@ -113,6 +117,32 @@ fn allocated_writes_zeroes_per_piece_without_trim() {
         format!("zero {} {}", 2 * p - mid - blk, mid + blk),
         format!("zero {p} {}", 2 * p),
         format!("pwrite 1 {}", 3 * p),
+    ]
+    .to_vec();
+    assert_eq!(got, sorted(&want));
+}
+
+/// Data on both sides of a piece boundary is written by one request per
+/// piece, as nbdcopy does, also with requests large enough to cover both
+/// (one lane, one request in flight: the next piece's extents arrive
+/// while this piece's last one still waits, and would be merged onto it).
+#[test]
+fn no_request_crosses_a_piece_boundary() {
+    let p = 128 * M;
+    let data = format!("@{} 1 1 @{} 1", p - 1, 2 * p - 1);
+    let Some(got) = requests_of(
+        &data,
+        &["-S", "0", "--request-size=65536", "-R", "1", "-C", "1"],
+    ) else {
+        return;
+    };
+    let blk = 32768;
+    let want: Vec<String> = [
+        format!("zero {} 0 may_trim", p - blk),
+        format!("pwrite {blk} {}", p - blk),
+        format!("pwrite {blk} {p}"),
+        format!("zero {} {} may_trim", p - 2 * blk, p + blk),
+        format!("pwrite {blk} {}", 2 * p - blk),
     ]
     .to_vec();
     assert_eq!(got, sorted(&want));

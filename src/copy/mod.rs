@@ -38,6 +38,7 @@ use worker::{DstIo, Lane, LaneParams, SrcIo};
 /// Hands out the source's byte range in large pieces to lanes.
 pub struct WorkQueue {
     next: AtomicU64,
+    start: u64,
     end: u64,
     piece: u64,
 }
@@ -51,9 +52,20 @@ impl WorkQueue {
     pub fn range(start: u64, end: u64, piece: u64) -> WorkQueue {
         WorkQueue {
             next: AtomicU64::new(start),
+            start,
             end,
             piece: piece.max(1),
         }
+    }
+
+    /// The end of the piece holding `offset`: no request crosses it, so
+    /// each piece's holes are zeroed by requests of their own (nbdcopy's
+    /// requests), also when a lane's next piece is merged onto this one.
+    pub fn piece_end(&self, offset: u64) -> u64 {
+        let k = offset.saturating_sub(self.start) / self.piece;
+        self.start
+            .saturating_add(k.saturating_add(1).saturating_mul(self.piece))
+            .min(self.end)
     }
 
     /// The next [start, end) piece, or None when everything is handed out.
@@ -726,4 +738,30 @@ fn lane_conn(n: &mut NbdEndpoint, i: usize, p: &LaneParams, whole_reads: bool) -
         conn.enable_retries(Retry::new(dial, p.retries, p.retry_delay, whole_reads));
     }
     Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WorkQueue;
+
+    #[test]
+    fn pieces_and_their_ends() {
+        let m = 1u64 << 20;
+        let q = WorkQueue::range(10, 10 + 300 * m, 128 * m);
+        assert_eq!(q.claim(), Some((10, 10 + 128 * m)));
+        for (off, end) in [
+            (10, 10 + 128 * m),
+            (10 + 128 * m - 1, 10 + 128 * m),
+            (10 + 128 * m, 10 + 256 * m),
+            (10 + 299 * m, 10 + 300 * m),
+        ] {
+            assert_eq!(q.piece_end(off), end, "{off}");
+        }
+        assert_eq!(q.claim(), Some((10 + 128 * m, 10 + 256 * m)));
+        assert_eq!(q.claim(), Some((10 + 256 * m, 10 + 300 * m)));
+        assert_eq!(q.claim(), None);
+        // A stream's single piece never ends early.
+        let s = WorkQueue::range(0, u64::MAX, u64::MAX);
+        assert_eq!(s.piece_end(1 << 40), u64::MAX);
+    }
 }
