@@ -234,8 +234,10 @@ pub fn plan(src: &EndFacts, dst: &EndFacts, cfg: &Config, cores: u32) -> Plan {
         None => u64::MAX,
         // nbdcopy's pieces, whole requests: libnbd's tests compare the
         // exact list of writes and zeroes.  Not for incremental copies
-        // (nbdcopy has none): their block status wants large ranges.
-        Some(_) if cfg.dirty_bitmap.is_none() => {
+        // (nbdcopy has none): their block status wants large ranges; nor
+        // where an end speaks extended headers, whose one request covers
+        // more than 4 GiB (a 256 GiB disk: 26 requests, not 2052).
+        Some(_) if cfg.dirty_bitmap.is_none() && !extended(src) && !extended(dst) => {
             (NBDCOPY_WORK_PIECE / request_size * request_size).max(request_size)
         }
         Some(size) => {
@@ -314,6 +316,11 @@ fn splice_wins(src: &EndFacts, dst: &EndFacts, cfg: &Config, align: u64, sparse:
                 }
         }
     }
+}
+
+/// An NBD end with extended headers: one request covers more than 4 GiB.
+fn extended(e: &EndFacts) -> bool {
+    e.max_effect.is_some_and(|m| m > COMPACT_MAX_EFFECT)
 }
 
 /// `want` clamped to what both ends accept, and a multiple of `align`.
@@ -542,8 +549,11 @@ mod tests {
         let dirty = cfg(|c| c.dirty_bitmap = Some("b0".into()));
         #[rustfmt::skip]
         let table: Vec<(&str, EndFacts, Config, u64)> = vec![
-            ("extents", huge, d.clone(), 128 << 20),
-            ("no extents", huge, cfg(|c| c.no_extents = true), 128 << 20),
+            ("compact headers", EndFacts { size: Some(1 << 50), ..nbd(false) }, d.clone(), 128 << 20),
+            // Extended headers: a quarter of each lane's share, up to the
+            // largest range.
+            ("extended headers", huge, d.clone(), EXTENDED_MAX_EFFECT),
+            ("extended, no extents", huge, cfg(|c| c.no_extents = true), 128 << 20),
             ("1 GiB", nbd(false), d.clone(), 128 << 20),
             ("tiny source", EndFacts { size: Some(1000), ..nbd(false) }, d.clone(), 128 << 20),
             ("3 MiB requests: whole requests", nbd(false),
