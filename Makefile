@@ -50,7 +50,7 @@ MULTIARCH  := $(shell $(CC) -print-multiarch 2>/dev/null || echo x86_64-linux-gn
 
 .PHONY: check-valgrind-panic all lib cli fuzz check check-rust check-c check-header check-style check-valgrind \
         check-warnings check-symbols check-install check-spdx check-deb header \
-        check-header-prefix \
+        check-header-prefix check-libnbd \
         test-deps deps demo install uninstall bench bench-dirty bench-ranges deb deb-deps clean dist check-dist
 
 all: $(B)/nbdcpy $(B)/nbdcpy.install $(LIBSO) $(B)/libnbdcpy.so $(B)/libnbdcpy.a \
@@ -113,7 +113,7 @@ header: $(STAMP)
 
 # Everything CI runs.  Installs its test servers first where apt-get exists.
 check: test-deps check-spdx check-style all check-warnings check-header check-header-prefix \
-       check-symbols check-rust check-c check-valgrind check-install
+       check-symbols check-rust check-c check-valgrind check-install $(if $(LIBNBD_SRC),check-libnbd)
 	@echo "make check: all passed"
 
 check-style:
@@ -192,6 +192,15 @@ check-rust: all
 	  NBDCPY_TEST_ENGINE=$$e NBDCPY_BIN=$(CURDIR)/$(B)/nbdcpy \
 	    $(CARGO_TEST) --test '*' -- --test-threads=2 || failed="$$failed $$e"; done; \
 	[ -z "$$failed" ] || { echo "check-rust: integration tests failed on:$$failed"; exit 1; }
+
+# libnbd's own nbdcopy tests (copy/*.sh of a libnbd source tree, e.g.
+# `git clone https://gitlab.com/nbdkit/libnbd` or `apt-get source libnbd`;
+# no configure needed) against $(B)/nbdcpy installed as `nbdcopy` first
+# in PATH: make check-libnbd LIBNBD_SRC=DIR [LIBNBD_TESTS="a.sh b.sh"].
+# `make check` runs it too when LIBNBD_SRC is set.
+check-libnbd: $(B)/nbdcpy
+	@test -n "$(LIBNBD_SRC)" || { echo "check-libnbd: set LIBNBD_SRC=DIR (a libnbd source tree)"; exit 2; }
+	tests/check-libnbd.sh "$(LIBNBD_SRC)" $(B)/nbdcpy
 
 check-c: all
 	$(MAKE) -C c-tests check B=$(CURDIR)/$(B) TEST_ENGINES="$(TEST_ENGINES)"

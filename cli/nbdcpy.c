@@ -26,6 +26,8 @@ static int progress_fd = -1;   /* --progress=FD: "N/100\n" lines */
 static int last_percent = -1;
 static int last_fd_percent = -1;
 static int bar_drawn;
+static double bar_last;        /* when the last bar piece was written */
+static const char *prog = "nbdcpy"; /* the name it was run as (basename) */
 static int verbose;
 static int want_blkhash;       /* --blkhash or --blkhash-file */
 static int blkhash_to_file;    /* --blkhash-file: not printed on stdout */
@@ -110,6 +112,50 @@ progress_line (int percent)
   }
 }
 
+/* -p: nbdcopy's bar, which tools parse (Forklift's virt-v2v monitor
+ * splits stderr at \r and \n and matches ".+ (\d+)% \[[*-]+\]"): a
+ * spinner glyph, a space, the percentage in 3 columns, "% [", 40 cells
+ * of '*' and '-', "]", then what nbdcopy does not show (bytes done,
+ * rate, ETA) padded to a fixed width, and "\r".  Written on stderr,
+ * terminal or not; the last piece (100%, `final`) is followed by a
+ * newline.
+ */
+static void
+draw_bar (int percent, const struct nbdcpy_stats *st, int final)
+{
+  static const char spinner[] = "|/-\\";
+  static int spinpos;
+  char cells[41], done[32], speed[32], eta[32] = "--:--", extra[112];
+  double secs = st ? st->elapsed_ns / 1e9 : 0;
+  uint64_t bytes = st ? st->bytes_done : 0;
+  double rate = secs > 0 ? bytes / secs : 0;
+
+  if (percent < 0)
+    percent = 0;
+  if (percent > 100)
+    percent = 100;
+  int fill = (percent * 40 + 99) / 100;
+  for (int i = 0; i < 40; i++)
+    cells[i] = i < fill ? '*' : '-';
+  cells[40] = '\0';
+  human (done, sizeof done, (double) bytes);
+  human (speed, sizeof speed, rate);
+  if (final)
+    snprintf (eta, sizeof eta, "00:00");
+  else if (st && rate > 0 && st->size_known && st->size > bytes) {
+    long left = (long) ((st->size - bytes) / rate);
+    snprintf (eta, sizeof eta, "%02ld:%02ld", left / 60, left % 60);
+  }
+  snprintf (extra, sizeof extra, "%s %s/s ETA %s", done, speed, eta);
+  fprintf (stderr, "%c %3d%% [%s] %-34s\r%s",
+           final ? '*' : spinner[spinpos], percent, cells, extra,
+           final ? "\n" : "");
+  fflush (stderr);
+  spinpos = (spinpos + 1) % 4;
+  bar_last = now_s ();
+  bar_drawn = 1;
+}
+
 static int
 on_progress (void *opaque, const struct nbdcpy_stats *st)
 {
@@ -128,29 +174,8 @@ on_progress (void *opaque, const struct nbdcpy_stats *st)
     progress_line (percent);
     last_fd_percent = percent;
   }
-  if (progress_bar) {
-    double secs = st->elapsed_ns / 1e9;
-    double rate = secs > 0 ? st->bytes_done / secs : 0;
-    char done[32], speed[32], eta[32] = "--:--";
-    human (done, sizeof done, (double) st->bytes_done);
-    human (speed, sizeof speed, rate);
-    if (rate > 0 && st->size > st->bytes_done) {
-      long left = (long) ((st->size - st->bytes_done) / rate);
-      snprintf (eta, sizeof eta, "%02ld:%02ld", left / 60, left % 60);
-    } else if (st->size > 0 && st->bytes_done >= st->size)
-      snprintf (eta, sizeof eta, "00:00");
-    char bar[41];
-    int fill = percent * 40 / 100;
-    for (int i = 0; i < 40; i++)
-      bar[i] = i < fill ? '#' : '-';
-    bar[40] = '\0';
-    if (isatty (2))
-      fprintf (stderr, "\r[%s] %3d%% %s %s/s ETA %s\033[K",
-               bar, percent, done, speed, eta);
-    else if (percent != last_percent)
-      fprintf (stderr, "%3d%% %s %s/s ETA %s\n", percent, done, speed, eta);
-    bar_drawn = 1;
-  }
+  if (progress_bar && now_s () - bar_last >= 0.2)
+    draw_bar (percent, st, 0);
   last_percent = percent;
   return 0;
 }
@@ -343,6 +368,15 @@ static void
 on_log (void *opaque, int level, const char *msg)
 {
   (void) opaque;
+  /* nbdcopy's own -v lines, which scripts grep ("nbdcopy: src:
+   * nbd_ops ..."), carry the name it was run as.
+   */
+  if (level != NBDCPY_LOG_WARNING
+      && (strncmp (msg, "src: ", 5) == 0 || strncmp (msg, "dst: ", 5) == 0
+          || strncmp (msg, "connections=", 12) == 0)) {
+    fprintf (stderr, "%s: %s\n", prog, msg);
+    return;
+  }
   fprintf (stderr, "nbdcpy: %s%s\n",
            level == NBDCPY_LOG_WARNING ? "warning: " : "", msg);
 }
@@ -371,6 +405,10 @@ main (int argc, char *argv[])
     DESTINATION_OFFSET_OPTION, ENGINE_OPTION, RANGES_OPTION, PAGE_CACHE_OPTION,
   };
   static const char short_options[] = "C:pR:S:T:vV";
+  if (argc > 0 && argv[0] && argv[0][0]) {
+    const char *base = strrchr (argv[0], '/');
+    prog = base && base[1] ? base + 1 : argv[0];
+  }
   static const struct option long_options[] = {
     { "help", no_argument, NULL, HELP_OPTION },
     { "long-options", no_argument, NULL, LONG_OPTIONS },
@@ -581,7 +619,7 @@ main (int argc, char *argv[])
 
   if (progress_bar || progress_fd >= 0)
     nbdcpy_config_set_progress (cfg, on_progress, NULL,
-                                progress_bar && isatty (2) ? 250 : 1000);
+                                progress_bar ? 250 : 1000);
 
   /* Ctrl-C and kill: cancel cleanly (servers get DISC, subprocesses are
    * reaped), then exit non-zero.
@@ -617,6 +655,8 @@ main (int argc, char *argv[])
     progress_line (0);
     last_fd_percent = 0;
   }
+  if (connected && progress_bar)
+    draw_bar (0, NULL, 0);
   double t0 = now_s ();
   int r = connected ? nbdcpy_run (h) : -1;
   if (r == 0 && progress_fd >= 0)
@@ -625,7 +665,11 @@ main (int argc, char *argv[])
   int err_side = r == -1 ? nbdcpy_get_error_endpoint () : -1;
   char *msg = r == -1 ? strdup (nbdcpy_get_error ()) : NULL;
   g_handle = NULL;
-  if (bar_drawn && progress_bar && isatty (2))
+  if (r == 0 && progress_bar) {
+    struct nbdcpy_stats st;
+    draw_bar (100, nbdcpy_stats (h, &st, sizeof st) == 0 ? &st : NULL, 1);
+  }
+  else if (bar_drawn && progress_bar)
     fprintf (stderr, "\n");
 
   char hex[129] = "";

@@ -60,6 +60,13 @@ truncate -s 6M "$t/dst.img"
     --flush --progress --allocated 2> "$t/stderr" ||
     fail "virt-v2v style copy exited $?: $(cat "$t/stderr")"
 cmp "$t/src.img" "$t/dst.img" || fail "copy differs"
+# ... and its --progress bar as Forklift's monitor reads it (stderr split
+# at \r and \n, ".+ (\d+)% \[[*-]+\]"): the last piece shows 100%.
+last=$(tr '\r' '\n' < "$t/stderr" | grep -E '.+ ([0-9]+)% \[[*-]+\]' | tail -n 1)
+case "$last" in
+    *" 100% ["*) ;;
+    *) fail "--progress: no 100% bar piece in: $(cat "$t/stderr")" ;;
+esac
 
 # --blkhash as virt-v2v passes it: the hash alone on stdout, exit 0.
 "$cmd" "$t/src.img" "$t/dst2.img" --blkhash > "$t/hash" 2> "$t/stderr" ||

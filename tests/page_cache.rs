@@ -89,7 +89,8 @@ fn run(args: &[&str]) {
     let Some(bin) = common::nbdcpy_bin() else {
         panic!("no command");
     };
-    let o = Command::new(bin).args(args).output().unwrap();
+    let _ = bin;
+    let o = common::nbdcpy_cmd().args(args).output().unwrap();
     assert!(
         o.status.success(),
         "nbdcpy {args:?}: {}",

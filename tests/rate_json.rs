@@ -326,14 +326,20 @@ fn rate_limits_nbd_source() {
             rate / (1 << 20) as f64
         );
         assert!(rate <= limit * 1.10, "faster than the limit: {rate}");
-        // Progress: "NN% DONE RATE/s ETA mm:ss" lines; the rate shown is
-        // the limit's once it settles, and the ETA counts down from it.
-        let lines: Vec<&str> = progress.lines().filter(|l| l.contains("ETA")).collect();
+        // Progress: "G NNN% [***---] DONE RATE/s ETA mm:ss" pieces ending
+        // in \r; the rate shown is the limit's once it settles, and the
+        // ETA counts down from it.
+        let lines: Vec<&str> = progress
+            .split(['\r', '\n'])
+            .filter(|l| l.contains("ETA"))
+            .collect();
         assert!(lines.len() >= 2, "progress: {progress}");
         let mid = lines[lines.len() / 2];
         let shown: f64 = mid
+            .split_once("] ")
+            .map_or("", |(_, r)| r)
             .split_whitespace()
-            .nth(3)
+            .nth(2)
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("progress line {mid}"));
         assert!(mid.contains("MiB/s"), "{mid}");

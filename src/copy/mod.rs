@@ -7,6 +7,7 @@
 // into lanes and worker threads, progress reporting and the final result.
 
 pub mod align;
+pub mod compat;
 pub mod dirty;
 pub mod integrity;
 pub mod lane_error;
@@ -41,6 +42,7 @@ use worker::{DstIo, Lane, LaneParams, SrcIo};
 /// Hands out the source's byte range in large pieces to lanes.
 pub struct WorkQueue {
     next: AtomicU64,
+    start: u64,
     end: u64,
     piece: u64,
     /// A range list: its areas are handed out instead.
@@ -52,6 +54,7 @@ impl WorkQueue {
     pub fn range(start: u64, end: u64, piece: u64) -> WorkQueue {
         WorkQueue {
             next: AtomicU64::new(start),
+            start,
             end,
             piece: piece.max(1),
             list: None,
@@ -64,6 +67,16 @@ impl WorkQueue {
             list: Some(rangelist::Claims::new(list)),
             ..WorkQueue::range(0, 0, piece)
         }
+    }
+
+    /// The end of the piece holding `offset`: no request crosses it, so
+    /// each piece's holes are zeroed by requests of their own (nbdcopy's
+    /// requests), also when a lane's next piece is merged onto this one.
+    pub fn piece_end(&self, offset: u64) -> u64 {
+        let k = offset.saturating_sub(self.start) / self.piece;
+        self.start
+            .saturating_add(k.saturating_add(1).saturating_mul(self.piece))
+            .min(self.end)
     }
 
     /// The next [start, end) piece, or None when everything is handed out.
@@ -80,8 +93,9 @@ impl WorkQueue {
 }
 
 /// Whether two endpoints name the same NBD export (same transport
-/// address, unix socket paths resolved, and export name): refused, as
-/// copying an export onto itself destroys it.
+/// address, unix socket paths resolved, and export name).  Allowed, as
+/// nbdcopy allows it (reading and writing the same bytes changes
+/// nothing), but then the destination is never zeroed up front.
 fn same_nbd_export(a: &Spec, b: &Spec) -> bool {
     use crate::proto::uri::{parse, Transport};
     let (Spec::Uri(a), Spec::Uri(b)) = (a, b) else {
@@ -130,6 +144,9 @@ pub struct Job {
     window: ranges::Window,
     /// A range list (--ranges): only its areas are copied.
     list: Option<Arc<rangelist::RangeList>>,
+    /// The source and destination are the same NBD export: no up-front
+    /// zeroing (it would destroy the source).
+    self_copy: bool,
 }
 
 /// How much a log message matters (the C API's `NBDCPY_LOG_*` values).
@@ -193,12 +210,7 @@ impl Job {
             cfg.ranges = Some(l.clone());
             cfg.ranges_file = None;
         }
-        if same_nbd_export(&src_spec, &dst_spec) {
-            return Err(Error::invalid(format!(
-                "source {src_spec} and destination {dst_spec} are the same NBD export: \
-                 copying it onto itself would destroy it"
-            )));
-        }
+        let self_copy = same_nbd_export(&src_spec, &dst_spec);
         let lim = {
             let sh = shared.clone();
             let timeout = (cfg.timeout_secs > 0).then(|| Duration::from_secs(cfg.timeout_secs));
@@ -283,6 +295,7 @@ impl Job {
             readback: None,
             window,
             list,
+            self_copy,
         })
     }
 
@@ -475,7 +488,17 @@ impl Job {
             src_facts.size = src_size;
         }
         let plan = plan::plan(&src_facts, &EndFacts::of(&self.dst), &plan_cfg, cores);
-        let fast_zero = self.fast_zero_start(dst_is_zero || keep_dst)?;
+        if self.readback.is_none() {
+            for l in compat::verbose_lines(
+                (&self.src_spec, &self.src),
+                (&self.dst_spec, &self.dst),
+                &plan,
+                self.cfg.synchronous,
+            ) {
+                self.log().emit(Level::Info, || l);
+            }
+        }
+        let fast_zero = self.fast_zero_start(dst_is_zero || keep_dst || self.self_copy)?;
         self.open_connections(plan.lanes as usize)?;
         if let (Some(fz), Endpoint::Nbd(n)) = (fast_zero, &mut self.dst) {
             dst_is_zero = n.fast_zero_finish(fz, &|| self.shared.cancelled())?;
@@ -788,4 +811,30 @@ fn lane_conn(n: &mut NbdEndpoint, i: usize, p: &LaneParams, whole_reads: bool) -
         conn.enable_retries(Retry::new(dial, p.retries, p.retry_delay, whole_reads));
     }
     Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WorkQueue;
+
+    #[test]
+    fn pieces_and_their_ends() {
+        let m = 1u64 << 20;
+        let q = WorkQueue::range(10, 10 + 300 * m, 128 * m);
+        assert_eq!(q.claim(), Some((10, 10 + 128 * m)));
+        for (off, end) in [
+            (10, 10 + 128 * m),
+            (10 + 128 * m - 1, 10 + 128 * m),
+            (10 + 128 * m, 10 + 256 * m),
+            (10 + 299 * m, 10 + 300 * m),
+        ] {
+            assert_eq!(q.piece_end(off), end, "{off}");
+        }
+        assert_eq!(q.claim(), Some((10 + 128 * m, 10 + 256 * m)));
+        assert_eq!(q.claim(), Some((10 + 256 * m, 10 + 300 * m)));
+        assert_eq!(q.claim(), None);
+        // A stream's single piece never ends early.
+        let s = WorkQueue::range(0, u64::MAX, u64::MAX);
+        assert_eq!(s.piece_end(1 << 40), u64::MAX);
+    }
 }

@@ -20,6 +20,10 @@ pub const FILE_SPLICE_REQUEST_SIZE: u64 = 2 << 20;
 /// Work range of sources without extents: large, but not so large that
 /// lanes run dry one after the other.
 const PLAIN_WORK_PIECE: u64 = 128 << 20;
+/// nbdcopy's work piece (THREAD_WORK_SIZE in libnbd's
+/// copy/multi-thread-copying.c): each piece's holes are zeroed on their
+/// own, so with the same pieces the requests are the same (issue 28).
+pub const NBDCOPY_WORK_PIECE: u64 = 128 << 20;
 
 /// What kind of thing an end is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,9 +148,14 @@ pub fn plan(src: &EndFacts, dst: &EndFacts, cfg: &Config, cores: u32) -> Plan {
     // is a multiple of the other.
     let src_align = if src.is_nbd() { src.align } else { 1 };
     let align = src_align.max(dst.align);
-    let sparse_block = cfg
-        .sparse
-        .unwrap_or_else(|| dst.preferred.unwrap_or(0).max(4096));
+    // --allocated: data is written as read, zero blocks too, as nbdcopy
+    // does (copy/multi-thread-copying.c; libnbd's copy-sparse-allocated
+    // test compares the requests).
+    let sparse_block = match cfg.sparse {
+        _ if cfg.allocated => 0,
+        Some(s) => s,
+        None => dst.preferred.unwrap_or(0).max(4096),
+    };
     let splice = splice_wins(src, dst, cfg, align, sparse_block);
     // A file source on the splice path never waits for a server to
     // produce data (cached pages move at once, the rest is read ahead by
@@ -223,6 +232,14 @@ pub fn plan(src: &EndFacts, dst: &EndFacts, cfg: &Config, cores: u32) -> Plan {
     };
     let work_piece = match src.size {
         None => u64::MAX,
+        // nbdcopy's pieces, whole requests: libnbd's tests compare the
+        // exact list of writes and zeroes.  Not for incremental copies
+        // (nbdcopy has none): their block status wants large ranges; nor
+        // where an end speaks extended headers, whose one request covers
+        // more than 4 GiB (a 256 GiB disk: 26 requests, not 2052).
+        Some(_) if cfg.dirty_bitmap.is_none() && !extended(src) && !extended(dst) => {
+            (NBDCOPY_WORK_PIECE / request_size * request_size).max(request_size)
+        }
         Some(size) => {
             // Sources that report extents get bigger ranges: one block
             // status (and one zeroing request) then covers more.
@@ -299,6 +316,11 @@ fn splice_wins(src: &EndFacts, dst: &EndFacts, cfg: &Config, align: u64, sparse:
                 }
         }
     }
+}
+
+/// An NBD end with extended headers: one request covers more than 4 GiB.
+fn extended(e: &EndFacts) -> bool {
+    e.max_effect.is_some_and(|m| m > COMPACT_MAX_EFFECT)
 }
 
 /// `want` clamped to what both ends accept, and a multiple of `align`.
@@ -487,6 +509,12 @@ mod tests {
         };
         let c = cfg(|c| c.sparse = Some(512));
         assert_eq!(plan(&nbd(false), &aligned, &c, 2).sparse, 8192);
+        // --allocated: no zero detection, also with -S.
+        let c = cfg(|c| {
+            c.allocated = true;
+            c.sparse = Some(4096)
+        });
+        assert_eq!(plan(&nbd(false), &big, &c, 2).sparse, 0);
     }
 
     #[test]
@@ -512,25 +540,39 @@ mod tests {
             plan(&nbd(false), &file(REG), &d, 2).zero_piece,
             EXTENDED_MAX_EFFECT
         );
-        // Work ranges: a quarter of each lane's share, whole requests,
-        // within [request size, the source's largest range].
+        // Work ranges: nbdcopy's 128 MiB pieces, whole requests, for
+        // every source of known size, with or without extents.
         let huge = EndFacts {
             size: Some(1 << 50),
             ..ext
         };
-        let p = plan(&huge, &null(), &d, 2);
-        assert_eq!(p.work_piece, EXTENDED_MAX_EFFECT);
-        let no_ext = cfg(|c| c.no_extents = true);
-        assert_eq!(plan(&huge, &null(), &no_ext, 2).work_piece, 128 << 20);
-        let p = plan(&nbd(false), &null(), &d, 2);
-        assert_eq!(p.work_piece, (1 << 30) / 8);
-        assert_eq!(p.work_piece % p.request_size, 0);
-        let tiny = EndFacts {
-            size: Some(1000),
-            ..nbd(false)
-        };
-        assert_eq!(plan(&tiny, &null(), &d, 2).work_piece, 256 << 10);
-        assert_eq!(plan(&file(STREAM), &null(), &d, 2).work_piece, u64::MAX);
+        let dirty = cfg(|c| c.dirty_bitmap = Some("b0".into()));
+        #[rustfmt::skip]
+        let table: Vec<(&str, EndFacts, Config, u64)> = vec![
+            ("compact headers", EndFacts { size: Some(1 << 50), ..nbd(false) }, d.clone(), 128 << 20),
+            // Extended headers: a quarter of each lane's share, up to the
+            // largest range.
+            ("extended headers", huge, d.clone(), EXTENDED_MAX_EFFECT),
+            ("extended, no extents", huge, cfg(|c| c.no_extents = true), 128 << 20),
+            ("1 GiB", nbd(false), d.clone(), 128 << 20),
+            ("tiny source", EndFacts { size: Some(1000), ..nbd(false) }, d.clone(), 128 << 20),
+            ("3 MiB requests: whole requests", nbd(false),
+             cfg(|c| { c.request_size = 3 << 20; c.request_size_set = true }), 42 * (3 << 20)),
+            ("stream", file(STREAM), d.clone(), u64::MAX),
+            // Incremental copies: a quarter of each lane's share, within
+            // [request size, the source's largest range].
+            ("dirty bitmap, huge", huge, dirty.clone(), EXTENDED_MAX_EFFECT),
+            ("dirty bitmap, 1 GiB", nbd(false), dirty.clone(), (1 << 30) / 8),
+            ("dirty bitmap, tiny", EndFacts { size: Some(1000), ..nbd(false) }, dirty, 256 << 10),
+        ];
+        for (what, src, c, want) in table {
+            let p = plan(&src, &null(), &c, 2);
+            assert_eq!(p.work_piece, want, "{what}");
+            assert!(
+                p.work_piece == u64::MAX || p.work_piece % p.request_size == 0,
+                "{what}"
+            );
+        }
     }
 
     #[test]

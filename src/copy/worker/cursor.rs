@@ -40,8 +40,13 @@ impl Lane {
                 } else {
                     self.params.request_size
                 };
+                // Never across a work piece's end (WorkQueue::piece_end).
+                let lim = q
+                    .piece_end(front.offset)
+                    .saturating_sub(front.offset)
+                    .max(1);
                 let piece = Extent {
-                    len: front.len.min(max),
+                    len: front.len.min(max).min(lim),
                     ..*front
                 };
                 if piece.len == front.len {
