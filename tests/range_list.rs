@@ -353,7 +353,7 @@ fn malformed_input_touches_nothing() {
 /// A million areas load and merge in little time and memory (measured:
 /// printed with --nocapture), and an empty list copies nothing.
 #[test]
-fn a_million_areas() {
+fn many_scattered_areas() {
     let dir = TempDir::new("rl-million");
     let src = dir.file("src.raw");
     let f = std::fs::File::create(&src).unwrap();
@@ -361,9 +361,12 @@ fn a_million_areas() {
     drop(f);
     let list = dir.file("list.txt");
     let mut t = String::with_capacity(32 << 20);
-    for i in 0..1_000_000u64 {
+    // (Loading a million is the unit test rangelist::a_million_areas_load_
+    // quickly; copying them costs a minute per engine in CI, so the copy
+    // here takes 200,000.)
+    for i in 0..200_000u64 {
         // Every 64 KiB block of 4 KiB, in a scattered order.
-        let blk = (i * 7_919) % 1_000_000;
+        let blk = (i * 7_919) % 200_000;
         t.push_str(&format!("{} 4096\n", blk << 16));
     }
     std::fs::write(&list, &t).unwrap();
@@ -371,8 +374,8 @@ fn a_million_areas() {
     let o = [("ranges-file", list.to_str().unwrap().to_string())];
     let st = copy(src.to_str().unwrap(), "null:", &opts(&o)).unwrap();
     let took = t0.elapsed();
-    eprintln!("a million areas: loaded and copied to null: in {took:?}");
-    assert_eq!(st.done, 1_000_000 * 4096);
+    eprintln!("200,000 areas: loaded and copied to null: in {took:?}");
+    assert_eq!(st.done, 200_000 * 4096);
     // Empty list: nothing.
     std::fs::write(&list, "# nothing changed\n").unwrap();
     let (dst, before) = filled(&dir, "dst.raw", M);
