@@ -49,7 +49,7 @@ for wl in wls:
         if not os.path.exists(p):
             continue
         rows = list(csv.DictReader(open(p), delimiter="\t"))
-        bad = [r for r in rows if r["verify"] not in ("ok", "-", "")]
+        bad = [r for r in rows if r["verify"] not in ("ok", "-", "", "skip")]
         for r in bad:
             print("VERIFY FAILED:", wl, n, r["verify"])
         rows = [r for r in rows if r not in bad]

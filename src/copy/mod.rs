@@ -20,6 +20,7 @@ pub mod signals;
 pub mod splice;
 pub mod stats;
 pub mod worker;
+pub mod workqueue;
 
 use crate::config::Config;
 use crate::endpoint::connect::Limits;
@@ -32,65 +33,13 @@ use crate::error::{Error, Result};
 use plan::{EndFacts, Plan};
 use stats::Shared;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
 use nbdconn::{NbdConn, Retry};
 use worker::{DstIo, Lane, LaneParams, SrcIo};
-
-/// Hands out the source's byte range in large pieces to lanes.
-pub struct WorkQueue {
-    next: AtomicU64,
-    start: u64,
-    end: u64,
-    piece: u64,
-    /// A range list: its areas are handed out instead.
-    list: Option<rangelist::Claims>,
-}
-
-impl WorkQueue {
-    /// Hands out [start, end) only.
-    pub fn range(start: u64, end: u64, piece: u64) -> WorkQueue {
-        WorkQueue {
-            next: AtomicU64::new(start),
-            start,
-            end,
-            piece: piece.max(1),
-            list: None,
-        }
-    }
-
-    /// Hands out the areas of a range list only.
-    pub fn areas(list: Arc<rangelist::RangeList>, piece: u64) -> WorkQueue {
-        WorkQueue {
-            list: Some(rangelist::Claims::new(list)),
-            ..WorkQueue::range(0, 0, piece)
-        }
-    }
-
-    /// The end of the piece holding `offset`: no request crosses it, so
-    /// each piece's holes are zeroed by requests of their own (nbdcopy's
-    /// requests), also when a lane's next piece is merged onto this one.
-    pub fn piece_end(&self, offset: u64) -> u64 {
-        let k = offset.saturating_sub(self.start) / self.piece;
-        self.start
-            .saturating_add(k.saturating_add(1).saturating_mul(self.piece))
-            .min(self.end)
-    }
-
-    /// The next [start, end) piece, or None when everything is handed out.
-    pub fn claim(&self) -> Option<(u64, u64)> {
-        if let Some(l) = &self.list {
-            return l.claim(self.piece);
-        }
-        let start = self.next.fetch_add(self.piece, Relaxed);
-        if start >= self.end {
-            return None;
-        }
-        Some((start, (start + self.piece).min(self.end)))
-    }
-}
+pub use workqueue::WorkQueue;
 
 /// Whether two endpoints name the same NBD export (same transport
 /// address, unix socket paths resolved, and export name).  Allowed, as

@@ -9,7 +9,7 @@
 
 use crate::copy::nbdconn::ConnEvent;
 use crate::copy::stats::Shared;
-use crate::copy::WorkQueue;
+use crate::copy::workqueue::WorkQueue;
 use crate::engine::{Completion, Engine};
 use std::time::{Duration, Instant};
 

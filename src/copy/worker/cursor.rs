@@ -11,7 +11,7 @@ use super::lane::{Lane, SrcIo};
 use super::state::PendingStatus;
 use crate::copy::align::{align_down, push_merged, Aligner, Extent};
 use crate::copy::dirty::{DirtyExtent, DirtyMerge};
-use crate::copy::WorkQueue;
+use crate::copy::workqueue::WorkQueue;
 use crate::error::Result;
 
 impl Lane {

@@ -14,7 +14,7 @@ use super::core::{
 use super::lane::{DstIo, Lane, SrcIo};
 use crate::copy::splice;
 use crate::copy::stats::Shared;
-use crate::copy::WorkQueue;
+use crate::copy::workqueue::WorkQueue;
 use crate::engine::{Completion, Engine, EngineKind};
 use crate::error::{Error, Result};
 use std::time::{Duration, Instant};
