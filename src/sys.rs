@@ -173,6 +173,15 @@ pub fn dup_cloexec(fd: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(dup) })
 }
 
+/// A close-on-exec eventfd(2) counting from 0 (blocking: io_uring waits on
+/// it, and a non-blocking one would come back EAGAIN there).
+pub fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: no memory arguments.
+    let fd = check(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) })?;
+    // SAFETY: a new descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// A block device's logical sector size (BLKSSZGET).
 pub fn block_sector_size(fd: RawFd) -> io::Result<u64> {
     const BLKSSZGET: libc::c_ulong = 0x1268; // _IO(0x12, 104)

@@ -10,6 +10,7 @@ pub mod connect;
 pub mod file;
 pub mod nbd;
 pub mod pagecache;
+pub mod seek;
 pub mod subprocess;
 
 use crate::config::Config;

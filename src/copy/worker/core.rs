@@ -24,6 +24,8 @@ pub(super) const K_DST_FSYNC: u64 = 3;
 pub(super) const K_SRC_NBD: u64 = 4;
 /// ... and the destination's.
 pub(super) const K_DST_NBD: u64 = 5;
+/// The read of a file source's seek helper eventfd (an answer is there).
+pub(super) const K_SRC_SEEK: u64 = 6;
 
 /// The user_data of an operation: lane, kind and an index (48 bits).
 #[inline]

@@ -75,9 +75,19 @@ impl Lane {
         };
         let mut aligner = Aligner::new(a, self.params.align);
         match &mut self.src {
+            // Walked on a helper thread; the answer comes as a completion
+            // (the worker reads the helper's eventfd: `arm_seek`).
+            SrcIo::File { fd, .. } if self.params.extents && self.seek.ask(*fd, a, b) => {
+                self.status = Some(PendingStatus {
+                    start: a,
+                    end: b,
+                    aligner,
+                    dirty: None,
+                });
+            }
             SrcIo::File { fd, .. } if self.params.extents => {
                 let out = &mut self.extents;
-                self.walker.walk(*fd, a, b, &mut |e| {
+                self.seek.walker.walk(*fd, a, b, &mut |e| {
                     aligner.push(e, out);
                     true
                 });
@@ -108,15 +118,24 @@ impl Lane {
         Ok(true)
     }
 
-    /// Asks for the next range's block status while this one is read.
+    /// Asks for the next range's block status (or extents of a file)
+    /// while this one is read.
     pub(super) fn prefetch_status(&mut self, q: &WorkQueue) -> Result<()> {
-        if self.status.is_none()
-            && !self.exhausted
-            && !self.extents.is_empty()
-            && matches!(&self.src, SrcIo::Nbd(c)
-                if (self.params.extents || self.params.dirty) && c.can_block_status())
-        {
+        let ahead = match &self.src {
+            SrcIo::Nbd(c) => (self.params.extents || self.params.dirty) && c.can_block_status(),
+            SrcIo::File { stream, .. } => self.params.extents && !*stream,
+        };
+        if self.status.is_none() && !self.exhausted && !self.extents.is_empty() && ahead {
             self.claim_range(q)?;
+        }
+        Ok(())
+    }
+
+    /// The seek helper's answers for the pending range of a file source.
+    pub(super) fn seek_answered(&mut self) -> Result<()> {
+        while let Some(extents) = self.seek.answer() {
+            self.add_status_extents(&extents);
+            self.status_done(true)?;
         }
         Ok(())
     }

@@ -9,13 +9,14 @@
 // unwinding through here never frees what the kernel may still use).
 
 use super::core::{
-    decode_user_data, user_data, Worker, K_DST_FSYNC, K_DST_NBD, K_DST_WRITE, K_SRC_NBD, K_SRC_READ,
+    decode_user_data, user_data, Worker, K_DST_FSYNC, K_DST_NBD, K_DST_WRITE, K_SRC_NBD,
+    K_SRC_READ, K_SRC_SEEK,
 };
 use super::lane::{DstIo, Lane, SrcIo};
 use crate::copy::splice;
 use crate::copy::stats::Shared;
 use crate::copy::workqueue::WorkQueue;
-use crate::engine::{Completion, Engine, EngineKind};
+use crate::engine::{Completion, Engine, EngineKind, Op};
 use crate::error::{Error, Result};
 use std::time::{Duration, Instant};
 
@@ -235,7 +236,29 @@ impl Worker<'_> {
                 SrcIo::Nbd(c) => c.queue_read(slot_id, off, len)?,
             }
         }
-        lane.prefetch_status(self.q)
+        lane.prefetch_status(self.q)?;
+        self.arm_seek(lane_id, lane)
+    }
+
+    /// Waits (through the engine) for the file source's seek helper to
+    /// answer the pending range.
+    fn arm_seek(&mut self, lane_id: usize, lane: &mut Lane) -> Result<()> {
+        if lane.status.is_none() {
+            return Ok(());
+        }
+        let Some(fd) = lane.seek.to_arm() else {
+            return Ok(());
+        };
+        let op = Op::Read {
+            fd,
+            buf: lane.seek.counter.clone(),
+            at: 0,
+            len: 8,
+            offset: None,
+        };
+        self.engine.push(op, user_data(lane_id, K_SRC_SEEK, 0))?;
+        lane.seek.armed = true;
+        Ok(())
     }
 
     fn complete(
@@ -249,6 +272,17 @@ impl Worker<'_> {
         match kind {
             K_SRC_READ => self.file_read_done(lane_id, lane, idx as u32, res),
             K_DST_WRITE => self.write_done_file(lane_id, lane, idx as u32, res),
+            K_SRC_SEEK => {
+                lane.seek.armed = false;
+                if res < 0 {
+                    return Err(Error::from_res(
+                        format!("source {}: waiting for its extents", lane.src_name()),
+                        res,
+                    ));
+                }
+                lane.seek_answered()?;
+                self.arm_seek(lane_id, lane)
+            }
             K_DST_FSYNC => {
                 if res < 0 {
                     return Err(Error::from_res(

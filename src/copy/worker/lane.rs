@@ -6,11 +6,10 @@
 // A lane: a source connection or file paired with a destination one, its
 // request slots and its settings.
 
-use super::state::{LaneSplice, PendingStatus, WriteOp, ZeroMode, HEADER_ROOM};
+use super::state::{FileSeek, LaneSplice, PendingStatus, WriteOp, ZeroMode, HEADER_ROOM};
 use super::zero::Run;
 use crate::copy::align::Extent;
 use crate::copy::nbdconn::NbdConn;
-use crate::endpoint::file::ExtentWalker;
 use crate::engine::buf::{AlignedBuf, IoBuf};
 use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::RawFd;
@@ -132,8 +131,8 @@ pub struct Lane {
     pub(super) status: Option<PendingStatus>,
     /// No more work to claim.
     pub(super) exhausted: bool,
-    /// SEEK_DATA/SEEK_HOLE of a file source, remembering its last answer.
-    pub(super) walker: ExtentWalker,
+    /// SEEK_DATA/SEEK_HOLE of a file source (on a helper thread).
+    pub(super) seek: FileSeek,
     /// Stream source: position, and one read in flight at a time.
     pub(super) stream_pos: u64,
     pub(super) stream_reading: bool,
@@ -188,7 +187,7 @@ impl Lane {
             extents: VecDeque::new(),
             status: None,
             exhausted: false,
-            walker: ExtentWalker::default(),
+            seek: FileSeek::new(),
             stream_pos: 0,
             stream_reading: false,
             out_next: 0,

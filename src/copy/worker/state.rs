@@ -6,8 +6,10 @@
 use crate::copy::align::Aligner;
 use crate::copy::dirty::DirtyMerge;
 use crate::copy::splice::{Pipe, WaitLimits};
-use crate::engine::buf::Span;
-use std::os::fd::OwnedFd;
+use crate::endpoint::file::ExtentWalker;
+use crate::endpoint::seek::SeekHelper;
+use crate::engine::buf::{AlignedBuf, IoBuf, Span};
+use std::os::fd::{OwnedFd, RawFd};
 
 /// Bytes reserved in front of every file-read buffer, so an NBD WRITE
 /// header can be written just before the data and both sent as one slice.
@@ -64,4 +66,60 @@ pub(super) struct LaneSplice {
     pub(super) tee: Option<(Pipe, Vec<u8>)>,
     pub(super) devnull: OwnedFd,
     pub(super) ctl: WaitLimits,
+}
+
+/// How a file source's extents are learnt: on a helper thread, its
+/// answers waited for through the engine (a read of its eventfd), or,
+/// when no helper can be started, by walking here.
+pub(super) struct FileSeek {
+    helper: Option<SeekHelper>,
+    /// No helper could be started: walk in the lane.
+    inline: bool,
+    pub(super) walker: ExtentWalker,
+    /// The 8 bytes the eventfd read fills.
+    pub(super) counter: IoBuf,
+    /// A read of the helper's eventfd is in the engine.
+    pub(super) armed: bool,
+}
+
+impl FileSeek {
+    pub(super) fn new() -> FileSeek {
+        FileSeek {
+            helper: None,
+            inline: false,
+            walker: ExtentWalker::default(),
+            counter: AlignedBuf::shared(8),
+            armed: false,
+        }
+    }
+
+    /// Asks the helper (started for file `fd` on first use) for the
+    /// extents of [a, b); false when there is none: walk inline.
+    pub(super) fn ask(&mut self, fd: RawFd, a: u64, b: u64) -> bool {
+        if self.inline {
+            return false;
+        }
+        if self.helper.is_none() {
+            self.helper = SeekHelper::new(fd).ok();
+        }
+        let asked = self.helper.as_ref().is_some_and(|h| h.ask(a, b));
+        if !asked {
+            self.helper = None;
+            self.inline = true;
+        }
+        asked
+    }
+
+    /// The helper's eventfd, when a read of it should be put in the engine.
+    pub(super) fn to_arm(&self) -> Option<RawFd> {
+        match &self.helper {
+            Some(h) if !self.armed => Some(h.ready_fd()),
+            _ => None,
+        }
+    }
+
+    /// The helper's oldest answer.
+    pub(super) fn answer(&self) -> Option<Vec<crate::endpoint::Extent>> {
+        self.helper.as_ref().and_then(SeekHelper::answer)
+    }
 }
