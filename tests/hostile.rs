@@ -189,6 +189,49 @@ fn hostile_destination() {
     assert!(t0.elapsed() < Duration::from_secs(8));
 }
 
+/// On the splice path, a destination that reads slowly while more is in
+/// flight than the socket buffer holds: the socket fills, the rest of a
+/// payload is copied out of the pipe and sent by the engine (no wait in
+/// the worker), and every byte arrives in order (the server checks each
+/// against the source's pattern).  Also from a source that trickles its
+/// replies (the rest of a payload is awaited through the engine).
+#[test]
+fn full_destination_socket_on_the_splice_path() {
+    let d = TempDir::new("fullsock");
+    // Good: more than the 8 MiB a socket buffer holds (endpoint/nbd.rs
+    // asks for 4 MiB, which the kernel doubles).  SlowDrip: the source is
+    // the slow end.
+    for (src_mode, n) in [(Mode::Good, 32u64 << 20), (Mode::SlowDrip, 4 << 20)] {
+        let src = Hostile::start(d.path(), src_mode, n, false);
+        let dst = Hostile::start(d.path(), Mode::SlowReader, n, false);
+        let s = copy(
+            &src.uri(),
+            &dst.uri(),
+            &[
+                ("splice", "1"),
+                ("connections", "1"),
+                ("requests", "32"),
+                ("queue-size", "64M"),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{src_mode:?}: {e}"));
+        assert_eq!(s.copied, n);
+        assert_eq!(dst.bad.load(std::sync::atomic::Ordering::Relaxed), 0);
+        let mut w = dst.writes.lock().unwrap().clone();
+        w.sort();
+        let mut at = 0;
+        for (o, l) in w {
+            assert_eq!(o, at, "{src_mode:?}: the writes tile the image");
+            at += l;
+        }
+        assert_eq!(at, n);
+        assert!(s.memcpy < n, "{src_mode:?}: {} bytes copied in memory", s.memcpy);
+        if src_mode == Mode::Good {
+            assert!(s.memcpy > 0, "the full socket was never met");
+        }
+    }
+}
+
 /// Runs a copy and cancels it 300 ms in; returns its error and how long
 /// after the cancel request it ended.  The job is closed on return.
 fn copy_cancelled_after_300ms(

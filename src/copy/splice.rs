@@ -1,11 +1,11 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 // Copyright (C) 2026 The nbdcpy authors
 
-//! The splice data path's kernel plumbing: pipes, bounded waits, exact moves.
+//! The splice data path's kernel plumbing: pipes, non-blocking moves.
 //
-// The splice data path's kernel plumbing: pipes sized for requests,
-// bounded waits on non-blocking descriptors that notice cancellation and
-// the stall timeout, and exact splice / tee / send loops.
+// The splice data path's kernel plumbing: pipes sized for requests, and
+// splice / tee loops on non-blocking descriptors that stop where a
+// socket would block (the connection then waits through its engine).
 //
 // READ payloads move socket -> pipe -> destination (socket, file or
 // /dev/null) by reference, never entering user space; zero detection
@@ -16,7 +16,6 @@
 use super::stats::Shared;
 use crate::error::{Error, Result};
 use crate::sys;
-use std::io::IoSlice;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,34 +51,21 @@ impl Pipe {
     }
 }
 
-/// What a blocking step needs to give up in time: the job's cancel and
-/// failure flags and its stall timeout.
+/// The job's counters, cancel and failure flags and stall timeout, for
+/// the splice path's direct calls.  Sockets never wait here (the engine
+/// waits for them); only a file or /dev/null that took part of a move
+/// would (`splice_out`), which they do not.
 #[derive(Clone)]
 pub struct WaitLimits {
     pub shared: Arc<Shared>,
     /// The stall limit (None: wait forever).
     pub timeout: Option<Duration>,
-    /// The stall limit while the peer may be busy with a FLUSH or
-    /// WRITE_ZEROES (None: wait forever).
-    pub slow_timeout: Option<Duration>,
 }
 
 /// Poll slice: how quickly a blocked step notices cancellation.
 const SLICE_MS: i32 = 20;
 
 impl WaitLimits {
-    /// This WaitLimits, with the slow limit as its stall limit when `slow`.
-    pub fn slow_if(self, slow: bool) -> WaitLimits {
-        if slow {
-            WaitLimits {
-                timeout: self.slow_timeout,
-                ..self
-            }
-        } else {
-            self
-        }
-    }
-
     /// Waits until `fd` is ready for `events`.  Fails with ECANCELED when
     /// the job is cancelled or another worker failed, ETIMEDOUT after the
     /// stall timeout; `who` names the endpoint for that message.
@@ -144,29 +130,35 @@ fn splice1(
     r.map_err(errno_of)
 }
 
-/// Moves up to `max` bytes from socket `sock` into `pipe_w`.  Returns once
-/// all `max` bytes are in the pipe, or when the pipe is full (possibly
-/// with nothing moved).  End of stream is an error.
+/// Where a move from a socket into a pipe stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InStep {
+    /// Everything asked for is in the pipe.
+    Done,
+    /// The pipe is full (the socket was ready, yet nothing more went).
+    PipeFull,
+    /// The socket has nothing more for now: wait until it is readable.
+    Wait,
+}
+
+/// Moves up to `max` bytes from socket `sock` into `pipe_w` without
+/// waiting: (bytes moved, where it stopped).  `ready`: the socket was
+/// just reported readable, so a first EAGAIN means the pipe is full
+/// (nothing else reads this socket).  End of stream is an error.
 pub fn splice_in(
     sock: RawFd,
     pipe_w: RawFd,
     max: usize,
+    mut ready: bool,
     ctl: &WaitLimits,
     who: &str,
-) -> Result<usize> {
+) -> Result<(usize, InStep)> {
     let mut got = 0;
-    // The socket was just reported readable: EAGAIN now means the pipe is
-    // full (nothing else reads this socket).
-    let mut ready = false;
     while got < max {
         let r = splice1(sock, None, pipe_w, None, max - got, ctl);
         if let Some(n) = r.ok().filter(|&n| n > 0) {
             got += n;
-            if got < max {
-                // Partial: the rest is on its way (or the pipe is full).
-                ctl.wait(sock, libc::POLLIN, who)?;
-                ready = true;
-            }
+            ready = false;
             continue;
         }
         match r.err().unwrap_or(libc::ECONNRESET) {
@@ -176,12 +168,9 @@ pub fn splice_in(
                     format!("{who}: server closed the connection in the middle of a READ reply"),
                 ))
             }
-            libc::EINTR => continue,
-            libc::EAGAIN if ready => return Ok(got), // the pipe is full: drain it first
-            libc::EAGAIN => {
-                ctl.wait(sock, libc::POLLIN, who)?;
-                ready = true;
-            }
+            libc::EINTR => {}
+            libc::EAGAIN if ready => return Ok((got, InStep::PipeFull)),
+            libc::EAGAIN => return Ok((got, InStep::Wait)),
             e => {
                 return Err(Error::from_res(
                     format!("{who}: splice from the socket"),
@@ -190,7 +179,7 @@ pub fn splice_in(
             }
         }
     }
-    Ok(got)
+    Ok((got, InStep::Done))
 }
 
 /// Moves up to `max` bytes of file `fd` at `off` into `pipe_w`: all of
@@ -234,7 +223,8 @@ pub fn cached(fd: RawFd, off: u64, len: u64) -> bool {
     sys::cached_pages(fd, start, end - start).is_some_and(|n| n >= (end - start) / page)
 }
 
-/// Moves exactly `n` bytes from `pipe_r` to `fd` (at `off` for files).
+/// Moves exactly `n` bytes from `pipe_r` to a file or /dev/null `fd` (at
+/// `off` for files).
 pub fn splice_out(
     pipe_r: RawFd,
     fd: RawFd,
@@ -302,25 +292,65 @@ pub fn tee_read(
     Ok(())
 }
 
-/// Sends every byte of `bufs` on socket `fd` (MSG_MORE when more follows).
-pub fn send_all(
+/// Moves up to `n` bytes from `pipe_r` to socket `fd` without waiting:
+/// how many went before the socket was full.
+///
+/// The connection's sockets are blocking (io_uring would fail rather than
+/// wait on a non-blocking one), and a splice into a socket waits or not
+/// by the socket's O_NONBLOCK alone (SPLICE_F_NONBLOCK is about the
+/// pipe): the flag is set for the move and cleared after it.  Nothing
+/// else uses the socket meanwhile: the worker is single-threaded, and its
+/// engine submits nothing between the two.
+pub fn splice_out_now(
+    pipe_r: RawFd,
     fd: RawFd,
-    mut bufs: &mut [IoSlice<'_>],
-    more: bool,
+    n: usize,
     ctl: &WaitLimits,
     who: &str,
-) -> Result<()> {
-    let flags = libc::MSG_DONTWAIT | if more { libc::MSG_MORE } else { 0 };
-    while !bufs.is_empty() {
-        let r = sys::sendmsg(fd, bufs, flags);
+) -> Result<usize> {
+    let fl = sys::fcntl_int(fd, libc::F_GETFL, 0)
+        .and_then(|fl| sys::fcntl_int(fd, libc::F_SETFL, fl | libc::O_NONBLOCK).map(|_| fl))
+        .map_err(|e| Error::os(format!("{who}: fcntl"), e))?;
+    ctl.syscalls(2);
+    let mut done = 0;
+    let mut r = Ok(());
+    while done < n {
+        match splice1(pipe_r, None, fd, None, n - done, ctl) {
+            Ok(k) if k > 0 => done += k,
+            Err(libc::EINTR) => {}
+            Err(libc::EAGAIN) => break,
+            res => {
+                let e = res.err().unwrap_or(libc::EIO);
+                r = Err(Error::from_res(format!("{who}: write"), -e));
+                break;
+            }
+        }
+    }
+    ctl.syscalls(1);
+    if fl & libc::O_NONBLOCK == 0 {
+        sys::fcntl_int(fd, libc::F_SETFL, fl).map_err(|e| Error::os(format!("{who}: fcntl"), e))?;
+    }
+    r.map(|()| done)
+}
+
+/// Reads exactly `n` bytes the pipe `pipe_r` holds into `out`.
+pub fn read_pipe(pipe_r: RawFd, out: &mut [u8], ctl: &WaitLimits) -> Result<()> {
+    let mut got = 0;
+    while got < out.len() {
         ctl.syscalls(1);
-        match r {
-            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
-            Err(e) => match errno_of(e) {
-                libc::EINTR => {}
-                libc::EAGAIN => ctl.wait(fd, libc::POLLOUT, who)?,
-                e => return Err(Error::from_res(format!("{who}: send"), -e)),
-            },
+        match sys::read(pipe_r, &mut out[got..]) {
+            Ok(k) if k > 0 => got += k,
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            r => {
+                return Err(Error::new(
+                    libc::EIO,
+                    format!(
+                        "internal error: {} of {} bytes in the pipe ({r:?})",
+                        got,
+                        out.len()
+                    ),
+                ))
+            }
         }
     }
     Ok(())

@@ -201,6 +201,9 @@ impl EpollEngine {
                     Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
                 }
             }
+            // Asked for after a call found `fd` not ready: wait at once
+            // (arming reports a readiness that came in between).
+            Op::Poll { events, .. } => return Try::Wait(events & (IN | OUT)),
         };
         Try::Done(r)
     }
@@ -287,7 +290,18 @@ impl EpollEngine {
                 }
                 continue;
             }
-            match self.attempt(&w.op) {
+            let tried = match w.op {
+                // The readiness it waited for (or an error) is there.
+                Op::Poll { .. } => {
+                    let ev = fired
+                        .iter()
+                        .filter(|&&(f, _)| f == fd)
+                        .fold(0, |a, &(_, e)| a | e);
+                    Try::Done((ev & (w.want | errs)) as i32)
+                }
+                _ => self.attempt(&w.op),
+            };
+            match tried {
                 Try::Done(res) => self.done.push_back(Completion {
                     user_data: w.user_data,
                     res,
@@ -336,7 +350,8 @@ fn op_fd(op: &Op) -> Option<RawFd> {
         | Op::Send { fd, .. }
         | Op::SendBatch { fd, .. }
         | Op::Fallocate { fd, .. }
-        | Op::Fsync { fd } => Some(*fd),
+        | Op::Fsync { fd }
+        | Op::Poll { fd, .. } => Some(*fd),
         Op::Nop => None,
     }
 }

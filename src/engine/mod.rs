@@ -151,6 +151,14 @@ pub enum Op {
     Fsync {
         fd: RawFd,
     },
+    /// Completes when `fd` is ready for `events` (POLLIN and/or POLLOUT),
+    /// with the events that are (errors and hang-ups included): for
+    /// system calls made outside the engine, such as splice, that would
+    /// block.
+    Poll {
+        fd: RawFd,
+        events: u32,
+    },
     /// Completes at once with 0 (a result that is already known).
     Nop,
 }

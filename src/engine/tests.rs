@@ -342,3 +342,35 @@ fn auto_is_a_probe() {
     let ep = Choice::decide(EngineChoice::Epoll).unwrap();
     assert_eq!(ep.kind, EngineKind::Epoll);
 }
+
+#[test]
+fn poll_completes_when_the_socket_is_ready_with_its_events() {
+    for mut e in engines() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let fd = a.as_raw_fd();
+        let (pin, pout) = (libc::POLLIN as u32, libc::POLLOUT as u32);
+        e.push(Op::Poll { fd, events: pin }, 1).unwrap();
+        e.wait(Duration::from_millis(30)).unwrap();
+        let mut out = Vec::new();
+        e.reap(&mut out);
+        assert!(out.is_empty(), "{:?}: not readable yet", e.kind());
+        b.write_all(b"x").unwrap();
+        let got = collect(&mut e, 1);
+        assert_eq!(got.len(), 1, "{:?}", e.kind());
+        assert_eq!(got[0].user_data, 1);
+        assert!(got[0].res as u32 & pin != 0, "{:?}: {}", e.kind(), got[0].res);
+        // Writable at once.
+        e.push(Op::Poll { fd, events: pout }, 2).unwrap();
+        let got = collect(&mut e, 1);
+        assert!(got.len() == 1 && got[0].res as u32 & pout != 0, "{:?}", e.kind());
+        // A poll in flight is handed back as cancelled by a drain.
+        let mut x = [0u8; 1];
+        (&a).read_exact(&mut x).unwrap();
+        e.push(Op::Poll { fd, events: pin }, 3).unwrap();
+        let mut drained = Vec::new();
+        assert!(e.drain(Duration::from_secs(2), &mut |c| drained.push(c)));
+        assert_eq!(drained.len(), 1, "{:?}", e.kind());
+        assert_eq!(drained[0].user_data, 3);
+        assert_eq!(e.in_flight(), 0);
+    }
+}

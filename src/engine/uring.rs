@@ -242,6 +242,7 @@ impl UringEngine {
                 .mode(*mode)
                 .build(),
             Op::Fsync { fd } => opcode::Fsync::new(types::Fd(*fd)).build(),
+            Op::Poll { fd, events } => opcode::PollAdd::new(types::Fd(*fd), *events).build(),
             Op::Nop => opcode::Nop::new().build(),
         }
     }

@@ -77,6 +77,11 @@ pub enum Mode {
     /// Correct, but every WRITE_ZEROES takes `SLOW_OP` to answer (a server
     /// that zeroes by writing).
     SlowZero,
+    /// Correct, but reads WRITE payloads slowly (16 KiB per ms), so a
+    /// client with more in flight than its socket buffer holds finds the
+    /// socket full; checks every payload byte against the pattern
+    /// (`Hostile::bad` counts mismatches).
+    SlowReader,
 }
 
 /// How long SlowFlush and SlowZero take per request.
@@ -121,6 +126,8 @@ pub struct Hostile {
     pub discs: Arc<AtomicUsize>,
     /// How many connections were accepted.
     pub conns: Arc<AtomicUsize>,
+    /// SlowReader: WRITE payload bytes that were not the pattern's.
+    pub bad: Arc<AtomicUsize>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -137,6 +144,8 @@ impl Hostile {
         let conns_out = conns.clone();
         let discs = Arc::new(AtomicUsize::new(0));
         let dc = discs.clone();
+        let bad = Arc::new(AtomicUsize::new(0));
+        let bad_out = bad.clone();
         let thread = std::thread::spawn(move || {
             let mut handlers = Vec::new();
             while !st.load(Ordering::Relaxed) {
@@ -144,6 +153,7 @@ impl Hostile {
                     Ok((s, _)) => {
                         let n = conns.fetch_add(1, Ordering::Relaxed);
                         let (st2, wr2, dc2) = (st.clone(), wr.clone(), dc.clone());
+                        let bad2 = bad.clone();
                         handlers.push(std::thread::spawn(move || {
                             let _ = s.set_nonblocking(false);
                             let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
@@ -155,6 +165,7 @@ impl Hostile {
                                 st: st2,
                                 writes: wr2,
                                 discs: dc2,
+                                bad: bad2,
                                 n,
                                 mode_ext: false,
                                 structured: false,
@@ -177,6 +188,7 @@ impl Hostile {
             writes,
             discs,
             conns: conns_out,
+            bad: bad_out,
             thread: Some(thread),
         }
     }
@@ -203,6 +215,7 @@ struct Conn {
     st: Arc<AtomicBool>,
     writes: Arc<Mutex<Vec<(u64, u64)>>>,
     discs: Arc<AtomicUsize>,
+    bad: Arc<AtomicUsize>,
     n: usize,
     mode_ext: bool,
     structured: bool,
@@ -404,6 +417,24 @@ impl Conn {
             }
             match cmd {
                 0 => self.read(cookie, off, len)?,
+                1 if self.mode == Mode::SlowReader => {
+                    let mut at = off;
+                    while at < off + len {
+                        let n = (off + len - at).min(16 << 10);
+                        let b = self.read_n(n as usize)?;
+                        let wrong = b
+                            .iter()
+                            .zip(at..)
+                            .filter(|&(&v, o)| v != pattern_byte(o))
+                            .count();
+                        self.bad.fetch_add(wrong, Ordering::Relaxed);
+                        at += n;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    self.writes.lock().unwrap().push((off, len));
+                    let r = self.simple(0, cookie);
+                    self.send(&r)?;
+                }
                 1 => {
                     self.read_n(len as usize)?;
                     self.writes.lock().unwrap().push((off, len));

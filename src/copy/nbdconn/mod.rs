@@ -69,6 +69,8 @@ pub enum ConnEvent {
 const SEND: u64 = 0;
 /// ... and of its receive.
 const RECV: u64 = 1;
+/// ... and of the wait for the rest of a READ payload (splice mode).
+const POLL: u64 = 2;
 
 pub struct NbdConn {
     /// "source URI" or "destination URI", for messages.
@@ -322,7 +324,7 @@ impl NbdConn {
             return Ok(());
         }
         if self.sync_send.is_some() {
-            return self.send_queue_now(false);
+            return self.send_queue_now(engine, base, false);
         }
         if self.send.start_batch() {
             let r = self.post_send(engine, base);
@@ -392,6 +394,9 @@ impl NbdConn {
         }
         if self.is_lost() {
             return self.lost_completion(idx);
+        }
+        if idx == POLL {
+            return self.payload_ready(engine, base, res, events);
         }
         if idx == SEND {
             if res < 0 {
@@ -470,7 +475,9 @@ impl NbdConn {
     ) -> Result<()> {
         loop {
             if self.parse(events)? {
-                return Ok(()); // data in the pipe: the worker resumes us
+                // Data in the pipe (the worker resumes us), or the rest
+                // of a payload awaited.
+                return self.poll_payload(engine, base);
             }
             if self.splice.as_ref().is_some_and(|s| s.budget > 0) && self.recv_direct()? {
                 continue;

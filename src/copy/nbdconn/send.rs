@@ -80,6 +80,28 @@ impl SendQueue {
         self.queue_blocks.drain(..n);
     }
 
+    /// How `sent` bytes from the queue's front split into whole items and
+    /// the bytes of the next one.
+    pub fn split_sent(&self, mut sent: usize) -> (usize, usize) {
+        let mut whole = 0;
+        for c in &self.queue {
+            if sent < c.len() {
+                break;
+            }
+            sent -= c.len();
+            whole += 1;
+        }
+        (whole, sent)
+    }
+
+    /// `start_batch` of what is queued, its first `skip` bytes already
+    /// sent (directly).
+    pub fn start_batch_after(&mut self, skip: usize) {
+        if self.start_batch() {
+            self.batch_sent = skip;
+        }
+    }
+
     /// Moves up to a batch of queued items into the batch; false when
     /// there is nothing to send or a send is already in flight.
     pub fn start_batch(&mut self) -> bool {

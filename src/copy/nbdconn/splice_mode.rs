@@ -5,14 +5,21 @@
 //
 // Splice mode of an NBD connection: a source receives exact message
 // prefixes and moves READ payloads into the lane's pipe; a destination
-// sends synchronously so a WRITE's payload can follow from the pipe.
+// sends with direct system calls so a WRITE's payload can follow from
+// the pipe.  Neither waits: a source whose socket has no more of a
+// payload yet waits for readability through the engine (`Op::Poll`); a
+// destination whose socket is full hands what is left (copied out of the
+// pipe) to the engine as an ordinary send, and sends nothing directly
+// until that send is done, so the byte stream stays in order.
 
-use super::send::{io_slices, MAX_BATCH};
-use super::{ConnEvent, NbdConn};
-use crate::copy::splice::{self, WaitLimits};
-use crate::engine::Engine;
+use super::send::{io_slices, SendItem, MAX_BATCH};
+use super::{ConnEvent, NbdConn, POLL};
+use crate::copy::splice::{self, InStep, WaitLimits};
+use crate::engine::buf::{AlignedBuf, Span};
+use crate::engine::{Engine, Op};
 use crate::error::{Error, Result};
 use std::os::fd::RawFd;
+use std::sync::Arc;
 
 /// A source connection's splice state.
 pub(super) struct SpliceIn {
@@ -27,6 +34,12 @@ pub(super) struct SpliceIn {
     pub(super) stopped: bool,
     /// Direct receives left before falling back to an engine receive.
     pub(super) budget: u32,
+    /// The socket has no more of the payload for now: wait for it.
+    pub(super) wait: bool,
+    /// ... through this poll in the engine.
+    pub(super) polling: bool,
+    /// The poll just reported the socket readable.
+    pub(super) ready: bool,
 }
 
 pub(super) struct PipeRest {
@@ -52,10 +65,13 @@ impl NbdConn {
             rest: None,
             stopped: false,
             budget: DIRECT_BUDGET,
+            wait: false,
+            polling: false,
+            ready: false,
         });
     }
 
-    /// Splice mode for a destination: sends are synchronous.
+    /// Splice mode for a destination: sends are direct system calls.
     pub fn set_sync_send(&mut self, ctl: WaitLimits) {
         self.sync_send = Some(ctl);
     }
@@ -65,35 +81,70 @@ impl NbdConn {
         self.splice.as_ref().is_some_and(|s| s.stopped)
     }
 
-    /// Sends everything queued with direct system calls (splice mode).
-    pub(super) fn send_queue_now(&mut self, more: bool) -> Result<()> {
+    /// Sends what is queued with direct non-blocking system calls
+    /// (splice mode).  What would block goes to the engine as one send;
+    /// until it is done nothing is sent directly (its completion kicks
+    /// this again).
+    pub(super) fn send_queue_now(
+        &mut self,
+        engine: &mut Engine,
+        base: u64,
+        more: bool,
+    ) -> Result<()> {
         let Some(ctl) = self.sync_send.clone() else {
             return Ok(());
         };
-        // A server busy with a FLUSH or WRITE_ZEROES may stop reading.
-        let ctl = ctl.slow_if(self.slow_pending());
-        let q = &mut self.send;
-        while !q.queue.is_empty() {
-            let n = q.queue.len().min(MAX_BATCH);
-            let mut bufs = io_slices(&q.queue[..n]);
-            let more = more || n < q.queue.len();
-            if let Err(e) = splice::send_all(self.fd, &mut bufs, more, &ctl, &self.name) {
-                self.broken = true;
-                return Err(e);
+        while !self.send.busy && !self.send.queue.is_empty() {
+            let n = self.send.queue.len().min(MAX_BATCH);
+            let bufs = io_slices(&self.send.queue[..n]);
+            let more = more || n < self.send.queue.len();
+            let flags = libc::MSG_DONTWAIT | if more { libc::MSG_MORE } else { 0 };
+            let r = crate::sys::sendmsg(self.fd, &bufs, flags);
+            drop(bufs);
+            ctl.syscalls(1);
+            let sent = match r {
+                Ok(k) => k,
+                Err(e) => match e.raw_os_error().unwrap_or(libc::EIO) {
+                    libc::EINTR => continue,
+                    libc::EAGAIN => 0,
+                    errno => {
+                        self.broken = true;
+                        return Err(Error::from_res(format!("{}: send", self.name), -errno));
+                    }
+                },
+            };
+            // Whole items sent are forgotten (splice mode forwards no
+            // receive blocks: nothing to release); a part left goes to
+            // the engine.
+            let (whole, part) = self.send.split_sent(sent);
+            self.send.drop_sent(whole);
+            if whole < n || part > 0 {
+                self.send.start_batch_after(part);
+                let r = self.post_send(engine, base);
+                self.broken |= r.is_err();
+                return r.map_err(|e| e.context(&self.name));
             }
-            // Splice mode never forwards receive blocks: nothing to release.
-            q.drop_sent(n);
         }
         Ok(())
     }
 
     /// Sends WRITE [offset, offset+len) for `slot` with its payload taken
     /// from the pipe `pipe_r` (splice mode), after everything queued.
-    pub fn send_pipe(&mut self, slot: u32, offset: u64, pipe_r: RawFd, len: u32) -> Result<()> {
+    /// Spliced to the socket directly while it takes them; the bytes it
+    /// does not take at once are copied out of the pipe and sent by the
+    /// engine.  The pipe holds none of them afterwards.
+    pub fn send_pipe(
+        &mut self,
+        engine: &mut Engine,
+        base: u64,
+        slot: u32,
+        offset: u64,
+        pipe_r: RawFd,
+        len: u32,
+    ) -> Result<()> {
         let Some(ctl) = self.sync_send.clone() else {
             return Err(self.err("internal error: pipe write without splice mode"));
         };
-        let ctl = ctl.slow_if(self.slow_pending());
         let req = self.request(
             crate::proto::consts::NBD_CMD_WRITE,
             0,
@@ -102,13 +153,32 @@ impl NbdConn {
             len as u64,
         );
         self.queue(req, slot, super::Kind::Write, None, None)?;
-        let r = self.send_queue_now(true).and_then(|()| {
-            splice::splice_out(pipe_r, self.fd, None, len as usize, &ctl, &self.name)
-        });
-        if r.is_err() {
-            self.broken = true;
+        self.send_queue_now(engine, base, true)?;
+        let len = len as usize;
+        let moved = if self.send.busy {
+            0
+        } else {
+            let r = splice::splice_out_now(pipe_r, self.fd, len, &ctl, &self.name);
+            self.broken |= r.is_err();
+            r?
+        };
+        if moved == len {
+            return Ok(());
         }
-        r
+        let rest = len - moved;
+        let mut buf = AlignedBuf::new(rest);
+        splice::read_pipe(pipe_r, buf.as_mut_slice(), &ctl)?;
+        self.recv.memcpy += rest as u64;
+        let buf = Arc::new(buf);
+        self.send
+            .push(SendItem::new(&[], Some(Span::of_buf(&buf, 0, rest)), None));
+        if !self.send.busy {
+            self.send.start_batch_after(0);
+            let r = self.post_send(engine, base);
+            self.broken |= r.is_err();
+            r.map_err(|e| e.context(&self.name))?;
+        }
+        Ok(())
     }
 
     /// Continues after the worker drained the pipe (splice mode).
@@ -124,11 +194,60 @@ impl NbdConn {
         sp.stopped = false;
         if sp.rest.is_some() {
             self.pipe_step(events)?;
-            if self.wants_resume() {
-                return Ok(());
+            if self.pipe_busy() {
+                return self.poll_payload(engine, base);
             }
         }
         self.recv_more(engine, base, events)
+    }
+
+    /// A READ payload is being moved: the worker drains the pipe, or the
+    /// rest is awaited.
+    pub(super) fn pipe_busy(&self) -> bool {
+        self.splice
+            .as_ref()
+            .is_some_and(|s| s.stopped || s.wait || s.polling)
+    }
+
+    /// Waits for the rest of the payload through the engine, when
+    /// `pipe_step` found none.
+    pub(super) fn poll_payload(&mut self, engine: &mut Engine, base: u64) -> Result<()> {
+        let fd = self.fd;
+        let Some(sp) = self.splice.as_mut() else {
+            return Ok(());
+        };
+        if !sp.wait || sp.polling {
+            return Ok(());
+        }
+        let op = Op::Poll {
+            fd,
+            events: libc::POLLIN as u32,
+        };
+        engine.push(op, base | POLL)?;
+        sp.wait = false;
+        sp.polling = true;
+        Ok(())
+    }
+
+    /// The poll for the rest of a payload completed: move it on.
+    pub(super) fn payload_ready(
+        &mut self,
+        engine: &mut Engine,
+        base: u64,
+        res: i32,
+        events: &mut Vec<ConnEvent>,
+    ) -> Result<()> {
+        let Some(sp) = self.splice.as_mut() else {
+            return Ok(());
+        };
+        sp.polling = false;
+        if res < 0 {
+            self.broken = true;
+            return Err(Error::from_res(format!("{}: poll", self.name), res));
+        }
+        sp.ready = true;
+        self.pipe_step(events)?;
+        self.poll_payload(engine, base)
     }
 
     /// One non-blocking receive of the rest of the current message (splice
@@ -176,21 +295,30 @@ impl NbdConn {
         };
         let want = (r.left - sp.in_pipe).min(sp.pipe_cap - sp.in_pipe);
         if want > 0 {
-            match splice::splice_in(fd, sp.pipe_w, want, &sp.ctl, name) {
-                Ok(0) if sp.in_pipe == 0 => {
-                    let cap = sp.pipe_cap;
-                    self.broken = true;
-                    return Err(self.err(format!(
-                        "cannot move READ data into an empty pipe of {cap} bytes"
-                    )));
-                }
-                Ok(n) => sp.in_pipe += n,
-                Err(e) => {
-                    // A cancel leaves our request stream intact (DISC can
-                    // still be sent); anything else breaks the connection.
-                    if e.errno != libc::ECANCELED {
-                        self.broken = true;
+            let ready = std::mem::take(&mut sp.ready);
+            match splice::splice_in(fd, sp.pipe_w, want, ready, &sp.ctl, name) {
+                Ok((n, step)) => {
+                    sp.in_pipe += n;
+                    match step {
+                        InStep::Done => {}
+                        InStep::PipeFull if sp.in_pipe == 0 => {
+                            let cap = sp.pipe_cap;
+                            self.broken = true;
+                            return Err(self.err(format!(
+                                "cannot move READ data into an empty pipe of {cap} bytes"
+                            )));
+                        }
+                        InStep::PipeFull => {}
+                        // The rest of what fits is on its way: hand on
+                        // whole payloads, not what happened to be there.
+                        InStep::Wait => {
+                            sp.wait = true;
+                            return Ok(());
+                        }
                     }
+                }
+                Err(e) => {
+                    self.broken = true;
                     return Err(e);
                 }
             }

@@ -7,7 +7,7 @@
 // moving what arrived in the pipe on to the destination, with zero
 // detection on a tee'd copy.
 
-use super::core::Worker;
+use super::core::{user_data, Worker, K_DST_NBD};
 use super::lane::{DstIo, Lane, SrcIo};
 use super::state::LaneSplice;
 use super::zero::{zero_runs, Run};
@@ -124,7 +124,8 @@ impl Worker<'_> {
                     lane.slots[slot_id as usize].parts += 1;
                     Shared::add(&self.shared.requests, 1);
                     Shared::add(&self.shared.bytes_spliced, n as u64);
-                    c.send_pipe(slot_id, roff, pipe_r, n as u32)
+                    let base = user_data(lane_id, K_DST_NBD, 0);
+                    c.send_pipe(&mut self.engine, base, slot_id, roff, pipe_r, n as u32)
                 }
                 // Null and file destinations are written right here.
                 (dst, false) => {
