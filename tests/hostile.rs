@@ -225,7 +225,11 @@ fn full_destination_socket_on_the_splice_path() {
             at += l;
         }
         assert_eq!(at, n);
-        assert!(s.memcpy < n, "{src_mode:?}: {} bytes copied in memory", s.memcpy);
+        assert!(
+            s.memcpy < n,
+            "{src_mode:?}: {} bytes copied in memory",
+            s.memcpy
+        );
         if src_mode == Mode::Good {
             assert!(s.memcpy > 0, "the full socket was never met");
         }

@@ -358,11 +358,20 @@ fn poll_completes_when_the_socket_is_ready_with_its_events() {
         let got = collect(&mut e, 1);
         assert_eq!(got.len(), 1, "{:?}", e.kind());
         assert_eq!(got[0].user_data, 1);
-        assert!(got[0].res as u32 & pin != 0, "{:?}: {}", e.kind(), got[0].res);
+        assert!(
+            got[0].res as u32 & pin != 0,
+            "{:?}: {}",
+            e.kind(),
+            got[0].res
+        );
         // Writable at once.
         e.push(Op::Poll { fd, events: pout }, 2).unwrap();
         let got = collect(&mut e, 1);
-        assert!(got.len() == 1 && got[0].res as u32 & pout != 0, "{:?}", e.kind());
+        assert!(
+            got.len() == 1 && got[0].res as u32 & pout != 0,
+            "{:?}",
+            e.kind()
+        );
         // A poll in flight is handed back as cancelled by a drain.
         let mut x = [0u8; 1];
         (&a).read_exact(&mut x).unwrap();
