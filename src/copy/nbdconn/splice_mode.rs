@@ -79,7 +79,7 @@ impl NbdConn {
             let more = more || n < q.queue.len();
             if let Err(e) = splice::send_all(self.fd, &mut bufs, more, &ctl, &self.name) {
                 self.broken = true;
-                return Err(e);
+                return Err(e.on(self.side));
             }
             // Splice mode never forwards receive blocks: nothing to release.
             q.drop_sent(n);
@@ -108,7 +108,7 @@ impl NbdConn {
         if r.is_err() {
             self.broken = true;
         }
-        r
+        r.map_err(|e| e.on(self.side))
     }
 
     /// Continues after the worker drained the pipe (splice mode).
@@ -156,7 +156,7 @@ impl NbdConn {
                 Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(false),
                 _ => {
                     self.broken = true;
-                    Err(Error::os(format!("{}: receive", self.name), e))
+                    Err(Error::os(format!("{}: receive", self.name), e).on(self.side))
                 }
             },
         }
@@ -191,7 +191,7 @@ impl NbdConn {
                     if e.errno != libc::ECANCELED {
                         self.broken = true;
                     }
-                    return Err(e);
+                    return Err(e.on(self.side));
                 }
             }
         }
@@ -215,7 +215,10 @@ impl NbdConn {
             let done = r.done.take();
             sp.rest = None;
             if let Some(c) = done {
-                events.push(self.book.complete(&self.name, c.cookie, c.result)?);
+                let ev = self
+                    .book
+                    .complete(&self.name, self.side, c.cookie, c.result)?;
+                events.push(ev);
             }
         }
         Ok(())
