@@ -9,6 +9,7 @@
 mod common;
 use common::hostile::{pattern_byte, Hostile, Mode, ALL_BAD, SLOW_OP};
 use common::*;
+use nbdcpy::testing::Side;
 use std::time::{Duration, Instant};
 
 const SIZE: u64 = 4 << 20;
@@ -153,6 +154,12 @@ fn specific_messages() {
                 "{mode:?} splice={splice} names the endpoint: {}",
                 e.msg
             );
+            assert_eq!(
+                e.side,
+                side_of_error_at(Side::Source, &e.msg),
+                "{mode:?} splice={splice}: {}",
+                e.msg
+            );
         }
     }
     let (r, _) = run_source(Mode::ErrorChunk, false, "1");
@@ -175,6 +182,7 @@ fn hostile_destination() {
     let e = copy(src.to_str().unwrap(), &h.uri(), &[("connections", "1")]).unwrap_err();
     assert_eq!(e.errno, libc::EIO);
     assert!(e.msg.contains("WRITE at offset"), "{}", e.msg);
+    assert_eq!(e.side, Some(Side::Destination), "{}", e.msg);
     for &(o, l) in h.writes.lock().unwrap().iter() {
         assert!(
             o + l <= SIZE / 2,
@@ -186,6 +194,8 @@ fn hostile_destination() {
     let t0 = Instant::now();
     let e = copy(src.to_str().unwrap(), &h.uri(), &[("timeout", "2")]).unwrap_err();
     assert_eq!(e.errno, libc::ETIMEDOUT, "{}", e.msg);
+    let side = side_of_error_at(Side::Destination, &e.msg);
+    assert_eq!(e.side, side, "{}", e.msg);
     assert!(t0.elapsed() < Duration::from_secs(8));
 }
 
@@ -234,6 +244,13 @@ fn full_destination_socket_on_the_splice_path() {
             assert!(s.memcpy > 0, "the full socket was never met");
         }
     }
+}
+
+/// The side an error caused by a misbehaving `side` must report: that
+/// side, but for the stall timeout of a whole worker, which names both
+/// ends ("source S or destination D is not responding") and so neither.
+fn side_of_error_at(side: Side, msg: &str) -> Option<Side> {
+    (!msg.contains(" or destination ")).then_some(side)
 }
 
 /// Runs a copy and cancels it 300 ms in; returns its error and how long

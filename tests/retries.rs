@@ -402,7 +402,8 @@ fn a_server_back_with_another_size_is_an_error() {
     let other = dir.file("other.img");
     image(&other, 17, 4);
     let mut s = Srv::slow_reads(&dir, &src);
-    let opts = ["--retries=100", "--retry-delay=0.1"];
+    // The result as JSON on stderr too: its "endpoint".
+    let opts = ["--retries=100", "--retry-delay=0.1", "--json=2"];
     let Some(mut run) = CopyRun::start_small(&dir, &opts, &s.uri(), dst.to_str().unwrap()) else {
         return;
     };
@@ -420,6 +421,7 @@ fn a_server_back_with_another_size_is_an_error() {
         err.contains("source nbd+unix://"),
         "names the endpoint: {err}"
     );
+    assert!(err.contains(r#""endpoint": "source""#), "{err}");
     assert!(back.elapsed() < Duration::from_secs(10), "no retry loop");
 }
 
@@ -430,7 +432,7 @@ fn a_server_that_never_comes_back_fails_in_bounded_time() {
     };
     write_file(&dst, &vec![0; 16 << 20]);
     let mut s = Srv::nbdkit_file(&dir, false, &dst, "delay", &["delay-write=20ms"]);
-    let opts = ["--retries=3", "--retry-delay=0.2"];
+    let opts = ["--retries=3", "--retry-delay=0.2", "--json=2"];
     let Some(mut run) = CopyRun::start_small(&dir, &opts, src.to_str().unwrap(), &s.uri()) else {
         return;
     };
@@ -443,6 +445,7 @@ fn a_server_that_never_comes_back_fails_in_bounded_time() {
         "{err}"
     );
     assert!(err.contains("destination nbd+unix://"), "{err}");
+    assert!(err.contains(r#""endpoint": "destination""#), "{err}");
     // 0.2 + 0.4 + 0.8 s of backoff, then the error.
     let t = gone.elapsed();
     assert!(t >= Duration::from_millis(1400), "backoff too short: {t:?}");

@@ -10,7 +10,6 @@ pub mod align;
 pub mod compat;
 pub mod dirty;
 pub mod integrity;
-pub mod lane_error;
 pub mod nbdconn;
 pub mod plan;
 pub mod rangelist;
@@ -751,7 +750,8 @@ impl Job {
 /// The connection of lane `i` to the NBD endpoint `n`.
 fn lane_conn(n: &mut NbdEndpoint, i: usize, p: &LaneParams, whole_reads: bool) -> Result<NbdConn> {
     let (fd, name) = n.lane_socket(i)?;
-    let mut conn = NbdConn::new(fd, name, n.info.clone(), p.request_size, whole_reads);
+    let info = n.info.clone();
+    let mut conn = NbdConn::new(fd, name, n.side(), info, p.request_size, whole_reads);
     if let Some(sess) = n.take_session(i) {
         conn.set_tls(sess);
     }

@@ -88,7 +88,6 @@ impl Shared {
     /// Records the first error; later ones are dropped (they are usually
     /// consequences of the first).
     pub fn fail(&self, e: Error) {
-        let e = crate::copy::lane_error::with_side(e);
         if let Ok(mut g) = self.error.lock() {
             if g.is_none() {
                 *g = Some(e);

@@ -241,6 +241,11 @@ impl NbdEndpoint {
         }
     }
 
+    /// The end of the copy this endpoint is.
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
     /// Connected over a unix domain socket (also subprocess servers).
     pub fn is_unix(&self) -> bool {
         matches!(self.transport, Transport::Unix { .. })

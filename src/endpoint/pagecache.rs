@@ -321,7 +321,8 @@ impl Inner {
                     b - a
                 ),
                 e,
-            )),
+            )
+            .on(Side::Destination)),
         }
     }
 

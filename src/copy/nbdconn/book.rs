@@ -8,7 +8,7 @@
 
 use super::ConnEvent;
 use crate::engine::buf::Span;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Side};
 use crate::proto::reply::RequestError;
 use std::collections::HashMap;
 
@@ -136,27 +136,29 @@ impl RequestBook {
         out
     }
 
-    /// The slot of the request with `cookie`.
-    pub fn slot_of(&self, name: &str, cookie: u64) -> Result<u32> {
+    /// The slot of the request with `cookie` (errors name the connection
+    /// `name`, on `side`).
+    pub fn slot_of(&self, name: &str, side: Side, cookie: u64) -> Result<u32> {
         self.pending
             .get(&cookie)
             .map(|p| p.slot)
-            .ok_or_else(|| unknown(name, cookie))
+            .ok_or_else(|| unknown(name, cookie).on(side))
     }
 
     /// The reply for `cookie` is complete: the event for the lane, or the
-    /// server's error (named after the connection `name`).  A failed
-    /// BLOCK_STATUS is not fatal: the range is then read.
+    /// server's error (named after the connection `name`, on `side`).  A
+    /// failed BLOCK_STATUS is not fatal: the range is then read.
     pub fn complete(
         &mut self,
         name: &str,
+        side: Side,
         cookie: u64,
         result: std::result::Result<(), RequestError>,
     ) -> Result<ConnEvent> {
         let p = self
             .pending
             .remove(&cookie)
-            .ok_or_else(|| unknown(name, cookie))?;
+            .ok_or_else(|| unknown(name, cookie).on(side))?;
         if p.kind.is_slow() {
             self.slow -= 1;
         }
@@ -174,7 +176,8 @@ impl RequestBook {
                     p.offset,
                     p.len
                 ),
-            ));
+            )
+            .on(side));
         }
         Ok(match p.kind {
             Kind::Read => ConnEvent::ReadDone { slot: p.slot },
@@ -260,7 +263,7 @@ mod tests {
         b.set_delivered(c2, seen.unwrap());
         assert_eq!(b.undelivered(c2, 0, 128), [(64, 64)]);
         assert_eq!(b.undelivered(c2, 0, 128), []);
-        b.complete("s", c2, Ok(())).unwrap();
+        b.complete("s", Side::Source, c2, Ok(())).unwrap();
         assert!(b.delivered.is_empty());
     }
 
@@ -281,7 +284,8 @@ mod tests {
             cookies.push(c);
         }
         assert_eq!(b.held_block(cookies[2]), Some(17));
-        b.complete("d", cookies[2], Ok(())).unwrap();
+        b.complete("d", Side::Destination, cookies[2], Ok(()))
+            .unwrap();
         assert_eq!(b.completed, 1);
         let all = b.take_all();
         let got: Vec<(u32, Kind)> = all.iter().map(|(q, _)| (q.slot, q.kind)).collect();
@@ -326,8 +330,8 @@ mod tests {
         for (kind, want) in cases {
             let c = b.cookie(3);
             b.insert(c, p(3, kind));
-            assert_eq!(b.slot_of("src", c).unwrap(), 3);
-            let got = b.complete("src", c, Ok(())).unwrap();
+            assert_eq!(b.slot_of("src", Side::Source, c).unwrap(), 3);
+            let got = b.complete("src", Side::Source, c, Ok(())).unwrap();
             assert_eq!(format!("{got:?}"), format!("{want:?}"), "{kind:?}");
         }
         assert_eq!(b.in_flight(), 0);
@@ -341,9 +345,9 @@ mod tests {
         assert!(!b.slow_pending());
         b.insert(z, p(1, Kind::Zero));
         b.insert(f, p(2, Kind::Flush));
-        b.complete("d", z, Ok(())).unwrap();
+        b.complete("d", Side::Destination, z, Ok(())).unwrap();
         assert!(b.slow_pending());
-        b.complete("d", f, Ok(())).unwrap();
+        b.complete("d", Side::Destination, f, Ok(())).unwrap();
         assert!(!b.slow_pending());
     }
 
@@ -361,9 +365,15 @@ mod tests {
         let c = b.cookie(1);
         b.insert(c, p(1, Kind::Write));
         let e = b
-            .complete("destination nbd://x", c, server_error(libc::ENOSPC))
+            .complete(
+                "destination nbd://x",
+                Side::Destination,
+                c,
+                server_error(libc::ENOSPC),
+            )
             .unwrap_err();
         assert_eq!(e.errno, libc::ENOSPC);
+        assert_eq!(e.side, Some(Side::Destination));
         let m = e.to_string();
         assert!(
             m.contains("destination nbd://x: WRITE at offset 4096 length 512"),
@@ -372,19 +382,26 @@ mod tests {
         // A failed BLOCK_STATUS is not an error.
         let s = b.cookie(0);
         b.insert(s, p(0, Kind::Status));
-        let ev = b.complete("src", s, server_error(libc::EINVAL)).unwrap();
+        let ev = b
+            .complete("src", Side::Source, s, server_error(libc::EINVAL))
+            .unwrap();
         assert!(matches!(ev, ConnEvent::StatusDone { ok: false, .. }));
     }
 
     #[test]
     fn unknown_cookies_are_protocol_errors() {
         let mut b = RequestBook::default();
-        assert!(b.slot_of("src", 99).is_err());
-        let e = b.complete("src", 99, Ok(())).unwrap_err();
+        let e = b.slot_of("src", Side::Source, 99).unwrap_err();
+        assert_eq!(e.side, Some(Side::Source));
+        let e = b.complete("src", Side::Source, 99, Ok(())).unwrap_err();
         assert!(e.to_string().contains("unknown cookie 99"));
+        assert_eq!(e.side, Some(Side::Source));
         let c = b.cookie(0);
         b.insert(c, p(0, Kind::Read));
-        b.complete("src", c, Ok(())).unwrap();
-        assert!(b.complete("src", c, Ok(())).is_err(), "a second reply");
+        b.complete("src", Side::Source, c, Ok(())).unwrap();
+        assert!(
+            b.complete("src", Side::Source, c, Ok(())).is_err(),
+            "a second reply"
+        );
     }
 }

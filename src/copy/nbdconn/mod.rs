@@ -20,7 +20,7 @@ use super::dirty::DirtyExtent;
 use super::splice::WaitLimits;
 use crate::engine::buf::Span;
 use crate::engine::Engine;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Side};
 use crate::proto::reply::{Chunk, Parse, ReplyParser};
 use crate::proto::request::{self, Request};
 use crate::proto::{consts, HeaderMode, Negotiated};
@@ -75,6 +75,9 @@ const POLL: u64 = 2;
 pub struct NbdConn {
     /// "source URI" or "destination URI", for messages.
     pub name: String,
+    /// The end of the copy this connection is: every error it raises
+    /// is about that side.
+    pub side: Side,
     fd: RawFd,
     info: Negotiated,
     parser: ReplyParser,
@@ -103,11 +106,12 @@ pub struct NbdConn {
 
 impl NbdConn {
     /// A connection on the negotiated socket `fd` for requests of at most
-    /// `request_size` bytes; `whole_reads` asks for READ replies in one
-    /// chunk where the server can (DF).
+    /// `request_size` bytes, on `side`; `whole_reads` asks for READ
+    /// replies in one chunk where the server can (DF).
     pub fn new(
         fd: RawFd,
         name: String,
+        side: Side,
         info: Negotiated,
         request_size: u64,
         whole_reads: bool,
@@ -122,6 +126,7 @@ impl NbdConn {
         };
         NbdConn {
             name,
+            side,
             fd,
             parser: ReplyParser::new(&info),
             info,
@@ -185,10 +190,11 @@ impl NbdConn {
                 self.book.in_flight()
             ),
         )
+        .on(self.side)
     }
 
     fn err(&self, msg: impl std::fmt::Display) -> Error {
-        Error::new(libc::EIO, format!("{}: {msg}", self.name))
+        Error::new(libc::EIO, format!("{}: {msg}", self.name)).on(self.side)
     }
 
     fn request(&mut self, cmd: u16, flags: u16, slot: u32, offset: u64, length: u64) -> Request {
@@ -329,7 +335,7 @@ impl NbdConn {
         if self.send.start_batch() {
             let r = self.post_send(engine, base);
             self.broken |= r.is_err();
-            r.map_err(|e| e.context(&self.name))?;
+            r.map_err(|e| e.context(&self.name).on(self.side))?;
         }
         Ok(())
     }
@@ -351,18 +357,20 @@ impl NbdConn {
         let greedy = self.splice.is_none();
         let first = self.first_read();
         let Some(t) = self.tls.as_mut() else {
+            let who = (self.name.as_str(), self.side);
             self.recv
-                .post(engine, self.fd, base | RECV, first, greedy, &self.name)?;
+                .post(engine, self.fd, base | RECV, first, greedy, who)?;
             self.recv_busy = true;
             return Ok(());
         };
-        let (_, _, len) = self.recv.target(first, greedy, &self.name)?;
+        let who = (self.name.as_str(), self.side);
+        let (_, _, len) = self.recv.target(first, greedy, who)?;
         self.tls_target = len;
         // The target, [tail, tail+len) of the held block, is untouched by
         // anything else until this receive completes (as a plain one).
         let r = t.post_recv(engine, self.recv.target_mut(len), base | RECV);
         self.broken |= r.is_err();
-        r.map_err(|e| e.context(&self.name))
+        r.map_err(|e| e.context(&self.name).on(self.side))
     }
 
     /// Bytes to read at a message boundary when nothing of the next
@@ -402,7 +410,7 @@ impl NbdConn {
             if res < 0 {
                 self.send.busy = false;
                 self.broken = true;
-                let e = Error::from_res(format!("{}: send", self.name), res);
+                let e = Error::from_res(format!("{}: send", self.name), res).on(self.side);
                 return self.lost_or(e, res);
             }
             let n = match self.tls.as_mut() {
@@ -414,7 +422,7 @@ impl NbdConn {
                         self.send.busy = false;
                         self.broken = true;
                         let res = -e.errno;
-                        return self.lost_or(e.context(&self.name), res);
+                        return self.lost_or(e.context(&self.name).on(self.side), res);
                     }
                 },
             };
@@ -443,14 +451,16 @@ impl NbdConn {
                     // A TLS cut (ECONNRESET) is a lost connection too.
                     self.broken = true;
                     let (n, res) = (self.book.in_flight(), -e.errno);
-                    let e = e.context(format!("{} ({n} request(s) in flight)", self.name));
+                    let e = e
+                        .context(format!("{} ({n} request(s) in flight)", self.name))
+                        .on(self.side);
                     return self.lost_or(e, res);
                 }
             },
         };
         if res < 0 && res != -libc::ECONNRESET {
             self.broken = true;
-            let e = Error::from_res(format!("{}: receive", self.name), res);
+            let e = Error::from_res(format!("{}: receive", self.name), res).on(self.side);
             return self.lost_or(e, res);
         }
         if res <= 0 {
@@ -513,7 +523,7 @@ impl NbdConn {
                 } if self.splice.is_some() => {
                     // Only the prefix is here; the payload follows in the
                     // stream.
-                    let slot = self.book.slot_of(&self.name, cookie)?;
+                    let slot = self.book.slot_of(&self.name, self.side, cookie)?;
                     self.recv.head += len;
                     if let Some(sp) = self.splice.as_mut() {
                         sp.rest = Some(PipeRest {
@@ -543,7 +553,7 @@ impl NbdConn {
                     offset,
                     payload,
                 } => {
-                    let slot = self.book.slot_of(&self.name, cookie)?;
+                    let slot = self.book.slot_of(&self.name, self.side, cookie)?;
                     let (data, block) = self.recv.take_span(payload.start, payload.len());
                     events.push(ConnEvent::Data {
                         slot,
@@ -557,7 +567,7 @@ impl NbdConn {
                     offset,
                     len,
                 } => {
-                    let slot = self.book.slot_of(&self.name, cookie)?;
+                    let slot = self.book.slot_of(&self.name, self.side, cookie)?;
                     events.push(ConnEvent::Hole {
                         slot,
                         offset,
@@ -596,7 +606,10 @@ impl NbdConn {
             if let Some(c) = done {
                 let held = self.book.held_block(c.cookie);
                 events.extend(held.map(|block| ConnEvent::Release { block }));
-                events.push(self.book.complete(&self.name, c.cookie, c.result)?);
+                let ev = self
+                    .book
+                    .complete(&self.name, self.side, c.cookie, c.result)?;
+                events.push(ev);
             }
         }
     }

@@ -9,7 +9,7 @@
 
 use crate::engine::buf::{BlockPool, IoBuf, Span};
 use crate::engine::{Engine, Op};
-use crate::error::Result;
+use crate::error::{Error, Result, Side};
 use std::os::fd::RawFd;
 
 /// Receive buffers: pool block `cur`, bytes [head, tail) not yet parsed.
@@ -82,7 +82,8 @@ impl RecvBuf {
 
     /// Posts a receive: greedy (filling the block) when `greedy`, else
     /// exactly the rest of the current message (or `first` bytes).
-    /// Errors when a message would be larger than any asked for.
+    /// Errors when a message would be larger than any asked for (`who`:
+    /// the connection's name and side, for that error).
     pub fn post(
         &mut self,
         engine: &mut Engine,
@@ -90,9 +91,9 @@ impl RecvBuf {
         user_data: u64,
         first: usize,
         greedy: bool,
-        name: &str,
+        who: (&str, Side),
     ) -> Result<()> {
-        let (buf, at, len) = self.target(first, greedy, name)?;
+        let (buf, at, len) = self.target(first, greedy, who)?;
         // Nothing else reads or writes [tail, tail+len) of the held block
         // `cur` until this receive completes; the operation holds a share
         // of the block for as long as the kernel may write it.
@@ -106,16 +107,17 @@ impl RecvBuf {
         &mut self,
         first: usize,
         greedy: bool,
-        name: &str,
+        (name, side): (&str, Side),
     ) -> Result<(IoBuf, usize, usize)> {
         self.rewind_if_idle();
         let bs = self.pool.block_size();
         let want = self.want(first);
         if want > self.max_msg {
-            return Err(crate::error::Error::new(
+            return Err(Error::new(
                 libc::EIO,
                 format!("{name}: server reply of {want} bytes is larger than any reply asked for"),
-            ));
+            )
+            .on(side));
         }
         if self.head + want > bs {
             self.move_to_fresh_block();

@@ -224,7 +224,8 @@ impl NbdConn {
                                  but {why}: not resuming the copy",
                                 self.name
                             ),
-                        ));
+                        )
+                        .on(self.side));
                     }
                     r.completed_then = self.book.completed;
                     self.fd = sock.as_raw_fd();
@@ -258,7 +259,8 @@ impl NbdConn {
                     "{lost}; gave up after {} reconnect attempt(s){why}",
                     r.attempts
                 ),
-            ));
+            )
+            .on(self.side));
         }
         r.attempts += 1;
         r.dialing = Some(r.dial.dial_after(backoff(r.delay, r.attempts)));
@@ -312,7 +314,7 @@ impl NbdConn {
         len: usize,
         events: &mut Vec<ConnEvent>,
     ) -> Result<()> {
-        let slot = self.book.slot_of(&self.name, cookie)?;
+        let slot = self.book.slot_of(&self.name, self.side, cookie)?;
         let pieces = self.book.undelivered(cookie, offset, len as u64);
         for (o, l) in pieces {
             let (data, block) = self
@@ -336,7 +338,7 @@ impl NbdConn {
         len: u64,
         events: &mut Vec<ConnEvent>,
     ) -> Result<()> {
-        let slot = self.book.slot_of(&self.name, cookie)?;
+        let slot = self.book.slot_of(&self.name, self.side, cookie)?;
         let pieces = self.book.undelivered(cookie, offset, len);
         for (o, l) in pieces {
             events.push(ConnEvent::Hole {

@@ -109,7 +109,9 @@ impl NbdConn {
                     libc::EAGAIN => 0,
                     errno => {
                         self.broken = true;
-                        return Err(Error::from_res(format!("{}: send", self.name), -errno));
+                        return Err(
+                            Error::from_res(format!("{}: send", self.name), -errno).on(self.side)
+                        );
                     }
                 },
             };
@@ -122,7 +124,7 @@ impl NbdConn {
                 self.send.start_batch_after(part);
                 let r = self.post_send(engine, base);
                 self.broken |= r.is_err();
-                return r.map_err(|e| e.context(&self.name));
+                return r.map_err(|e| e.context(&self.name).on(self.side));
             }
         }
         Ok(())
@@ -160,14 +162,14 @@ impl NbdConn {
         } else {
             let r = splice::splice_out_now(pipe_r, self.fd, len, &ctl, &self.name);
             self.broken |= r.is_err();
-            r?
+            r.map_err(|e| e.on(self.side))?
         };
         if moved == len {
             return Ok(());
         }
         let rest = len - moved;
         let mut buf = AlignedBuf::new(rest);
-        splice::read_pipe(pipe_r, buf.as_mut_slice(), &ctl)?;
+        splice::read_pipe(pipe_r, buf.as_mut_slice(), &ctl).map_err(|e| e.on(self.side))?;
         self.recv.memcpy += rest as u64;
         let buf = Arc::new(buf);
         self.send
@@ -176,7 +178,7 @@ impl NbdConn {
             self.send.start_batch_after(0);
             let r = self.post_send(engine, base);
             self.broken |= r.is_err();
-            r.map_err(|e| e.context(&self.name))?;
+            r.map_err(|e| e.context(&self.name).on(self.side))?;
         }
         Ok(())
     }
@@ -243,7 +245,7 @@ impl NbdConn {
         sp.polling = false;
         if res < 0 {
             self.broken = true;
-            return Err(Error::from_res(format!("{}: poll", self.name), res));
+            return Err(Error::from_res(format!("{}: poll", self.name), res).on(self.side));
         }
         sp.ready = true;
         self.pipe_step(events)?;
@@ -275,7 +277,7 @@ impl NbdConn {
                 Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(false),
                 _ => {
                     self.broken = true;
-                    Err(Error::os(format!("{}: receive", self.name), e))
+                    Err(Error::os(format!("{}: receive", self.name), e).on(self.side))
                 }
             },
         }
@@ -319,7 +321,7 @@ impl NbdConn {
                 }
                 Err(e) => {
                     self.broken = true;
-                    return Err(e);
+                    return Err(e.on(self.side));
                 }
             }
         }
@@ -343,7 +345,10 @@ impl NbdConn {
             let done = r.done.take();
             sp.rest = None;
             if let Some(c) = done {
-                events.push(self.book.complete(&self.name, c.cookie, c.result)?);
+                let ev = self
+                    .book
+                    .complete(&self.name, self.side, c.cookie, c.result)?;
+                events.push(ev);
             }
         }
         Ok(())

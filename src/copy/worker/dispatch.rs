@@ -15,7 +15,7 @@ use crate::copy::nbdconn::ConnEvent;
 use crate::copy::stats::Shared;
 use crate::engine::buf::{write_exclusive, Span};
 use crate::engine::Op;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Side};
 
 impl Worker<'_> {
     /// Copies one READ chunk (`data` with its receive block, or a hole
@@ -41,7 +41,8 @@ impl Worker<'_> {
                     "{}: READ chunk at offset {off} length {len} outside the request",
                     lane.src_label()
                 ),
-            ));
+            )
+            .on(Side::Source));
         };
         let at = HEADER_ROOM + (off - slot.offset) as usize;
         if !slot.staged {
@@ -148,7 +149,8 @@ impl Worker<'_> {
                          end ({max} bytes)",
                         lane.dst_name()
                     ),
-                ));
+                )
+                .on(Side::Destination));
             }
         }
         Ok(())
@@ -395,7 +397,8 @@ impl Worker<'_> {
             | ConnEvent::StatusDone { .. } => Err(Error::new(
                 libc::EIO,
                 "destination sent data it was not asked for",
-            )),
+            )
+            .on(Side::Destination)),
         }
     }
 }

@@ -17,7 +17,7 @@ use crate::copy::splice;
 use crate::copy::stats::Shared;
 use crate::copy::workqueue::WorkQueue;
 use crate::engine::{Completion, Engine, EngineKind, Op};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Side};
 use std::time::{Duration, Instant};
 
 /// Runs lanes on an engine of `kind` until they finish, fail or are
@@ -288,7 +288,8 @@ impl Worker<'_> {
                     return Err(Error::from_res(
                         format!("destination {}: fsync", lane.dst_name()),
                         res,
-                    ));
+                    )
+                    .on(Side::Destination));
                 }
                 lane.flushed = true;
                 Ok(())

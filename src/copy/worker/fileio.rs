@@ -13,7 +13,7 @@ use super::state::{OpKind, WriteOp, ZeroMode, HEADER_ROOM};
 use crate::copy::stats::Shared;
 use crate::engine::buf::Span;
 use crate::engine::Op;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Side};
 use crate::sys;
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering::Relaxed;
@@ -62,7 +62,8 @@ impl Worker<'_> {
             return Err(Error::from_res(
                 format!("source {}: read at offset {at}", lane.src_name()),
                 res,
-            ));
+            )
+            .on(Side::Source));
         }
         if stream {
             // A stream fills the whole slot (a pipe hands out what it
@@ -82,7 +83,8 @@ impl Worker<'_> {
                             lane.src_name(),
                             lane.dst_label()
                         ),
-                    ));
+                    )
+                    .on(Side::Source));
                 }
             }
             let slot = &mut lane.slots[slot_id as usize];
@@ -110,7 +112,8 @@ impl Worker<'_> {
                         "source {}: unexpected end of file at offset {at} (did it shrink?)",
                         lane.src_name(),
                     ),
-                ));
+                )
+                .on(Side::Source));
             }
             let slot = &mut lane.slots[slot_id as usize];
             slot.filled += res as u64;
@@ -288,7 +291,8 @@ impl Worker<'_> {
                     lane.dst_name()
                 ),
                 res,
-            ));
+            )
+            .on(Side::Destination));
         }
         let op = &mut lane.ops[oi as usize];
         match kind {
@@ -300,7 +304,8 @@ impl Worker<'_> {
                         "destination {}: write at offset {at} made no progress",
                         lane.dst_name()
                     ),
-                ))
+                )
+                .on(Side::Destination))
             }
             _ => op.done += res as u64,
         }

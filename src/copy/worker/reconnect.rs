@@ -56,7 +56,7 @@ impl Worker<'_> {
         }
         for c in stalled {
             let msg = format!("{}: {}", c.name, e.msg);
-            c.lose(Error::new(e.errno, msg));
+            c.lose(Error::new(e.errno, msg).on(c.side));
         }
         self.last_progress = Instant::now();
         Ok(())

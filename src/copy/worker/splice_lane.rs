@@ -13,7 +13,7 @@ use super::state::LaneSplice;
 use super::zero::{zero_runs, Run};
 use crate::copy::splice::{self, Pipe, WaitLimits};
 use crate::copy::stats::Shared;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Side};
 use std::os::fd::{AsRawFd, RawFd};
 
 impl Lane {
@@ -104,7 +104,8 @@ impl Worker<'_> {
             Some((tee, tee_buf)) if len > 0 => {
                 if let Err(e) = splice::tee_read(pipe_r, tee, tee_buf, len, &ctl) {
                     lane.runs = runs;
-                    return Err(e.context(format!("{} (zero detection)", lane.src_label())));
+                    let e = e.context(format!("{} (zero detection)", lane.src_label()));
+                    return Err(e.on(Side::Source));
                 }
                 zero_runs(&tee_buf[..len], off, sparse, &mut runs);
             }
@@ -137,7 +138,7 @@ impl Worker<'_> {
                                 |mut e| {
                                     // "destination NAME: ...", built only on error.
                                     e.msg = format!("destination {}", e.msg);
-                                    e
+                                    e.on(Side::Destination)
                                 },
                             )
                         }
@@ -182,7 +183,7 @@ impl Worker<'_> {
             // detection buffer holds).
             let want = ((len - done) as usize).min(cap);
             let n = splice::splice_file_in(fd, off + done, pipe_w, want, &ctl)
-                .map_err(|e| e.context(format!("source {}", lane.src_name())))?;
+                .map_err(|e| e.at(Side::Source, lane.src_name()))?;
             self.pipe_data(lane_id, lane, slot_id, off + done, n)?;
             done += n as u64;
         }
