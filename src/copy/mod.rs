@@ -647,6 +647,7 @@ impl Job {
                 spliced += lane.enable_splice(splice::WaitLimits {
                     shared: self.shared.clone(),
                     timeout: params.timeout,
+                    slow_timeout: params.slow_timeout,
                 }) as usize;
             }
             lanes.push(lane);

@@ -51,21 +51,33 @@ impl Pipe {
     }
 }
 
-/// The job's counters, cancel and failure flags and stall timeout, for
-/// the splice path's direct calls.  Sockets never wait here (the engine
-/// waits for them); only a file or /dev/null that took part of a move
-/// would (`splice_out`), which they do not.
+/// The job's counters, cancel and failure flags and stall timeouts, for
+/// the splice path's direct calls and their bounded waits (a worker's
+/// only lane waiting for its destination socket; a file or /dev/null
+/// that took part of a move, which they do not).
 #[derive(Clone)]
 pub struct WaitLimits {
     pub shared: Arc<Shared>,
     /// The stall limit (None: wait forever).
     pub timeout: Option<Duration>,
+    /// The stall limit while the peer may be busy with a FLUSH or
+    /// WRITE_ZEROES (None: wait forever).
+    pub slow_timeout: Option<Duration>,
 }
 
 /// Poll slice: how quickly a blocked step notices cancellation.
 const SLICE_MS: i32 = 20;
 
 impl WaitLimits {
+    /// This WaitLimits, with the slow limit as its stall limit when `slow`.
+    pub fn slow_if(&self, slow: bool) -> WaitLimits {
+        let mut w = self.clone();
+        if slow {
+            w.timeout = self.slow_timeout;
+        }
+        w
+    }
+
     /// Waits until `fd` is ready for `events`.  Fails with ECANCELED when
     /// the job is cancelled or another worker failed, ETIMEDOUT after the
     /// stall timeout; `who` names the endpoint for that message.

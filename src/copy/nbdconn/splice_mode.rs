@@ -94,6 +94,20 @@ impl NbdConn {
         let Some(ctl) = self.sync_send.clone() else {
             return Ok(());
         };
+        self.send_direct(engine, base, more, &ctl, false)
+    }
+
+    /// `send_queue_now`; with `wait`, a full socket is waited for here
+    /// (a bounded, cancellable poll) instead of handing the rest to the
+    /// engine.
+    fn send_direct(
+        &mut self,
+        engine: &mut Engine,
+        base: u64,
+        more: bool,
+        ctl: &WaitLimits,
+        wait: bool,
+    ) -> Result<()> {
         while !self.send.busy && !self.send.queue.is_empty() {
             let n = self.send.queue.len().min(MAX_BATCH);
             let bufs = io_slices(&self.send.queue[..n]);
@@ -106,6 +120,14 @@ impl NbdConn {
                 Ok(k) => k,
                 Err(e) => match e.raw_os_error().unwrap_or(libc::EIO) {
                     libc::EINTR => continue,
+                    libc::EAGAIN if wait => {
+                        // A server busy with a FLUSH or WRITE_ZEROES may
+                        // stop reading.
+                        ctl.slow_if(self.slow_pending())
+                            .wait(self.fd, libc::POLLOUT, &self.name)
+                            .map_err(|e| e.on(self.side))?;
+                        continue;
+                    }
                     libc::EAGAIN => 0,
                     errno => {
                         self.broken = true;
@@ -132,9 +154,14 @@ impl NbdConn {
 
     /// Sends WRITE [offset, offset+len) for `slot` with its payload taken
     /// from the pipe `pipe_r` (splice mode), after everything queued.
-    /// Spliced to the socket directly while it takes them; the bytes it
-    /// does not take at once are copied out of the pipe and sent by the
-    /// engine.  The pipe holds none of them afterwards.
+    /// Spliced to the socket directly while it takes them.  When it is
+    /// full, and `alone` (this is its worker's only lane: nothing else
+    /// could run meanwhile), the socket is waited for here, bounded by
+    /// the stall timeout and noticing cancellation; otherwise the bytes
+    /// it does not take are copied out of the pipe and sent by the
+    /// engine, so the worker's other lanes go on.  The pipe holds none of
+    /// them afterwards.
+    #[allow(clippy::too_many_arguments)]
     pub fn send_pipe(
         &mut self,
         engine: &mut Engine,
@@ -143,6 +170,7 @@ impl NbdConn {
         offset: u64,
         pipe_r: RawFd,
         len: u32,
+        alone: bool,
     ) -> Result<()> {
         let Some(ctl) = self.sync_send.clone() else {
             return Err(self.err("internal error: pipe write without splice mode"));
@@ -155,15 +183,27 @@ impl NbdConn {
             len as u64,
         );
         self.queue(req, slot, super::Kind::Write, None, None)?;
-        self.send_queue_now(engine, base, true)?;
+        let r = self.send_direct(engine, base, true, &ctl, alone);
+        self.broken |= r.is_err();
+        r?;
         let len = len as usize;
-        let moved = if self.send.busy {
-            0
-        } else {
-            let r = splice::splice_out_now(pipe_r, self.fd, len, &ctl, &self.name);
+        let slow = self.slow_pending();
+        let mut moved = 0;
+        while !self.send.busy && moved < len {
+            let r = splice::splice_out_now(pipe_r, self.fd, len - moved, &ctl, &self.name)
+                .and_then(|n| {
+                    moved += n;
+                    if moved < len && alone {
+                        ctl.slow_if(slow).wait(self.fd, libc::POLLOUT, &self.name)?;
+                    }
+                    Ok(())
+                });
             self.broken |= r.is_err();
-            r.map_err(|e| e.on(self.side))?
-        };
+            r.map_err(|e| e.on(self.side))?;
+            if !alone {
+                break;
+            }
+        }
         if moved == len {
             return Ok(());
         }

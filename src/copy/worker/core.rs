@@ -48,4 +48,7 @@ pub(super) struct Worker<'a> {
     pub(super) last_progress: Instant,
     /// A lane waits for the rate limit: how long (the ring wait's bound).
     pub(super) rate_wait: Option<Duration>,
+    /// This worker runs one lane: a wait for its destination holds up
+    /// nothing else (the splice path then waits rather than copy).
+    pub(super) single_lane: bool,
 }

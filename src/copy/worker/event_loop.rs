@@ -49,6 +49,7 @@ pub fn run_worker(
         events: Vec::with_capacity(64),
         last_progress: Instant::now(),
         rate_wait: None,
+        single_lane: lanes.len() == 1,
     };
     if let Err(e) = w.run(&mut lanes) {
         shared.fail(e);

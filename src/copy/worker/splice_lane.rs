@@ -126,7 +126,16 @@ impl Worker<'_> {
                     Shared::add(&self.shared.requests, 1);
                     Shared::add(&self.shared.bytes_spliced, n as u64);
                     let base = user_data(lane_id, K_DST_NBD, 0);
-                    c.send_pipe(&mut self.engine, base, slot_id, roff, pipe_r, n as u32)
+                    let alone = self.single_lane;
+                    c.send_pipe(
+                        &mut self.engine,
+                        base,
+                        slot_id,
+                        roff,
+                        pipe_r,
+                        n as u32,
+                        alone,
+                    )
                 }
                 // Null and file destinations are written right here.
                 (dst, false) => {
