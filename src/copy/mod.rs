@@ -469,7 +469,8 @@ impl Job {
         }
         let q = match &self.list {
             Some(l) => WorkQueue::areas(l.clone(), plan.work_piece),
-            None => WorkQueue::range(self.window.start, self.window.end, plan.work_piece),
+            None => WorkQueue::range(self.window.start, self.window.end, plan.work_piece)
+                .guided(plan.lanes, 8),
         };
         let fallback = self.cfg.engine == crate::config::EngineChoice::Auto;
         let engine = (engine.kind, fallback);
