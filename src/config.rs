@@ -27,6 +27,9 @@ pub struct Config {
     pub request_size: u64,
     /// `request_size` was set explicitly (then it is used as given).
     pub request_size_set: bool,
+    /// Set by the job, not an option: the work is a range list of small
+    /// areas (mean below 1 MiB), scattered over the source.
+    pub small_areas: bool,
     /// Maximum bytes in flight per connection; default 16 MiB.
     pub queue_size: u64,
     /// Zero-detection block size; None = default (4096 or the destination's
@@ -156,6 +159,7 @@ impl Default for Config {
             requests: 64,
             request_size: 256 << 10,
             request_size_set: false,
+            small_areas: false,
             queue_size: 16 << 20,
             sparse: None,
             threads: 0,

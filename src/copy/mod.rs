@@ -428,8 +428,12 @@ impl Job {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get() as u32)
             .unwrap_or(1);
-        let (mut src_facts, plan_cfg) =
+        let (mut src_facts, mut plan_cfg) =
             ranges::plan_inputs(EndFacts::of(&self.src), &self.window, &self.cfg);
+        plan_cfg.small_areas = self.list.as_ref().is_some_and(|l| {
+            !l.areas().is_empty()
+                && l.total() / (l.areas().len() as u64) < rangelist::STATUS_MIN_MEAN_AREA
+        });
         if self.readback.is_some() || self.list.is_some() {
             // A --verify read-back: only the source's length; a range
             // list: the areas' length.
