@@ -221,8 +221,21 @@ fn file_to_nbd_keeps_the_cache_as_it_was() {
                 .filter(|(b, a)| **b && !**a)
                 .count();
             let (b, a) = (cached_bytes(&before), cached_bytes(&after));
-            eprintln!("{opts:?} {pre:?}: {} -> {} MiB cached", b / MIB, a / MIB);
-            assert_eq!(lost, 0, "{opts:?}: {lost} pages cached before were dropped");
+            eprintln!(
+                "{opts:?} {pre:?}: {} -> {} MiB cached, {lost} page(s) lost",
+                b / MIB,
+                a / MIB
+            );
+            // Pages cached before stay cached: nbdcpy drops none of them.
+            // The kernel may still reclaim a few meanwhile (machines with
+            // DAMON proactive reclaim, `pageout` of cold physical memory,
+            // lost 8 and 56 of 20,000 in one CI run): at most 1% of them;
+            // dropping a whole warm range would lose thousands.
+            let before_pages = before.iter().filter(|&&c| c).count();
+            assert!(
+                lost * 100 <= before_pages,
+                "{opts:?}: {lost} of {before_pages} pages cached before were dropped"
+            );
             assert!(a <= b + SIZE / 20, "{opts:?}: {b} -> {a} bytes cached");
         }
     }
