@@ -312,18 +312,22 @@ pub fn tee_read(
 /// by the socket's O_NONBLOCK alone (SPLICE_F_NONBLOCK is about the
 /// pipe): the flag is set for the move and cleared after it.  Nothing
 /// else uses the socket meanwhile: the worker is single-threaded, and its
-/// engine submits nothing between the two.
+/// engine submits nothing between the two.  `fl`: the socket's status
+/// flags (F_GETFL), read once by the caller.
 pub fn splice_out_now(
     pipe_r: RawFd,
     fd: RawFd,
+    fl: libc::c_int,
     n: usize,
     ctl: &WaitLimits,
     who: &str,
 ) -> Result<usize> {
-    let fl = sys::fcntl_int(fd, libc::F_GETFL, 0)
-        .and_then(|fl| sys::fcntl_int(fd, libc::F_SETFL, fl | libc::O_NONBLOCK).map(|_| fl))
-        .map_err(|e| Error::os(format!("{who}: fcntl"), e))?;
-    ctl.syscalls(2);
+    let toggle = fl & libc::O_NONBLOCK == 0;
+    if toggle {
+        sys::fcntl_int(fd, libc::F_SETFL, fl | libc::O_NONBLOCK)
+            .map_err(|e| Error::os(format!("{who}: fcntl"), e))?;
+        ctl.syscalls(1);
+    }
     let mut done = 0;
     let mut r = Ok(());
     while done < n {
@@ -338,8 +342,8 @@ pub fn splice_out_now(
             }
         }
     }
-    ctl.syscalls(1);
-    if fl & libc::O_NONBLOCK == 0 {
+    if toggle {
+        ctl.syscalls(1);
         sys::fcntl_int(fd, libc::F_SETFL, fl).map_err(|e| Error::os(format!("{who}: fcntl"), e))?;
     }
     r.map(|()| done)

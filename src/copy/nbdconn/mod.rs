@@ -93,6 +93,9 @@ pub struct NbdConn {
     /// Destination in splice mode: every send is a direct system call, in
     /// order, so pipe payloads can follow their headers.
     sync_send: Option<WaitLimits>,
+    /// ... and the socket's status flags then (splice_out_now sets
+    /// O_NONBLOCK around each move).
+    sync_flags: libc::c_int,
     /// A receive is in the ring.
     recv_busy: bool,
     /// Reconnecting after a lost connection (`--retries`), when on.
@@ -137,6 +140,7 @@ impl NbdConn {
             broken: false,
             splice: None,
             sync_send: None,
+            sync_flags: 0,
             recv_busy: false,
             retry: None,
             tls: None,

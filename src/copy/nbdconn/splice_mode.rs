@@ -73,6 +73,9 @@ impl NbdConn {
 
     /// Splice mode for a destination: sends are direct system calls.
     pub fn set_sync_send(&mut self, ctl: WaitLimits) {
+        // F_GETFL cannot fail on an open descriptor; O_RDWR is what a
+        // connected socket has (F_SETFL ignores the access mode).
+        self.sync_flags = crate::sys::fcntl_int(self.fd, libc::F_GETFL, 0).unwrap_or(libc::O_RDWR);
         self.sync_send = Some(ctl);
     }
 
@@ -143,13 +146,19 @@ impl NbdConn {
             let (whole, part) = self.send.split_sent(sent);
             self.send.drop_sent(whole);
             if whole < n || part > 0 {
-                self.send.start_batch_after(part);
-                let r = self.post_send(engine, base);
-                self.broken |= r.is_err();
-                return r.map_err(|e| e.context(&self.name).on(self.side));
+                return self.send_rest_by_engine(engine, base, part);
             }
         }
         Ok(())
+    }
+
+    /// Hands what is queued to the engine as one send, its first `skip`
+    /// bytes already sent directly.
+    fn send_rest_by_engine(&mut self, engine: &mut Engine, base: u64, skip: usize) -> Result<()> {
+        self.send.start_batch_after(skip);
+        let r = self.post_send(engine, base);
+        self.broken |= r.is_err();
+        r.map_err(|e| e.context(&self.name).on(self.side))
     }
 
     /// Sends WRITE [offset, offset+len) for `slot` with its payload taken
@@ -190,7 +199,8 @@ impl NbdConn {
         let slow = self.slow_pending();
         let mut moved = 0;
         while !self.send.busy && moved < len {
-            let r = splice::splice_out_now(pipe_r, self.fd, len - moved, &ctl, &self.name)
+            let fl = self.sync_flags;
+            let r = splice::splice_out_now(pipe_r, self.fd, fl, len - moved, &ctl, &self.name)
                 .and_then(|n| {
                     moved += n;
                     if moved < len && alone {
@@ -214,13 +224,10 @@ impl NbdConn {
         let buf = Arc::new(buf);
         self.send
             .push(SendItem::new(&[], Some(Span::of_buf(&buf, 0, rest)), None));
-        if !self.send.busy {
-            self.send.start_batch_after(0);
-            let r = self.post_send(engine, base);
-            self.broken |= r.is_err();
-            r.map_err(|e| e.context(&self.name).on(self.side))?;
+        if self.send.busy {
+            return Ok(()); // it follows the send in flight
         }
-        Ok(())
+        self.send_rest_by_engine(engine, base, 0)
     }
 
     /// Continues after the worker drained the pipe (splice mode).

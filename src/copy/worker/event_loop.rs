@@ -279,7 +279,8 @@ impl Worker<'_> {
                     return Err(Error::from_res(
                         format!("source {}: waiting for its extents", lane.src_name()),
                         res,
-                    ));
+                    )
+                    .on(Side::Source));
                 }
                 lane.seek_answered()?;
                 self.arm_seek(lane_id, lane)
