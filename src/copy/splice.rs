@@ -156,7 +156,9 @@ pub enum InStep {
 /// Moves up to `max` bytes from socket `sock` into `pipe_w` without
 /// waiting: (bytes moved, where it stopped).  `ready`: the socket was
 /// just reported readable, so a first EAGAIN means the pipe is full
-/// (nothing else reads this socket).  End of stream is an error.
+/// (nothing else reads this socket), or that the report was stale,
+/// which the caller tells apart by what it knows is in the pipe.  End
+/// of stream is an error.
 pub fn splice_in(
     sock: RawFd,
     pipe_w: RawFd,

@@ -45,7 +45,8 @@ fn nbdkit_pattern(tag: &str) -> Option<(Server, String)> {
     };
     let server = Server(child, dir);
     for _ in 0..500 {
-        if sock.exists() {
+        // Listening, not only bound: a probe connection gets through.
+        if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
             let uri = format!("nbd+unix:///?socket={}", sock.display());
             return Some((server, uri));
         }

@@ -12,6 +12,8 @@ mod recv;
 mod redial;
 mod send;
 mod splice_mode;
+#[cfg(test)]
+mod splice_test;
 
 pub use redial::Retry;
 

@@ -40,6 +40,8 @@ pub(super) struct SpliceIn {
     pub(super) polling: bool,
     /// The poll just reported the socket readable.
     pub(super) ready: bool,
+    /// Readiness reports in a row after which nothing could be moved.
+    pub(super) stale: u32,
 }
 
 pub(super) struct PipeRest {
@@ -51,6 +53,10 @@ pub(super) struct PipeRest {
 
 /// Direct receives (messages already waiting) per engine receive.
 pub(super) const DIRECT_BUDGET: u32 = 16;
+
+/// Stale readiness reports in a row (nothing moved into an empty pipe)
+/// before the source is given up on.
+const MAX_STALE: u32 = 1000;
 
 impl NbdConn {
     /// Splice mode for a source: READ payloads go into the pipe whose
@@ -68,6 +74,7 @@ impl NbdConn {
             wait: false,
             polling: false,
             ready: false,
+            stale: 0,
         });
     }
 
@@ -348,14 +355,28 @@ impl NbdConn {
             match splice::splice_in(fd, sp.pipe_w, want, ready, &sp.ctl, name) {
                 Ok((n, step)) => {
                     sp.in_pipe += n;
+                    if n > 0 {
+                        sp.stale = 0;
+                    }
                     match step {
                         InStep::Done => {}
+                        // Nothing in the pipe, so it was not full: the
+                        // readiness was stale (a wakeup may report data
+                        // that is gone by the time it is delivered, seen
+                        // with io_uring under load).  Wait again; only a
+                        // kernel that keeps refusing is an error.
                         InStep::PipeFull if sp.in_pipe == 0 => {
-                            let cap = sp.pipe_cap;
-                            self.broken = true;
-                            return Err(self.err(format!(
-                                "cannot move READ data into an empty pipe of {cap} bytes"
-                            )));
+                            sp.stale += 1;
+                            if sp.stale > MAX_STALE {
+                                let cap = sp.pipe_cap;
+                                self.broken = true;
+                                return Err(self.err(format!(
+                                    "cannot move READ data into an empty pipe of {cap} bytes \
+                                     (the socket was reported readable {MAX_STALE} times)"
+                                )));
+                            }
+                            sp.wait = true;
+                            return Ok(());
                         }
                         InStep::PipeFull => {}
                         // The rest of what fits is on its way: hand on
