@@ -199,6 +199,24 @@ impl NbdConn {
         .on(self.side)
     }
 
+    /// A send that failed with `res` (negative errno).  A peer that hung
+    /// up (EPIPE, ECONNRESET) is named as such: the send usually just
+    /// notices first what the receive would report.
+    fn send_failed(&mut self, res: i32) -> Error {
+        self.broken = true;
+        let e = Error::from_res("send", res).on(self.side);
+        if !matches!(-res, libc::EPIPE | libc::ECONNRESET) {
+            return e.context(&self.name);
+        }
+        let msg = format!(
+            "{}: server closed the connection with {} request(s) in flight ({})",
+            self.name,
+            self.book.in_flight(),
+            e.msg
+        );
+        Error { msg, ..e }
+    }
+
     fn err(&self, msg: impl std::fmt::Display) -> Error {
         Error::new(libc::EIO, format!("{}: {msg}", self.name)).on(self.side)
     }
@@ -415,8 +433,7 @@ impl NbdConn {
         if idx == SEND {
             if res < 0 {
                 self.send.busy = false;
-                self.broken = true;
-                let e = Error::from_res(format!("{}: send", self.name), res).on(self.side);
+                let e = self.send_failed(res);
                 return self.lost_or(e, res);
             }
             let n = match self.tls.as_mut() {

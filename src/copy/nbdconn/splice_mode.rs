@@ -139,12 +139,7 @@ impl NbdConn {
                         continue;
                     }
                     libc::EAGAIN => 0,
-                    errno => {
-                        self.broken = true;
-                        return Err(
-                            Error::from_res(format!("{}: send", self.name), -errno).on(self.side)
-                        );
-                    }
+                    errno => return Err(self.send_failed(-errno)),
                 },
             };
             // Whole items sent are forgotten (splice mode forwards no
