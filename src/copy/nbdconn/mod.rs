@@ -204,17 +204,16 @@ impl NbdConn {
     /// notices first what the receive would report.
     fn send_failed(&mut self, res: i32) -> Error {
         self.broken = true;
-        let e = Error::from_res("send", res).on(self.side);
+        let cause = Error::from_res("send", res);
         if !matches!(-res, libc::EPIPE | libc::ECONNRESET) {
-            return e.context(&self.name);
+            return cause.context(&self.name).on(self.side);
         }
-        let msg = format!(
-            "{}: server closed the connection with {} request(s) in flight ({})",
-            self.name,
-            self.book.in_flight(),
-            e.msg
-        );
-        Error { msg, ..e }
+        let e = self.closed();
+        Error {
+            errno: cause.errno,
+            msg: format!("{} ({})", e.msg, cause.msg),
+            ..e
+        }
     }
 
     fn err(&self, msg: impl std::fmt::Display) -> Error {

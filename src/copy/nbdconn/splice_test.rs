@@ -11,7 +11,7 @@
 // the connection sees the report.
 
 use super::*;
-use crate::copy::splice::{Pipe, WaitLimits};
+use crate::copy::splice::{self, Pipe, WaitLimits};
 use crate::copy::stats::Shared;
 use crate::engine::{Completion, EngineKind};
 use crate::proto::test_negotiated;
@@ -46,6 +46,7 @@ fn completions(e: &mut Engine, n: usize) -> Vec<Completion> {
 struct Source {
     conn: NbdConn,
     pipe: Pipe,
+    ctl: WaitLimits,
     got: Vec<u8>,
     read_done: bool,
 }
@@ -61,9 +62,7 @@ impl Source {
                 match ev {
                     ConnEvent::PipeData { len, .. } => {
                         let mut buf = vec![0u8; len as usize];
-                        (&std::fs::File::from(self.pipe.r.try_clone().unwrap()))
-                            .read_exact(&mut buf)
-                            .unwrap();
+                        splice::read_pipe(self.pipe.r.as_raw_fd(), &mut buf, &self.ctl).unwrap();
                         self.got.extend_from_slice(&buf);
                     }
                     ConnEvent::ReadDone { slot: 0 } => self.read_done = true,
@@ -105,6 +104,7 @@ fn a_stale_readiness_report_is_waited_out_not_an_error() {
         let mut src = Source {
             conn,
             pipe,
+            ctl: ctl.clone(),
             got: Vec::new(),
             read_done: false,
         };
