@@ -51,7 +51,7 @@ MULTIARCH  := $(shell $(CC) -print-multiarch 2>/dev/null || echo x86_64-linux-gn
 .PHONY: check-valgrind-panic all lib cli fuzz check check-rust check-c check-header check-style check-valgrind \
         check-warnings check-symbols check-install check-spdx check-deb header \
         check-header-prefix check-libnbd \
-        test-deps deps demo install uninstall bench bench-dirty bench-ranges deb deb-deps clean dist check-dist
+        test-deps deps demo install uninstall bench bench-engines bench-dirty bench-ranges deb deb-deps clean dist check-dist
 
 all: $(B)/nbdcpy $(B)/nbdcpy.install $(LIBSO) $(B)/libnbdcpy.so $(B)/libnbdcpy.a \
      $(B)/no-io-uring
@@ -409,9 +409,15 @@ fuzz:
 # Side-by-side benchmark with nbdcopy (see ../shared/bench/run.sh).
 BENCH ?= ../shared/bench/run.sh
 # Alternating runs, medians and the ratio table (bench/compare.sh).
-bench: all bench-dirty bench-ranges
+bench: all bench-engines bench-dirty bench-ranges
 	BENCH=$(BENCH) NBDCPY=$(CURDIR)/$(B)/nbdcpy bench/compare.sh $(WORKLOADS)
 	BENCH=$(BENCH) NBDCPY=$(CURDIR)/$(B)/nbdcpy bench/blkhash.sh
+
+# The two engines and nbdcopy side by side, one alternating run (issue 27:
+# --engine=epoll, --engine=io_uring, nbdcopy; NBDCOPY_NEW=wrapper adds a
+# newer nbdcopy, e.g. the one ../shared/bench/build-nbdcopy.sh builds).
+bench-engines: all
+	BENCH=$(BENCH) NBDCPY=$(CURDIR)/$(B)/nbdcpy bench/engines.sh $(WORKLOADS)
 
 # Incremental copy by dirty bitmap against the libnbd Python loop users
 # write today and a full nbdcopy (bench/dirty-bitmap.sh, BENCHMARKS.md).
