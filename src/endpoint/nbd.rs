@@ -39,7 +39,7 @@ pub struct NbdEndpoint {
     /// Connections handed to a lane (which then says goodbye itself), or
     /// left mid-message by a failed send: no DISC from `disconnect`.
     no_disc: Vec<bool>,
-    server: Option<ServerProcess>,
+    server: Option<Box<ServerProcess>>,
     want_meta: bool,
     /// The source's dirty bitmap context (`--dirty-bitmap`).
     dirty: Option<String>,
@@ -96,7 +96,7 @@ impl NbdEndpoint {
             name,
             side,
             cfg,
-            Some(server),
+            Some(Box::new(server)),
             (None, lim, None),
         )
     }
@@ -127,7 +127,7 @@ impl NbdEndpoint {
         name: String,
         side: Side,
         cfg: &Config,
-        server: Option<ServerProcess>,
+        server: Option<Box<ServerProcess>>,
         (tls, lim, given): (Option<Arc<TlsClient>>, &Limits, Option<OwnedFd>),
     ) -> Result<NbdEndpoint> {
         // Block status is only asked of a source, and only when used.
