@@ -185,6 +185,24 @@ pub fn waitid_pidfd(pidfd: RawFd, flags: libc::c_int) -> io::Result<bool> {
     Ok(unsafe { info.si_pid() } != 0)
 }
 
+/// Whether `pid` is a child of ours that has not exited: waitid(WNOWAIT)
+/// neither reaps it nor, for a zombie, lets it go.  ECHILD: not (or no
+/// longer) our child.
+pub fn waitid_pid_running(pid: libc::pid_t) -> io::Result<bool> {
+    let mut info: libc::siginfo_t = zeroed();
+    // SAFETY: info is valid for writes for the call.
+    check(unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    })?;
+    // SAFETY: waitid filled info (si_pid 0: the child has not exited).
+    Ok(unsafe { info.si_pid() } == 0)
+}
+
 /// Blocks every signal in the calling thread; returns the mask it had.
 pub fn block_all_signals() -> io::Result<libc::sigset_t> {
     let mut all: libc::sigset_t = zeroed();

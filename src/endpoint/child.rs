@@ -17,7 +17,11 @@
 // through pidfd_send_signal and reaping through waitid(P_PIDFD), so a
 // host that reaps children itself (waitpid(-1) in a SIGCHLD handler) can
 // never make us signal a pid that has been reused by someone else; ECHILD
-// then only means that the host reaped ours.
+// then only means that the host reaped ours.  Where pidfd_open is
+// missing (ENOSYS: Linux before 5.3, valgrind 3.19), the pid is used,
+// signalled only while waitid(WNOWAIT) finds it still our unreaped child:
+// a window of a system call or two in which a host reaper and a pid reuse
+// would have to meet.
 
 use crate::sys;
 use std::ffi::{CString, OsStr, OsString};
@@ -46,7 +50,8 @@ pub struct Command {
 /// A running child process; SIGTERM, then SIGKILL, and reaped on drop.
 pub struct Child {
     pid: libc::pid_t,
-    pidfd: OwnedFd,
+    /// None only where the kernel (or valgrind) has no pidfd_open.
+    pidfd: Option<OwnedFd>,
     reaped: bool,
 }
 
@@ -170,12 +175,32 @@ impl Child {
     /// else reaped (the host's SIGCHLD handler) counts as exited.
     pub fn has_exited(&mut self) -> bool {
         if !self.reaped {
-            match sys::waitid_pidfd(self.pidfd.as_raw_fd(), libc::WNOHANG) {
+            let r = match &self.pidfd {
+                Some(fd) => sys::waitid_pidfd(fd.as_raw_fd(), libc::WNOHANG),
+                None => sys::waitpid(self.pid, libc::WNOHANG).map(|s| s.is_some()),
+            };
+            match r {
                 Ok(done) => self.reaped = done,
                 Err(e) => self.reaped = e.raw_os_error() == Some(libc::ECHILD),
             }
         }
         self.reaped
+    }
+
+    /// `sig` to the child, never to another process.
+    fn signal(&mut self, sig: libc::c_int) {
+        match &self.pidfd {
+            Some(fd) => {
+                let _ = sys::pidfd_send_signal(fd.as_raw_fd(), sig);
+            }
+            None => {
+                // Only while it is our child and not reaped (WNOWAIT
+                // leaves a zombie for has_exited to reap).
+                if sys::waitid_pid_running(self.pid).unwrap_or(false) {
+                    let _ = sys::kill(self.pid, sig);
+                }
+            }
+        }
     }
 
     /// Waits up to `t` for the child to exit; true if it did (reaped).
@@ -189,12 +214,14 @@ impl Child {
             if left.is_zero() {
                 return false;
             }
-            // A pidfd is readable once its process has exited.
-            let _ = sys::poll_one(
-                self.pidfd.as_raw_fd(),
-                libc::POLLIN,
-                left.as_millis().clamp(1, 100) as i32,
-            );
+            let step = left.as_millis().clamp(1, 100) as i32;
+            match &self.pidfd {
+                // A pidfd is readable once its process has exited.
+                Some(fd) => {
+                    let _ = sys::poll_one(fd.as_raw_fd(), libc::POLLIN, step);
+                }
+                None => std::thread::sleep(Duration::from_millis(5).min(left)),
+            }
         }
     }
 
@@ -204,13 +231,17 @@ impl Child {
         if self.reaped {
             return;
         }
-        let _ = sys::pidfd_send_signal(self.pidfd.as_raw_fd(), libc::SIGTERM);
+        self.signal(libc::SIGTERM);
         if self.wait_exit(TERM_GRACE) {
             return;
         }
-        let _ = sys::pidfd_send_signal(self.pidfd.as_raw_fd(), libc::SIGKILL);
+        self.signal(libc::SIGKILL);
         loop {
-            match sys::waitid_pidfd(self.pidfd.as_raw_fd(), 0) {
+            let r = match &self.pidfd {
+                Some(fd) => sys::waitid_pidfd(fd.as_raw_fd(), 0),
+                None => sys::waitpid(self.pid, 0).map(|s| s.is_some()),
+            };
+            match r {
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 _ => break,
             }
@@ -323,7 +354,7 @@ fn on_forker(job: Job) -> io::Result<()> {
 }
 
 /// Forks (on the forker thread) and opens the child's pidfd.
-fn fork_child(p: &Prepared, go: RawFd, err: RawFd) -> io::Result<(libc::pid_t, OwnedFd)> {
+fn fork_child(p: &Prepared, go: RawFd, err: RawFd) -> io::Result<(libc::pid_t, Option<OwnedFd>)> {
     let mut argv: Vec<*const libc::c_char> = p.args.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
     let mut pid_var = p.pid_var.clone();
@@ -361,16 +392,14 @@ fn fork_child(p: &Prepared, go: RawFd, err: RawFd) -> io::Result<(libc::pid_t, O
     }
     // The child waits for our byte, so this pid is still the child's.
     match sys::pidfd_open(pid) {
-        Ok(fd) => Ok((pid, fd)),
+        Ok(fd) => Ok((pid, Some(fd))),
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => Ok((pid, None)),
         Err(e) => {
-            // No pidfd (a kernel before 5.3): the child is stopped in its
-            // wait, so the pid is still ours to kill and reap.
+            // The child is stopped in its wait, so the pid is still ours
+            // to kill and reap.
             let _ = sys::kill(pid, libc::SIGKILL);
             let _ = sys::waitpid(pid, 0);
-            Err(io::Error::new(
-                e.kind(),
-                format!("pidfd_open: {e} (nbdcpy needs Linux 5.3 or later to run servers)"),
-            ))
+            Err(io::Error::new(e.kind(), format!("pidfd_open: {e}")))
         }
     }
 }
@@ -565,15 +594,38 @@ mod tests {
 
     #[test]
     fn a_child_reaped_by_someone_else_is_exited_and_never_signalled_again() {
-        let mut c = Command::new(&["true".into()]).unwrap().spawn().unwrap();
-        // Reap it as a host's SIGCHLD handler would, by pid.
-        let pid = c.pid();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while sys::waitpid(pid, libc::WNOHANG).unwrap().is_none() {
-            assert!(Instant::now() < deadline);
-            std::thread::sleep(Duration::from_millis(5));
+        // With its pidfd, and by pid (where pidfd_open is missing).
+        for by_pid in [false, true] {
+            let mut c = Command::new(&["true".into()]).unwrap().spawn().unwrap();
+            if by_pid {
+                c.pidfd = None;
+            }
+            // Reap it as a host's SIGCHLD handler would, by pid.
+            let pid = c.pid();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while sys::waitpid(pid, libc::WNOHANG).unwrap().is_none() {
+                assert!(Instant::now() < deadline);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert!(!sys::waitid_pid_running(pid).unwrap_or(false));
+            assert!(c.has_exited());
+            c.kill(); // nothing left to signal: no error, no wait
         }
-        assert!(c.has_exited());
-        c.kill(); // nothing left to signal: no error, no wait
+    }
+
+    #[test]
+    fn killed_and_reaped_by_pid_too() {
+        let mut c = Command::new(&["sleep".into(), "30".into()])
+            .unwrap()
+            .spawn()
+            .unwrap();
+        c.pidfd = None;
+        let pid = c.pid();
+        assert!(sys::waitid_pid_running(pid).unwrap());
+        let t = Instant::now();
+        c.kill();
+        assert!(t.elapsed() < TERM_GRACE, "SIGTERM was enough");
+        assert!(!alive(pid));
+        assert!(sys::waitpid(pid, libc::WNOHANG).is_err(), "reaped");
     }
 }
