@@ -84,9 +84,7 @@ fn scripted(script: Script, opts: &[(&str, &str)]) -> (String, Vec<u32>, bool, D
     let server = std::thread::spawn(move || serve_one(&l, script));
     let uri = format!("nbd+unix:///nosuch?socket={}", sock.display());
     let t0 = Instant::now();
-    let e = common::copy(&uri, "null:", opts)
-        .err()
-        .expect("the copy must fail");
+    let e = common::copy(&uri, "null:", opts).expect_err("the copy must fail");
     let took = t0.elapsed();
     let (seen, closed) = server.join().unwrap();
     (e.to_string(), seen, closed, took)
@@ -133,7 +131,7 @@ fn nbdkit_sees_the_abort() {
         ],
     );
     let uri = format!("nbd+unix:///bad?socket={}", srv.socket().display());
-    let e = common::copy(&uri, "null:", &[]).err().expect("bad export");
+    let e = common::copy(&uri, "null:", &[]).expect_err("bad export");
     assert!(e.to_string().contains("bad"), "{e}");
     // nbdkit logs as it goes: give it a moment to write the last line.
     let deadline = Instant::now() + Duration::from_secs(5);

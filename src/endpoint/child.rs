@@ -29,6 +29,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -353,6 +354,9 @@ fn on_forker(job: Job) -> io::Result<()> {
     Ok(())
 }
 
+/// pidfd_open said ENOSYS once: not asked again.
+static NO_PIDFD: AtomicBool = AtomicBool::new(false);
+
 /// Forks (on the forker thread) and opens the child's pidfd.
 fn fork_child(p: &Prepared, go: RawFd, err: RawFd) -> io::Result<(libc::pid_t, Option<OwnedFd>)> {
     let mut argv: Vec<*const libc::c_char> = p.args.iter().map(|a| a.as_ptr()).collect();
@@ -391,9 +395,15 @@ fn fork_child(p: &Prepared, go: RawFd, err: RawFd) -> io::Result<(libc::pid_t, O
         unsafe { child(a) }
     }
     // The child waits for our byte, so this pid is still the child's.
+    if NO_PIDFD.load(Ordering::Relaxed) {
+        return Ok((pid, None));
+    }
     match sys::pidfd_open(pid) {
         Ok(fd) => Ok((pid, Some(fd))),
-        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => Ok((pid, None)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+            NO_PIDFD.store(true, Ordering::Relaxed);
+            Ok((pid, None))
+        }
         Err(e) => {
             // The child is stopped in its wait, so the pid is still ours
             // to kill and reap.
