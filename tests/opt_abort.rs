@@ -2,8 +2,9 @@
 // Copyright (C) 2026 The nbdcpy authors
 
 //! A negotiation nbdcpy gives up ends with NBD_OPT_ABORT: a scripted
-//! server that refuses the export, or never answers, sees the abort as
-//! the client's last option; nbdkit's own log says so.
+//! server that refuses the export, or never answers (until a timeout or a
+//! cancel), sees the abort as the client's last option; nbdkit's own log
+//! says so.
 
 mod common;
 
@@ -109,6 +110,31 @@ fn a_negotiation_timed_out_ends_with_opt_abort() {
     assert!(closed);
     // The abort's bounded wait adds little to the timeout.
     assert!(took < Duration::from_secs(3), "{took:?}");
+}
+
+#[test]
+fn a_negotiation_cancelled_ends_with_opt_abort() {
+    let Some(_) = common::nbdcpy_bin() else {
+        return;
+    };
+    let d = TempDir::new("opt-abort-int");
+    let sock = d.file("s.sock");
+    let l = UnixListener::bind(&sock).unwrap();
+    let server = std::thread::spawn(move || serve_one(&l, Script::Silent));
+    let uri = format!("nbd+unix:///?socket={}", sock.display());
+    let mut c = common::nbdcpy_cmd()
+        .args(["--timeout=0", &uri, "null:"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: signalling the child this test started.
+    unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
+    let o = c.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130));
+    let (seen, closed) = server.join().unwrap();
+    assert_eq!(seen.last(), Some(&OPT_ABORT), "{seen:?}");
+    assert!(closed);
 }
 
 /// nbdkit -v logs the options it gets: a refused export name is followed
