@@ -122,7 +122,7 @@ fn a_negotiation_cancelled_ends_with_opt_abort() {
     let l = UnixListener::bind(&sock).unwrap();
     let server = std::thread::spawn(move || serve_one(&l, Script::Silent));
     let uri = format!("nbd+unix:///?socket={}", sock.display());
-    let mut c = common::nbdcpy_cmd()
+    let c = common::nbdcpy_cmd()
         .args(["--timeout=0", &uri, "null:"])
         .stderr(std::process::Stdio::piped())
         .spawn()
