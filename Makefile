@@ -18,8 +18,10 @@ LIBEXECDIR ?= $(EXEC_PREFIX)/libexec
 INCLUDEDIR ?= $(PREFIX)/include
 MANDIR     ?= $(PREFIX)/share/man
 PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
-# The Python package (PREFIX/lib/python3.X/site-packages, or Debian's
-# dist-packages).
+# The Go module's source (Debian's place for Go source: gocode/src/IMPORT-PATH)
+# and the Python package (python3's purelib directory for PREFIX; Debian's
+# dist-packages for /usr).
+GODIR      ?= $(PREFIX)/share/gocode/src/nbdcpy
 PYTHONDIR  ?= $(if $(filter /usr,$(PREFIX)),/usr/lib/python3/dist-packages,$(shell $(PYTHON3) -c \
   'import sys; d = "dist" if any(p.endswith("dist-packages") for p in sys.path) else "site"; \
    print("$(PREFIX)/lib/python%d.%d/%s-packages" % (*sys.version_info[:2], d))'))
@@ -55,7 +57,7 @@ MULTIARCH  := $(shell $(CC) -print-multiarch 2>/dev/null || echo x86_64-linux-gn
 
 .PHONY: check-valgrind-panic all lib cli fuzz check check-rust check-c check-header check-style check-valgrind \
         check-warnings check-symbols check-install check-spdx check-deb header \
-        check-header-prefix check-libnbd check-python python-wheel \
+        check-header-prefix check-libnbd check-python check-go python-wheel \
         test-deps deps demo install uninstall bench bench-engines bench-dirty bench-ranges deb deb-deps clean dist check-dist
 
 all: $(B)/nbdcpy $(B)/nbdcpy.install $(LIBSO) $(B)/libnbdcpy.so $(B)/libnbdcpy.a \
@@ -118,7 +120,7 @@ header: $(STAMP)
 
 # Everything CI runs.  Installs its test servers first where apt-get exists.
 check: test-deps check-spdx check-style all check-warnings check-header check-header-prefix \
-       check-symbols check-rust check-c check-valgrind check-install check-python \
+       check-symbols check-rust check-c check-valgrind check-install check-python check-go \
        $(if $(LIBNBD_SRC),check-libnbd)
 	@echo "make check: all passed"
 
@@ -211,12 +213,13 @@ check-libnbd: $(B)/nbdcpy
 check-c: all
 	$(MAKE) -C c-tests check B=$(CURDIR)/$(B) TEST_ENGINES="$(TEST_ENGINES)"
 
-# The bindings (bindings/python) against the library in
+# The bindings (bindings/python, bindings/go) against the library in
 # $(B): their tests on each engine, then their examples (a copy checked
 # with cmp, its block hash against the command's).  Skipped where pytest
-# is missing, which fails under NBDCPY_REQUIRE_SERVERS=1.
+# or go is missing, which fails under NBDCPY_REQUIRE_SERVERS=1.
 PYTEST     ?= $(firstword $(shell command -v pytest-3 pytest 2>/dev/null))
 PYTHON3    ?= $(firstword $(wildcard /usr/bin/python3) python3)
+GO         ?= go
 BIND_ENV   := LD_LIBRARY_PATH=$(CURDIR)/$(B)$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH} \
               NBDCPY_BIN=$(CURDIR)/$(B)/nbdcpy
 define example_check
@@ -235,6 +238,23 @@ check-python: all
 	  NBDCPY_TEST_ENGINE=$$e $(PYTEST) -q -p no:cacheprovider bindings/python/tests; done; \
 	echo "== python example"; \
 	$(call example_check,$(PYTHON3) bindings/python/example/nbdcpy_copy.py)
+
+# bindings/go builds against $(B)/nbdcpy.pc, which points at $(B).
+$(B)/nbdcpy.pc: nbdcpy.pc.in Makefile
+	sed -e 's|@PREFIX@|$(CURDIR)|' -e 's|@LIBDIR@|$(CURDIR)/$(B)|' \
+	    -e 's|@INCLUDEDIR@|$(CURDIR)/include|' -e 's|@VERSION@|$(VERSION)|' $< > $@
+
+check-go: all $(B)/nbdcpy.pc
+	@if ! command -v $(GO) >/dev/null; then \
+	  [ -z "$$NBDCPY_REQUIRE_SERVERS" ] || { echo "check-go: go is required"; exit 1; }; \
+	  echo "check-go: go not installed, skipped"; exit 0; fi; \
+	set -e; export $(BIND_ENV) PKG_CONFIG_PATH=$(CURDIR)/$(B)$${PKG_CONFIG_PATH:+:$$PKG_CONFIG_PATH} \
+	  GOFLAGS=-mod=mod GOPROXY=off GOCACHE=$${GOCACHE:-$(CURDIR)/$(B)/go-cache}; \
+	cd bindings/go; test -z "$$(gofmt -l .)" || { gofmt -l .; exit 1; }; $(GO) vet ./...; \
+	for e in $(TEST_ENGINES); do echo "== go binding (engine $$e)"; \
+	  NBDCPY_TEST_ENGINE=$$e $(GO) test -race -count=1 ./...; done; \
+	echo "== go example"; $(GO) build -o $(CURDIR)/$(B)/nbdcpy-go-example ./example; cd $(CURDIR); \
+	$(call example_check,$(B)/nbdcpy-go-example)
 
 # A wheel of the Python binding (pure Python: any Linux, any CPU).
 python-wheel:
@@ -300,8 +320,8 @@ check-spdx:
 # missing Debian packages are installed; elsewhere (a distro build root,
 # Fedora's %check) the commands are only looked for, and tests that need a
 # missing one skip (or fail with NBDCPY_REQUIRE_SERVERS=1).
-TEST_PKGS := nbdkit nbd-server libnbd-bin qemu-utils valgrind pkg-config libssl-dev openssl gnutls-bin python3 python3-pytest
-TEST_CMDS := nbdkit nbd-server nbdcopy nbdinfo qemu-nbd qemu-img valgrind pkg-config openssl python3
+TEST_PKGS := nbdkit nbd-server libnbd-bin qemu-utils valgrind pkg-config libssl-dev openssl gnutls-bin python3 python3-pytest golang-go
+TEST_CMDS := nbdkit nbd-server nbdcopy nbdinfo qemu-nbd qemu-img valgrind pkg-config openssl python3 pytest-3 go
 test-deps:
 	@if command -v apt-get >/dev/null && command -v dpkg >/dev/null; then \
 	  missing=""; for p in $(TEST_PKGS); do \
@@ -353,7 +373,9 @@ install: $(LIBSO) $(B)/libnbdcpy.a $(B)/nbdcpy.install
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
 	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' \
 	    nbdcpy.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/nbdcpy.pc
-	install -d $(DESTDIR)$(PYTHONDIR)/nbdcpy
+	install -d $(DESTDIR)$(GODIR) $(DESTDIR)$(GODIR)/example $(DESTDIR)$(PYTHONDIR)/nbdcpy
+	install -m 0644 bindings/go/go.mod $(filter-out %_test.go,$(wildcard bindings/go/*.go)) $(DESTDIR)$(GODIR)/
+	install -m 0644 bindings/go/example/*.go $(DESTDIR)$(GODIR)/example/
 	install -m 0644 bindings/python/nbdcpy/*.py bindings/python/nbdcpy/py.typed \
 	  $(DESTDIR)$(PYTHONDIR)/nbdcpy/
 
@@ -362,7 +384,7 @@ uninstall:
 	  $(DESTDIR)$(INCLUDEDIR)/nbdcpy.h $(DESTDIR)$(BINDIR)/nbdcpy \
 	  $(DESTDIR)$(PKGCONFIGDIR)/nbdcpy.pc $(DESTDIR)$(MANDIR)/man1/nbdcpy.1 \
 	  $(DESTDIR)$(MANDIR)/man3/nbdcpy.3 $(DESTDIR)$(LIBEXECDIR)/nbdcpy/compat/nbdcopy
-	rm -rf $(DESTDIR)$(PYTHONDIR)/nbdcpy
+	rm -rf $(DESTDIR)$(GODIR) $(DESTDIR)$(PYTHONDIR)/nbdcpy
 	-rmdir $(DESTDIR)$(LIBEXECDIR)/nbdcpy/compat $(DESTDIR)$(LIBEXECDIR)/nbdcpy
 
 # A source tarball with the crates vendored, nbdcpy.spec's Source0
