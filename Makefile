@@ -57,7 +57,7 @@ MULTIARCH  := $(shell $(CC) -print-multiarch 2>/dev/null || echo x86_64-linux-gn
 
 .PHONY: check-valgrind-panic all lib cli fuzz check check-rust check-c check-header check-style check-valgrind \
         check-warnings check-symbols check-install check-spdx check-deb header \
-        check-header-prefix check-libnbd check-python check-go python-wheel \
+        check-header-prefix check-libnbd check-python check-go python-wheel bench-drivers \
         test-deps deps demo install uninstall bench bench-engines bench-dirty bench-ranges deb deb-deps clean dist check-dist
 
 all: $(B)/nbdcpy $(B)/nbdcpy.install $(LIBSO) $(B)/libnbdcpy.so $(B)/libnbdcpy.a \
@@ -255,6 +255,14 @@ check-go: all $(B)/nbdcpy.pc
 	  NBDCPY_TEST_ENGINE=$$e $(GO) test -race -count=1 ./...; done; \
 	echo "== go example"; $(GO) build -o $(CURDIR)/$(B)/nbdcpy-go-example ./example; cd $(CURDIR); \
 	$(call example_check,$(B)/nbdcpy-go-example)
+
+# The bindings' copiers for ../shared/bench/run.sh (COPIER=...): their CPU
+# against the command's (BENCHMARKS.md).
+bench-drivers: all $(B)/nbdcpy.pc
+	cd bench/go-copier && PKG_CONFIG_PATH=$(CURDIR)/$(B) GOFLAGS=-mod=mod GOPROXY=off \
+	  GOCACHE=$${GOCACHE:-$(CURDIR)/$(B)/go-cache} \
+	  $(GO) build -ldflags=-r=$(CURDIR)/$(B) -o $(CURDIR)/$(B)/nbdcpy-go-copier .
+	@echo "COPIER=$(B)/nbdcpy-go-copier or COPIER=\"$(PYTHON3) bench/py-copier.py\""
 
 # A wheel of the Python binding (pure Python: any Linux, any CPU).
 python-wheel:
