@@ -7,11 +7,16 @@ from __future__ import annotations
 import ctypes
 import errno as _errno
 import itertools
-import logging
 import os
 import threading
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+# typing, dataclasses and logging are left out at run time: a copier
+# started per copy pays for every import (bench/py-copier.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+    Endpoint = Union[str, "os.PathLike[str]", Sequence[str], None]
 
 __all__ = [
     "Copy",
@@ -140,10 +145,18 @@ def _last_error() -> Error:
     )
 
 
-@dataclass(frozen=True)
-class Stats:
-    """Counters of a copy (struct nbdcpy_stats; nbdcpy(3))."""
+_STATS_FIELDS = (
+    "size", "bytes_done", "bytes_copied", "bytes_zeroed", "bytes_skipped",
+    "requests", "elapsed_ns", "bytes_memcpy", "syscalls", "connections",
+    "finished", "bytes_spliced", "size_known", "reconnects",
+    "retried_requests", "resumed_bytes",
+)
 
+
+class Stats:
+    """Counters of a copy (struct nbdcpy_stats; nbdcpy(3)); read-only."""
+
+    __slots__ = _STATS_FIELDS
     size: int
     bytes_done: int
     bytes_copied: int
@@ -161,34 +174,51 @@ class Stats:
     retried_requests: int
     resumed_bytes: int
 
+    def __init__(self, **fields: "Any") -> None:
+        for k in _STATS_FIELDS:
+            object.__setattr__(self, k, fields[k])
+
+    def __setattr__(self, name: str, value: "Any") -> None:
+        raise AttributeError("Stats are read-only")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Stats) and all(
+            getattr(self, k) == getattr(other, k) for k in _STATS_FIELDS)
+
+    def __hash__(self) -> int:
+        return hash(tuple(getattr(self, k) for k in _STATS_FIELDS))
+
+    def __repr__(self) -> str:
+        return "Stats(%s)" % ", ".join(f"{k}={getattr(self, k)!r}" for k in _STATS_FIELDS)
+
     @classmethod
     def _of(cls, s: _Stats) -> "Stats":
-        return cls(
-            size=s.size,
-            bytes_done=s.bytes_done,
-            bytes_copied=s.bytes_copied,
-            bytes_zeroed=s.bytes_zeroed,
-            bytes_skipped=s.bytes_skipped,
-            requests=s.requests,
-            elapsed_ns=s.elapsed_ns,
-            bytes_memcpy=s.bytes_memcpy,
-            syscalls=s.syscalls,
-            connections=s.connections,
-            finished=bool(s.finished),
-            bytes_spliced=s.bytes_spliced,
-            size_known=bool(s.size_known),
-            reconnects=s.reconnects,
-            retried_requests=s.retried_requests,
-            resumed_bytes=s.resumed_bytes,
-        )
+        f = {k: getattr(s, k) for k in _STATS_FIELDS}
+        f["finished"] = bool(f["finished"])
+        f["size_known"] = bool(f["size_known"])
+        return cls(**f)
 
 
-@dataclass(frozen=True)
 class Range:
     """One area of a range list: `length` bytes at `offset`."""
 
-    offset: int
-    length: int
+    __slots__ = ("offset", "length")
+
+    def __init__(self, offset: int, length: int) -> None:
+        self.offset = offset
+        self.length = length
+
+    def __iter__(self) -> "Iterator[int]":
+        return iter((self.offset, self.length))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Range) and (self.offset, self.length) == (other.offset, other.length)
+
+    def __hash__(self) -> int:
+        return hash((self.offset, self.length))
+
+    def __repr__(self) -> str:
+        return f"Range(offset={self.offset}, length={self.length})"
 
 
 # Callbacks: C keeps only an integer key into this table, never a Python
@@ -243,18 +273,18 @@ def _log_trampoline(key: Optional[int], level: int, msg: Optional[bytes]) -> Non
         try:
             fn(level, (msg or b"").decode(errors="replace"))
         except Exception:
+            import logging
+
             logging.getLogger("nbdcpy").exception("log callback raised")
 
 
-_logger = logging.getLogger("nbdcpy")
-_LEVELS = {1: logging.WARNING, 2: logging.INFO, 3: logging.DEBUG}
-
-
 def _default_log(level: int, msg: str) -> None:
-    _logger.log(_LEVELS.get(level, logging.INFO), "%s", msg)
+    """Messages to the "nbdcpy" logger of the logging module (imported
+    with the first message: without "verbose" only warnings come)."""
+    import logging
 
-
-Endpoint = Union[str, "os.PathLike[str]", Sequence[str], None]
+    lv = {1: logging.WARNING, 2: logging.INFO, 3: logging.DEBUG}.get(level, logging.INFO)
+    logging.getLogger("nbdcpy").log(lv, "%s", msg)
 
 
 def _value(v: Any) -> Optional[bytes]:
