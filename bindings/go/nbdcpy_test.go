@@ -324,31 +324,51 @@ func TestCommandServerAcrossGoroutines(t *testing.T) {
 	need(t, "nbdkit")
 	dst := filepath.Join(t.TempDir(), "dst")
 	cfg := config(t)
-	if err := cfg.SetCommand(Source, []string{"nbdkit", "pattern", "6M"}); err != nil {
+	// About a second of copying: a server killed when the opening
+	// thread ends fails it.
+	set(t, cfg, "rate", "8M")
+	if err := cfg.SetCommand(Source, []string{"nbdkit", "pattern", "8M"}); err != nil {
 		t.Fatal(err)
 	}
 	type opened struct {
 		h   *Handle
+		tid int
 		err error
 	}
 	ch := make(chan opened)
-	go func() {
+	var open func()
+	open = func() {
 		// Locked and never unlocked: the OS thread exits with the
-		// goroutine.
+		// goroutine (unless it is the main thread, which Go keeps:
+		// then this goroutine holds it and another one opens).
 		runtime.LockOSThread()
+		if syscall.Gettid() == os.Getpid() {
+			go open()
+			select {}
+		}
 		h, err := Open("", dst, cfg)
-		ch <- opened{h, err}
-	}()
+		ch <- opened{h, syscall.Gettid(), err}
+	}
+	go open()
 	o := <-ch
 	if o.err != nil {
 		t.Fatal(o.err)
 	}
 	defer o.h.Close()
-	time.Sleep(200 * time.Millisecond) // the opening thread is gone by now
+	task := fmt.Sprintf("/proc/self/task/%d", o.tid)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, err := os.Stat(task); err != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the opening thread %d did not exit", o.tid)
+		}
+	}
+	time.Sleep(50 * time.Millisecond)
 	if err := o.h.Run(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	sameFile(t, dst, pattern(6*MiB))
+	sameFile(t, dst, pattern(8*MiB))
 }
 
 // closingListener is a unix socket whose "server" closes every
