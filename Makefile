@@ -56,7 +56,7 @@ EXAMPLES   := $(patsubst %.c,%,$(wildcard examples/*.c))
 MULTIARCH  := $(shell $(CC) -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
 
 .PHONY: check-valgrind-panic all lib cli fuzz check check-rust check-c check-header check-style check-valgrind \
-        check-warnings check-symbols check-install check-spdx check-deb header \
+        check-warnings check-symbols check-version check-install check-spdx check-deb header \
         check-header-prefix check-libnbd check-python check-go python-wheel bench-drivers \
         test-deps deps demo install uninstall bench bench-engines bench-dirty bench-ranges deb deb-deps clean dist check-dist
 
@@ -120,7 +120,7 @@ header: $(STAMP)
 
 # Everything CI runs.  Installs its test servers first where apt-get exists.
 check: test-deps check-spdx check-style all check-warnings check-header check-header-prefix \
-       check-symbols check-rust check-c check-valgrind check-install check-python check-go \
+       check-symbols check-version check-rust check-c check-valgrind check-install check-python check-go \
        $(if $(LIBNBD_SRC),check-libnbd)
 	@echo "make check: all passed"
 
@@ -186,6 +186,22 @@ check-symbols: $(LIBSO) $(B)/nbdcpy
 	  printf '%s\n' $$syms | grep -qx "$$f@@$$v" || { echo "$$f is not exported @@$$v"; exit 1; }; \
 	  grep -q "^ $$f@$$v " debian/libnbdcpy0.symbols || { echo "$$f@$$v missing in debian/libnbdcpy0.symbols"; exit 1; }; done; \
 	echo "check-symbols: $$(echo $$syms | wc -w) symbols in their map nodes ($$(cut -d@ -f3 $(B)/syms.got | sort -u | tr '\n' ' ')), command's symbols versioned"
+
+# One release version everywhere (tests/check-version.sh): Cargo.toml,
+# the header's NBDCPY_VERSION_*, NEWS, debian/changelog, nbdcpy.spec, the
+# built library, and the map's nodes in debian/libnbdcpy0.symbols with
+# their releases as minimum versions.  The script must also catch a
+# stale changelog and a symbols line listed twice, or it checks nothing.
+check-version: $(B)/nbdcpy
+	tests/check-version.sh . $(B)/nbdcpy
+	@set -e; t=$$(mktemp -d); trap 'rm -rf $$t' EXIT; \
+	for f in Cargo.toml Cargo.lock include/nbdcpy.h NEWS debian/changelog debian/libnbdcpy0.symbols \
+	    nbdcpy.spec nbdcpy.pc.in src/ffi/nbdcpy.map; do mkdir -p $$t/good/$$(dirname $$f); cp $$f $$t/good/$$f; done; \
+	cp -r $$t/good $$t/a; sed -i '1s/(\([0-9.]*\))/(9.9.9)/' $$t/a/debian/changelog; \
+	cp -r $$t/good $$t/b; sed -n '/^ NBDCPY_0.1@/p' $$t/b/debian/libnbdcpy0.symbols >> $$t/b/debian/libnbdcpy0.symbols; \
+	cp -r $$t/good $$t/c; sed -i 's/^\( nbdcpy_get_engine@NBDCPY_0.3\) .*/\1 0.2.0/' $$t/c/debian/libnbdcpy0.symbols; \
+	for x in a b c; do if tests/check-version.sh $$t/$$x >/dev/null; then \
+	  echo "check-version: the check passed a tree with a wrong version ($$x)"; exit 1; fi; done
 
 # The unit and doc tests once; the integration tests (tests/*.rs) once
 # per engine: NBDCPY_TEST_ENGINE tells tests/common which one to set

@@ -138,7 +138,7 @@ struct canceller {
   int close_instead;
 };
 
-static void *
+__attribute__ ((unused)) static void *
 cancel_later (void *arg)
 {
   struct canceller *c = arg;
@@ -171,13 +171,35 @@ count_dir (const char *p)
   return n;
 }
 
-/* This process's threads. */
+/* This process's threads, but the library's forker ("nbdcpy-forker",
+ * which starts the servers and lives as long as the process, see
+ * nbdcpy(3)). */
 static int
 count_tasks (void)
 {
   char taskpath[64];
   snprintf (taskpath, sizeof taskpath, "/proc/%d/task", (int) getpid ());
-  return count_dir (taskpath);
+  DIR *d = opendir (taskpath);
+  if (d == NULL)
+    return -1;
+  int n = 0;
+  struct dirent *e;
+  while ((e = readdir (d)) != NULL) {
+    if (e->d_name[0] == '.')
+      continue;
+    char comm[600], name[32] = "";
+    snprintf (comm, sizeof comm, "%s/%s/comm", taskpath, e->d_name);
+    FILE *f = fopen (comm, "r");
+    if (f) {
+      if (fgets (name, sizeof name, f) == NULL)
+        name[0] = '\0';
+      fclose (f);
+    }
+    if (strcmp (name, "nbdcpy-forker\n") != 0)
+      n++;
+  }
+  closedir (d);
+  return n;
 }
 
 /* This process's open file descriptors. */

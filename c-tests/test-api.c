@@ -226,9 +226,10 @@ test_null_handle (void)
   CHECK (nbdcpy_config_set (NULL, "flush", NULL) == -1);
   CHECK (nbdcpy_get_errno () == EFAULT);
   CHECK (nbdcpy_stats (NULL, &st, 0) == -1);
+  /* nbdcpy_cancel (async-signal-safe) says it by errno alone. */
+  errno = 0;
   CHECK (nbdcpy_cancel (NULL) == -1);
-  CHECK (nbdcpy_get_errno () == EFAULT);
-  CHECK (strstr (nbdcpy_get_error (), "nbdcpy_cancel") != NULL);
+  CHECK (errno == EFAULT);
   nbdcpy_close (NULL);
 }
 
@@ -511,15 +512,17 @@ test_every_failure_sets_errors (void)
   struct nbdcpy_stats st;
   int local;
 
+  /* nbdcpy_cancel sets errno only (see test-threads). */
   set_einval ();
+  errno = 0;
   CHECK (nbdcpy_cancel (NULL) == -1);
-  CHECK (nbdcpy_get_errno () == EFAULT);
-  CHECK (nbdcpy_get_error () != NULL
-         && strstr (nbdcpy_get_error (), "NULL") != NULL);
+  CHECK (errno == EFAULT);
+  CHECK (nbdcpy_get_errno () == EINVAL);
 
   /* A pointer that never was a handle: refused, not dereferenced. */
+  errno = 0;
   CHECK (nbdcpy_cancel ((struct nbdcpy *) &local) == -1);
-  CHECK (nbdcpy_get_errno () == EINVAL);
+  CHECK (errno == EINVAL);
   CHECK (nbdcpy_run ((struct nbdcpy *) &local) == -1);
   CHECK (nbdcpy_get_errno () == EINVAL);
   CHECK (nbdcpy_stats ((struct nbdcpy *) &local, &st, sizeof st) == -1);
@@ -577,8 +580,9 @@ test_stale_handles_never_alias (void)
   /* Double close, cancel and stats of the old pointer: rejected. */
   nbdcpy_close (old);
   CHECK (nbdcpy_get_errno () == EINVAL);
+  errno = 0;
   CHECK (nbdcpy_cancel (old) == -1);
-  CHECK (nbdcpy_get_errno () == EINVAL);
+  CHECK (errno == EINVAL);
   struct nbdcpy_stats st;
   CHECK (nbdcpy_stats (old, &st, sizeof st) == -1);
   CHECK (nbdcpy_run (old) == -1);

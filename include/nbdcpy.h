@@ -12,7 +12,8 @@
  *    nbdcpy_get_error() and nbdcpy_get_errno() describe it; they are
  *    thread-local: they describe the last failed call made by the calling
  *    thread.
- *    Every failing call sets both.
+ *    Every failing call sets both, but nbdcpy_cancel() (async-signal-
+ *    safe), which sets errno only.
  *  - No call aborts the process: Rust panics are caught at the boundary
  *    and reported as errors (errno EIO); NULL arguments are errors (EFAULT)
  *    unless documented as allowed.
@@ -33,15 +34,26 @@
  *    LISTEN_PID, LISTEN_FDS=1 and LISTEN_FDNAMES=nbd, default signal
  *    dispositions and an empty signal mask.
  *  - Thread safety is stated on each type.  Many handles may run at
- *    once, from as many threads.
+ *    once, from as many threads.  A handle belongs to no thread: it may
+ *    be created, connected, run, cancelled and closed on different
+ *    threads, and those threads may exit in between (thread pools, Go).
+ *  - Server subprocesses (nbdcpy_config_set_command) live exactly as
+ *    long as their handle: until nbdcpy_close(), or until the
+ *    nbdcpy_open()/nbdcpy_connect() that started them fails, whichever
+ *    threads make those calls.  They die with the host process, SIGKILL
+ *    included (they are forked by one library thread, "nbdcpy-forker",
+ *    started at the first server and living as long as the process,
+ *    with every signal blocked; the servers ask for PR_SET_PDEATHSIG).
  *  - Signals: the library installs no signal handler and changes no
- *    signal mask.  It never raises SIGPIPE (sockets are written with
- *    MSG_NOSIGNAL), so SIGPIPE may be ignored, blocked or left at its
- *    default.  System calls interrupted by the host's handlers (EINTR)
- *    are retried.  It waits for its server subprocesses by pid only; a
- *    host SIGCHLD handler that reaps every child (waitpid(-1)), or
- *    SIGCHLD set to SIG_IGN, is tolerated (the server then counts as
- *    gone).
+ *    signal mask of the caller's threads.  It never raises SIGPIPE
+ *    (sockets are written with MSG_NOSIGNAL), so SIGPIPE may be ignored,
+ *    blocked or left at its default.  System calls interrupted by the
+ *    host's handlers (EINTR) are retried.  nbdcpy_cancel() is the one
+ *    call that is async-signal-safe.  Server subprocesses are signalled
+ *    and reaped through a pidfd, never by pid: a host SIGCHLD handler
+ *    that reaps every child (waitpid(-1)), or SIGCHLD set to SIG_IGN, is
+ *    tolerated (the server then counts as gone), and can never make the
+ *    library signal a stranger that reused the pid.
  *  - fork(): every descriptor the library opens (rings, sockets, files,
  *    pipes) is close-on-exec, and a child does not inherit the running
  *    copies' threads.  A child of a process with copies running may
@@ -60,12 +72,12 @@
 
 // The version of this header (nbdcpy_version() gives the library's).
 #define NBDCPY_VERSION_MAJOR 0
-#define NBDCPY_VERSION_MINOR 2
+#define NBDCPY_VERSION_MINOR 3
 #define NBDCPY_VERSION_PATCH 0
-#define NBDCPY_VERSION_STRING "0.2.0"
+#define NBDCPY_VERSION_STRING "0.3.0"
 // MAJOR * 1000000 + MINOR * 1000 + PATCH, for #if comparisons with
 // NBDCPY_VERSION_CHECK(major, minor, patch).
-#define NBDCPY_VERSION_NUMBER 2000
+#define NBDCPY_VERSION_NUMBER 3000
 #define NBDCPY_VERSION_CHECK(major, minor, patch) \
   ((major) * 1000000 + (minor) * 1000 + (patch))
 
@@ -203,7 +215,7 @@ typedef void (*nbdcpy_log_cb)(void *user_data, int level, const char *message);
 extern "C" {
 #endif // __cplusplus
 
-// The library version, e.g. "0.2.0".  Never NULL; static storage.
+// The library version, e.g. "0.3.0".  Never NULL; static storage.
 const char *nbdcpy_version(void);
 
 // 1 if `feature` is available, 0 if not (also for names this version
@@ -456,8 +468,13 @@ int nbdcpy_config_set_log_free(struct nbdcpy_config *config,
 // a subprocess through systemd socket activation: `argv` is a
 // NULL-terminated array (argv[0] is searched in PATH), like nbdcopy's
 // `[ CMD ARGS ... ]`.  Pass NULL as that side's string to nbdcpy_open().
-// The server is killed and reaped when the handle is closed (and on every
-// error).  `argv` NULL clears the command.
+// The server is killed (SIGTERM, after 2 s SIGKILL) and reaped when the
+// handle is closed, or when the nbdcpy_open()/nbdcpy_connect() that
+// started it fails, and not before, whatever threads those calls are
+// made on and whether those threads have exited since.  It dies with the
+// host process, SIGKILL included.  It gets the caller's fds 0, 1 and 2
+// and no other descriptor of the host's.  `argv` NULL clears the
+// command.
 //
 // Pointers: `config` is NULL or a config pointer; `argv` is NULL or a
 // NULL-terminated array of NUL-terminated strings.
@@ -588,11 +605,16 @@ int nbdcpy_get_blkhash(const struct nbdcpy *h, uint8_t *buf, size_t len);
 
 // Asks a running (or future) nbdcpy_run() to stop; it then fails with
 // ECANCELED within about 100 ms.  Async-signal-safe: callable from any
-// thread and from a signal handler.  It only sets a bit in the handle's
-// slot with an atomic compare-and-swap: no lock, no allocation, and the
-// handle's memory is not touched.  A NULL, closed or foreign `h` fails
-// (-1, EFAULT or EINVAL) with a static message, still without
-// allocating.
+// thread and from a signal handler (also in a library loaded with
+// dlopen()).  It only sets a bit in the handle's slot with an atomic
+// compare-and-swap: no lock, no allocation, no thread-local storage,
+// and the handle's memory is not touched.
+//
+// Returns 0, or -1 with `errno` set (EFAULT: `h` is NULL; EINVAL: `h` is
+// closed or not a handle).  Unlike every other call, a failing
+// nbdcpy_cancel() does not change nbdcpy_get_error() and
+// nbdcpy_get_errno() (they are thread-local); a signal handler that
+// calls it should save and restore `errno`, as for any call there.
 //
 // Any pointer value is accepted.
 int nbdcpy_cancel(struct nbdcpy *h);

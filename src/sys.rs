@@ -135,6 +135,95 @@ pub fn waitpid(pid: libc::pid_t, flags: libc::c_int) -> io::Result<Option<libc::
     Ok((r == pid).then_some(st))
 }
 
+/// pidfd_open(2): a descriptor naming process `pid` (close-on-exec), so
+/// it can be signalled and waited for without a pid that may be reused.
+pub fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    // SAFETY: no memory arguments.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pidfd_open succeeded: a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
+}
+
+/// pidfd_send_signal(2): `sig` to the process `pidfd` names (ESRCH once
+/// it has exited, never another process).
+pub fn pidfd_send_signal(pidfd: RawFd, sig: libc::c_int) -> io::Result<()> {
+    // SAFETY: a NULL siginfo is allowed (as kill(2) would fill it).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd,
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// waitid(P_PIDFD): reaps the child `pidfd` names once it has exited.
+/// Ok(true): reaped; Ok(false): still running (with WNOHANG).  ECHILD:
+/// not (or no longer) a child of ours to reap, e.g. reaped by the host.
+pub fn waitid_pidfd(pidfd: RawFd, flags: libc::c_int) -> io::Result<bool> {
+    let mut info: libc::siginfo_t = zeroed();
+    // SAFETY: info is valid for writes for the call.
+    check(unsafe {
+        libc::waitid(
+            libc::P_PIDFD,
+            pidfd as libc::id_t,
+            &mut info,
+            libc::WEXITED | flags,
+        )
+    })?;
+    // SAFETY: waitid filled info (si_pid stays 0 with WNOHANG and no
+    // child that has exited).
+    Ok(unsafe { info.si_pid() } != 0)
+}
+
+/// Whether `pid` is a child of ours that has not exited: waitid(WNOWAIT)
+/// neither reaps it nor, for a zombie, lets it go.  ECHILD: not (or no
+/// longer) our child.
+pub fn waitid_pid_running(pid: libc::pid_t) -> io::Result<bool> {
+    let mut info: libc::siginfo_t = zeroed();
+    // SAFETY: info is valid for writes for the call.
+    check(unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    })?;
+    // SAFETY: waitid filled info (si_pid 0: the child has not exited).
+    Ok(unsafe { info.si_pid() } == 0)
+}
+
+/// Blocks every signal in the calling thread; returns the mask it had.
+pub fn block_all_signals() -> io::Result<libc::sigset_t> {
+    let mut all: libc::sigset_t = zeroed();
+    let mut old: libc::sigset_t = zeroed();
+    // SAFETY: both sets are valid for the calls.
+    unsafe {
+        libc::sigfillset(&mut all);
+        let r = libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        if r != 0 {
+            return Err(io::Error::from_raw_os_error(r));
+        }
+    }
+    Ok(old)
+}
+
+/// Sets the calling thread's signal mask back to `mask`.
+pub fn set_signal_mask(mask: &libc::sigset_t) {
+    // SAFETY: mask is a valid set for the call.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, mask, std::ptr::null_mut()) };
+}
+
 /// mkdtemp(3): creates a private directory from `template` (ending in
 /// XXXXXX) and returns its path.
 pub fn mkdtemp(template: &std::path::Path) -> io::Result<std::path::PathBuf> {

@@ -6,6 +6,7 @@
 // What can be a source or a destination: parsing the user's words
 // (`-`, `null:`, a path, an NBD URI, a server command) and opening them.
 
+pub mod child;
 pub mod connect;
 pub mod file;
 pub mod nbd;

@@ -39,7 +39,7 @@ pub struct NbdEndpoint {
     /// Connections handed to a lane (which then says goodbye itself), or
     /// left mid-message by a failed send: no DISC from `disconnect`.
     no_disc: Vec<bool>,
-    server: Option<ServerProcess>,
+    server: Option<Box<ServerProcess>>,
     want_meta: bool,
     /// The source's dirty bitmap context (`--dirty-bitmap`).
     dirty: Option<String>,
@@ -96,7 +96,7 @@ impl NbdEndpoint {
             name,
             side,
             cfg,
-            Some(server),
+            Some(Box::new(server)),
             (None, lim, None),
         )
     }
@@ -127,7 +127,7 @@ impl NbdEndpoint {
         name: String,
         side: Side,
         cfg: &Config,
-        server: Option<ServerProcess>,
+        server: Option<Box<ServerProcess>>,
         (tls, lim, given): (Option<Arc<TlsClient>>, &Limits, Option<OwnedFd>),
     ) -> Result<NbdEndpoint> {
         // Block status is only asked of a source, and only when used.
@@ -149,8 +149,8 @@ impl NbdEndpoint {
             tls: tls.as_deref(),
         };
         let (sock, info, sess) = negotiate(fd, &transport, ask, lim)?;
-        if let (Some(ctx), None) = (&dirty, info.dirty_context_id) {
-            return Err(Error::new(
+        let unusable = if let (Some(ctx), None) = (&dirty, info.dirty_context_id) {
+            Some(Error::new(
                 libc::ENOTSUP,
                 format!(
                     "the NBD server does not offer the dirty bitmap \"{}\" \
@@ -163,13 +163,18 @@ impl NbdEndpoint {
                         ""
                     }
                 ),
-            ));
-        }
-        if info.size > i64::MAX as u64 {
-            return Err(Error::new(
+            ))
+        } else if info.size > i64::MAX as u64 {
+            Some(Error::new(
                 libc::EOVERFLOW,
                 format!("export size {} is too large", info.size),
-            ));
+            ))
+        } else {
+            None
+        };
+        if let Some(e) = unusable {
+            abandon(sock, info.mode, sess);
+            return Err(e);
         }
         Ok(NbdEndpoint {
             info,
@@ -525,6 +530,7 @@ impl NbdEndpoint {
             || info.meta_context_id != self.info.meta_context_id
             || info.dirty_context_id != self.info.dirty_context_id
         {
+            abandon(sock, info.mode, sess);
             return Err(Error::new(
                 libc::EPROTO,
                 format!(
@@ -692,6 +698,21 @@ fn t_goodbye(mut t: TlsSession, last: &[u8]) {
     t.goodbye(last);
 }
 
+/// A negotiated connection given up before any use (a bitmap it lacks, a
+/// size it cannot have, a second connection unlike the first): the
+/// transmission phase's goodbye, NBD_CMD_DISC, best effort, then closed.
+fn abandon(sock: OwnedFd, mode: crate::proto::HeaderMode, sess: Option<TlsSession>) {
+    let mut disc = [0u8; 32];
+    let n = request::encode(mode, &request::DISC, &mut disc);
+    match sess {
+        Some(t) => t_goodbye(t, &disc[..n]),
+        None => {
+            let _ = sys::send(sock.as_raw_fd(), &disc[..n], libc::MSG_DONTWAIT);
+        }
+    }
+    let _ = sys::shutdown(sock.as_raw_fd());
+}
+
 /// A connected socket, what it negotiated, and its TLS session.
 type Connected = (OwnedFd, Negotiated, Option<TlsSession>);
 
@@ -704,12 +725,12 @@ pub struct FastZero {
 
 /// Waits until `fd` is readable, in steps that notice cancellation.
 fn wait_readable(fd: RawFd, timeout: Duration, cancelled: &dyn Fn() -> bool) -> Result<()> {
-    let deadline = std::time::Instant::now() + timeout;
+    let deadline = Instant::now() + timeout;
     loop {
         if cancelled() {
             return Err(Error::cancelled());
         }
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(Error::new(
                 libc::ETIMEDOUT,
@@ -809,8 +830,15 @@ fn tune_socket(fd: RawFd, t: &Transport) {
     }
 }
 
+/// How long a negotiation that nbdcpy gives up may take to say so
+/// (NBD_OPT_ABORT sent, the server's answer read): a server that does not
+/// answer costs this much more, once.
+const ABORT_GRACE: Duration = Duration::from_millis(250);
+
 /// Drives the sans-I/O handshake over a blocking socket; with `tls`, the
-/// TLS handshake after STARTTLS and everything after it through TLS.
+/// TLS handshake after STARTTLS and everything after it through TLS.  A
+/// negotiation given up while options are haggled (a refusal, a protocol
+/// error, a timeout, a cancel) ends with NBD_OPT_ABORT, as the spec asks.
 fn handshake(
     fd: RawFd,
     export: &str,
@@ -819,8 +847,6 @@ fn handshake(
     tls: Option<&TlsClient>,
     lim: &Limits,
 ) -> Result<(Negotiated, Option<TlsSession>)> {
-    let mut plain = sys::FdStream(fd);
-    let mut sess: Option<TlsSession> = None;
     let mut hs = Handshake::new(HandshakeOptions {
         export_name: export.to_string(),
         extended_headers: true,
@@ -830,8 +856,94 @@ fn handshake(
         request_block_size: true,
         tls: tls.is_some(),
     });
-    let mut buf = vec![0u8; 64 << 10];
-    let mut have = 0usize;
+    let mut sess: Option<TlsSession> = None;
+    let mut input = Input {
+        buf: vec![0u8; 64 << 10],
+        have: 0,
+    };
+    match drive(&mut hs, fd, tls, &mut sess, &mut input, lim) {
+        Ok(info) => Ok((info, sess)),
+        Err(e) => {
+            if hs.abort() {
+                say_abort(&mut hs, fd, &mut sess, &mut input);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// What the server sent that the handshake has not consumed yet.
+struct Input {
+    buf: Vec<u8>,
+    have: usize,
+}
+
+/// Sends NBD_OPT_ABORT (after any pending output) and reads until the
+/// server acknowledges it or closes, all within ABORT_GRACE; best effort,
+/// never cancellable (it is how a cancel ends politely).
+fn say_abort(hs: &mut Handshake, fd: RawFd, sess: &mut Option<TlsSession>, input: &mut Input) {
+    let deadline = Instant::now() + ABORT_GRACE;
+    let left = || deadline.saturating_duration_since(Instant::now());
+    let mut plain = sys::FdStream(fd);
+    // OpenSSL's reads and writes wait on the socket's own timeouts.
+    set_timeouts(fd, Some(ABORT_GRACE));
+    while !hs.output().is_empty() {
+        let ms = left().as_millis() as i32;
+        if ms == 0 || !matches!(sys::poll_one(fd, libc::POLLOUT, ms), Ok(r) if r != 0) {
+            return;
+        }
+        let s: &mut dyn Write = match sess.as_mut() {
+            Some(t) => t,
+            None => &mut plain,
+        };
+        match s.write(hs.output()) {
+            Ok(n) => hs.consume_output(n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+    loop {
+        let Input { buf, have } = input;
+        match hs.feed(&buf[..*have]) {
+            Ok(used) => {
+                buf.copy_within(used..*have, 0);
+                *have -= used;
+            }
+            Err(_) => return,
+        }
+        if hs.abort_acknowledged() || *have == buf.len() {
+            return;
+        }
+        if sess.as_ref().is_none_or(|t| t.pending() == 0) {
+            let ms = left().as_millis() as i32;
+            if ms == 0 || !matches!(sys::poll_one(fd, libc::POLLIN, ms), Ok(r) if r != 0) {
+                return;
+            }
+        }
+        let s: &mut dyn Read = match sess.as_mut() {
+            Some(t) => t,
+            None => &mut plain,
+        };
+        match s.read(&mut buf[*have..]) {
+            Ok(0) => return,
+            Ok(n) => *have += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// The negotiation itself, until its result or an error.
+fn drive(
+    hs: &mut Handshake,
+    fd: RawFd,
+    tls: Option<&TlsClient>,
+    sess: &mut Option<TlsSession>,
+    input: &mut Input,
+    lim: &Limits,
+) -> Result<Negotiated> {
+    let mut plain = sys::FdStream(fd);
+    let Input { buf, have } = input;
     loop {
         while !hs.output().is_empty() {
             lim.wait(fd, libc::POLLOUT, "handshake")?;
@@ -843,12 +955,12 @@ fn handshake(
                 Ok(n) => n,
                 // A signal handler in the host program: not an error.
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(tls_explain(tls, &mut sess, io_err("handshake: send", e))),
+                Err(e) => return Err(tls_explain(tls, sess, io_err("handshake: send", e))),
             };
             hs.consume_output(n);
         }
         if hs.tls_pending() {
-            if have > 0 {
+            if *have > 0 {
                 return Err(Error::new(
                     libc::EPROTO,
                     "handshake: server sent data after acknowledging NBD_OPT_STARTTLS",
@@ -857,7 +969,7 @@ fn handshake(
             let Some(client) = tls else {
                 return Err(Error::new(libc::EPROTO, "handshake: unexpected STARTTLS"));
             };
-            sess = Some(client.connect(fd)?);
+            *sess = Some(client.connect(fd)?);
             hs.tls_started();
             continue;
         }
@@ -866,17 +978,17 @@ fn handshake(
         }
         // Feed what we have; read more only when the machine needs it.
         let used = hs
-            .feed(&buf[..have])
+            .feed(&buf[..*have])
             .map_err(|e| Error::new(libc::EPROTO, format!("handshake: {e}")))?;
-        buf.copy_within(used..have, 0);
-        have -= used;
+        buf.copy_within(used..*have, 0);
+        *have -= used;
         if hs.is_done() || hs.tls_pending() || !hs.output().is_empty() {
             continue;
         }
-        if used > 0 && have > 0 {
+        if used > 0 && *have > 0 {
             continue;
         }
-        if have == buf.len() {
+        if *have == buf.len() {
             return Err(Error::new(
                 libc::EPROTO,
                 "handshake: server reply too large",
@@ -890,31 +1002,29 @@ fn handshake(
             Some(t) => t,
             None => &mut plain,
         };
-        let n = match s.read(&mut buf[have..]) {
+        let n = match s.read(&mut buf[*have..]) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(tls_explain(tls, &mut sess, io_err("handshake: receive", e))),
+            Err(e) => return Err(tls_explain(tls, sess, io_err("handshake: receive", e))),
         };
         if n == 0 {
             return Err(tls_explain(
                 tls,
-                &mut sess,
+                sess,
                 Error::new(libc::ECONNRESET, "handshake: server closed the connection"),
             ));
         }
-        have += n;
+        *have += n;
     }
-    if have > 0 {
+    if *have > 0 {
         return Err(Error::new(
             libc::EPROTO,
             "handshake: server sent data after the negotiation ended",
         ));
     }
-    let info = hs
-        .result()
+    hs.result()
         .cloned()
-        .ok_or_else(|| Error::new(libc::EPROTO, "handshake ended without a result"))?;
-    Ok((info, sess))
+        .ok_or_else(|| Error::new(libc::EPROTO, "handshake ended without a result"))
 }
 
 /// A negotiation error inside TLS, with what TLS knows about it.

@@ -5,48 +5,23 @@
 //
 // NBD servers run as subprocesses through systemd socket activation
 // (nbdcopy's `[ CMD ARGS ... ]`): a listening unix socket in a private
-// temporary directory is handed to the server as fd 3.
+// temporary directory is handed to the server as fd 3.  The process
+// itself is a `child::Child`: tied to this value, not to a thread.
 
+use super::child::{Child, Command};
 use crate::sys;
-use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
-/// A running server subprocess; killed and reaped on drop.
+/// A running server subprocess; killed and reaped on drop.  It lives as
+/// long as this value, whatever threads create, use and drop it (see
+/// `child`), and dies with the host process.
 pub struct ServerProcess {
-    pid: libc::pid_t,
+    child: Child,
     dir: PathBuf,
     sock: PathBuf,
-    reaped: bool,
-}
-
-fn cstr(s: &[u8]) -> io::Result<CString> {
-    CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in argument"))
-}
-
-/// argv[0] looked up in PATH (as execvp would), resolved before fork.
-fn find_in_path(cmd: &str) -> io::Result<PathBuf> {
-    if cmd.contains('/') {
-        return Ok(PathBuf::from(cmd));
-    }
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    for dir in std::env::split_paths(&path) {
-        let p = dir.join(cmd);
-        if let Ok(md) = std::fs::metadata(&p) {
-            use std::os::unix::fs::PermissionsExt;
-            if md.is_file() && md.permissions().mode() & 0o111 != 0 {
-                return Ok(p);
-            }
-        }
-    }
-    Err(io::Error::new(
-        io::ErrorKind::NotFound,
-        format!("{cmd}: command not found in PATH"),
-    ))
 }
 
 /// A private directory for the socket, in `parent` (the "socket-dir"
@@ -60,88 +35,25 @@ impl ServerProcess {
     /// Starts `argv` with a listening socket as fd 3 (LISTEN_FDS=1), the
     /// socket in a private directory made in `socket_dir` (None: TMPDIR).
     pub fn spawn(argv: &[String], socket_dir: Option<&Path>) -> io::Result<ServerProcess> {
-        let cmd = argv
-            .first()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
-        let exe = find_in_path(cmd)?;
+        let mut cmd = Command::new(argv)?;
         let dir = make_private_dir(socket_dir)?;
         let sock = dir.join("sock");
-        let listener = match UnixListener::bind(&sock) {
-            Ok(l) => l,
+        let started = UnixListener::bind(&sock).and_then(|listener| {
+            cmd.env_remove_prefix("LISTEN_")
+                .env("LISTEN_FDS", "1")
+                .env("LISTEN_FDNAMES", "nbd")
+                .env_pid("LISTEN_PID")
+                .fd(listener.as_raw_fd(), 3);
+            // The child owns the listening socket once this returns.
+            cmd.spawn()
+        });
+        match started {
+            Ok(child) => Ok(ServerProcess { child, dir, sock }),
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
-                return Err(e);
+                Err(e)
             }
-        };
-        // Everything that allocates happens before fork: after it, in a
-        // multithreaded process, the child may only use async-signal-safe
-        // calls.
-        let exe_c = cstr(exe.as_os_str().as_bytes())?;
-        let args_c: Vec<CString> = argv
-            .iter()
-            .map(|a| cstr(a.as_bytes()))
-            .collect::<io::Result<_>>()?;
-        let mut argv_p: Vec<*const libc::c_char> = args_c.iter().map(|a| a.as_ptr()).collect();
-        argv_p.push(std::ptr::null());
-        let mut env_c: Vec<CString> = Vec::new();
-        for (k, v) in std::env::vars_os() {
-            let k = k.as_bytes();
-            if k.starts_with(b"LISTEN_") {
-                continue;
-            }
-            let mut kv = k.to_vec();
-            kv.push(b'=');
-            kv.extend_from_slice(v.as_bytes());
-            env_c.push(cstr(&kv)?);
         }
-        env_c.push(cstr(b"LISTEN_FDS=1")?);
-        env_c.push(cstr(b"LISTEN_FDNAMES=nbd")?);
-        // LISTEN_PID=<pid> is filled in by the child: it only knows its pid
-        // after fork.  Reserve room for the digits.
-        let mut pid_var: [u8; 32] = [0; 32];
-        pid_var[..11].copy_from_slice(b"LISTEN_PID=");
-        let mut env_p: Vec<*const libc::c_char> = env_c.iter().map(|e| e.as_ptr()).collect();
-        env_p.push(pid_var.as_ptr() as *const libc::c_char);
-        env_p.push(std::ptr::null());
-
-        // A close-on-exec pipe tells us whether exec failed, and why.
-        let (rd, wr) = sys::pipe_with(libc::O_CLOEXEC)?;
-        let lfd = listener.as_raw_fd();
-        let wfd = wr.as_raw_fd();
-
-        // SAFETY: fork() itself is safe to call; the child below only uses
-        // async-signal-safe functions on memory prepared before the fork.
-        let pid = unsafe { libc::fork() };
-        if pid < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if pid == 0 {
-            // SAFETY: child side: only async-signal-safe calls, on buffers
-            // that were allocated before fork and are not freed here.
-            unsafe { child(lfd, wfd, &exe_c, &argv_p, &mut pid_var, &env_p) }
-        }
-        drop(wr);
-        drop(listener); // the child owns the listening socket now
-        let mut sp = ServerProcess {
-            pid,
-            dir,
-            sock,
-            reaped: false,
-        };
-        // exec failure: the child writes its errno; success closes the pipe.
-        let mut buf = [0u8; 4];
-        let n = loop {
-            match sys::read(rd.as_raw_fd(), &mut buf) {
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                r => break r.unwrap_or(0),
-            }
-        };
-        if n == 4 {
-            sp.kill();
-            let errno = i32::from_ne_bytes(buf);
-            return Err(io::Error::from_raw_os_error(errno));
-        }
-        Ok(sp)
     }
 
     pub fn socket_path(&self) -> &Path {
@@ -150,47 +62,12 @@ impl ServerProcess {
 
     #[cfg(test)]
     pub fn pid(&self) -> i32 {
-        self.pid
-    }
-
-    /// The exit status if the server has exited (reaps it).
-    pub fn try_wait(&mut self) -> Option<i32> {
-        if self.reaped {
-            return Some(0);
-        }
-        match sys::waitpid(self.pid, libc::WNOHANG) {
-            Ok(Some(st)) => {
-                self.reaped = true;
-                Some(st)
-            }
-            // A host's SIGCHLD handler (or SIGCHLD ignored) reaped it
-            // already: it is gone, and its pid is not ours any more.
-            Err(e) if e.raw_os_error() == Some(libc::ECHILD) => {
-                self.reaped = true;
-                Some(0)
-            }
-            _ => None,
-        }
+        self.child.pid()
     }
 
     /// SIGTERM, a bounded wait, then SIGKILL; always reaps.  Idempotent.
     pub fn kill(&mut self) {
-        if self.reaped {
-            return;
-        }
-        let _ = sys::kill(self.pid, libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < deadline {
-            if self.try_wait().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let _ = sys::kill(self.pid, libc::SIGKILL);
-        // Blocks until the killed child is gone.
-        while matches!(sys::waitpid(self.pid, 0), Err(e) if e.raw_os_error() == Some(libc::EINTR)) {
-        }
-        self.reaped = true;
+        self.child.kill();
     }
 }
 
@@ -202,78 +79,14 @@ impl Drop for ServerProcess {
     }
 }
 
-/// The child after fork: set up fd 3 and the environment, then exec.
-///
-/// # Safety
-/// Must only be called in a freshly forked child.  Uses only
-/// async-signal-safe functions and the pre-allocated buffers passed in.
-unsafe fn child(
-    lfd: RawFd,
-    wfd: RawFd,
-    exe: &CString,
-    argv: &[*const libc::c_char],
-    pid_var: &mut [u8; 32],
-    envp: &[*const libc::c_char],
-) -> ! {
-    // SAFETY (whole body): see the function's contract.
-    unsafe {
-        // Die with us, so a crashed copier leaves no server behind.
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-        // Default signal handling and an empty mask for the server.
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-        for sig in 1..32 {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::signal(sig, libc::SIG_DFL);
-            }
-        }
-        if lfd == 3 {
-            let fl = libc::fcntl(3, libc::F_GETFD);
-            libc::fcntl(3, libc::F_SETFD, fl & !libc::FD_CLOEXEC);
-        } else if libc::dup2(lfd, 3) < 0 {
-            report_and_exit(wfd);
-        }
-        // LISTEN_PID=<our pid>, formatted by hand (no allocation).
-        let mut pid = libc::getpid() as u32;
-        let mut digits = [0u8; 12];
-        let mut n = 0;
-        loop {
-            digits[n] = b'0' + (pid % 10) as u8;
-            n += 1;
-            pid /= 10;
-            if pid == 0 {
-                break;
-            }
-        }
-        for i in 0..n {
-            pid_var[11 + i] = digits[n - 1 - i];
-        }
-        pid_var[11 + n] = 0;
-        libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr());
-        report_and_exit(wfd)
-    }
-}
-
-/// # Safety
-/// Child only: writes errno to the pipe and exits without unwinding.
-unsafe fn report_and_exit(wfd: RawFd) -> ! {
-    // SAFETY: async-signal-safe calls on a stack buffer.
-    unsafe {
-        let e = *libc::__errno_location();
-        let b = e.to_ne_bytes();
-        libc::write(wfd, b.as_ptr() as *const libc::c_void, 4);
-        libc::_exit(127)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Read;
+    use std::time::Duration;
 
     fn have(cmd: &str) -> bool {
-        find_in_path(cmd).is_ok()
+        super::super::child::find_in_path(cmd).is_ok()
     }
 
     fn greeting(sp: &ServerProcess) -> Vec<u8> {

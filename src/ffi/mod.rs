@@ -242,11 +242,9 @@ struct Pending {
 }
 
 thread_local! {
-    // Plain cells without destructors, so recording an error in
-    // nbdcpy_cancel allocates nothing.
+    // Never touched by nbdcpy_cancel (signal handlers).
     static LAST_ERRNO: Cell<c_int> = const { Cell::new(0) };
     static LAST_SIDE: Cell<c_int> = const { Cell::new(-1) };
-    static LAST_STATIC: Cell<Option<&'static CStr>> = const { Cell::new(None) };
     static LAST_MSG: RefCell<Option<CString>> = const { RefCell::new(None) };
 }
 
@@ -256,7 +254,6 @@ static HANDLES: Table<Handle> = Table::new(Kind::Handle);
 fn set_error(e: &Error) {
     let msg = CString::new(e.msg.replace('\0', " ")).unwrap_or_default();
     LAST_MSG.with(|l| *l.borrow_mut() = Some(msg));
-    LAST_STATIC.with(|l| l.set(None));
     LAST_ERRNO.with(|l| l.set(if e.errno > 0 { e.errno } else { libc::EIO }));
     LAST_SIDE.with(|l| l.set(side_code(e.side)));
 }
@@ -269,13 +266,6 @@ fn side_code(side: Option<Side>) -> c_int {
         Some(Side::Destination) => NBDCPY_DESTINATION,
         None => -1,
     }
-}
-
-/// Records an error without allocating (for nbdcpy_cancel).
-fn set_static_error(errno: c_int, msg: &'static CStr) {
-    LAST_STATIC.with(|l| l.set(Some(msg)));
-    LAST_ERRNO.with(|l| l.set(errno));
-    LAST_SIDE.with(|l| l.set(-1));
 }
 
 /// Runs `f` inside a panic boundary; errors are recorded and `fail` returned.
@@ -324,7 +314,7 @@ unsafe fn str_arg<'a>(p: *const c_char, what: &str) -> Result<&'a str, Error> {
         .map_err(|_| Error::invalid(format!("{what} is not valid UTF-8")))
 }
 
-/// The library version, e.g. "0.2.0".  Never NULL; static storage.
+/// The library version, e.g. "0.3.0".  Never NULL; static storage.
 #[no_mangle]
 pub extern "C" fn nbdcpy_version() -> *const c_char {
     static V: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");
@@ -380,9 +370,6 @@ pub unsafe extern "C" fn nbdcpy_supports(feature: *const c_char) -> c_int {
 /// call on this thread.
 #[no_mangle]
 pub extern "C" fn nbdcpy_get_error() -> *const c_char {
-    if let Some(m) = LAST_STATIC.with(|l| l.get()) {
-        return m.as_ptr();
-    }
     LAST_MSG.with(|l| match &*l.borrow() {
         Some(m) => m.as_ptr(),
         None => std::ptr::null(),
@@ -801,8 +788,13 @@ fn set_log(config: *mut Config, cb: nbdcpy_log_cb, data: Arc<UserData>) -> Resul
 /// a subprocess through systemd socket activation: `argv` is a
 /// NULL-terminated array (argv[0] is searched in PATH), like nbdcopy's
 /// `[ CMD ARGS ... ]`.  Pass NULL as that side's string to nbdcpy_open().
-/// The server is killed and reaped when the handle is closed (and on every
-/// error).  `argv` NULL clears the command.
+/// The server is killed (SIGTERM, after 2 s SIGKILL) and reaped when the
+/// handle is closed, or when the nbdcpy_open()/nbdcpy_connect() that
+/// started it fails, and not before, whatever threads those calls are
+/// made on and whether those threads have exited since.  It dies with the
+/// host process, SIGKILL included.  It gets the caller's fds 0, 1 and 2
+/// and no other descriptor of the host's.  `argv` NULL clears the
+/// command.
 ///
 /// Pointers: `config` is NULL or a config pointer; `argv` is NULL or a
 /// NULL-terminated array of NUL-terminated strings.
@@ -1278,36 +1270,34 @@ pub unsafe extern "C" fn nbdcpy_get_blkhash(h: *const Handle, buf: *mut u8, len:
 
 /// Asks a running (or future) nbdcpy_run() to stop; it then fails with
 /// ECANCELED within about 100 ms.  Async-signal-safe: callable from any
-/// thread and from a signal handler.  It only sets a bit in the handle's
-/// slot with an atomic compare-and-swap: no lock, no allocation, and the
-/// handle's memory is not touched.  A NULL, closed or foreign `h` fails
-/// (-1, EFAULT or EINVAL) with a static message, still without
-/// allocating.
+/// thread and from a signal handler (also in a library loaded with
+/// dlopen()).  It only sets a bit in the handle's slot with an atomic
+/// compare-and-swap: no lock, no allocation, no thread-local storage,
+/// and the handle's memory is not touched.
+///
+/// Returns 0, or -1 with `errno` set (EFAULT: `h` is NULL; EINVAL: `h` is
+/// closed or not a handle).  Unlike every other call, a failing
+/// nbdcpy_cancel() does not change nbdcpy_get_error() and
+/// nbdcpy_get_errno() (they are thread-local); a signal handler that
+/// calls it should save and restore `errno`, as for any call there.
 ///
 /// Any pointer value is accepted.
 #[no_mangle]
 pub extern "C" fn nbdcpy_cancel(h: *mut Handle) -> c_int {
-    if h.is_null() {
-        set_static_error(libc::EFAULT, c"nbdcpy_cancel: handle must not be NULL");
-        return -1;
-    }
-    match HANDLES.cancel(h) {
-        Ok(()) => 0,
-        Err(Refused::NotOurs) => {
-            set_static_error(
-                libc::EINVAL,
-                c"nbdcpy_cancel: handle is not a handle pointer from this library",
-            );
-            -1
+    // Nothing thread-local here (a dlopen'd library reaches its
+    // thread-locals through __tls_get_addr, which may allocate): errno
+    // is libc's, which is async-signal-safe to set.
+    let errno = if h.is_null() {
+        libc::EFAULT
+    } else {
+        match HANDLES.cancel(h) {
+            Ok(()) => return 0,
+            Err(Refused::NotOurs | Refused::Stale) => libc::EINVAL,
         }
-        Err(Refused::Stale) => {
-            set_static_error(
-                libc::EINVAL,
-                c"nbdcpy_cancel: handle was already closed (stale pointer)",
-            );
-            -1
-        }
-    }
+    };
+    // SAFETY: __errno_location returns this thread's errno, always valid.
+    unsafe { *libc::__errno_location() = errno };
+    -1
 }
 
 /// Closes a handle: disconnects, kills and reaps server subprocesses,

@@ -9,7 +9,8 @@
 // when asked), then GO with BLOCK_SIZE (falling back to EXPORT_NAME when
 // GO is unsupported).  With TLS, STARTTLS comes first; the driver then
 // runs the TLS handshake (Handshake::tls_pending) and every later option
-// goes through TLS.
+// goes through TLS.  A negotiation the client gives up while haggling
+// options ends with NBD_OPT_ABORT (Handshake::abort), as the spec asks.
 
 use super::consts::*;
 use super::{be16, be32, be64, BlockSize, HeaderMode, Negotiated};
@@ -49,6 +50,12 @@ enum State {
     /// STARTTLS was acknowledged: the driver runs the TLS handshake.
     TlsPending,
     Done,
+    /// NBD_OPT_ABORT is queued or sent: replies are skipped until the
+    /// server acknowledges it.
+    Aborting,
+    /// The server acknowledged NBD_OPT_ABORT (or said something that
+    /// cannot be parsed): nothing more to read.
+    Aborted,
 }
 
 pub struct Handshake {
@@ -119,6 +126,57 @@ impl Handshake {
         self.result.as_ref()
     }
 
+    /// The client gives up the negotiation (an error, a timeout, a
+    /// cancel): queues NBD_OPT_ABORT after whatever output is pending, if
+    /// the negotiation is where options are haggled.  True: the driver
+    /// should send the output, and may read replies (bounded) until
+    /// [`abort_acknowledged`](Self::abort_acknowledged), then close.
+    /// False: nothing to say (before the greeting's answer, during the
+    /// TLS handshake, after NBD_OPT_EXPORT_NAME or the end of the
+    /// negotiation, or aborted already): just close.
+    pub fn abort(&mut self) -> bool {
+        match self.state {
+            State::Option(_) => {
+                self.out.extend_from_slice(&IHAVEOPT.to_be_bytes());
+                self.out.extend_from_slice(&NBD_OPT_ABORT.to_be_bytes());
+                self.out.extend_from_slice(&0u32.to_be_bytes());
+                self.state = State::Aborting;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The server acknowledged NBD_OPT_ABORT (or what it sent after it
+    /// could not be parsed): the driver may close now.
+    pub fn abort_acknowledged(&self) -> bool {
+        self.state == State::Aborted
+    }
+
+    /// While aborting: skips replies to earlier options, up to and with
+    /// the one to NBD_OPT_ABORT.
+    fn abort_reply(&mut self, b: &[u8]) -> usize {
+        if b.len() < 20 {
+            return 0;
+        }
+        if be64(b) != OPT_REPLY_MAGIC {
+            self.state = State::Aborted;
+            return b.len();
+        }
+        let len = be32(&b[16..]) as usize;
+        if len > MAX_OPTION_REPLY {
+            self.state = State::Aborted;
+            return b.len();
+        }
+        if b.len() < 20 + len {
+            return 0;
+        }
+        if be32(&b[8..]) == NBD_OPT_ABORT {
+            self.state = State::Aborted;
+        }
+        20 + len
+    }
+
     /// Consumes as many whole server messages from `input` as it holds;
     /// returns the bytes consumed (0: more input needed).  Never consumes
     /// past the end of the negotiation.
@@ -130,7 +188,7 @@ impl Handshake {
                 return Ok(used);
             }
             used += n;
-            if self.state == State::Done {
+            if matches!(self.state, State::Done | State::Aborted) {
                 return Ok(used);
             }
         }
@@ -212,7 +270,8 @@ impl Handshake {
 
     fn step(&mut self, b: &[u8]) -> Result<usize, HandshakeError> {
         match self.state {
-            State::Done | State::TlsPending => Ok(0),
+            State::Done | State::TlsPending | State::Aborted => Ok(0),
+            State::Aborting => Ok(self.abort_reply(b)),
             State::Greeting => self.greeting(b),
             State::ExportName => self.export_name_reply(b),
             State::Option(opt) => self.option_reply(opt, b),
@@ -718,6 +777,147 @@ pub(crate) mod tests {
             b"TLS please",
         ));
         assert!(both(&s, opts()).unwrap_err().contains("requires TLS"));
+    }
+
+    /// The options in what the client sent (after its 4 flag bytes).
+    fn client_options(sent: &[u8]) -> Vec<u32> {
+        let mut v = Vec::new();
+        let mut b = &sent[4..];
+        while b.len() >= 16 {
+            assert_eq!(be64(b), IHAVEOPT);
+            v.push(be32(&b[8..]));
+            let len = be32(&b[12..]) as usize;
+            b = &b[16 + len..];
+        }
+        assert!(b.is_empty(), "a partial option");
+        v
+    }
+
+    /// Drains the output into `sent`.
+    fn take(h: &mut Handshake, sent: &mut Vec<u8>) {
+        sent.extend_from_slice(h.output());
+        let n = h.output().len();
+        h.consume_output(n);
+    }
+
+    #[test]
+    fn a_refused_export_is_abandoned_with_opt_abort() {
+        for whole in [true, false] {
+            let mut s = greeting(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES);
+            s.extend(rep(NBD_OPT_EXTENDED_HEADERS, NBD_REP_ACK, &[]));
+            s.extend(rep(NBD_OPT_SET_META_CONTEXT, NBD_REP_ACK, &[]));
+            s.extend(rep(NBD_OPT_GO, NBD_REP_ERR_UNKNOWN, b"No such export"));
+            let mut h = Handshake::new(opts());
+            let mut sent = Vec::new();
+            let err = if whole {
+                h.feed(&s).err()
+            } else {
+                let mut have = Vec::new();
+                let mut err = None;
+                for &byte in &s {
+                    have.push(byte);
+                    match h.feed(&have) {
+                        Ok(u) => {
+                            have.drain(..u);
+                        }
+                        Err(e) => {
+                            err = Some(e);
+                            break;
+                        }
+                    }
+                }
+                err
+            };
+            assert!(err.unwrap().0.contains("No such export"));
+            assert!(h.abort());
+            assert!(!h.abort(), "one NBD_OPT_ABORT only");
+            take(&mut h, &mut sent);
+            assert_eq!(
+                client_options(&sent),
+                [
+                    NBD_OPT_EXTENDED_HEADERS,
+                    NBD_OPT_SET_META_CONTEXT,
+                    NBD_OPT_GO,
+                    NBD_OPT_ABORT
+                ]
+            );
+            assert_eq!(&sent[sent.len() - 16..][12..], &[0, 0, 0, 0], "no data");
+            // The server's ACK (byte by byte too) ends it.
+            assert!(!h.abort_acknowledged());
+            let ack = rep(NBD_OPT_ABORT, NBD_REP_ACK, &[]);
+            let mut buf = Vec::new();
+            for &byte in &ack {
+                buf.push(byte);
+                let u = h.feed(&buf).unwrap();
+                buf.drain(..u);
+            }
+            assert!(h.abort_acknowledged() && buf.is_empty());
+        }
+    }
+
+    #[test]
+    fn abort_while_waiting_skips_earlier_replies_and_follows_pending_output() {
+        // Given up (a timeout, a cancel) before the first reply, with the
+        // first option not even sent: the abort comes after it.
+        let mut h = Handshake::new(opts());
+        assert!(!h.abort(), "nothing to abort before the greeting");
+        let g = greeting(FLAG_FIXED_NEWSTYLE);
+        assert_eq!(h.feed(&g).unwrap(), g.len());
+        assert!(h.abort());
+        let mut sent = Vec::new();
+        take(&mut h, &mut sent);
+        assert_eq!(
+            client_options(&sent),
+            [NBD_OPT_EXTENDED_HEADERS, NBD_OPT_ABORT]
+        );
+        // A late reply to the first option is skipped, the ACK ends it.
+        let mut late = rep(NBD_OPT_EXTENDED_HEADERS, NBD_REP_ACK, &[]);
+        late.extend(rep(NBD_OPT_ABORT, NBD_REP_ACK, &[]));
+        assert_eq!(h.feed(&late).unwrap(), late.len());
+        assert!(h.abort_acknowledged());
+        assert!(!h.abort());
+        // Garbage after the abort: nothing more to wait for.
+        let mut h = Handshake::new(opts());
+        h.feed(&g).unwrap();
+        assert!(h.abort());
+        h.feed(&[0xffu8; 24]).unwrap();
+        assert!(h.abort_acknowledged());
+    }
+
+    #[test]
+    fn refused_tls_is_aborted_but_not_a_tls_handshake_or_transmission() {
+        let mut o = opts();
+        o.tls = true;
+        let mut s = greeting(FLAG_FIXED_NEWSTYLE);
+        s.extend(rep(NBD_OPT_STARTTLS, NBD_REP_ERR_POLICY, b"no"));
+        let mut h = Handshake::new(o.clone());
+        assert!(h.feed(&s).is_err());
+        assert!(h.abort());
+        let mut sent = Vec::new();
+        take(&mut h, &mut sent);
+        assert_eq!(client_options(&sent), [NBD_OPT_STARTTLS, NBD_OPT_ABORT]);
+
+        // STARTTLS acknowledged: the bytes now belong to TLS.
+        let mut s = greeting(FLAG_FIXED_NEWSTYLE);
+        s.extend(rep(NBD_OPT_STARTTLS, NBD_REP_ACK, &[]));
+        let mut h = Handshake::new(o);
+        h.feed(&s).unwrap();
+        assert!(h.tls_pending());
+        assert!(!h.abort());
+
+        // After NBD_OPT_EXPORT_NAME (no reply to haggle) and once done.
+        let mut s = greeting(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES);
+        s.extend(rep(NBD_OPT_EXTENDED_HEADERS, NBD_REP_ERR_UNSUP, &[]));
+        s.extend(rep(NBD_OPT_STRUCTURED_REPLY, NBD_REP_ERR_UNSUP, &[]));
+        s.extend(rep(NBD_OPT_GO, NBD_REP_ERR_UNSUP, &[]));
+        let mut h = Handshake::new(opts());
+        h.feed(&s).unwrap();
+        assert!(!h.abort(), "EXPORT_NAME has moved the server on");
+        let mut fin = 1u64.to_be_bytes().to_vec();
+        fin.extend(0u16.to_be_bytes());
+        h.feed(&fin).unwrap();
+        assert!(h.is_done());
+        assert!(!h.abort(), "transmission ends with NBD_CMD_DISC instead");
     }
 
     #[test]
