@@ -170,6 +170,13 @@ struct nbdcpy_stats {
   // NBD connections made again after being lost (the "retries"
   // option), over both sides.  Since version 0.2.
   uint64_t reconnects;
+  // Requests sent again after the server failed them with EIO (the
+  // "retries" option).  Since version 0.3.
+  uint64_t retried_requests;
+  // Bytes a checkpoint (the "checkpoint" option) recorded done before
+  // this run; they count in `bytes_done` from the start.  Since
+  // version 0.3.
+  uint64_t resumed_bytes;
 };
 
 // Progress callback: called on the thread running nbdcpy_run, at most

@@ -102,6 +102,13 @@ pub struct nbdcpy_stats {
     /// NBD connections made again after being lost (the "retries"
     /// option), over both sides.  Since version 0.2.
     pub reconnects: u64,
+    /// Requests sent again after the server failed them with EIO (the
+    /// "retries" option).  Since version 0.3.
+    pub retried_requests: u64,
+    /// Bytes a checkpoint (the "checkpoint" option) recorded done before
+    /// this run; they count in `bytes_done` from the start.  Since
+    /// version 0.3.
+    pub resumed_bytes: u64,
 }
 
 /// Progress callback: called on the thread running nbdcpy_run, at most
@@ -1044,6 +1051,8 @@ fn snapshot(s: &Shared, finished: bool) -> nbdcpy_stats {
         size_known: s.size_known.load(Relaxed) as u32,
         reserved: 0,
         reconnects: s.reconnects.load(Relaxed),
+        retried_requests: 0,
+        resumed_bytes: s.resumed_bytes.load(Relaxed),
     }
 }
 
