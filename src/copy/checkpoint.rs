@@ -17,7 +17,7 @@ use super::ckptfile::{self, Checkpoint, Sample};
 use super::stats::Shared;
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -91,7 +91,6 @@ pub struct Tracker {
     /// Done but not known durable, handed back when a lane ended early.
     leftover: Mutex<Vec<(u64, u64)>>,
     samples: Mutex<Vec<Sample>>,
-    samples_wanted: AtomicUsize,
 }
 
 impl Tracker {
@@ -151,7 +150,8 @@ impl LaneCheckpoint {
 
     /// The checkpoint flush completed.
     pub fn flushed(&mut self) {
-        self.tracker.add_durable(&std::mem::take(&mut self.in_flush));
+        self.tracker
+            .add_durable(&std::mem::take(&mut self.in_flush));
         self.flushing = false;
     }
 
@@ -160,27 +160,6 @@ impl LaneCheckpoint {
         let mut all = std::mem::take(&mut self.in_flush);
         all.append(&mut self.done);
         self.tracker.add_durable(&all);
-    }
-
-    /// Keeps a digest of the start of data read from the source at
-    /// `offset`, while the checkpoint wants more samples.
-    pub fn sample(&self, offset: u64, data: &[u8]) {
-        if self.tracker.samples_wanted.load(Relaxed) == 0 || data.is_empty() {
-            return;
-        }
-        let n = data.len().min(SAMPLE_LEN);
-        let s = Sample {
-            offset,
-            len: n as u64,
-            sha256: ckptfile::sha256(&data[..n]),
-        };
-        if let Ok(mut v) = self.tracker.samples.lock() {
-            if v.len() < 4 * SAMPLES {
-                v.push(s);
-            } else {
-                self.tracker.samples_wanted.store(0, Relaxed);
-            }
-        }
     }
 }
 
@@ -238,8 +217,9 @@ impl Session {
                     )));
                 }
                 for s in &c.samples {
-                    let data = read_source(s.offset, s.len)
-                        .map_err(|e| e.context(format!("checkpoint {path}: checking the source")))?;
+                    let data = read_source(s.offset, s.len).map_err(|e| {
+                        e.context(format!("checkpoint {path}: checking the source"))
+                    })?;
                     if ckptfile::sha256(&data) != s.sha256 {
                         return Err(Error::invalid(format!(
                             "checkpoint {path}: the source changed since the checkpoint \
@@ -259,9 +239,6 @@ impl Session {
             Some((d, s)) => (Some(d), s),
             None => (None, Vec::new()),
         };
-        tracker
-            .samples_wanted
-            .store(SAMPLES.saturating_sub(samples.len()), Relaxed);
         if let Ok(mut v) = tracker.samples.lock() {
             *v = samples;
         }
@@ -280,6 +257,52 @@ impl Session {
         })
     }
 
+    /// Reads candidate source samples spread over `areas` ([start, end)),
+    /// outside what is recorded already: those inside the durable work
+    /// when FILE is written go into it (up to `SAMPLES`).
+    pub fn sample_source(
+        &mut self,
+        areas: &[(u64, u64)],
+        read_source: &mut ReadSource<'_>,
+    ) -> Result<()> {
+        let left = match &self.resumed {
+            Some(d) => subtract(areas, d),
+            None => areas.to_vec(),
+        };
+        let all = total(&left);
+        let have = self.tracker.samples.lock().map_or(0, |v| v.len());
+        if all == 0 || have >= SAMPLES {
+            return Ok(());
+        }
+        let n = 2 * SAMPLES as u64;
+        let mut out = Vec::new();
+        let (mut i, mut before) = (0usize, 0u64);
+        for k in 0..n {
+            // The k-th of n points evenly through the areas left.
+            let at = all / n * k;
+            while i < left.len() && before + (left[i].1 - left[i].0) <= at {
+                before += left[i].1 - left[i].0;
+                i += 1;
+            }
+            let Some(&(a, b)) = left.get(i) else { break };
+            let off = a + (at - before);
+            let len = (b - off).min(SAMPLE_LEN as u64);
+            if out.iter().any(|s: &Sample| s.offset == off) {
+                continue;
+            }
+            let data = read_source(off, len)?;
+            out.push(Sample {
+                offset: off,
+                len: data.len() as u64,
+                sha256: ckptfile::sha256(&data),
+            });
+        }
+        if let Ok(mut v) = self.tracker.samples.lock() {
+            v.extend(out.into_iter().filter(|s| s.len > 0));
+        }
+        Ok(())
+    }
+
     /// The ranges recorded done before this run, if it resumes.
     pub fn resumed(&self) -> Option<&[(u64, u64)]> {
         self.resumed.as_deref()
@@ -289,7 +312,12 @@ impl Session {
     /// fsync of the directory.
     pub fn save(&mut self) -> Result<()> {
         let gen = self.tracker.generation.load(Relaxed);
-        let done = self.tracker.durable.lock().map(|d| d.clone()).unwrap_or_default();
+        let done = self
+            .tracker
+            .durable
+            .lock()
+            .map(|d| d.clone())
+            .unwrap_or_default();
         let samples: Vec<Sample> = self
             .tracker
             .samples
@@ -428,15 +456,18 @@ mod tests {
         let mut read = |o: u64, l: u64| Ok(src[o as usize..(o + l) as usize].to_vec());
         let mut s = Session::open(path, Duration::ZERO, id.clone(), &mut read).unwrap();
         assert!(s.resumed().is_none());
+        s.sample_source(&[(0, 8192)], &mut read).unwrap();
         let mut l = LaneCheckpoint::new(s.tracker.clone());
-        l.sample(0, &src[..4096]);
         l.done(0, 8192);
         l.all_flushed();
         s.save().unwrap();
         let again = Session::open(path, Duration::ZERO, id, &mut read).unwrap();
         assert_eq!(again.resumed(), Some(&[(0u64, 8192u64)][..]));
+        assert!(!again.tracker.samples.lock().unwrap().is_empty());
         let other = vec![("source-size".to_string(), (32u64 << 20).to_string())];
-        let e = Session::open(path, Duration::ZERO, other.clone(), &mut read).err().unwrap();
+        let e = Session::open(path, Duration::ZERO, other.clone(), &mut read)
+            .err()
+            .unwrap();
         assert_eq!(
             e.to_string(),
             format!("checkpoint {path} was made for another copy: source size 64 MiB, now 32 MiB")
@@ -444,10 +475,18 @@ mod tests {
         // A changed source.
         let id = vec![("source-size".to_string(), (64u64 << 20).to_string())];
         let mut changed = |_: u64, l: u64| Ok(vec![8u8; l as usize]);
-        let e = Session::open(path, Duration::ZERO, id, &mut changed).err().unwrap();
-        assert!(e.to_string().contains("the source changed since the checkpoint"), "{e}");
+        let e = Session::open(path, Duration::ZERO, id, &mut changed)
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string()
+                .contains("the source changed since the checkpoint"),
+            "{e}"
+        );
         std::fs::write(&p, b"not one\n").unwrap();
-        let e = Session::open(path, Duration::ZERO, other, &mut read).err().unwrap();
+        let e = Session::open(path, Duration::ZERO, other, &mut read)
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("not an nbdcpy checkpoint"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -219,9 +219,8 @@ pub fn differences(was: &[(String, String)], now: &[(String, String)]) -> Vec<St
             keys.push(k);
         }
     }
-    let get = |l: &'_ [(String, String)], k: &str| {
-        l.iter().find(|(x, _)| x == k).map(|(_, v)| v.clone())
-    };
+    let get =
+        |l: &'_ [(String, String)], k: &str| l.iter().find(|(x, _)| x == k).map(|(_, v)| v.clone());
     keys.into_iter()
         .filter_map(|k| {
             let (a, b) = (get(was, k), get(now, k));
@@ -261,7 +260,10 @@ mod tests {
         let c = sample();
         let b = encode(&c);
         assert_eq!(decode(&b), Ok(c));
-        assert_eq!(decode(&encode(&Checkpoint::default())), Ok(Checkpoint::default()));
+        assert_eq!(
+            decode(&encode(&Checkpoint::default())),
+            Ok(Checkpoint::default())
+        );
     }
 
     #[test]
@@ -299,9 +301,6 @@ mod tests {
         assert_eq!(human_size(1000), "1000 bytes");
         assert_eq!(human_size(3 << 30), "3 GiB");
         let now = vec![("offset".to_string(), "0".to_string())];
-        assert_eq!(
-            differences(&[], &now),
-            ["offset (none), now 0"]
-        );
+        assert_eq!(differences(&[], &now), ["offset (none), now 0"]);
     }
 }

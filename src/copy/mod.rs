@@ -235,6 +235,7 @@ impl Job {
                 (&src_spec, &mut src),
                 (&dst_spec, &dst),
                 list.as_deref(),
+                &window,
                 &shared,
             )?),
             None => None,
@@ -532,8 +533,9 @@ impl Job {
                 self.shared.resumed_bytes.load(Relaxed),
                 self.shared.size.load(Relaxed),
             );
-            self.log()
-                .emit(Level::Info, || format!("resuming: {done} of {work} bytes done"));
+            self.log().emit(Level::Info, || {
+                format!("resuming: {done} of {work} bytes done")
+            });
         }
         let q = match (&self.list, resume) {
             (_, Some(rest)) => WorkQueue::areas(rest, plan.work_piece),
@@ -888,6 +890,7 @@ fn open_checkpoint(
     (src_spec, src): (&Spec, &mut Endpoint),
     (dst_spec, dst): (&Spec, &Endpoint),
     list: Option<&rangelist::RangeList>,
+    window: &ranges::Window,
     shared: &Shared,
 ) -> Result<checkpoint::Session> {
     for (side, spec, ep) in [("source", src_spec, &*src), ("destination", dst_spec, dst)] {
@@ -927,7 +930,10 @@ fn open_checkpoint(
         ("length", opt(cfg.length)),
         ("destination-offset", opt(cfg.destination_offset)),
         ("ranges", ranges.unwrap_or_else(|| "-".into())),
-        ("dirty-bitmap", cfg.dirty_bitmap.clone().unwrap_or_else(|| "-".into())),
+        (
+            "dirty-bitmap",
+            cfg.dirty_bitmap.clone().unwrap_or_else(|| "-".into()),
+        ),
         ("allocated", flag(cfg.allocated)),
         ("destination-is-zero", flag(cfg.destination_is_zero)),
         ("sparse", opt(cfg.sparse)),
@@ -958,7 +964,14 @@ fn open_checkpoint(
             Endpoint::Null => Ok(Vec::new()),
         }
     };
-    checkpoint::Session::open(path, cfg.checkpoint_interval, identity, &mut read)
+    let mut s = checkpoint::Session::open(path, cfg.checkpoint_interval, identity, &mut read)?;
+    let areas: Vec<(u64, u64)> = match list {
+        Some(l) => l.areas().iter().map(|a| (a.offset, a.end())).collect(),
+        None => vec![(window.start, window.end)],
+    };
+    s.sample_source(&areas, &mut read)
+        .map_err(|e| e.context(format!("checkpoint {path}: sampling the source")))?;
+    Ok(s)
 }
 
 #[cfg(test)]
@@ -986,4 +999,3 @@ mod tests {
         assert_eq!(s.piece_end(1 << 40), u64::MAX);
     }
 }
-

@@ -437,7 +437,10 @@ impl NbdEndpoint {
         };
         let ctx = |e: Error| e.context(format!("read at offset {offset}"));
         let bad = || Error::new(libc::EIO, format!("read at offset {offset}: not possible"));
-        let mut parser = self.send_requests(&[req], timeout).map_err(ctx)?.ok_or_else(bad)?;
+        let mut parser = self
+            .send_requests(&[req], timeout)
+            .map_err(ctx)?
+            .ok_or_else(bad)?;
         let mut out = vec![0u8; len as usize];
         // Holes read as zeroes; the parser keeps chunks inside the request.
         let ok = self

@@ -80,9 +80,6 @@ impl Worker<'_> {
         if let Some(h) = &lane.params.hash {
             h.data(off, data.as_slice());
         }
-        if let Some(c) = &lane.ckpt {
-            c.sample(off, data.as_slice());
-        }
         let sparse = lane.params.sparse;
         if sparse == 0 || data.is_empty() {
             return self.dst_write(lane_id, lane, slot_id, off, data, block);
