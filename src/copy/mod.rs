@@ -556,8 +556,7 @@ impl Job {
             plan.workers as usize,
             &q,
             engine,
-            interval,
-            progress,
+            (interval, progress),
             ckpt.as_mut(),
         );
         self.ckpt = ckpt;
@@ -805,15 +804,14 @@ impl Job {
     }
 
     /// Runs the lanes on `workers` threads, reporting progress on this
-    /// one, until all are done.
+    /// one (and recording a checkpoint), until all are done.
     fn run_workers(
         &self,
         lanes: Vec<Lane>,
         workers: usize,
         q: &WorkQueue,
         (kind, fallback): (EngineKind, bool),
-        interval: Duration,
-        progress: &mut dyn FnMut(&Shared) -> bool,
+        (interval, progress): (Duration, &mut dyn FnMut(&Shared) -> bool),
         mut ckpt: Option<&mut checkpoint::Session>,
     ) -> Result<()> {
         let mut per_worker: Vec<Vec<Lane>> = (0..workers).map(|_| Vec::new()).collect();
