@@ -236,6 +236,14 @@ pub fn differences(was: &[(String, String)], now: &[(String, String)]) -> Vec<St
         .collect()
 }
 
+/// Fuzz entry point: decoding never panics, and what decodes encodes
+/// to bytes that decode to the same checkpoint.
+pub fn fuzz(data: &[u8]) {
+    if let Ok(c) = decode(data) {
+        assert_eq!(decode(&encode(&c)), Ok(c));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
