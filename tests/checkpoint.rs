@@ -525,3 +525,59 @@ fn mismatches_are_refused_before_writing() {
     assert!(cmp(&src, &dst));
     assert!(!ck.exists());
 }
+
+/// A range list from a `[ CMD ]` source (nbdkit by socket activation),
+/// killed and resumed: the areas are the source's, the rest of the
+/// destination is left as it was.
+#[test]
+fn ranges_from_a_command_resume() {
+    if !require("nbdkit") || nbdcpy_bin().is_none() {
+        return;
+    }
+    let dir = TempDir::new("ckpt-ranges");
+    let size = 32 * MIB;
+    let src = dir.file("src.img");
+    sparse_source(&src, size, 21);
+    let dst = dir.file("dst.img");
+    let list = dir.file("ranges");
+    let areas = [
+        (MIB, 5 * MIB),
+        (9 * MIB, 3 * MIB + 4096),
+        (20 * MIB, 10 * MIB),
+    ];
+    let text: String = areas.iter().map(|(o, l)| format!("{o} {l}\n")).collect();
+    std::fs::write(&list, text).unwrap();
+    let srcdata = std::fs::read(&src).unwrap();
+    let mut want = vec![0xa5u8; size];
+    for &(o, l) in &areas {
+        want[o..o + l].copy_from_slice(&srcdata[o..o + l]);
+    }
+    let ck = dir.file("ck");
+    let mut rng = Rng(seed());
+    for i in 0..4 {
+        garbage(&dst, size);
+        let _ = std::fs::remove_file(&ck);
+        let args = s(&[
+            "-C",
+            "2",
+            &format!("--checkpoint={}", ck.display()),
+            "--checkpoint-interval=0.05",
+            &format!("--ranges={}", list.display()),
+            "--rate=8M",
+            "[",
+            "nbdkit",
+            "file",
+            src.to_str().unwrap(),
+            "]",
+            dst.to_str().unwrap(),
+        ]);
+        let at = Duration::from_millis(100 + rng.next() % 1500);
+        run_and_signal(&args, at, libc::SIGKILL);
+        run_ok(&args);
+        assert!(
+            std::fs::read(&dst).unwrap() == want,
+            "kill {i} at {at:?}: wrong bytes"
+        );
+        assert!(!ck.exists());
+    }
+}
