@@ -186,6 +186,7 @@ fn resume_reports_and_skips_what_is_done() {
     args.remove(1);
     args.insert(0, "-v".into());
     args.insert(0, "--json=3".into());
+    args.insert(0, "--progress=1".into());
     let mut c = nbdcpy_cmd();
     let (r, w) = nix_pipe();
     c.args(&args).stderr(Stdio::piped());
@@ -213,6 +214,16 @@ fn resume_reports_and_skips_what_is_done() {
         .and_then(|t| t.parse().ok())
         .unwrap();
     assert_eq!(copied, size as u64 - n, "{json}");
+    // --progress=FD starts at the percentage done.
+    let first = String::from_utf8_lossy(&out.stdout);
+    let first: u64 = first
+        .lines()
+        .next()
+        .and_then(|l| l.strip_suffix("/100"))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("progress: {first}"));
+    assert_eq!(first, n * 100 / size as u64);
+    assert!(first > 0);
     assert!(cmp(&src, &dst));
 }
 
