@@ -487,7 +487,7 @@ check-deb: deb
 FUZZ_SECONDS ?= 60
 fuzz:
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
-	cd fuzz && for t in fuzz_reply fuzz_handshake fuzz_uri; do \
+	cd fuzz && for t in fuzz_reply fuzz_handshake fuzz_uri fuzz_checkpoint; do \
 	  mkdir -p corpus-work/$$t; \
 	  RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t corpus-work/$$t corpus/$$t -- \
 	    -max_total_time=$(FUZZ_SECONDS) || exit 1; done

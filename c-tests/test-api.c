@@ -760,6 +760,59 @@ test_page_cache_key (void)
   }
 }
 
+/* The "checkpoint" keys: a copy cancelled part way leaves FILE, which
+ * the same copy resumes from (resumed_bytes), and removes when done.
+ */
+static int
+cancel_after_2mib (void *opaque, const struct nbdcpy_stats *st)
+{
+  (void) opaque;
+  return st->bytes_done >= 2 * 1024 * 1024;
+}
+
+static void
+test_checkpoint_keys (void)
+{
+  struct nbdcpy_config *c = test_config_new ();
+  CHECK (nbdcpy_config_set (c, "checkpoint-interval", "0.05") == 0);
+  CHECK (nbdcpy_config_set (c, "checkpoint-interval", "-1") == -1);
+  CHECK (nbdcpy_get_errno () == EINVAL);
+  CHECK (nbdcpy_get_error () &&
+         strstr (nbdcpy_get_error (), "checkpoint-interval"));
+  CHECK (nbdcpy_config_set (c, "checkpoint", path ("ckpt")) == 0);
+  char *v = nbdcpy_config_get (c, "checkpoint");
+  CHECK (v && strcmp (v, path ("ckpt")) == 0);
+  free (v);
+  CHECK (nbdcpy_config_set (c, "rate", "4M") == 0);
+  make_file (path ("ck-src"), 8 * 1024 * 1024, 31);
+  unlink (path ("ckpt"));
+  nbdcpy_config_set_progress (c, cancel_after_2mib, NULL, 10);
+  struct nbdcpy *h = nbdcpy_open (path ("ck-src"), path ("ck-dst"), c);
+  CHECK (h != NULL);
+  CHECK (h && nbdcpy_run (h) == -1);
+  CHECK (nbdcpy_get_errno () == ECANCELED);
+  nbdcpy_close (h);
+  CHECK (access (path ("ckpt"), F_OK) == 0);
+  nbdcpy_config_set_progress (c, NULL, NULL, 0);
+  CHECK (nbdcpy_config_set (c, "rate", "0") == 0);
+  h = nbdcpy_open (path ("ck-src"), path ("ck-dst"), c);
+  nbdcpy_config_free (c);
+  CHECK (h != NULL);
+  struct nbdcpy_stats st;
+  memset (&st, 0xff, sizeof st);
+  CHECK (h && nbdcpy_stats (h, &st, sizeof st) == 0);
+  CHECK (st.resumed_bytes >= 2 * 1024 * 1024 && st.resumed_bytes < st.size);
+  CHECK (st.bytes_done == st.resumed_bytes);
+  CHECK (st.retried_requests == 0);
+  CHECK (h && nbdcpy_run (h) == 0);
+  CHECK (h && nbdcpy_stats (h, &st, sizeof st) == 0);
+  CHECK (st.bytes_done == 8 * 1024 * 1024);
+  CHECK (st.bytes_copied < 7 * 1024 * 1024);
+  nbdcpy_close (h);
+  CHECK (same_files (path ("ck-src"), path ("ck-dst")));
+  CHECK (access (path ("ckpt"), F_OK) == -1 && errno == ENOENT);
+}
+
 /* The reconnect keys: values checked; a copy with them on still works
  * and counts no reconnect when none was needed.
  */
@@ -1205,6 +1258,7 @@ main (void)
   RUN (test_progress_calls);
   RUN (test_stats_after_open);
   RUN (test_retry_keys);
+  RUN (test_checkpoint_keys);
   RUN (test_page_cache_key);
   RUN (test_log_callback_not_stderr);
   RUN (test_no_environment_overrides);

@@ -54,9 +54,9 @@ usage (FILE *fp, int status)
 "         [--retries=N] [--retry-delay=SECONDS] [--page-cache=drop|keep]\n"
 "         [--json|--json=FD] [--set=KEY=VALUE] [-v|--verbose] [--offset=N]\n"
 "         [--engine=auto|io_uring|epoll] [--dirty-bitmap=NAME] [--length=N]\n"
-"         [--destination-offset=N] [--ranges=FILE|-] SOURCE DESTINATION\n"
+"         [--destination-offset=N] [--ranges=FILE|-] [--checkpoint=FILE]\n"
+"         [--checkpoint-interval=SECONDS] SOURCE DESTINATION\n"
 "  nbdcpy --help | -V|--version\n"
-"\n"
 "  SOURCE, DESTINATION := - | FILE | DEVICE | NBD-URI | [ CMD ARGS ... ]\n"
 "  DESTINATION += null:\n"
 "  nbds:// (TLS): ?tls-certificates=DIR|tls-psk-file=FILE, tls-username=,\n"
@@ -128,7 +128,8 @@ draw_bar (int percent, const struct nbdcpy_stats *st, int final)
   char cells[41], done[32], speed[32], eta[32] = "--:--", extra[112];
   double secs = st ? st->elapsed_ns / 1e9 : 0;
   uint64_t bytes = st ? st->bytes_done : 0;
-  double rate = secs > 0 ? bytes / secs : 0;
+  /* A resumed copy: the rate of this run only. */
+  double rate = secs > 0 ? (bytes - (st ? st->resumed_bytes : 0)) / secs : 0;
 
   if (percent < 0)
     percent = 0;
@@ -263,11 +264,12 @@ write_json (const struct result *r)
            ", \"bytes_zeroed\": %" PRIu64 ", \"bytes_skipped\": %" PRIu64
            ", \"elapsed_seconds\": %.6f, \"average_rate\": %.0f"
            ", \"requests\": %" PRIu64 ", \"connections\": %u"
-           ", \"reconnects\": %" PRIu64 ", \"blkhash\": ",
+           ", \"reconnects\": %" PRIu64 ", \"resumed_bytes\": %" PRIu64
+           ", \"blkhash\": ",
            st->size, st->size_known ? "true" : "false", st->bytes_done,
            st->bytes_copied, st->bytes_zeroed, st->bytes_skipped,
-           secs, secs > 0 ? st->bytes_done / secs : 0.0, st->requests,
-           st->connections, st->reconnects);
+           secs, secs > 0 ? (st->bytes_done - st->resumed_bytes) / secs : 0.0,
+           st->requests, st->connections, st->reconnects, st->resumed_bytes);
   if (r->blkhash)
     json_string (fp, r->blkhash);
   else
@@ -403,6 +405,7 @@ main (int argc, char *argv[])
     RATE_OPTION, JSON_OPTION,
     DIRTY_BITMAP_OPTION, OFFSET_OPTION, LENGTH_OPTION,
     DESTINATION_OFFSET_OPTION, ENGINE_OPTION, RANGES_OPTION, PAGE_CACHE_OPTION,
+    CHECKPOINT_OPTION, CHECKPOINT_INTERVAL_OPTION,
   };
   static const char short_options[] = "C:pR:S:T:vV";
   if (argc > 0 && argv[0] && argv[0][0]) {
@@ -416,6 +419,9 @@ main (int argc, char *argv[])
     { "allocated", no_argument, NULL, ALLOCATED_OPTION },
     { "blkhash", optional_argument, NULL, BLKHASH_OPTION },
     { "blkhash-file", required_argument, NULL, BLKHASH_FILE_OPTION },
+    { "checkpoint", required_argument, NULL, CHECKPOINT_OPTION },
+    { "checkpoint-interval", required_argument, NULL,
+      CHECKPOINT_INTERVAL_OPTION },
     { "connections", required_argument, NULL, 'C' },
     { "destination-is-zero", no_argument, NULL, DESTINATION_IS_ZERO_OPTION },
     { "target-is-zero", no_argument, NULL, DESTINATION_IS_ZERO_OPTION },
@@ -538,6 +544,10 @@ main (int argc, char *argv[])
     case RETRIES_OPTION: set (cfg, "retries", optarg); break;
     case RETRY_DELAY_OPTION: set (cfg, "retry-delay", optarg); break;
     case RATE_OPTION: set (cfg, "rate", optarg); break;
+    case CHECKPOINT_OPTION: set (cfg, "checkpoint", optarg); break;
+    case CHECKPOINT_INTERVAL_OPTION:
+      set (cfg, "checkpoint-interval", optarg);
+      break;
     case ENGINE_OPTION: set (cfg, "engine", optarg); break;
     case PAGE_CACHE_OPTION: set (cfg, "page-cache", optarg); break;
     case JSON_OPTION:
@@ -651,12 +661,20 @@ main (int argc, char *argv[])
   }
   g_handle = h;
   int connected = nbdcpy_connect (h) == 0;
+  /* A resumed copy (--checkpoint) starts at the percentage done. */
+  int start_percent = 0;
+  struct nbdcpy_stats st0;
+  if (connected && nbdcpy_stats (h, &st0, sizeof st0) == 0 &&
+      st0.size > 0 && st0.size_known)
+    start_percent = (int) (st0.bytes_done * 100 / st0.size);
+  if (start_percent > 99)
+    start_percent = 99;
   if (connected && progress_fd >= 0) {
-    progress_line (0);
-    last_fd_percent = 0;
+    progress_line (start_percent);
+    last_fd_percent = start_percent;
   }
   if (connected && progress_bar)
-    draw_bar (0, NULL, 0);
+    draw_bar (start_percent, NULL, 0);
   double t0 = now_s ();
   int r = connected ? nbdcpy_run (h) : -1;
   if (r == 0 && progress_fd >= 0)

@@ -343,6 +343,15 @@ struct nbdcpy_config *nbdcpy_config_new(void);
 //    before it stay cached (nbdcopy's behaviour, done better on the
 //    source side).  "keep": nothing is dropped.  Files on tmpfs are
 //    left alone either way.  Since version 0.3.
+//  - "checkpoint": a file path: record there which parts of the copy the
+//    destination made durable (behind a FLUSH or fsync), and resume from
+//    it when it exists; removed after a successful run.  A file made for
+//    another copy, damaged or not a checkpoint, a changed source, a
+//    stream endpoint, or "blkhash"/"verify" with it: EINVAL at open,
+//    before anything is written.  Since version 0.3.
+//  - "checkpoint-interval": seconds between checkpoints at most (default
+//    1, fractions allowed; 0: only every GiB and at the end).  Since
+//    version 0.3.
 //
 // Tuning, supported and stable like the options above; the defaults are
 // what measured best, so they are for measurements and unusual storage:

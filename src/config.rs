@@ -126,6 +126,13 @@ pub struct Config {
     /// pages are written back and dropped behind the copy, pages the copy
     /// read in are dropped, pages cached before stay) or "keep".
     pub page_cache: PageCacheMode,
+    /// Record the durable work in this file and resume from it (key
+    /// "checkpoint", option --checkpoint; None: off).
+    pub checkpoint: Option<String>,
+    /// How often the work is recorded, at most (key
+    /// "checkpoint-interval", seconds, fractions allowed; default 1; 0:
+    /// only every GiB and at the end).
+    pub checkpoint_interval: std::time::Duration,
 }
 
 /// The "page-cache" option.
@@ -192,6 +199,8 @@ impl Default for Config {
             ranges: None,
             socket_dir: None,
             page_cache: PageCacheMode::Drop,
+            checkpoint: None,
+            checkpoint_interval: std::time::Duration::from_secs(1),
         }
     }
 }
@@ -237,6 +246,8 @@ pub const OPTION_NAMES: &[&str] = &[
     "ranges-file",
     "socket-dir",
     "page-cache",
+    "checkpoint",
+    "checkpoint-interval",
 ];
 
 impl Config {
@@ -338,6 +349,19 @@ impl Config {
                     .filter(|s| (0.0..=3600.0).contains(s))
                     .map(std::time::Duration::from_secs_f64)
                     .ok_or_else(|| bad(name, value, "must be seconds between 0 and 3600"))?;
+            }
+            "checkpoint" => {
+                let v = need(name, value)?;
+                self.checkpoint = (!v.is_empty()).then(|| v.to_string());
+            }
+            "checkpoint-interval" => {
+                let v = need(name, value)?;
+                self.checkpoint_interval = v
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|s| (0.0..=86400.0).contains(s))
+                    .map(std::time::Duration::from_secs_f64)
+                    .ok_or_else(|| bad(name, value, "must be seconds between 0 and 86400"))?;
             }
             "tls-certificates" => self.tls.certificates = Some(need(name, value)?.to_string()),
             "tls-hostname" => self.tls.hostname = Some(need(name, value)?.to_string()),
@@ -466,6 +490,8 @@ impl Config {
             "slow-timeout" => self.slow_timeout_secs.to_string(),
             "retries" => self.retries.to_string(),
             "retry-delay" => self.retry_delay.as_secs_f64().to_string(),
+            "checkpoint" => opt(&self.checkpoint),
+            "checkpoint-interval" => self.checkpoint_interval.as_secs_f64().to_string(),
             "request-size" => auto(Some(self.request_size).filter(|_| self.request_size_set)),
             "queue-size" => self.queue_size.to_string(),
             "sparse" => auto(self.sparse),

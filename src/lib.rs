@@ -30,6 +30,7 @@ pub use error::{Error, Result};
 /// no stability promise).
 #[doc(hidden)]
 pub mod testing {
+    pub use crate::copy::ckptfile::fuzz as fuzz_checkpoint;
     pub use crate::copy::splice::cached;
     pub use crate::endpoint::connect::Limits;
     pub use crate::endpoint::{Endpoint, Side, Spec};

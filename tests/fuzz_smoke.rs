@@ -110,6 +110,11 @@ fn fuzz_handshake_smoke() {
 }
 
 #[test]
+fn fuzz_checkpoint_smoke() {
+    run("fuzz_checkpoint", nbdcpy::testing::fuzz_checkpoint, 20_000);
+}
+
+#[test]
 fn fuzz_uri_smoke() {
     run("fuzz_uri", nbdcpy::testing::fuzz::fuzz_uri, 100_000);
 }

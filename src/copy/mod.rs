@@ -7,6 +7,8 @@
 // into lanes and worker threads, progress reporting and the final result.
 
 pub mod align;
+pub mod checkpoint;
+pub mod ckptfile;
 pub mod compat;
 pub mod dirty;
 pub mod integrity;
@@ -95,6 +97,8 @@ pub struct Job {
     /// The source and destination are the same NBD export: no up-front
     /// zeroing (it would destroy the source).
     self_copy: bool,
+    /// `--checkpoint`: the FILE, what it recorded, what becomes durable.
+    ckpt: Option<checkpoint::Session>,
 }
 
 /// How much a log message matters (the C API's `NBDCPY_LOG_*` values).
@@ -223,13 +227,26 @@ impl Job {
                  with --offset, --length, --destination-offset or --dirty-bitmap",
             ));
         }
+        let mut src = src;
+        let ckpt = match &cfg.checkpoint {
+            Some(path) => Some(open_checkpoint(
+                path,
+                &cfg,
+                (&src_spec, &mut src),
+                (&dst_spec, &dst),
+                list.as_deref(),
+                &window,
+                &shared,
+            )?),
+            None => None,
+        };
         // The handle's counters (the C API reads them from any thread).
         let work = list.as_ref().map_or(window.len(), |l| l.total());
         shared.size.store(src.size().map_or(0, |_| work), Relaxed);
         shared
             .size_known
             .store(src.size().is_some() as u64, Relaxed);
-        Ok(Job {
+        let job = Job {
             src_spec,
             dst_spec,
             src,
@@ -244,7 +261,11 @@ impl Job {
             window,
             list,
             self_copy,
-        })
+            ckpt,
+        };
+        // A resumed copy's progress starts at what is done.
+        job.resume_list()?;
+        Ok(job)
     }
 
     /// Sends this job's log messages to `f` (none are printed otherwise).
@@ -284,11 +305,32 @@ impl Job {
             },
         };
         let r = r.and_then(|()| self.finish_destination());
+        let r = self.finish_checkpoint(r);
         let r = r.and_then(|()| self.finish_blkhash());
         self.close_endpoints();
         let r = r.and_then(|()| self.verify_destination());
         if r.is_ok() {
             progress(&self.shared);
+        }
+        r
+    }
+
+    /// --checkpoint: FILE is removed after a successful copy; after a
+    /// failure or cancel it records what is durable (a file or block
+    /// device destination is synced first, so all that reached it counts).
+    fn finish_checkpoint(&mut self, r: Result<()>) -> Result<()> {
+        let Some(c) = &mut self.ckpt else {
+            return r;
+        };
+        if r.is_ok() {
+            return c.remove();
+        }
+        let synced = match &self.dst {
+            Endpoint::File(f) if !f.is_stream() => f.sync().is_ok(),
+            _ => false,
+        };
+        if let Err(e) = c.stop(synced) {
+            self.log().emit(Level::Warning, || e.to_string());
         }
         r
     }
@@ -410,9 +452,20 @@ impl Job {
             }
             self.hasher = Some(Arc::new(h));
         }
+        // --checkpoint: FILE exists before anything is written (a new copy
+        // records that nothing is done yet).  A resumed copy assumes no
+        // zeroes anywhere: what FILE does not record may have been written
+        // in part by the run that stopped, and is rewritten whole.
+        let resuming = match &mut self.ckpt {
+            Some(c) => {
+                c.save()?;
+                c.resumed().is_some()
+            }
+            None => false,
+        };
         // Regular-file destinations are truncated and extended: they then
         // read as zeroes (like nbdcopy).
-        let mut dst_is_zero = self.cfg.destination_is_zero;
+        let mut dst_is_zero = self.cfg.destination_is_zero && !resuming;
         // Ranges and incremental copies leave the rest of the destination
         // as it is: a regular file is only extended to hold the range.
         let keep_dst = self.window.partial || self.cfg.dirty_bitmap.is_some();
@@ -420,6 +473,8 @@ impl Job {
             let r = if keep_dst {
                 f.extend_dest(self.window.dst_start + self.window.len())
                     .map(|()| false)
+            } else if resuming {
+                f.resume_dest(src_size).map(|()| false)
             } else {
                 f.prepare_dest(src_size)
             };
@@ -450,7 +505,8 @@ impl Job {
                 self.log().emit(Level::Info, || l);
             }
         }
-        let fast_zero = self.fast_zero_start(dst_is_zero || keep_dst || self.self_copy)?;
+        let fast_zero =
+            self.fast_zero_start(dst_is_zero || keep_dst || self.self_copy || resuming)?;
         self.open_connections(plan.lanes as usize)?;
         if let (Some(fz), Endpoint::Nbd(n)) = (fast_zero, &mut self.dst) {
             dst_is_zero = n.fast_zero_finish(fz, &|| self.shared.cancelled())?;
@@ -471,14 +527,40 @@ impl Job {
         for lane in &mut lanes {
             lane.cache = LaneCache::new(caches.0.as_ref(), caches.1.as_ref());
         }
-        let q = match &self.list {
-            Some(l) => WorkQueue::areas(l.clone(), plan.work_piece),
-            None => WorkQueue::range(self.window.start, self.window.end, plan.work_piece)
+        let resume = self.resume_list()?;
+        if resume.is_some() {
+            let (done, work) = (
+                self.shared.resumed_bytes.load(Relaxed),
+                self.shared.size.load(Relaxed),
+            );
+            self.log().emit(Level::Info, || {
+                format!("resuming: {done} of {work} bytes done")
+            });
+        }
+        let q = match (&self.list, resume) {
+            (_, Some(rest)) => WorkQueue::areas(rest, plan.work_piece),
+            (Some(l), None) => WorkQueue::areas(l.clone(), plan.work_piece),
+            (None, None) => WorkQueue::range(self.window.start, self.window.end, plan.work_piece)
                 .guided(plan.lanes, 8),
         };
+        if let Some(c) = &self.ckpt {
+            for lane in &mut lanes {
+                lane.ckpt = Some(checkpoint::LaneCheckpoint::new(c.tracker.clone()));
+            }
+        }
         let fallback = self.cfg.engine == crate::config::EngineChoice::Auto;
         let engine = (engine.kind, fallback);
-        self.run_workers(lanes, plan.workers as usize, &q, engine, interval, progress)?;
+        let mut ckpt = self.ckpt.take();
+        let r = self.run_workers(
+            lanes,
+            plan.workers as usize,
+            &q,
+            engine,
+            (interval, progress),
+            ckpt.as_mut(),
+        );
+        self.ckpt = ckpt;
+        r?;
         // The lanes' last pages (not when cancelled: that ends at once).
         // A failure here counts only if nothing failed before.
         for c in [caches.0, caches.1].into_iter().flatten() {
@@ -490,6 +572,31 @@ impl Job {
             }
         }
         Ok(())
+    }
+
+    /// A resumed copy's work: its areas without those FILE records done
+    /// (None: not resuming).  The bytes done count from the start.
+    fn resume_list(&self) -> Result<Option<Arc<rangelist::RangeList>>> {
+        let Some(done) = self.ckpt.as_ref().and_then(|c| c.resumed()) else {
+            return Ok(None);
+        };
+        let areas: Vec<(u64, u64)> = match &self.list {
+            Some(l) => l.areas().iter().map(|a| (a.offset, a.end())).collect(),
+            None => vec![(self.window.start, self.window.end)],
+        };
+        let rest = checkpoint::subtract(&areas, done);
+        let work = checkpoint::total(&areas);
+        let resumed = work.saturating_sub(checkpoint::total(&rest));
+        self.shared.resumed_bytes.store(resumed, Relaxed);
+        self.shared.bytes_done.store(resumed, Relaxed);
+        let rest = rest
+            .into_iter()
+            .map(|(a, b)| rangelist::Area {
+                offset: a,
+                length: b - a,
+            })
+            .collect();
+        Ok(Some(Arc::new(rangelist::RangeList::new(rest)?)))
     }
 
     /// The page-cache book-keeping of a file source and destination
@@ -594,7 +701,8 @@ impl Job {
                 Endpoint::File(f) if f.kind == FileKind::Block => f.size,
                 _ => None,
             },
-            flush: cfg.flush,
+            // --checkpoint: a lane's last work is recorded after its flush.
+            flush: cfg.flush || cfg.checkpoint.is_some(),
             timeout: (cfg.timeout_secs > 0).then(|| Duration::from_secs(cfg.timeout_secs)),
             slow_timeout: (cfg.slow_timeout_secs > 0)
                 .then(|| Duration::from_secs(cfg.slow_timeout_secs)),
@@ -696,15 +804,15 @@ impl Job {
     }
 
     /// Runs the lanes on `workers` threads, reporting progress on this
-    /// one, until all are done.
+    /// one (and recording a checkpoint), until all are done.
     fn run_workers(
         &self,
         lanes: Vec<Lane>,
         workers: usize,
         q: &WorkQueue,
         (kind, fallback): (EngineKind, bool),
-        interval: Duration,
-        progress: &mut dyn FnMut(&Shared) -> bool,
+        (interval, progress): (Duration, &mut dyn FnMut(&Shared) -> bool),
+        mut ckpt: Option<&mut checkpoint::Session>,
     ) -> Result<()> {
         let mut per_worker: Vec<Vec<Lane>> = (0..workers).map(|_| Vec::new()).collect();
         for (i, lane) in lanes.into_iter().enumerate() {
@@ -741,6 +849,11 @@ impl Job {
                     Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                     Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
                 }
+                if let Some(c) = ckpt.as_deref_mut().filter(|_| running > 0) {
+                    if let Err(e) = c.tick(shared) {
+                        shared.fail(e);
+                    }
+                }
                 if running > 0 && last.elapsed() >= interval {
                     last = std::time::Instant::now();
                     if !progress(shared) {
@@ -765,6 +878,98 @@ fn lane_conn(n: &mut NbdEndpoint, i: usize, p: &LaneParams, whole_reads: bool) -
         conn.enable_retries(Retry::new(dial, p.retries, p.retry_delay, whole_reads));
     }
     Ok(conn)
+}
+
+/// `--checkpoint`: refuses what cannot resume, then reads FILE (if any)
+/// and checks it belongs to this copy.  Nothing is written.
+fn open_checkpoint(
+    path: &str,
+    cfg: &Config,
+    (src_spec, src): (&Spec, &mut Endpoint),
+    (dst_spec, dst): (&Spec, &Endpoint),
+    list: Option<&rangelist::RangeList>,
+    window: &ranges::Window,
+    shared: &Shared,
+) -> Result<checkpoint::Session> {
+    for (side, spec, ep) in [("source", src_spec, &*src), ("destination", dst_spec, dst)] {
+        if matches!(ep, Endpoint::File(f) if f.is_stream()) || matches!(spec, Spec::Stdio) {
+            return Err(Error::invalid(format!(
+                "--checkpoint: the {side} {spec} is a stream, which cannot resume"
+            )));
+        }
+    }
+    if cfg.blkhash.is_some() || cfg.verify {
+        return Err(Error::invalid(
+            "--checkpoint cannot be combined with --blkhash or --verify: a resumed copy \
+             does not read again what an earlier run copied",
+        ));
+    }
+    let opt = |v: Option<u64>| v.map_or("-".to_string(), |n| n.to_string());
+    let dst_size = match dst {
+        Endpoint::Nbd(n) => Some(n.info.size),
+        Endpoint::File(f) if f.kind == FileKind::Block => f.size,
+        _ => None,
+    };
+    let ranges = list.map(|l| {
+        let mut b = Vec::with_capacity(16 * l.areas().len());
+        for a in l.areas() {
+            b.extend_from_slice(&a.offset.to_le_bytes());
+            b.extend_from_slice(&a.length.to_le_bytes());
+        }
+        ckptfile::hex(&ckptfile::sha256(&b))
+    });
+    let flag = |b: bool| (b as u8).to_string();
+    let identity: Vec<(String, String)> = [
+        ("source", src_spec.to_string()),
+        ("destination", dst_spec.to_string()),
+        ("source-size", opt(src.size())),
+        ("destination-size", opt(dst_size)),
+        ("offset", cfg.offset.to_string()),
+        ("length", opt(cfg.length)),
+        ("destination-offset", opt(cfg.destination_offset)),
+        ("ranges", ranges.unwrap_or_else(|| "-".into())),
+        (
+            "dirty-bitmap",
+            cfg.dirty_bitmap.clone().unwrap_or_else(|| "-".into()),
+        ),
+        ("allocated", flag(cfg.allocated)),
+        ("destination-is-zero", flag(cfg.destination_is_zero)),
+        ("sparse", opt(cfg.sparse)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let t = limit(cfg.timeout_secs);
+    let mut read = |off: u64, len: u64| -> Result<Vec<u8>> {
+        match &mut *src {
+            Endpoint::File(f) => {
+                let mut b = vec![0u8; len as usize];
+                let mut got = 0;
+                while got < b.len() {
+                    match crate::sys::pread(f.fd.as_raw_fd(), &mut b[got..], off + got as u64) {
+                        Ok(0) => break,
+                        Ok(n) => got += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(Error::os(format!("source {src_spec}: read"), e)),
+                    }
+                }
+                b.truncate(got);
+                Ok(b)
+            }
+            Endpoint::Nbd(n) => n
+                .read_at(off, len, t, &|| shared.cancelled())
+                .map_err(|e| e.at(Side::Source, src_spec)),
+            Endpoint::Null => Ok(Vec::new()),
+        }
+    };
+    let mut s = checkpoint::Session::open(path, cfg.checkpoint_interval, identity, &mut read)?;
+    let areas: Vec<(u64, u64)> = match list {
+        Some(l) => l.areas().iter().map(|a| (a.offset, a.end())).collect(),
+        None => vec![(window.start, window.end)],
+    };
+    s.sample_source(&areas, &mut read)
+        .map_err(|e| e.context(format!("checkpoint {path}: sampling the source")))?;
+    Ok(s)
 }
 
 #[cfg(test)]

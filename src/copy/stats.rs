@@ -48,6 +48,9 @@ pub struct Shared {
     pub bytes_spliced: AtomicU64,
     /// NBD connections made again after being lost (`--retries`).
     pub reconnects: AtomicU64,
+    /// Bytes a `--checkpoint` recorded done before this run (counted in
+    /// `bytes_done` from the start).
+    pub resumed_bytes: AtomicU64,
     start: Mutex<Option<Instant>>,
     end_ns: AtomicU64,
     finished: AtomicBool,

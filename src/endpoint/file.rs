@@ -231,6 +231,17 @@ impl LocalFile {
         Ok(true)
     }
 
+    /// A resumed copy (--checkpoint): a regular-file destination keeps its
+    /// contents and takes the source's size (what `prepare_dest` gives,
+    /// without zeroing what is already copied).
+    pub fn resume_dest(&mut self, size: Option<u64>) -> Result<()> {
+        if let (FileKind::Regular, Some(size)) = (self.kind, size) {
+            self.set_len(size)?;
+            self.size = Some(size);
+        }
+        Ok(())
+    }
+
     /// For ranges and incremental copies: a regular-file destination keeps
     /// its contents and is only extended (with a hole) to hold `min_len`
     /// bytes.

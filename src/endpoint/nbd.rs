@@ -376,7 +376,7 @@ impl NbdEndpoint {
             pending,
             timeout,
         } = fz;
-        let r = self.collect(&mut parser, pending, timeout, cancelled, &mut |_| {});
+        let r = self.collect(&mut parser, pending, timeout, cancelled, &mut |_, _| {});
         r.map_err(|e| e.context(self.zeroing()).on(self.side))
     }
 
@@ -404,7 +404,7 @@ impl NbdEndpoint {
         };
         let (mut zero, mut total) = (0u64, 0u64);
         let ok = self
-            .collect(&mut parser, 1, timeout, cancelled, &mut |c| {
+            .collect(&mut parser, 1, timeout, cancelled, &mut |c, _| {
                 if let Chunk::BlockStatus {
                     extents,
                     dirty_bitmap: false,
@@ -423,6 +423,57 @@ impl NbdEndpoint {
         Ok((ok && total > 0).then(|| zero as f64 / total as f64))
     }
 
+    /// Reads `len` bytes (at most 64 KiB) at `offset` on the first
+    /// connection, before the copy runs (a checkpoint's source samples).
+    pub fn read_at(
+        &mut self,
+        offset: u64,
+        len: u64,
+        timeout: Duration,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Vec<u8>> {
+        let len = len.min(64 << 10);
+        let req = Request {
+            cmd: consts::NBD_CMD_READ,
+            flags: 0,
+            cookie: 2,
+            offset,
+            length: len,
+        };
+        let ctx = |e: Error| e.context(format!("read at offset {offset}"));
+        let bad = || Error::new(libc::EIO, format!("read at offset {offset}: not possible"));
+        let mut parser = self
+            .send_requests(&[req], timeout)
+            .map_err(ctx)?
+            .ok_or_else(bad)?;
+        let mut out = vec![0u8; len as usize];
+        // Holes read as zeroes; the parser keeps chunks inside the request.
+        let ok = self
+            .collect(&mut parser, 1, timeout, cancelled, &mut |c, buf| {
+                if let Chunk::Data {
+                    offset: at,
+                    payload,
+                    ..
+                } = c
+                {
+                    let from = (at - offset) as usize;
+                    if let (Some(d), Some(p)) =
+                        (out.get_mut(from..from + payload.len()), buf.get(payload))
+                    {
+                        d.copy_from_slice(p);
+                    }
+                }
+            })
+            .map_err(ctx)?;
+        if !ok {
+            return Err(Error::new(
+                libc::EIO,
+                format!("read at offset {offset}: the server failed it"),
+            ));
+        }
+        Ok(out)
+    }
+
     /// Reads replies on the first connection until `pending` requests
     /// registered in `parser` are complete, handing each chunk to
     /// `on_chunk`; every wait is bounded by `timeout` and ends when `cancelled()`.
@@ -433,7 +484,7 @@ impl NbdEndpoint {
         mut pending: usize,
         timeout: Duration,
         cancelled: &dyn Fn() -> bool,
-        on_chunk: &mut dyn FnMut(Chunk),
+        on_chunk: &mut dyn FnMut(Chunk, &[u8]),
     ) -> Result<bool> {
         let Some(Some(sock)) = self.socks.first() else {
             return Err(Error::new(libc::EBADF, "connection already closed"));
@@ -450,7 +501,7 @@ impl NbdEndpoint {
             }
             match parser.parse(&buf[..have]) {
                 Ok(Parse::Message { len, done, chunk }) => {
-                    on_chunk(chunk);
+                    on_chunk(chunk, &buf[..have]);
                     buf.copy_within(len..have, 0);
                     have -= len;
                     if let Some(c) = done {

@@ -274,6 +274,9 @@ impl Worker<'_> {
         let slot = &mut lane.slots[slot_id as usize];
         if slot.parts == 0 && slot.read_done && slot.busy {
             slot.busy = false;
+            if let Some(c) = &mut lane.ckpt {
+                c.done(slot.offset, slot.len);
+            }
             lane.free_slots.push(slot_id);
         }
     }
@@ -281,7 +284,7 @@ impl Worker<'_> {
     pub(super) fn start_flush(&mut self, lane_id: usize, lane: &mut Lane) -> Result<()> {
         lane.flushing = true;
         match &mut lane.dst {
-            DstIo::Null | DstIo::File { stream: true, .. } => lane.flushed = true,
+            DstIo::Null | DstIo::File { stream: true, .. } => Self::flush_done(lane),
             DstIo::File { fd, .. } => {
                 let fd = *fd;
                 self.engine
@@ -289,11 +292,49 @@ impl Worker<'_> {
             }
             DstIo::Nbd(c) => {
                 if !c.queue_flush()? {
-                    lane.flushed = true; // the server cannot flush
+                    Self::flush_done(lane); // the server cannot flush
                 }
             }
         }
         Ok(())
+    }
+
+    /// `--checkpoint`: a flush of what the lane finished so far, asked for
+    /// by the job (copy/checkpoint.rs); the work is recorded when it
+    /// completes.
+    pub(super) fn checkpoint_flush(&mut self, lane_id: usize, lane: &mut Lane) -> Result<()> {
+        let Some(c) = lane.ckpt.as_mut() else {
+            return Ok(());
+        };
+        c.begin_flush();
+        match &mut lane.dst {
+            DstIo::Null | DstIo::File { stream: true, .. } => c.flushed(),
+            DstIo::File { fd, .. } => {
+                let fd = *fd;
+                self.engine
+                    .push(Op::Fsync { fd }, user_data(lane_id, K_DST_FSYNC, 0))?;
+            }
+            DstIo::Nbd(conn) => {
+                if !conn.queue_flush()? {
+                    c.flushed(); // the server cannot flush
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A flush of the lane's destination completed: a checkpoint's, or
+    /// the final one.
+    pub(super) fn flush_done(lane: &mut Lane) {
+        match lane.ckpt.as_mut() {
+            Some(c) if c.flushing => c.flushed(),
+            c => {
+                lane.flushed = true;
+                if let Some(c) = c {
+                    c.all_flushed();
+                }
+            }
+        }
     }
 
     pub(super) fn src_event(
@@ -379,7 +420,7 @@ impl Worker<'_> {
                 Ok(())
             }
             ConnEvent::Flushed => {
-                lane.flushed = true;
+                Self::flush_done(lane);
                 Ok(())
             }
             ConnEvent::Release { block } => {

@@ -97,11 +97,24 @@ impl Worker<'_> {
             let mut all_done = true;
             for (i, lane) in lanes.iter_mut().enumerate() {
                 self.fill(i, lane)?;
+                let ckpt_flushing = match &lane.ckpt {
+                    Some(c) if c.wants_flush() && !lane.flushing => {
+                        self.checkpoint_flush(i, lane)?;
+                        true
+                    }
+                    Some(c) => c.flushing,
+                    None => false,
+                };
                 if lane.finished() {
                     continue;
                 }
                 all_done = false;
-                if lane.exhausted && lane.busy_slots() == 0 && lane.params.flush && !lane.flushing {
+                if lane.exhausted
+                    && lane.busy_slots() == 0
+                    && lane.params.flush
+                    && !lane.flushing
+                    && !ckpt_flushing
+                {
                     self.start_flush(i, lane)?;
                 }
             }
@@ -293,7 +306,7 @@ impl Worker<'_> {
                     )
                     .on(Side::Destination));
                 }
-                lane.flushed = true;
+                Self::flush_done(lane);
                 Ok(())
             }
             K_SRC_NBD | K_DST_NBD => {

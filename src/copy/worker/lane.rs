@@ -153,6 +153,8 @@ pub struct Lane {
     pub(super) clean: u64,
     /// Page-cache hygiene of file sources and destinations.
     pub cache: crate::endpoint::pagecache::LaneCache,
+    /// `--checkpoint`: what this lane finished and flushed (None: off).
+    pub ckpt: Option<crate::copy::checkpoint::LaneCheckpoint>,
 }
 
 impl Lane {
@@ -201,6 +203,7 @@ impl Lane {
             splice: None,
             clean: 0,
             cache: Default::default(),
+            ckpt: None,
             params: p,
         }
     }
