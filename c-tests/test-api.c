@@ -732,6 +732,7 @@ test_stats_after_open (void)
   CHECK (st.finished == 0);
   CHECK (st.reserved == 0);
   CHECK (st.reconnects == 0);
+  CHECK (st.retried_requests == 0 && st.resumed_bytes == 0);
   nbdcpy_close (h);
 }
 
@@ -779,6 +780,7 @@ test_retry_keys (void)
   CHECK (h && nbdcpy_stats (h, &st, sizeof st) == 0);
   CHECK (st.bytes_done == 2 * 1024 * 1024);
   CHECK (st.reconnects == 0);
+  CHECK (st.retried_requests == 0 && st.resumed_bytes == 0);
   nbdcpy_close (h);
 }
 

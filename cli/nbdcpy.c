@@ -263,11 +263,12 @@ write_json (const struct result *r)
            ", \"bytes_zeroed\": %" PRIu64 ", \"bytes_skipped\": %" PRIu64
            ", \"elapsed_seconds\": %.6f, \"average_rate\": %.0f"
            ", \"requests\": %" PRIu64 ", \"connections\": %u"
-           ", \"reconnects\": %" PRIu64 ", \"blkhash\": ",
+           ", \"reconnects\": %" PRIu64 ", \"retried_requests\": %" PRIu64
+           ", \"blkhash\": ",
            st->size, st->size_known ? "true" : "false", st->bytes_done,
            st->bytes_copied, st->bytes_zeroed, st->bytes_skipped,
            secs, secs > 0 ? st->bytes_done / secs : 0.0, st->requests,
-           st->connections, st->reconnects);
+           st->connections, st->reconnects, st->retried_requests);
   if (r->blkhash)
     json_string (fp, r->blkhash);
   else
@@ -704,11 +705,11 @@ main (int argc, char *argv[])
                " requests, %" PRIu64 " bytes memcpy, %" PRIu64
                " bytes spliced, %" PRIu64
                " I/O system calls, %u connection(s), %" PRIu64
-               " reconnect(s)\n",
+               " reconnect(s), %" PRIu64 " retried request(s)\n",
                now_s () - t0, st.bytes_done, st.bytes_copied,
                st.bytes_zeroed, st.bytes_skipped, st.requests,
                st.bytes_memcpy, st.bytes_spliced, st.syscalls,
-               st.connections, st.reconnects);
+               st.connections, st.reconnects, st.retried_requests);
   }
   int json_failed = 0;
   if (json_fd >= 0) {

@@ -170,6 +170,12 @@ struct nbdcpy_stats {
   // NBD connections made again after being lost (the "retries"
   // option), over both sides.  Since version 0.2.
   uint64_t reconnects;
+  // Requests sent again after the server answered them with EIO (the
+  // "retries" option), over both sides.  Since version 0.3.
+  uint64_t retried_requests;
+  // Bytes a checkpoint recorded as done before this run (the
+  // "checkpoint" option; 0 without).  Since version 0.3.
+  uint64_t resumed_bytes;
 };
 
 // Progress callback: called on the thread running nbdcpy_run, at most
@@ -257,10 +263,15 @@ struct nbdcpy_config *nbdcpy_config_new(void);
 //    Servers run with nbdcpy_config_set_command() and sockets given
 //    with nbdcpy_config_set_socket() are not reconnected; nbds://
 //    connections run a new TLS session.
-//    Since version 0.2.
+//    Since version 0.2.  Since version 0.3 it is also how many times a
+//    READ, WRITE, WRITE_ZEROES, TRIM or BLOCK_STATUS the server answered
+//    with EIO is sent again (on the same connection, with the same
+//    backoff) before the copy fails with the last error; other errors
+//    (ENOSPC, EPERM, EROFS, EINVAL, ...) fail at once.  Counted in
+//    `retried_requests`; each one is an NBDCPY_LOG_INFO message.
 //  - "retry-delay": seconds (fractions allowed) before the first
-//    reconnect attempt, doubled for each further one up to 30 (default
-//    1).  Since version 0.2.
+//    reconnect attempt or resend, doubled for each further one up to 30
+//    (default 1).  Since version 0.2.
 //  - "rate": most bytes per second read from the source, over all
 //    connections and threads ("20M", also "20M/s"; default 0: no limit).
 //    A token bucket that starts empty, bursts of at most 4 requests;

@@ -364,6 +364,8 @@ impl Worker<'_> {
                     "internal error: write event on a source connection",
                 ))
             }
+            // Handled by `resend` before the events reach here.
+            ConnEvent::Failed(f) => Err(f.error),
         }
     }
 
@@ -382,6 +384,7 @@ impl Worker<'_> {
                 lane.flushed = true;
                 Ok(())
             }
+            ConnEvent::Failed(f) => Err(f.error),
             ConnEvent::Release { block } => {
                 if let SrcIo::Nbd(c) = &mut lane.src {
                     c.release(block);
