@@ -34,10 +34,25 @@ static int blkhash_to_file;    /* --blkhash-file: not printed on stdout */
 static int json_fd = -1;       /* --json[=FD]: the result as JSON */
 
 /* Run as "nbdcopy" (the compat link, see nbdcpy(1) "NBDCOPY
- * COMPATIBILITY"), --version answers like libnbd's nbdcopy: the nbdcopy
- * release whose command line this one accepts, then the library.
+ * COMPATIBILITY"), --version answers in the form nbdcopy's callers parse
+ * ("nbdcopy X.Y.Z", X.Y.Z the nbdcopy release whose options this command
+ * implements), naming this program after it, then the library.
  */
-#define NBDCOPY_COMPAT_VERSION "1.14.0"
+#define NBDCOPY_COMPAT_VERSION "1.24.0"
+
+/* --version: the command's own version (of the header it was built
+ * with), the library's (nbdcpy_version(), the one actually loaded).
+ */
+static void
+print_version (void)
+{
+  if (strcmp (prog, "nbdcopy") == 0)
+    printf ("nbdcopy %s (nbdcpy %s)\n", NBDCOPY_COMPAT_VERSION,
+            NBDCPY_VERSION_STRING);
+  else
+    printf ("nbdcpy %s\n", NBDCPY_VERSION_STRING);
+  printf ("libnbdcpy %s\n", nbdcpy_version ());
+}
 
 static void
 usage (FILE *fp, int status)
@@ -557,15 +572,9 @@ main (int argc, char *argv[])
         json_fd = STDOUT_FILENO;
       break;
     case 'v': verbose = 1; set (cfg, "verbose", "1"); break;
-    case 'V': {
-      const char *slash = strrchr (argv[0], '/');
-      if (strcmp (slash ? slash + 1 : argv[0], "nbdcopy") == 0)
-        printf ("nbdcopy %s\nlibnbdcpy %s\n", NBDCOPY_COMPAT_VERSION,
-                nbdcpy_version ());
-      else
-        printf ("nbdcpy %s\n", nbdcpy_version ());
+    case 'V':
+      print_version ();
       exit (EXIT_SUCCESS);
-    }
     default:
       usage (stderr, EXIT_FAILURE);
     }
