@@ -11,6 +11,7 @@ pub mod file;
 pub mod nbd;
 pub mod pagecache;
 pub mod seek;
+pub mod ssh;
 pub mod subprocess;
 
 use crate::config::Config;

@@ -1,16 +1,17 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 // Copyright (C) 2026 The nbdcpy authors
 
-//! NBD servers run as subprocesses through systemd socket activation.
+//! Subprocesses: NBD servers through systemd socket activation, and helper commands on pipes.
 //
 // NBD servers run as subprocesses through systemd socket activation
 // (nbdcopy's `[ CMD ARGS ... ]`): a listening unix socket in a private
-// temporary directory is handed to the server as fd 3.
+// temporary directory is handed to the server as fd 3.  Helper commands
+// (ssh for nbd+ssh://) get given fds as stdin and stdout (`spawn_piped`).
 
 use crate::sys;
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -199,6 +200,162 @@ impl Drop for ServerProcess {
         self.kill();
         let _ = std::fs::remove_file(&self.sock);
         let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// A helper command (ssh for nbd+ssh://) with the given stdin and
+/// stdout and its stderr on a pipe; killed and reaped on drop.  The one
+/// way the endpoints run such a command, kept narrow: argv, two fds, a
+/// stderr pipe, kill and reap.
+pub struct PipedChild {
+    pid: libc::pid_t,
+    reaped: bool,
+    /// The read end of the child's stderr (non-blocking).
+    pub stderr: OwnedFd,
+}
+
+/// Starts `argv` (argv[0] looked up in PATH) with `stdin` and `stdout`
+/// as its fds 0 and 1 and a new pipe as fd 2, in this process's
+/// environment.  Fails (with the errno) when it cannot be executed.
+pub fn spawn_piped(argv: &[String], stdin: RawFd, stdout: RawFd) -> io::Result<PipedChild> {
+    let cmd = argv
+        .first()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
+    let exe = find_in_path(cmd)?;
+    // Everything that allocates happens before fork.
+    let exe_c = cstr(exe.as_os_str().as_bytes())?;
+    let args_c: Vec<CString> = argv
+        .iter()
+        .map(|a| cstr(a.as_bytes()))
+        .collect::<io::Result<_>>()?;
+    let mut argv_p: Vec<*const libc::c_char> = args_c.iter().map(|a| a.as_ptr()).collect();
+    argv_p.push(std::ptr::null());
+    let mut env_c: Vec<CString> = Vec::new();
+    for (k, v) in std::env::vars_os() {
+        let mut kv = k.as_bytes().to_vec();
+        kv.push(b'=');
+        kv.extend_from_slice(v.as_bytes());
+        env_c.push(cstr(&kv)?);
+    }
+    let mut env_p: Vec<*const libc::c_char> = env_c.iter().map(|e| e.as_ptr()).collect();
+    env_p.push(std::ptr::null());
+    let (err_rd, err_wr) = sys::pipe_with(libc::O_CLOEXEC)?;
+    let (rd, wr) = sys::pipe_with(libc::O_CLOEXEC)?;
+    let fds = [stdin, stdout, err_wr.as_raw_fd()];
+    let wfd = wr.as_raw_fd();
+    // SAFETY: fork() itself is safe to call; the child below only uses
+    // async-signal-safe functions on memory prepared before the fork.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: child side: only async-signal-safe calls, on buffers
+        // that were allocated before fork and are not freed here.
+        unsafe { piped_child(fds, wfd, &exe_c, &argv_p, &env_p) }
+    }
+    drop(wr);
+    drop(err_wr);
+    let mut c = PipedChild {
+        pid,
+        reaped: false,
+        stderr: err_rd,
+    };
+    let mut buf = [0u8; 4];
+    let n = loop {
+        match sys::read(rd.as_raw_fd(), &mut buf) {
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            r => break r.unwrap_or(0),
+        }
+    };
+    if n == 4 {
+        c.kill();
+        return Err(io::Error::from_raw_os_error(i32::from_ne_bytes(buf)));
+    }
+    let fl = sys::fcntl_int(c.stderr.as_raw_fd(), libc::F_GETFL, 0)?;
+    sys::fcntl_int(c.stderr.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK)?;
+    Ok(c)
+}
+
+impl PipedChild {
+    #[cfg(test)]
+    pub fn pid(&self) -> libc::pid_t {
+        self.pid
+    }
+
+    /// Whether the child has exited (reaps it).
+    pub fn exited(&mut self) -> bool {
+        if !self.reaped {
+            match sys::waitpid(self.pid, libc::WNOHANG) {
+                Ok(Some(_)) => self.reaped = true,
+                // Reaped by someone else (a host's SIGCHLD handler).
+                Err(e) if e.raw_os_error() == Some(libc::ECHILD) => self.reaped = true,
+                _ => {}
+            }
+        }
+        self.reaped
+    }
+
+    /// Waits at most `grace` for the child to exit by itself, then
+    /// SIGKILL; always reaps.  Idempotent.
+    pub fn stop(&mut self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        while !self.exited() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        self.kill();
+    }
+
+    /// SIGKILL and reap.  Idempotent.
+    pub fn kill(&mut self) {
+        if self.exited() {
+            return;
+        }
+        let _ = sys::kill(self.pid, libc::SIGKILL);
+        while matches!(sys::waitpid(self.pid, 0), Err(e) if e.raw_os_error() == Some(libc::EINTR)) {
+        }
+        self.reaped = true;
+    }
+}
+
+impl Drop for PipedChild {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The child after fork for `spawn_piped`: fds 0, 1, 2, default signals,
+/// then exec.
+///
+/// # Safety
+/// Must only be called in a freshly forked child.  Uses only
+/// async-signal-safe functions and the pre-allocated buffers passed in.
+unsafe fn piped_child(
+    fds: [RawFd; 3],
+    wfd: RawFd,
+    exe: &CString,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+) -> ! {
+    // SAFETY (whole body): see the function's contract.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        for sig in 1..32 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        // dup2 clears close-on-exec on the copies; every other fd of
+        // ours is close-on-exec.
+        for (to, &from) in fds.iter().enumerate() {
+            if libc::dup2(from, to as RawFd) < 0 {
+                report_and_exit(wfd);
+            }
+        }
+        libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        report_and_exit(wfd)
     }
 }
 

@@ -293,6 +293,7 @@ const FEATURES: &[(&str, bool)] = &[
     ("splice", true),
     ("blkhash", true),
     ("tls", true),
+    ("ssh", true),
 ];
 
 /// 1 if `feature` is available, 0 if not (also for names this version
@@ -302,8 +303,10 @@ const FEATURES: &[(&str, bool)] = &[
 /// "io_uring" (1 only if this kernel lets the process create an
 /// io_uring, the fast engine), "epoll" (the engine every Linux has, used
 /// where io_uring is refused: always 1), "tls" (nbds:// URIs: X.509 and
-/// TLS-PSK through OpenSSL) and "blkhash" (nbdcopy's --blkhash: the
-/// "blkhash", "blkhash-file" and "verify" keys and nbdcpy_get_blkhash()).
+/// TLS-PSK through OpenSSL), "blkhash" (nbdcopy's --blkhash: the
+/// "blkhash", "blkhash-file" and "verify" keys and nbdcpy_get_blkhash())
+/// and "ssh" (nbd+ssh:// and nbds+ssh:// URIs, through ssh(1) and the
+/// remote host's nc; since 0.3).
 /// Never fails; does not touch nbdcpy_get_error().
 ///
 /// Pointers: `feature` is NULL or a NUL-terminated string.

@@ -16,12 +16,12 @@
 use super::{ConnEvent, NbdConn, RECV, SEND};
 use crate::config::RETRY_DELAY_CAP;
 use crate::copy::stats::Shared;
-use crate::endpoint::nbd::{Dialing, Redial};
+use crate::endpoint::nbd::{Dialing, Link, Redial};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::proto::reply::ReplyParser;
 use crate::proto::{consts, HeaderMode, Negotiated};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 /// The reconnect state of one connection.
@@ -41,7 +41,7 @@ pub struct Retry {
     completed_then: u64,
     /// The socket of a connection made here (the first one is the
     /// endpoint's).
-    sock: Option<OwnedFd>,
+    sock: Option<Link>,
     /// A reconnect running on a helper thread (the worker goes on).
     dialing: Option<Dialing>,
     /// The loss is being handled (attempts counted since it happened).
