@@ -324,6 +324,44 @@ fn nbd_ssh_to_nbd_takes_the_splice_path() {
 }
 
 #[test]
+fn nbds_ssh_runs_tls_inside_the_tunnel_with_the_uri_user() {
+    if !tools() {
+        return;
+    }
+    let dir = TempDir::new("ssh-tls");
+    let sshd = Sshd::start(&dir);
+    let (src, dst) = (dir.file("src.img"), dir.file("dst.img"));
+    image(&src);
+    // The URI's user logs in to ssh and is the TLS-PSK user.
+    let user = whoami();
+    let psk = dir.file("keys.psk");
+    let key: String = pattern(32, 38).iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&psk, format!("{user}:{key}\n")).unwrap();
+    let f = format!("file={}", src.display());
+    let tls = format!("--tls-psk={}", psk.display());
+    let s = nbdkit(&dir, &["--tls=require", &tls, "file", &f]);
+    let uri = format!(
+        "nbds+ssh://{user}@127.0.0.1:{}/?socket={}&tls-psk-file={}",
+        sshd.port,
+        s.socket().display(),
+        psk.display()
+    );
+    let o = sshd.nbdcpy(&["--connections=2", &uri, dst.to_str().unwrap()]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}\nsshd: {}", sshd.log());
+    assert!(cmp(&src, &dst), "destination differs: {err}");
+    assert!(err.contains(&format!("TLS-PSK as \"{user}\"")), "{err}");
+    assert_eq!(counter(&err, " connection(s)"), 2, "{err}");
+    // Without TLS the server (which requires it) refuses.
+    let plain = uri.replacen("nbds+ssh", "nbd+ssh", 1);
+    let o = sshd.nbdcpy(&[&plain, dst.to_str().unwrap()]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("requires TLS"), "{err}");
+    nothing_left(dir.path());
+}
+
+#[test]
 fn a_refused_login_carries_sshs_message_and_leaves_nothing() {
     if !tools() {
         return;

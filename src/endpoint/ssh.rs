@@ -77,12 +77,16 @@ pub fn open(t: &Transport) -> Result<(OwnedFd, Tunnel)> {
 
 impl Tunnel {
     /// `e`, a failed handshake through this tunnel, with what ssh said on
-    /// stderr: waits for ssh to exit (bounded by `lim`, at most 5 s; ssh
-    /// usually is why the stream ended), then reads its stderr.
+    /// stderr.  When the stream ended (ECONNRESET, EPIPE), ssh is usually
+    /// why: first waits for it to exit (bounded by `lim`, at most 5 s).
     pub fn explain(&mut self, e: Error, lim: &Limits) -> Error {
-        let grace = lim
-            .left()
-            .map_or(Duration::from_secs(5), |l| l.min(Duration::from_secs(5)));
+        let ended = matches!(e.errno, libc::ECONNRESET | libc::EPIPE);
+        let grace = match ended {
+            true => lim
+                .left()
+                .map_or(Duration::from_secs(5), |l| l.min(Duration::from_secs(5))),
+            false => Duration::ZERO,
+        };
         let deadline = std::time::Instant::now() + grace;
         while !self.child.exited() && std::time::Instant::now() < deadline && !lim.is_cancelled() {
             std::thread::sleep(Duration::from_millis(5));
