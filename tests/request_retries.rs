@@ -263,3 +263,78 @@ fn a_request_failing_every_time_fails_after_its_retries() {
     assert_eq!(json_num(&o, "retried_requests"), 3, "{err}");
     assert_eq!(resend_lines(&err).len(), 3, "{err}");
 }
+
+#[test]
+fn over_tls_reads_failing_with_eio_are_sent_again() {
+    if !require("nbdkit") {
+        return;
+    }
+    let dir = TempDir::new("rr-tls");
+    let (src, dst) = (dir.file("src.img"), dir.file("dst.img"));
+    image(&src);
+    let psk = dir.file("keys.psk");
+    let key: String = pattern(32, 5).iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&psk, format!("alice:{key}\n")).unwrap();
+    let f = format!("file={}", src.display());
+    let tls = format!("--tls-psk={}", psk.display());
+    let s = nbdkit(
+        &dir,
+        &[
+            "--tls=require",
+            &tls,
+            "--filter=error",
+            "file",
+            &f,
+            "error=EIO",
+            "error-pread-rate=3%",
+        ],
+    );
+    let uri = format!(
+        "nbds+unix://alice@/?socket={}&tls-psk-file={}",
+        s.socket().display(),
+        psk.display()
+    );
+    let args = [
+        "--retries=8",
+        "--retry-delay=0.01",
+        "--connections=2",
+        &uri,
+        dst.to_str().unwrap(),
+    ];
+    let Some(o) = run(&args) else { return };
+    check_resent(&o, "READ");
+    assert!(cmp(&src, &dst), "destination differs: {}", stderr(&o));
+}
+
+#[test]
+fn block_status_failing_with_eio_is_sent_again() {
+    if !require("nbdkit") {
+        return;
+    }
+    let dir = TempDir::new("rr-extents");
+    let (src, dst) = (dir.file("src.img"), dir.file("dst.img"));
+    image(&src);
+    let f = format!("file={}", src.display());
+    // Every BLOCK_STATUS fails (reads do not): sent again 3 times, then
+    // its range is read as data.
+    let s = nbdkit(
+        &dir,
+        &[
+            "--filter=error",
+            "file",
+            &f,
+            "error=EIO",
+            "error-extents-rate=100%",
+        ],
+    );
+    let args = [
+        "--retries=3",
+        "--retry-delay=0.01",
+        &s.uri(),
+        dst.to_str().unwrap(),
+    ];
+    let Some(o) = run(&args) else { return };
+    check_resent(&o, "BLOCK_STATUS");
+    assert_eq!(json_num(&o, "retried_requests") % 3, 0, "{}", stderr(&o));
+    assert!(cmp(&src, &dst), "destination differs: {}", stderr(&o));
+}
