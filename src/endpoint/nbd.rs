@@ -552,6 +552,9 @@ impl NbdEndpoint {
     pub fn disconnect(&mut self) {
         let mut disc = [0u8; 32];
         let n = request::encode(self.info.mode, &request::DISC, &mut disc);
+        // nbd+ssh://: every socket is closed before any ssh is waited for,
+        // so they all end at once.
+        let mut tunnels = Vec::new();
         for (i, s) in self.socks.iter_mut().enumerate() {
             if let Some(fd) = s.take() {
                 let sess = self
@@ -569,9 +572,12 @@ impl NbdEndpoint {
                     let _ = sys::send(fd.as_raw_fd(), &disc[..n], libc::MSG_DONTWAIT);
                 }
                 let _ = sys::shutdown(fd.as_raw_fd());
+                let Link { fd, tunnel } = fd;
                 drop(fd);
+                tunnels.extend(tunnel);
             }
         }
+        drop(tunnels);
         if let Some(mut s) = self.server.take() {
             s.kill();
         }
