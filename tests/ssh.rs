@@ -193,7 +193,8 @@ fn processes_naming(dir: &Path) -> Vec<String> {
         let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
         // ssh (through the wrapper: -F DIR/ssh_config) and the far
         // side's nc; not the test's own servers.
-        let tunnel = cmd.starts_with("nc ") || cmd.contains("ssh_config");
+        let tunnel =
+            cmd.starts_with("nc ") || cmd.contains("ssh_config") || cmd.contains("/bin/ssh ");
         if cmd.contains(&needle) && tunnel && !cmd.starts_with(SSHD) {
             out.push(format!("{name}: {cmd}"));
         }
@@ -389,6 +390,38 @@ fn a_refused_login_carries_sshs_message_and_leaves_nothing() {
         "names the endpoint: {err}"
     );
     assert!(err.contains("Permission denied"), "ssh's message: {err}");
+    eprintln!("{err}");
+    nothing_left(dir.path());
+}
+
+#[test]
+fn an_ssh_that_hangs_is_bounded_by_the_timeout() {
+    if !tools() {
+        return;
+    }
+    let dir = TempDir::new("ssh-hang");
+    let sshd = Sshd::start(&dir);
+    // An ssh that says something and then never connects.
+    let w = dir.path().join("bin/ssh");
+    std::fs::write(
+        &w,
+        "#!/bin/sh\necho 'stuck before the login' >&2\nwhile :; do sleep 1; done\n",
+    )
+    .unwrap();
+    let dst = dir.file("dst.img");
+    let uri = format!("nbd+ssh://127.0.0.1:{}/?socket=/s.sock", sshd.port);
+    let t = Instant::now();
+    let o = sshd.nbdcpy(&["--timeout=2", &uri, dst.to_str().unwrap()]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "{:?}: {err}",
+        t.elapsed()
+    );
+    assert!(err.contains(&format!("source {uri}")), "{err}");
+    assert!(err.contains("timeout"), "{err}");
+    assert!(err.contains("ssh: stuck before the login"), "{err}");
     eprintln!("{err}");
     nothing_left(dir.path());
 }
