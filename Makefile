@@ -18,6 +18,13 @@ LIBEXECDIR ?= $(EXEC_PREFIX)/libexec
 INCLUDEDIR ?= $(PREFIX)/include
 MANDIR     ?= $(PREFIX)/share/man
 PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+# The Go module's source (Debian's place for Go source: gocode/src/IMPORT-PATH)
+# and the Python package (python3's purelib directory for PREFIX; Debian's
+# dist-packages for /usr).
+GODIR      ?= $(PREFIX)/share/gocode/src/nbdcpy
+PYTHONDIR  ?= $(if $(filter /usr,$(PREFIX)),/usr/lib/python3/dist-packages,$(shell $(PYTHON3) -c \
+  'import sys; d = "dist" if any(p.endswith("dist-packages") for p in sys.path) else "site"; \
+   print("$(PREFIX)/lib/python%d.%d/%s-packages" % (*sys.version_info[:2], d))'))
 DESTDIR    ?=
 
 VERSION    := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
@@ -50,7 +57,7 @@ MULTIARCH  := $(shell $(CC) -print-multiarch 2>/dev/null || echo x86_64-linux-gn
 
 .PHONY: check-valgrind-panic all lib cli fuzz check check-rust check-c check-header check-style check-valgrind \
         check-warnings check-symbols check-install check-spdx check-deb header \
-        check-header-prefix check-libnbd \
+        check-header-prefix check-libnbd check-python check-go python-wheel bench-drivers \
         test-deps deps demo install uninstall bench bench-engines bench-dirty bench-ranges deb deb-deps clean dist check-dist
 
 all: $(B)/nbdcpy $(B)/nbdcpy.install $(LIBSO) $(B)/libnbdcpy.so $(B)/libnbdcpy.a \
@@ -113,7 +120,8 @@ header: $(STAMP)
 
 # Everything CI runs.  Installs its test servers first where apt-get exists.
 check: test-deps check-spdx check-style all check-warnings check-header check-header-prefix \
-       check-symbols check-rust check-c check-valgrind check-install $(if $(LIBNBD_SRC),check-libnbd)
+       check-symbols check-rust check-c check-valgrind check-install check-python check-go \
+       $(if $(LIBNBD_SRC),check-libnbd)
 	@echo "make check: all passed"
 
 check-style:
@@ -205,6 +213,62 @@ check-libnbd: $(B)/nbdcpy
 check-c: all
 	$(MAKE) -C c-tests check B=$(CURDIR)/$(B) TEST_ENGINES="$(TEST_ENGINES)"
 
+# The bindings (bindings/python, bindings/go) against the library in
+# $(B): their tests on each engine, then their examples (a copy checked
+# with cmp, its block hash against the command's).  Skipped where pytest
+# or go is missing, which fails under NBDCPY_REQUIRE_SERVERS=1.
+PYTEST     ?= $(firstword $(shell command -v pytest-3 pytest 2>/dev/null))
+PYTHON3    ?= $(firstword $(wildcard /usr/bin/python3) python3)
+GO         ?= go
+BIND_ENV   := LD_LIBRARY_PATH=$(CURDIR)/$(B)$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH} \
+              NBDCPY_BIN=$(CURDIR)/$(B)/nbdcpy
+define example_check
+d=$$(mktemp -d); trap 'rm -rf $$d' EXIT; head -c 5M /dev/urandom > $$d/src; \
+h=$$($(1) $$d/src $$d/dst 2>/dev/null); cmp $$d/src $$d/dst; \
+[ "$$h" = "$$($(B)/nbdcpy --blkhash=sha256 $$d/src null:)" ] || \
+  { echo "example printed blkhash '$$h', the command another"; exit 1; }
+endef
+
+check-python: all
+	@if [ -z "$(PYTEST)" ]; then \
+	  [ -z "$$NBDCPY_REQUIRE_SERVERS" ] || { echo "check-python: pytest is required"; exit 1; }; \
+	  echo "check-python: pytest not installed, skipped"; exit 0; fi; \
+	set -e; export $(BIND_ENV) PYTHONPATH=$(CURDIR)/bindings/python PYTHONDONTWRITEBYTECODE=1; \
+	for e in $(TEST_ENGINES); do echo "== python binding (engine $$e)"; \
+	  NBDCPY_TEST_ENGINE=$$e $(PYTEST) -q -p no:cacheprovider bindings/python/tests; done; \
+	echo "== python example"; \
+	$(call example_check,$(PYTHON3) bindings/python/example/nbdcpy_copy.py)
+
+# bindings/go builds against $(B)/nbdcpy.pc, which points at $(B).
+$(B)/nbdcpy.pc: nbdcpy.pc.in Makefile
+	sed -e 's|@PREFIX@|$(CURDIR)|' -e 's|@LIBDIR@|$(CURDIR)/$(B)|' \
+	    -e 's|@INCLUDEDIR@|$(CURDIR)/include|' -e 's|@VERSION@|$(VERSION)|' $< > $@
+
+check-go: all $(B)/nbdcpy.pc
+	@if ! command -v $(GO) >/dev/null; then \
+	  [ -z "$$NBDCPY_REQUIRE_SERVERS" ] || { echo "check-go: go is required"; exit 1; }; \
+	  echo "check-go: go not installed, skipped"; exit 0; fi; \
+	set -e; export $(BIND_ENV) PKG_CONFIG_PATH=$(CURDIR)/$(B)$${PKG_CONFIG_PATH:+:$$PKG_CONFIG_PATH} \
+	  GOFLAGS=-mod=mod GOPROXY=off GOCACHE=$${GOCACHE:-$(CURDIR)/$(B)/go-cache}; \
+	cd bindings/go; test -z "$$(gofmt -l .)" || { gofmt -l .; exit 1; }; $(GO) vet ./...; \
+	for e in $(TEST_ENGINES); do echo "== go binding (engine $$e)"; \
+	  NBDCPY_TEST_ENGINE=$$e $(GO) test -race -count=1 ./...; done; \
+	echo "== go example"; $(GO) build -o $(CURDIR)/$(B)/nbdcpy-go-example ./example; cd $(CURDIR); \
+	$(call example_check,$(B)/nbdcpy-go-example)
+
+# The bindings' copiers for ../shared/bench/run.sh (COPIER=...): their CPU
+# against the command's (BENCHMARKS.md).
+bench-drivers: all $(B)/nbdcpy.pc
+	cd bench/go-copier && PKG_CONFIG_PATH=$(CURDIR)/$(B) GOFLAGS=-mod=mod GOPROXY=off \
+	  GOCACHE=$${GOCACHE:-$(CURDIR)/$(B)/go-cache} \
+	  $(GO) build -ldflags=-r=$(CURDIR)/$(B) -o $(CURDIR)/$(B)/nbdcpy-go-copier .
+	@echo "COPIER=$(B)/nbdcpy-go-copier or COPIER=\"$(PYTHON3) bench/py-copier.py\""
+
+# A wheel of the Python binding (pure Python: any Linux, any CPU).
+python-wheel:
+	$(PYTHON3) -m pip wheel --no-build-isolation --no-deps -w $(B) ./bindings/python
+	rm -rf bindings/python/build bindings/python/*.egg-info
+
 # Stage an install; build the examples and a smoke test against it with
 # pkg-config; run them and the nbdcopy compat test from the staged tree.
 check-install: all
@@ -249,7 +313,7 @@ check-valgrind-panic:
 #   Copyright (C) <year> The nbdcpy authors
 # in the file's comment syntax.  Documentation, data and Debian control
 # files are exempt (SPDX_EXEMPT).
-SPDX_EXEMPT := '\.(md|json|lock|txt)$$|^fuzz/corpus/|^(COPYING|NEWS|\.gitignore)$$|^debian/(changelog|control|copyright|source/format|.*\.(install|docs|examples|symbols|links|manpages))$$'
+SPDX_EXEMPT := '\.(md|json|lock|txt)$$|(^|/)py\.typed$$|^fuzz/corpus/|^(COPYING|NEWS|\.gitignore)$$|^debian/(changelog|control|copyright|source/format|.*\.(install|docs|examples|symbols|links|manpages))$$'
 check-spdx:
 	@if [ -d .git ] || [ -f .git ]; then \
 	  missing=$$(git ls-files | grep -Ev $(SPDX_EXEMPT) | while read f; do \
@@ -264,8 +328,8 @@ check-spdx:
 # missing Debian packages are installed; elsewhere (a distro build root,
 # Fedora's %check) the commands are only looked for, and tests that need a
 # missing one skip (or fail with NBDCPY_REQUIRE_SERVERS=1).
-TEST_PKGS := nbdkit nbd-server libnbd-bin qemu-utils valgrind pkg-config libssl-dev openssl gnutls-bin python3 openssh-server netcat-openbsd
-TEST_CMDS := nbdkit nbd-server nbdcopy nbdinfo qemu-nbd qemu-img valgrind pkg-config openssl python3
+TEST_PKGS := nbdkit nbd-server libnbd-bin qemu-utils valgrind pkg-config libssl-dev openssl gnutls-bin python3 python3-pytest golang-go openssh-server netcat-openbsd
+TEST_CMDS := nbdkit nbd-server nbdcopy nbdinfo qemu-nbd qemu-img valgrind pkg-config openssl python3 pytest-3 go
 test-deps:
 	@if command -v apt-get >/dev/null && command -v dpkg >/dev/null; then \
 	  missing=""; for p in $(TEST_PKGS); do \
@@ -317,12 +381,18 @@ install: $(LIBSO) $(B)/libnbdcpy.a $(B)/nbdcpy.install
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
 	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' \
 	    nbdcpy.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/nbdcpy.pc
+	install -d $(DESTDIR)$(GODIR) $(DESTDIR)$(GODIR)/example $(DESTDIR)$(PYTHONDIR)/nbdcpy
+	install -m 0644 bindings/go/go.mod $(filter-out %_test.go,$(wildcard bindings/go/*.go)) $(DESTDIR)$(GODIR)/
+	install -m 0644 bindings/go/example/*.go $(DESTDIR)$(GODIR)/example/
+	install -m 0644 bindings/python/nbdcpy/*.py bindings/python/nbdcpy/py.typed \
+	  $(DESTDIR)$(PYTHONDIR)/nbdcpy/
 
 uninstall:
 	rm -f $(DESTDIR)$(LIBDIR)/libnbdcpy.so* $(DESTDIR)$(LIBDIR)/libnbdcpy.a \
 	  $(DESTDIR)$(INCLUDEDIR)/nbdcpy.h $(DESTDIR)$(BINDIR)/nbdcpy \
 	  $(DESTDIR)$(PKGCONFIGDIR)/nbdcpy.pc $(DESTDIR)$(MANDIR)/man1/nbdcpy.1 \
 	  $(DESTDIR)$(MANDIR)/man3/nbdcpy.3 $(DESTDIR)$(LIBEXECDIR)/nbdcpy/compat/nbdcopy
+	rm -rf $(DESTDIR)$(GODIR) $(DESTDIR)$(PYTHONDIR)/nbdcpy
 	-rmdir $(DESTDIR)$(LIBEXECDIR)/nbdcpy/compat $(DESTDIR)$(LIBEXECDIR)/nbdcpy
 
 # A source tarball with the crates vendored, nbdcpy.spec's Source0

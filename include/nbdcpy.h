@@ -170,11 +170,11 @@ struct nbdcpy_stats {
   // NBD connections made again after being lost (the "retries"
   // option), over both sides.  Since version 0.2.
   uint64_t reconnects;
-  // Requests sent again after the server answered them with EIO (the
-  // "retries" option), over both sides.  Since version 0.3.
+  // Requests sent again after the server answered EIO (the "retries"
+  // option).  Since version 0.3.
   uint64_t retried_requests;
-  // Bytes a checkpoint recorded as done before this run (the
-  // "checkpoint" option; 0 without).  Since version 0.3.
+  // Bytes a "checkpoint" file recorded as done before this run (not
+  // copied again; part of `bytes_done`).  Since version 0.3.
   uint64_t resumed_bytes;
 };
 
@@ -185,6 +185,13 @@ struct nbdcpy_stats {
 // byte counted in `bytes_done`.  Never called after a failure or a
 // cancellation.  Return 0 to continue, non-zero to cancel the copy.
 typedef int (*nbdcpy_progress_cb)(void *user_data, const struct nbdcpy_stats *stats);
+
+// Free callback: releases the `user_data` given with it to
+// nbdcpy_config_set_progress_free() or nbdcpy_config_set_log_free().
+// The library calls it exactly once, when it will never call that
+// callback again, on whichever thread lets go of it last.  Since
+// version 0.3.
+typedef void (*nbdcpy_free_cb)(void *user_data);
 
 // Log callback: `level` is one of NBDCPY_LOG_WARNING, NBDCPY_LOG_INFO or
 // NBDCPY_LOG_DEBUG; `message` is one line without a trailing newline and
@@ -402,7 +409,8 @@ const char *nbdcpy_config_key(size_t index);
 
 // Registers a progress callback (see nbdcpy_progress_cb), called at most
 // every `interval_ms` milliseconds (0 means 1000; the finest step is
-// 10 ms) on the thread running nbdcpy_run().  `cb` NULL removes it.
+// 10 ms) on the thread running nbdcpy_run().  `cb` NULL removes it (and
+// still sets the interval).  Handles already made keep what they had.
 //
 // Pointers: `config` is NULL or a config pointer; `user_data` is passed back
 // untouched.
@@ -411,12 +419,45 @@ int nbdcpy_config_set_progress(struct nbdcpy_config *config,
                                void *user_data,
                                uint32_t interval_ms);
 
+// As nbdcpy_config_set_progress(), with `free_cb` (NULL: none) to
+// release `user_data`, and keeping the interval set last (1000 ms by
+// default; nbdcpy_config_set_progress(config, NULL, NULL, interval_ms)
+// sets another).  Handles copy the config's callbacks, so the library
+// calls `free_cb(user_data)` exactly once, when it will never call `cb`
+// again: when the callback has been replaced or removed (or the config
+// freed) and every handle made from the config while it had the callback
+// is closed.  If this call fails, or `cb` is NULL, `free_cb` is called
+// before it returns.  `free_cb` runs on the thread of the call that lets
+// go last (this function, nbdcpy_config_free(), nbdcpy_close(), or
+// nbdcpy_run() for a handle closed while it ran), with no lock of the
+// library held: it may call nbdcpy_* functions.  Since version 0.3.
+//
+// Pointers: `config` is NULL or a config pointer; `user_data` is passed back
+// untouched, to `cb` and to `free_cb`.
+int nbdcpy_config_set_progress_free(struct nbdcpy_config *config,
+                                    nbdcpy_progress_cb cb,
+                                    void *user_data,
+                                    nbdcpy_free_cb free_cb);
+
 // Registers a log callback (see nbdcpy_log_cb).  Without one, messages
 // are dropped: the library never prints.  `cb` NULL removes it.
+// Handles already made keep what they had.
 //
 // Pointers: `config` is NULL or a config pointer; `user_data` is passed back
 // untouched.
 int nbdcpy_config_set_log(struct nbdcpy_config *config, nbdcpy_log_cb cb, void *user_data);
+
+// As nbdcpy_config_set_log(), with `free_cb` (NULL: none) to release
+// `user_data`, called exactly once when the library will never call
+// `cb` again, as nbdcpy_config_set_progress_free() says.  Since version
+// 0.3.
+//
+// Pointers: `config` is NULL or a config pointer; `user_data` is passed back
+// untouched, to `cb` and to `free_cb`.
+int nbdcpy_config_set_log_free(struct nbdcpy_config *config,
+                               nbdcpy_log_cb cb,
+                               void *user_data,
+                               nbdcpy_free_cb free_cb);
 
 // Makes `side` (NBDCPY_SOURCE or NBDCPY_DESTINATION) an NBD server run as
 // a subprocess through systemd socket activation: `argv` is a

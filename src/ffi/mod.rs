@@ -102,11 +102,11 @@ pub struct nbdcpy_stats {
     /// NBD connections made again after being lost (the "retries"
     /// option), over both sides.  Since version 0.2.
     pub reconnects: u64,
-    /// Requests sent again after the server answered them with EIO (the
-    /// "retries" option), over both sides.  Since version 0.3.
+    /// Requests sent again after the server answered EIO (the "retries"
+    /// option).  Since version 0.3.
     pub retried_requests: u64,
-    /// Bytes a checkpoint recorded as done before this run (the
-    /// "checkpoint" option; 0 without).  Since version 0.3.
+    /// Bytes a "checkpoint" file recorded as done before this run (not
+    /// copied again; part of `bytes_done`).  Since version 0.3.
     pub resumed_bytes: u64,
 }
 
@@ -128,6 +128,59 @@ pub type nbdcpy_progress_cb =
 pub type nbdcpy_log_cb =
     Option<extern "C" fn(user_data: *mut c_void, level: c_int, message: *const c_char)>;
 
+/// Free callback: releases the `user_data` given with it to
+/// nbdcpy_config_set_progress_free() or nbdcpy_config_set_log_free().
+/// The library calls it exactly once, when it will never call that
+/// callback again, on whichever thread lets go of it last.  Since
+/// version 0.3.
+#[allow(non_camel_case_types)]
+pub type nbdcpy_free_cb = Option<extern "C" fn(user_data: *mut c_void)>;
+
+type ProgressFn = extern "C" fn(*mut c_void, *const nbdcpy_stats) -> c_int;
+type LogFn = extern "C" fn(*mut c_void, c_int, *const c_char);
+
+/// A callback's `user_data` and the function releasing it: shared by the
+/// config and every handle made from it, released (free_cb called) when
+/// the last of them lets go.
+struct UserData {
+    ptr: usize,
+    free: nbdcpy_free_cb,
+}
+
+impl UserData {
+    fn new(ptr: *mut c_void, free: nbdcpy_free_cb) -> Arc<UserData> {
+        Arc::new(UserData {
+            ptr: ptr as usize,
+            free,
+        })
+    }
+}
+
+impl Drop for UserData {
+    fn drop(&mut self) {
+        if let Some(f) = self.free {
+            f(self.ptr as *mut c_void);
+        }
+    }
+}
+
+/// A registered callback with its data.
+#[derive(Clone)]
+struct Callback<F: Copy> {
+    f: F,
+    data: Arc<UserData>,
+}
+
+impl<F: Copy> Callback<F> {
+    fn new(f: Option<F>, data: Arc<UserData>) -> Option<Callback<F>> {
+        // Without a function the data is released at once.
+        f.map(|f| Callback { f, data })
+    }
+    fn ptr(&self) -> *mut c_void {
+        self.data.ptr as *mut c_void
+    }
+}
+
 /// Options for nbdcpy_open().
 ///
 /// Thread safety: a config may be used from any thread; calls on one
@@ -140,11 +193,9 @@ pub struct Config {
 #[derive(Clone)]
 struct ConfigData {
     cfg: CopyConfig,
-    progress: nbdcpy_progress_cb,
-    progress_data: usize,
+    progress: Option<Callback<ProgressFn>>,
     progress_ms: u32,
-    log: nbdcpy_log_cb,
-    log_data: usize,
+    log: Option<Callback<LogFn>>,
     commands: [Option<Vec<String>>; 2],
     sockets: [Option<GivenSocket>; 2],
 }
@@ -154,10 +205,8 @@ impl Default for ConfigData {
         ConfigData {
             cfg: CopyConfig::default(),
             progress: None,
-            progress_data: 0,
             progress_ms: 1000,
             log: None,
-            log_data: 0,
             commands: [None, None],
             sockets: [None, None],
         }
@@ -179,8 +228,7 @@ pub struct Handle {
     /// What nbdcpy_connect opens (from nbdcpy_create until then).
     pending: Mutex<Option<Pending>>,
     shared: Arc<Shared>,
-    progress: nbdcpy_progress_cb,
-    progress_data: usize,
+    progress: Option<Callback<ProgressFn>>,
     progress_ms: u32,
     finished: std::sync::atomic::AtomicBool,
 }
@@ -656,7 +704,8 @@ pub extern "C" fn nbdcpy_config_key(index: usize) -> *const c_char {
 
 /// Registers a progress callback (see nbdcpy_progress_cb), called at most
 /// every `interval_ms` milliseconds (0 means 1000; the finest step is
-/// 10 ms) on the thread running nbdcpy_run().  `cb` NULL removes it.
+/// 10 ms) on the thread running nbdcpy_run().  `cb` NULL removes it (and
+/// still sets the interval).  Handles already made keep what they had.
 ///
 /// Pointers: `config` is NULL or a config pointer; `user_data` is passed back
 /// untouched.
@@ -667,18 +716,57 @@ pub unsafe extern "C" fn nbdcpy_config_set_progress(
     user_data: *mut c_void,
     interval_ms: u32,
 ) -> c_int {
-    guard(-1, || {
-        with_config(config, |c| {
-            c.progress = cb;
-            c.progress_data = user_data as usize;
-            c.progress_ms = if interval_ms == 0 { 1000 } else { interval_ms };
-            Ok(0)
-        })
-    })
+    let data = UserData::new(user_data, None);
+    guard(-1, || set_progress(config, cb, data, Some(interval_ms)))
+}
+
+/// As nbdcpy_config_set_progress(), with `free_cb` (NULL: none) to
+/// release `user_data`, and keeping the interval set last (1000 ms by
+/// default; nbdcpy_config_set_progress(config, NULL, NULL, interval_ms)
+/// sets another).  Handles copy the config's callbacks, so the library
+/// calls `free_cb(user_data)` exactly once, when it will never call `cb`
+/// again: when the callback has been replaced or removed (or the config
+/// freed) and every handle made from the config while it had the callback
+/// is closed.  If this call fails, or `cb` is NULL, `free_cb` is called
+/// before it returns.  `free_cb` runs on the thread of the call that lets
+/// go last (this function, nbdcpy_config_free(), nbdcpy_close(), or
+/// nbdcpy_run() for a handle closed while it ran), with no lock of the
+/// library held: it may call nbdcpy_* functions.  Since version 0.3.
+///
+/// Pointers: `config` is NULL or a config pointer; `user_data` is passed back
+/// untouched, to `cb` and to `free_cb`.
+#[no_mangle]
+pub unsafe extern "C" fn nbdcpy_config_set_progress_free(
+    config: *mut Config,
+    cb: nbdcpy_progress_cb,
+    user_data: *mut c_void,
+    free_cb: nbdcpy_free_cb,
+) -> c_int {
+    let data = UserData::new(user_data, free_cb);
+    guard(-1, || set_progress(config, cb, data, None))
+}
+
+fn set_progress(
+    config: *mut Config,
+    cb: nbdcpy_progress_cb,
+    data: Arc<UserData>,
+    interval_ms: Option<u32>,
+) -> Result<c_int, Error> {
+    let new = Callback::new(cb, data);
+    let old = with_config(config, move |c| {
+        if let Some(ms) = interval_ms {
+            c.progress_ms = if ms == 0 { 1000 } else { ms };
+        }
+        Ok(std::mem::replace(&mut c.progress, new))
+    })?;
+    // Released outside the config's lock.
+    drop(old);
+    Ok(0)
 }
 
 /// Registers a log callback (see nbdcpy_log_cb).  Without one, messages
 /// are dropped: the library never prints.  `cb` NULL removes it.
+/// Handles already made keep what they had.
 ///
 /// Pointers: `config` is NULL or a config pointer; `user_data` is passed back
 /// untouched.
@@ -688,13 +776,33 @@ pub unsafe extern "C" fn nbdcpy_config_set_log(
     cb: nbdcpy_log_cb,
     user_data: *mut c_void,
 ) -> c_int {
-    guard(-1, || {
-        with_config(config, |c| {
-            c.log = cb;
-            c.log_data = user_data as usize;
-            Ok(0)
-        })
-    })
+    let data = UserData::new(user_data, None);
+    guard(-1, || set_log(config, cb, data))
+}
+
+/// As nbdcpy_config_set_log(), with `free_cb` (NULL: none) to release
+/// `user_data`, called exactly once when the library will never call
+/// `cb` again, as nbdcpy_config_set_progress_free() says.  Since version
+/// 0.3.
+///
+/// Pointers: `config` is NULL or a config pointer; `user_data` is passed back
+/// untouched, to `cb` and to `free_cb`.
+#[no_mangle]
+pub unsafe extern "C" fn nbdcpy_config_set_log_free(
+    config: *mut Config,
+    cb: nbdcpy_log_cb,
+    user_data: *mut c_void,
+    free_cb: nbdcpy_free_cb,
+) -> c_int {
+    let data = UserData::new(user_data, free_cb);
+    guard(-1, || set_log(config, cb, data))
+}
+
+fn set_log(config: *mut Config, cb: nbdcpy_log_cb, data: Arc<UserData>) -> Result<c_int, Error> {
+    let new = Callback::new(cb, data);
+    let old = with_config(config, move |c| Ok(std::mem::replace(&mut c.log, new)))?;
+    drop(old);
+    Ok(0)
 }
 
 /// Makes `side` (NBDCPY_SOURCE or NBDCPY_DESTINATION) an NBD server run as
@@ -930,8 +1038,7 @@ unsafe fn create(
             cfg: c.clone(),
         })),
         shared: shared.clone(),
-        progress: c.progress,
-        progress_data: c.progress_data,
+        progress: c.progress.clone(),
         progress_ms: c.progress_ms,
         finished: std::sync::atomic::AtomicBool::new(false),
     });
@@ -973,11 +1080,11 @@ fn connect(h: *mut Handle) -> Result<(), Error> {
         )
     })?;
     let mut j = Job::open_with(src, dst, c.cfg.clone(), h.shared.clone())?;
-    if let Some(f) = c.log {
-        let data = c.log_data;
+    if let Some(log) = c.log.clone() {
+        // The logger holds the callback's data until the job is dropped.
         j.set_logger(Box::new(move |level, msg| {
             let m = CString::new(msg.replace('\0', " ")).unwrap_or_default();
-            f(data as *mut c_void, level as c_int, m.as_ptr());
+            (log.f)(log.ptr(), level as c_int, m.as_ptr());
         }));
     }
     *job = Some(j);
@@ -1031,9 +1138,9 @@ pub extern "C" fn nbdcpy_run(h: *mut Handle) -> c_int {
         })?;
         let interval = Duration::from_millis(h.progress_ms as u64);
         let mut cb = |s: &Shared| -> bool {
-            let Some(f) = h.progress else { return true };
+            let Some(p) = &h.progress else { return true };
             let st = snapshot(s, false);
-            f(h.progress_data as *mut c_void, &st) == 0
+            (p.f)(p.ptr(), &st) == 0
         };
         let r = job.run(interval, &mut cb);
         h.finished.store(true, Relaxed);
