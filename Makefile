@@ -344,7 +344,7 @@ check-spdx:
 # missing Debian packages are installed; elsewhere (a distro build root,
 # Fedora's %check) the commands are only looked for, and tests that need a
 # missing one skip (or fail with NBDCPY_REQUIRE_SERVERS=1).
-TEST_PKGS := nbdkit nbd-server libnbd-bin qemu-utils valgrind pkg-config libssl-dev openssl gnutls-bin python3 python3-pytest golang-go
+TEST_PKGS := nbdkit nbd-server libnbd-bin qemu-utils valgrind pkg-config libssl-dev openssl gnutls-bin python3 python3-pytest golang-go openssh-server netcat-openbsd
 TEST_CMDS := nbdkit nbd-server nbdcopy nbdinfo qemu-nbd qemu-img valgrind pkg-config openssl python3 pytest-3 go
 test-deps:
 	@if command -v apt-get >/dev/null && command -v dpkg >/dev/null; then \

@@ -736,6 +736,7 @@ test_stats_after_open (void)
   CHECK (st.finished == 0);
   CHECK (st.reserved == 0);
   CHECK (st.reconnects == 0);
+  CHECK (st.retried_requests == 0 && st.resumed_bytes == 0);
   nbdcpy_close (h);
 }
 
@@ -836,6 +837,7 @@ test_retry_keys (void)
   CHECK (h && nbdcpy_stats (h, &st, sizeof st) == 0);
   CHECK (st.bytes_done == 2 * 1024 * 1024);
   CHECK (st.reconnects == 0);
+  CHECK (st.retried_requests == 0 && st.resumed_bytes == 0);
   nbdcpy_close (h);
 }
 
@@ -937,6 +939,38 @@ test_no_environment_overrides (void)
  * and back, the PSK file and user given as config keys (what a URI need
  * not say) and as URI parameters; a wrong key fails with a message.
  */
+/* nbd+ssh:// through the C API: the same URI strings as the command.  A
+ * host that is an ssh option is refused before anything runs; ssh that
+ * cannot connect (nothing listens on port 1) fails nbdcpy_open with its
+ * own message, and no ssh is left (test_nothing_left_behind).
+ */
+static void
+test_ssh_uri (void)
+{
+  CHECK (nbdcpy_supports ("ssh") == 1);
+  make_file (path ("ssh-dst"), 4096, 3);
+  struct nbdcpy_config *c = test_config_new ();
+  CHECK (nbdcpy_config_set (c, "timeout", "20") == 0);
+  struct nbdcpy *h = nbdcpy_open ("nbd+ssh://-oProxyCommand=false/",
+                                  path ("ssh-dst"), c);
+  CHECK (h == NULL);
+  CHECK (nbdcpy_get_errno () == EINVAL);
+  CHECK (strstr (nbdcpy_get_error (), "must not start with '-'") != NULL);
+  if (!have ("ssh")) {
+    printf ("# SKIP: ssh not installed\n");
+    nbdcpy_config_free (c);
+    return;
+  }
+  h = nbdcpy_open ("nbd+ssh://127.0.0.1:1/?socket=/nonexistent.sock",
+                   path ("ssh-dst"), c);
+  CHECK (h == NULL);
+  CHECK (strstr (nbdcpy_get_error (),
+                 "source nbd+ssh://127.0.0.1:1/?socket=/nonexistent.sock")
+         != NULL);
+  CHECK (strstr (nbdcpy_get_error (), "ssh: ") != NULL);
+  nbdcpy_config_free (c);
+}
+
 static void
 test_tls_copy (void)
 {
@@ -1263,6 +1297,7 @@ main (void)
   RUN (test_log_callback_not_stderr);
   RUN (test_no_environment_overrides);
   RUN (test_tls_copy);
+  RUN (test_ssh_uri);
   RUN (test_blkhash);
   RUN (test_range_list);
   RUN (test_engine_choice);

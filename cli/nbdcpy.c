@@ -34,10 +34,25 @@ static int blkhash_to_file;    /* --blkhash-file: not printed on stdout */
 static int json_fd = -1;       /* --json[=FD]: the result as JSON */
 
 /* Run as "nbdcopy" (the compat link, see nbdcpy(1) "NBDCOPY
- * COMPATIBILITY"), --version answers like libnbd's nbdcopy: the nbdcopy
- * release whose command line this one accepts, then the library.
+ * COMPATIBILITY"), --version answers in the form nbdcopy's callers parse
+ * ("nbdcopy X.Y.Z", X.Y.Z the nbdcopy release whose options this command
+ * implements), naming this program after it, then the library.
  */
-#define NBDCOPY_COMPAT_VERSION "1.14.0"
+#define NBDCOPY_COMPAT_VERSION "1.24.0"
+
+/* --version: the command's own version (of the header it was built
+ * with), the library's (nbdcpy_version(), the one actually loaded).
+ */
+static void
+print_version (void)
+{
+  if (strcmp (prog, "nbdcopy") == 0)
+    printf ("nbdcopy %s (nbdcpy %s)\n", NBDCOPY_COMPAT_VERSION,
+            NBDCPY_VERSION_STRING);
+  else
+    printf ("nbdcpy %s\n", NBDCPY_VERSION_STRING);
+  printf ("libnbdcpy %s\n", nbdcpy_version ());
+}
 
 static void
 usage (FILE *fp, int status)
@@ -264,12 +279,13 @@ write_json (const struct result *r)
            ", \"bytes_zeroed\": %" PRIu64 ", \"bytes_skipped\": %" PRIu64
            ", \"elapsed_seconds\": %.6f, \"average_rate\": %.0f"
            ", \"requests\": %" PRIu64 ", \"connections\": %u"
-           ", \"reconnects\": %" PRIu64 ", \"resumed_bytes\": %" PRIu64
-           ", \"blkhash\": ",
+           ", \"reconnects\": %" PRIu64 ", \"retried_requests\": %" PRIu64
+           ", \"resumed_bytes\": %" PRIu64 ", \"blkhash\": ",
            st->size, st->size_known ? "true" : "false", st->bytes_done,
            st->bytes_copied, st->bytes_zeroed, st->bytes_skipped,
            secs, secs > 0 ? (st->bytes_done - st->resumed_bytes) / secs : 0.0,
-           st->requests, st->connections, st->reconnects, st->resumed_bytes);
+           st->requests, st->connections, st->reconnects, st->retried_requests,
+           st->resumed_bytes);
   if (r->blkhash)
     json_string (fp, r->blkhash);
   else
@@ -566,15 +582,9 @@ main (int argc, char *argv[])
         json_fd = STDOUT_FILENO;
       break;
     case 'v': verbose = 1; set (cfg, "verbose", "1"); break;
-    case 'V': {
-      const char *slash = strrchr (argv[0], '/');
-      if (strcmp (slash ? slash + 1 : argv[0], "nbdcopy") == 0)
-        printf ("nbdcopy %s\nlibnbdcpy %s\n", NBDCOPY_COMPAT_VERSION,
-                nbdcpy_version ());
-      else
-        printf ("nbdcpy %s\n", nbdcpy_version ());
+    case 'V':
+      print_version ();
       exit (EXIT_SUCCESS);
-    }
     default:
       usage (stderr, EXIT_FAILURE);
     }
@@ -722,11 +732,11 @@ main (int argc, char *argv[])
                " requests, %" PRIu64 " bytes memcpy, %" PRIu64
                " bytes spliced, %" PRIu64
                " I/O system calls, %u connection(s), %" PRIu64
-               " reconnect(s)\n",
+               " reconnect(s), %" PRIu64 " retried request(s)\n",
                now_s () - t0, st.bytes_done, st.bytes_copied,
                st.bytes_zeroed, st.bytes_skipped, st.requests,
                st.bytes_memcpy, st.bytes_spliced, st.syscalls,
-               st.connections, st.reconnects);
+               st.connections, st.reconnects, st.retried_requests);
   }
   int json_failed = 0;
   if (json_fd >= 0) {

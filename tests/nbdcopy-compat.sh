@@ -6,7 +6,9 @@
 # nbdcopy's callers expect.  Usage: tests/nbdcopy-compat.sh PATH/nbdcopy
 # What the callers rely on (virt-v2v 2.x, checked in its sources):
 #  - `nbdcopy --version` first line "nbdcopy MAJOR.MINOR.PATCH" (libnbd's
-#    display_version prints the program name and version, then "libnbd X");
+#    display_version prints the program name and version, then "libnbd X"),
+#    here the nbdcopy release whose options it implements (1.24) followed
+#    by " (nbdcpy X.Y.Z)", then "libnbdcpy X.Y.Z";
 #  - `nbdcopy --help | grep -- --blkhash` decides whether to pass
 #    --blkhash: help must list only options that work (--blkhash does,
 #    printing the hash on stdout as nbdcopy 1.24 does);
@@ -21,10 +23,14 @@ trap 'rm -rf "$t"' EXIT
 fail() { echo "nbdcopy-compat: FAIL: $*"; exit 1; }
 
 "$cmd" --version > "$t/version" || fail "--version exited $?"
-head -n 1 "$t/version" | grep -Eq '^nbdcopy [0-9]+\.[0-9]+\.[0-9]+$' ||
+head -n 1 "$t/version" |
+    grep -Eq '^nbdcopy 1\.24\.[0-9]+ \(nbdcpy [0-9]+\.[0-9]+\.[0-9]+\)$' ||
     fail "--version first line: $(head -n 1 "$t/version")"
 sed -n 2p "$t/version" | grep -Eq '^libnbdcpy [0-9]+\.[0-9]+\.[0-9]+$' ||
     fail "--version second line: $(sed -n 2p "$t/version")"
+[ "$(sed -n '1s/.*(nbdcpy \(.*\))$/\1/p' "$t/version")" = \
+  "$(sed -n '2s/^libnbdcpy //p' "$t/version")" ] ||
+    fail "--version: the command and the library differ: $(cat "$t/version")"
 
 "$cmd" --help > "$t/help" || fail "--help exited $?"
 for o in --allocated --connections --destination-is-zero --target-is-zero \

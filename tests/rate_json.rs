@@ -81,6 +81,7 @@ const FIELDS: &[&str] = &[
     "requests",
     "connections",
     "reconnects",
+    "retried_requests",
     "blkhash",
     "error",
     "errno",
@@ -128,6 +129,7 @@ fn json_on_success() {
     assert!((rate - want).abs() <= want * 0.01 + 1.0, "{rate} vs {want}");
     assert!(num(&j, "requests") >= 1.0);
     assert_eq!(num(&j, "reconnects"), 0.0);
+    assert_eq!(num(&j, "retried_requests"), 0.0);
     assert_eq!(j["blkhash"], "null");
     assert_eq!(j["error"], "null");
     assert_eq!(num(&j, "errno"), 0.0);

@@ -854,12 +854,18 @@ impl Job {
                         shared.fail(e);
                     }
                 }
+                for n in shared.take_notes() {
+                    self.log().emit(Level::Info, || n);
+                }
                 if running > 0 && last.elapsed() >= interval {
                     last = std::time::Instant::now();
                     if !progress(shared) {
                         shared.cancel();
                     }
                 }
+            }
+            for n in shared.take_notes() {
+                self.log().emit(Level::Info, || n);
             }
             Ok::<(), Error>(())
         })
@@ -873,6 +879,9 @@ fn lane_conn(n: &mut NbdEndpoint, i: usize, p: &LaneParams, whole_reads: bool) -
     let mut conn = NbdConn::new(fd, name, n.side(), info, p.request_size, whole_reads);
     if let Some(sess) = n.take_session(i) {
         conn.set_tls(sess);
+    }
+    if p.retries > 0 {
+        conn.enable_resend();
     }
     if let Some(dial) = n.redialer().filter(|_| p.retries > 0) {
         conn.enable_retries(Retry::new(dial, p.retries, p.retry_delay, whole_reads));

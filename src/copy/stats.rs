@@ -51,6 +51,11 @@ pub struct Shared {
     /// Bytes a `--checkpoint` recorded done before this run (counted in
     /// `bytes_done` from the start).
     pub resumed_bytes: AtomicU64,
+    /// Requests sent again after an EIO reply (`--retries`).
+    pub retried_requests: AtomicU64,
+    /// Messages for the job's log from the workers (which have no logger),
+    /// passed on by the thread running the job.
+    notes: Mutex<Vec<String>>,
     start: Mutex<Option<Instant>>,
     end_ns: AtomicU64,
     finished: AtomicBool,
@@ -122,6 +127,21 @@ impl Shared {
 
     pub fn take_error(&self) -> Option<Error> {
         self.error.lock().ok().and_then(|mut g| g.take())
+    }
+
+    /// Leaves a verbose log line for the job's thread to pass on.
+    pub fn note(&self, msg: String) {
+        if let Ok(mut n) = self.notes.lock() {
+            n.push(msg);
+        }
+    }
+
+    /// The log lines left since the last call.
+    pub fn take_notes(&self) -> Vec<String> {
+        self.notes
+            .lock()
+            .map(|mut n| std::mem::take(&mut *n))
+            .unwrap_or_default()
     }
 
     pub fn add(counter: &AtomicU64, n: u64) {

@@ -151,6 +151,10 @@ pub fn connect(t: &Transport, lim: &Limits) -> Result<OwnedFd> {
             let what = format!("connect to vsock {cid}:{port}");
             connect_addr(&SockAddr::vsock(*cid, *port), lim, &what)
         }
+        // The endpoint runs ssh for these (endpoint::ssh).
+        Transport::Ssh { host, .. } => Err(Error::invalid(format!(
+            "nbd+ssh://{host}: not a socket address"
+        ))),
     }
 }
 

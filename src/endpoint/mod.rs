@@ -12,6 +12,7 @@ pub mod file;
 pub mod nbd;
 pub mod pagecache;
 pub mod seek;
+pub mod ssh;
 pub mod subprocess;
 
 use crate::config::Config;

@@ -3,11 +3,12 @@
 
 //! NBD endpoints: connecting, the blocking handshake, and multi-conn connections.
 //
-// NBD endpoints: connecting (unix, TCP, vsock, or a socket-activated
+// NBD endpoints: connecting (unix, TCP, vsock, ssh, or a socket-activated
 // subprocess), the blocking handshake driven through `proto::handshake`,
 // and the extra connections used for multi-conn.
 
 use super::connect::{self, GivenSocket, Limits};
+use super::ssh::{self, Tunnel};
 use super::subprocess::ServerProcess;
 use super::Side;
 use crate::config::Config;
@@ -31,11 +32,11 @@ pub struct NbdEndpoint {
     pub info: Negotiated,
     /// For messages: the URI or the command.
     pub name: String,
-    transport: Transport,
+    transport: Box<Transport>,
     export: String,
     side: Side,
     /// Connected, negotiated sockets; [0] is the first connection.
-    socks: Vec<Option<OwnedFd>>,
+    socks: Vec<Option<Link>>,
     /// Connections handed to a lane (which then says goodbye itself), or
     /// left mid-message by a failed send: no DISC from `disconnect`.
     no_disc: Vec<bool>,
@@ -65,7 +66,7 @@ impl NbdEndpoint {
         let parsed = uri::parse(u).map_err(|e| Error::invalid(e.to_string()))?;
         let tls = if parsed.tls {
             let host = match &parsed.transport {
-                Transport::Tcp { host, .. } => Some(host.as_str()),
+                Transport::Tcp { host, .. } | Transport::Ssh { host, .. } => Some(host.as_str()),
                 _ => None,
             };
             Some(TlsClient::new(&parsed.tls_params.or(&cfg.tls), host)?)
@@ -139,8 +140,8 @@ impl NbdEndpoint {
             _ => None,
         };
         let fd = match given {
-            Some(fd) => fd,
-            None => connect::connect(&transport, lim)?,
+            Some(fd) => Link::plain(fd),
+            None => dial(&transport, lim)?,
         };
         let ask = Ask {
             export: &export,
@@ -179,7 +180,7 @@ impl NbdEndpoint {
         Ok(NbdEndpoint {
             info,
             name,
-            transport,
+            transport: Box::new(transport),
             export,
             side,
             socks: vec![Some(sock)],
@@ -251,9 +252,13 @@ impl NbdEndpoint {
         self.side
     }
 
-    /// Connected over a unix domain socket (also subprocess servers).
+    /// Connected over a unix domain socket (also subprocess servers, and
+    /// the socketpair to ssh of nbd+ssh://).
     pub fn is_unix(&self) -> bool {
-        matches!(self.transport, Transport::Unix { .. })
+        matches!(
+            *self.transport,
+            Transport::Unix { .. } | Transport::Ssh { .. }
+        )
     }
 
     /// The connected, negotiated socket for lane `i` (the first one, or
@@ -280,7 +285,7 @@ impl NbdEndpoint {
     /// nbds:// connections run a new TLS session.
     pub fn redialer(&self) -> Option<Redial> {
         (self.server.is_none() && !self.single).then(|| Redial {
-            transport: self.transport.clone(),
+            transport: (*self.transport).clone(),
             export: self.export.clone(),
             want_meta: self.want_meta,
             dirty: self.dirty.clone(),
@@ -552,7 +557,7 @@ impl NbdEndpoint {
         if need == 0 {
             return Ok(());
         }
-        let (t, ask) = (&self.transport, self.ask());
+        let (t, ask) = (&*self.transport, self.ask());
         let lim = &self.limits.renew();
         let got: Vec<Result<Connected>> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..need)
@@ -574,7 +579,7 @@ impl NbdEndpoint {
     }
 
     /// Keeps a further connection after checking it agrees with the first.
-    fn adopt(&mut self, sock: OwnedFd, info: Negotiated, sess: Option<TlsSession>) -> Result<()> {
+    fn adopt(&mut self, sock: Link, info: Negotiated, sess: Option<TlsSession>) -> Result<()> {
         if info.size != self.info.size
             || info.mode != self.info.mode
             || info.tflags != self.info.tflags
@@ -604,6 +609,9 @@ impl NbdEndpoint {
     pub fn disconnect(&mut self) {
         let mut disc = [0u8; 32];
         let n = request::encode(self.info.mode, &request::DISC, &mut disc);
+        // nbd+ssh://: every socket is closed before any ssh is waited for,
+        // so they all end at once.
+        let mut tunnels = Vec::new();
         for (i, s) in self.socks.iter_mut().enumerate() {
             if let Some(fd) = s.take() {
                 let sess = self
@@ -621,9 +629,12 @@ impl NbdEndpoint {
                     let _ = sys::send(fd.as_raw_fd(), &disc[..n], libc::MSG_DONTWAIT);
                 }
                 let _ = sys::shutdown(fd.as_raw_fd());
+                let Link { fd, tunnel } = fd;
                 drop(fd);
+                tunnels.extend(tunnel);
             }
         }
+        drop(tunnels);
         if let Some(mut s) = self.server.take() {
             s.kill();
         }
@@ -651,7 +662,7 @@ impl Redial {
     /// A new connected, negotiated socket and (nbds://) its TLS session;
     /// blocking, bounded by the configured timeout and cancellable like
     /// the first connect.
-    pub fn dial(&self) -> Result<(OwnedFd, Negotiated, Option<TlsSession>)> {
+    pub fn dial(&self) -> Result<Connected> {
         let ask = Ask {
             export: &self.export,
             want_meta: self.want_meta,
@@ -752,7 +763,7 @@ fn t_goodbye(mut t: TlsSession, last: &[u8]) {
 /// A negotiated connection given up before any use (a bitmap it lacks, a
 /// size it cannot have, a second connection unlike the first): the
 /// transmission phase's goodbye, NBD_CMD_DISC, best effort, then closed.
-fn abandon(sock: OwnedFd, mode: crate::proto::HeaderMode, sess: Option<TlsSession>) {
+fn abandon(sock: Link, mode: crate::proto::HeaderMode, sess: Option<TlsSession>) {
     let mut disc = [0u8; 32];
     let n = request::encode(mode, &request::DISC, &mut disc);
     match sess {
@@ -765,7 +776,42 @@ fn abandon(sock: OwnedFd, mode: crate::proto::HeaderMode, sess: Option<TlsSessio
 }
 
 /// A connected socket, what it negotiated, and its TLS session.
-type Connected = (OwnedFd, Negotiated, Option<TlsSession>);
+pub type Connected = (Link, Negotiated, Option<TlsSession>);
+
+/// A connected socket, and for nbd+ssh:// the ssh process it speaks
+/// through (stopped after the socket is closed: fields drop in order).
+pub struct Link {
+    fd: OwnedFd,
+    tunnel: Option<Tunnel>,
+}
+
+impl Link {
+    fn plain(fd: OwnedFd) -> Link {
+        Link { fd, tunnel: None }
+    }
+}
+
+impl AsRawFd for Link {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// Connects to `t` within `lim`: a socket, or (nbd+ssh://) a new ssh
+/// process with the socket that speaks through it.
+fn dial(t: &Transport, lim: &Limits) -> Result<Link> {
+    lim.check("connect")?;
+    match t {
+        Transport::Ssh { .. } => {
+            let (fd, tunnel) = ssh::open(t)?;
+            Ok(Link {
+                fd,
+                tunnel: Some(tunnel),
+            })
+        }
+        _ => connect::connect(t, lim).map(Link::plain),
+    }
+}
 
 /// Zeroing requests sent by `fast_zero_start`, awaiting their replies.
 pub struct FastZero {
@@ -828,26 +874,31 @@ struct Ask<'a> {
 
 /// Connects one socket and runs the handshake on it, within `lim`.
 fn connect_one(t: &Transport, ask: Ask<'_>, lim: &Limits) -> Result<Connected> {
-    let fd = connect::connect(t, lim)?;
-    negotiate(fd, t, ask, lim)
+    negotiate(dial(t, lim)?, t, ask, lim)
 }
 
 /// Runs the handshake on a connected socket, within `lim`: plaintext
 /// waits are polled (cancellable); OpenSSL's own reads and writes are
 /// bounded by socket timeouts set to what is left.
-fn negotiate(fd: OwnedFd, t: &Transport, ask: Ask<'_>, lim: &Limits) -> Result<Connected> {
+fn negotiate(mut fd: Link, t: &Transport, ask: Ask<'_>, lim: &Limits) -> Result<Connected> {
     set_timeouts(
         fd.as_raw_fd(),
         lim.left().map(|l| l.max(Duration::from_millis(1))),
     );
-    let (info, sess) = handshake(
+    let shook = handshake(
         fd.as_raw_fd(),
         ask.export,
         ask.want_meta,
         ask.dirty,
         ask.tls,
         lim,
-    )?;
+    );
+    let (info, sess) = match (shook, fd.tunnel.as_mut()) {
+        (Ok(r), _) => r,
+        // Through ssh: what ssh said is usually the reason.
+        (Err(e), Some(tunnel)) => return Err(tunnel.explain(e, lim)),
+        (Err(e), None) => return Err(e),
+    };
     set_timeouts(fd.as_raw_fd(), None);
     tune_socket(fd.as_raw_fd(), t);
     Ok((fd, info, sess))

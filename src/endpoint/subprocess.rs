@@ -1,19 +1,21 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 // Copyright (C) 2026 The nbdcpy authors
 
-//! NBD servers run as subprocesses through systemd socket activation.
+//! Subprocesses: NBD servers through systemd socket activation, and helper commands on pipes.
 //
 // NBD servers run as subprocesses through systemd socket activation
 // (nbdcopy's `[ CMD ARGS ... ]`): a listening unix socket in a private
-// temporary directory is handed to the server as fd 3.  The process
-// itself is a `child::Child`: tied to this value, not to a thread.
+// temporary directory is handed to the server as fd 3.  Helper commands
+// (ssh for nbd+ssh://) get given fds as stdin and stdout (`spawn_piped`).
+// Both are `child::Child`ren: tied to their value, not to a thread.
 
 use super::child::{Child, Command};
 use crate::sys;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// A running server subprocess; killed and reaped on drop.  It lives as
 /// long as this value, whatever threads create, use and drop it (see
@@ -76,6 +78,62 @@ impl Drop for ServerProcess {
         self.kill();
         let _ = std::fs::remove_file(&self.sock);
         let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// A helper command (ssh for nbd+ssh://) with the given stdin and
+/// stdout and its stderr on a pipe; killed and reaped on drop.  The one
+/// way the endpoints run such a command, kept narrow: argv, two fds, a
+/// stderr pipe, kill and reap.  Like a server, it is a `child::Child`:
+/// it lives as long as this value, whatever threads use it, and dies
+/// with the host process.
+pub struct PipedChild {
+    child: Child,
+    /// The read end of the child's stderr (non-blocking).
+    pub stderr: OwnedFd,
+}
+
+/// Starts `argv` (argv[0] looked up in PATH) with `stdin` and `stdout`
+/// as its fds 0 and 1 and a new pipe as fd 2, in this process's
+/// environment.  Fails (with the errno) when it cannot be executed.
+pub fn spawn_piped(argv: &[String], stdin: RawFd, stdout: RawFd) -> io::Result<PipedChild> {
+    let mut cmd = Command::new(argv)?;
+    let (err_rd, err_wr) = sys::pipe_with(libc::O_CLOEXEC)?;
+    cmd.fd(stdin, 0).fd(stdout, 1).fd(err_wr.as_raw_fd(), 2);
+    let child = cmd.spawn()?;
+    drop(err_wr);
+    let fl = sys::fcntl_int(err_rd.as_raw_fd(), libc::F_GETFL, 0)?;
+    sys::fcntl_int(err_rd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK)?;
+    Ok(PipedChild {
+        child,
+        stderr: err_rd,
+    })
+}
+
+impl PipedChild {
+    #[cfg(test)]
+    pub fn pid(&self) -> libc::pid_t {
+        self.child.pid()
+    }
+
+    /// Whether the child has exited (reaps it).
+    pub fn exited(&mut self) -> bool {
+        self.child.has_exited()
+    }
+
+    /// Waits at most `grace` for the child to exit by itself, then kills
+    /// it; always reaps.  Idempotent.
+    pub fn stop(&mut self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        while !self.exited() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        self.kill();
+    }
+
+    /// SIGTERM, a bounded wait, then SIGKILL; always reaps.  Idempotent.
+    pub fn kill(&mut self) {
+        self.child.kill();
     }
 }
 

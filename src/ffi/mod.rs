@@ -331,6 +331,7 @@ const FEATURES: &[(&str, bool)] = &[
     ("splice", true),
     ("blkhash", true),
     ("tls", true),
+    ("ssh", true),
 ];
 
 /// 1 if `feature` is available, 0 if not (also for names this version
@@ -340,8 +341,10 @@ const FEATURES: &[(&str, bool)] = &[
 /// "io_uring" (1 only if this kernel lets the process create an
 /// io_uring, the fast engine), "epoll" (the engine every Linux has, used
 /// where io_uring is refused: always 1), "tls" (nbds:// URIs: X.509 and
-/// TLS-PSK through OpenSSL) and "blkhash" (nbdcopy's --blkhash: the
-/// "blkhash", "blkhash-file" and "verify" keys and nbdcpy_get_blkhash()).
+/// TLS-PSK through OpenSSL), "blkhash" (nbdcopy's --blkhash: the
+/// "blkhash", "blkhash-file" and "verify" keys and nbdcpy_get_blkhash())
+/// and "ssh" (nbd+ssh:// and nbds+ssh:// URIs, through ssh(1) and the
+/// remote host's nc; since 0.3).
 /// Never fails; does not touch nbdcpy_get_error().
 ///
 /// Pointers: `feature` is NULL or a NUL-terminated string.
@@ -454,10 +457,15 @@ fn with_config<T>(
 ///    Servers run with nbdcpy_config_set_command() and sockets given
 ///    with nbdcpy_config_set_socket() are not reconnected; nbds://
 ///    connections run a new TLS session.
-///    Since version 0.2.
+///    Since version 0.2.  Since version 0.3 it is also how many times a
+///    READ, WRITE, WRITE_ZEROES, TRIM or BLOCK_STATUS the server answered
+///    with EIO is sent again (on the same connection, with the same
+///    backoff) before the copy fails with the last error; other errors
+///    (ENOSPC, EPERM, EROFS, EINVAL, ...) fail at once.  Counted in
+///    `retried_requests`; each one is an NBDCPY_LOG_INFO message.
 ///  - "retry-delay": seconds (fractions allowed) before the first
-///    reconnect attempt, doubled for each further one up to 30 (default
-///    1).  Since version 0.2.
+///    reconnect attempt or resend, doubled for each further one up to 30
+///    (default 1).  Since version 0.2.
 ///  - "rate": most bytes per second read from the source, over all
 ///    connections and threads ("20M", also "20M/s"; default 0: no limit).
 ///    A token bucket that starts empty, bursts of at most 4 requests;
@@ -1158,7 +1166,7 @@ fn snapshot(s: &Shared, finished: bool) -> nbdcpy_stats {
         size_known: s.size_known.load(Relaxed) as u32,
         reserved: 0,
         reconnects: s.reconnects.load(Relaxed),
-        retried_requests: 0,
+        retried_requests: s.retried_requests.load(Relaxed),
         resumed_bytes: s.resumed_bytes.load(Relaxed),
     }
 }

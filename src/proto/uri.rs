@@ -4,15 +4,37 @@
 //! NBD URIs, with libnbd's extensions.
 //
 // NBD URIs (doc/uri.md, plus libnbd's extensions): nbd, nbds, nbd+unix,
-// nbds+unix, nbd+vsock, nbds+vsock.
+// nbds+unix, nbd+vsock, nbds+vsock, and (libnbd 1.22) nbd+ssh, nbds+ssh.
 
 use std::fmt;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transport {
-    Tcp { host: String, port: u16 },
-    Unix { path: String },
-    Vsock { cid: u32, port: u32 },
+    Tcp {
+        host: String,
+        port: u16,
+    },
+    Unix {
+        path: String,
+    },
+    Vsock {
+        cid: u32,
+        port: u32,
+    },
+    /// nbd+ssh://[user@]host[:port]/export[?socket=PATH|?nbd-port=N]: NBD
+    /// over the stdin and stdout of `ssh -p PORT HOST nc ...` (libnbd 1.22).
+    Ssh {
+        host: String,
+        /// The ssh port (default 22).
+        port: u16,
+        /// The user in the URI (ssh's login name; with nbds+ssh also the
+        /// TLS user name, as for the other schemes).
+        user: Option<String>,
+        /// socket=PATH: `nc -U PATH` on the remote host.
+        socket: Option<String>,
+        /// nbd-port=N: else `nc localhost N` (default 10809).
+        nbd_port: u16,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +106,8 @@ const SCHEMES: &[&str] = &[
     "nbds+unix",
     "nbd+vsock",
     "nbds+vsock",
+    "nbd+ssh",
+    "nbds+ssh",
 ];
 const TLS_PARAMS: &[&str] = &[
     "tls-type",
@@ -142,6 +166,7 @@ pub fn parse(uri: &str) -> Result<NbdUri, UriError> {
     let export_name = pct_decode(path.strip_prefix('/').unwrap_or(path), "export name")?;
 
     let mut socket = None;
+    let mut nbd_port = None;
     let mut tls_params = TlsParams::default();
     for kv in query.split('&').filter(|s| !s.is_empty()) {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
@@ -149,6 +174,11 @@ pub fn parse(uri: &str) -> Result<NbdUri, UriError> {
         let v = pct_decode(v, "query")?;
         if k == "socket" {
             socket = Some(v);
+        } else if k == "nbd-port" && scheme.ends_with("+ssh") {
+            match v.parse::<u16>() {
+                Ok(p) if p > 0 => nbd_port = Some(p),
+                _ => return err(format!("bad nbd-port \"{v}\"")),
+            }
         } else if TLS_PARAMS.contains(&k.as_str()) {
             // Harmless without TLS, like libnbd.
             let t = &mut tls_params;
@@ -170,12 +200,16 @@ pub fn parse(uri: &str) -> Result<NbdUri, UriError> {
             return err(format!("unknown query parameter \"{k}\""));
         }
     }
+    let mut uri_user = None;
     let userinfo_stripped = match authority.rsplit_once('@') {
         Some((user, h)) => {
             // nbds://alice@host/: the TLS-PSK user (tls-username= wins).
             let user = user.split_once(':').map_or(user, |(u, _)| u);
-            if tls_params.username.is_none() && !user.is_empty() {
-                tls_params.username = Some(pct_decode(user, "user name")?);
+            if !user.is_empty() {
+                uri_user = Some(pct_decode(user, "user name")?);
+            }
+            if tls_params.username.is_none() {
+                tls_params.username = uri_user.clone();
             }
             h
         }
@@ -189,9 +223,34 @@ pub fn parse(uri: &str) -> Result<NbdUri, UriError> {
             Some(p) if !p.is_empty() => Transport::Unix { path: p },
             _ => return err("missing ?socket=PATH".into()),
         }
+    } else if scheme.ends_with("+ssh") {
+        let (host, port) = split_host_port(userinfo_stripped)
+            .map_err(|m| UriError(format!("NBD URI \"{uri}\": {m}")))?;
+        if host.is_empty() {
+            return err("missing host".into());
+        }
+        // Never an option of ssh's (libnbd refuses these too).
+        if host.starts_with('-') || uri_user.as_deref().is_some_and(|u| u.starts_with('-')) {
+            return err("the host and user must not start with '-'".into());
+        }
+        if socket.is_some() && nbd_port.is_some() {
+            return err("socket= and nbd-port= exclude each other".into());
+        }
+        let port = match port {
+            Some(p) if p <= u16::MAX as u32 && p > 0 => p as u16,
+            Some(p) => return err(format!("bad port {p}")),
+            None => 22,
+        };
+        Transport::Ssh {
+            host,
+            port,
+            user: uri_user,
+            socket: socket.filter(|s| !s.is_empty()),
+            nbd_port: nbd_port.unwrap_or(10809),
+        }
     } else {
         if socket.is_some() {
-            return err("socket= is only for nbd+unix:// URIs".into());
+            return err("socket= is only for nbd+unix:// and nbd+ssh:// URIs".into());
         }
         let (host, port) = split_host_port(userinfo_stripped)
             .map_err(|m| UriError(format!("NBD URI \"{uri}\": {m}")))?;
@@ -378,6 +437,47 @@ mod tests {
         let u = parse("nbd://h/").unwrap();
         assert!(!u.tls);
         assert_eq!(u.tls_params, TlsParams::default());
+    }
+
+    #[test]
+    fn ssh_uris() {
+        let ssh =
+            |host: &str, port, user: Option<&str>, socket: Option<&str>, nbd_port| Transport::Ssh {
+                host: host.into(),
+                port,
+                user: user.map(Into::into),
+                socket: socket.map(Into::into),
+                nbd_port,
+            };
+        let u = parse("nbd+ssh://server/disk").unwrap();
+        assert_eq!(u.transport, ssh("server", 22, None, None, 10809));
+        assert_eq!((u.export_name.as_str(), u.tls), ("disk", false));
+        let u = parse("nbd+ssh://bob@server:2222/?socket=/run/nbd%20x.sock").unwrap();
+        assert_eq!(
+            u.transport,
+            ssh("server", 2222, Some("bob"), Some("/run/nbd x.sock"), 10809)
+        );
+        let u = parse("nbds+ssh://alice@[::1]/e?nbd-port=10810&tls-psk-file=/k").unwrap();
+        assert!(u.tls);
+        assert_eq!(u.transport, ssh("::1", 22, Some("alice"), None, 10810));
+        assert_eq!(u.tls_params.username.as_deref(), Some("alice"));
+        let u = parse("nbds+ssh://alice@h/?tls-username=carol").unwrap();
+        assert_eq!(u.transport, ssh("h", 22, Some("alice"), None, 10809));
+        assert_eq!(u.tls_params.username.as_deref(), Some("carol"));
+        assert!(is_nbd_uri("nbd+ssh://h/"));
+        assert!(is_nbd_uri("nbds+ssh://h/"));
+        for (u, m) in [
+            ("nbd+ssh:///", "missing host"),
+            ("nbd+ssh://-oProxyCommand=xeyes/", "must not start with '-'"),
+            ("nbd+ssh://-x@h/", "must not start with '-'"),
+            ("nbd+ssh://h:0/", "bad port"),
+            ("nbd+ssh://h/?nbd-port=x", "bad nbd-port"),
+            ("nbd+ssh://h/?socket=/s&nbd-port=1", "exclude"),
+            ("nbd://h/?nbd-port=1", "unknown query parameter"),
+        ] {
+            let e = parse(u).unwrap_err().0;
+            assert!(e.contains(m), "{u}: {e}");
+        }
     }
 
     #[test]

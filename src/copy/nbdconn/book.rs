@@ -57,6 +57,29 @@ pub struct Pending {
     /// The peer receive block the payload is in, released at the reply
     /// when the connection may be resumed (else once sent).
     pub block: Option<u32>,
+    /// Error replies this request has had before (it was sent again).
+    pub failures: u32,
+}
+
+/// A request the server answered with an error, as the connection reports
+/// it to its lane (which sends it again or fails): what was sent, with a
+/// WRITE's payload and block still held, and the READ ranges handed on.
+#[derive(Debug)]
+pub struct FailedRequest {
+    pub pending: Pending,
+    pub delivered: Option<Ranges>,
+    /// The server's errno.
+    pub errno: i32,
+    /// The error naming the connection, the command, offset, length and
+    /// the server's message.
+    pub error: Error,
+}
+
+impl FailedRequest {
+    /// A BLOCK_STATUS (whose failure leaves its range to be read).
+    pub fn is_status(&self) -> bool {
+        self.pending.kind == Kind::Status
+    }
 }
 
 /// Byte ranges (offset, length) of a READ already handed on.
@@ -121,6 +144,14 @@ impl RequestBook {
             .collect()
     }
 
+    /// Records how many error replies the request with `cookie` had
+    /// before it was sent again.
+    pub fn set_failures(&mut self, cookie: u64, failures: u32) {
+        if let Some(p) = self.pending.get_mut(&cookie) {
+            p.failures = failures;
+        }
+    }
+
     /// Records that READ `cookie`'s [offset, offset+len) was handed on.
     pub fn set_delivered(&mut self, cookie: u64, ranges: Ranges) {
         self.delivered.insert(cookie, ranges);
@@ -145,9 +176,10 @@ impl RequestBook {
             .ok_or_else(|| unknown(name, cookie).on(side))
     }
 
-    /// The reply for `cookie` is complete: the event for the lane, or the
-    /// server's error (named after the connection `name`, on `side`).  A
-    /// failed BLOCK_STATUS is not fatal: the range is then read.
+    /// The reply for `cookie` is complete: the event for the lane; a
+    /// server's error is a `Failed` event (the lane decides whether to
+    /// send the request again), named after the connection `name`, on
+    /// `side`.
     pub fn complete(
         &mut self,
         name: &str,
@@ -163,12 +195,9 @@ impl RequestBook {
             self.slow -= 1;
         }
         self.completed += 1;
-        self.delivered.remove(&cookie);
-        if p.kind == Kind::Status {
-            return Ok(ConnEvent::StatusDone { ok: result.is_ok() });
-        }
+        let delivered = self.delivered.remove(&cookie);
         if let Err(e) = result {
-            return Err(Error::new(
+            let error = Error::new(
                 e.errno,
                 format!(
                     "{name}: {} at offset {} length {} failed: {e}",
@@ -177,7 +206,16 @@ impl RequestBook {
                     p.len
                 ),
             )
-            .on(side));
+            .on(side);
+            return Ok(ConnEvent::Failed(Box::new(FailedRequest {
+                pending: p,
+                delivered,
+                errno: e.errno,
+                error,
+            })));
+        }
+        if p.kind == Kind::Status {
+            return Ok(ConnEvent::StatusDone { ok: true });
         }
         Ok(match p.kind {
             Kind::Read => ConnEvent::ReadDone { slot: p.slot },
@@ -239,6 +277,7 @@ mod tests {
             flags: 0,
             payload: None,
             block: None,
+            failures: 0,
         }
     }
 
@@ -364,14 +403,21 @@ mod tests {
         let mut b = RequestBook::default();
         let c = b.cookie(1);
         b.insert(c, p(1, Kind::Write));
-        let e = b
+        let ev = b
             .complete(
                 "destination nbd://x",
                 Side::Destination,
                 c,
                 server_error(libc::ENOSPC),
             )
-            .unwrap_err();
+            .unwrap();
+        let ConnEvent::Failed(f) = ev else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(f.errno, libc::ENOSPC);
+        assert_eq!((f.pending.kind, f.pending.offset), (Kind::Write, 4096));
+        assert!(!f.is_status());
+        let e = f.error;
         assert_eq!(e.errno, libc::ENOSPC);
         assert_eq!(e.side, Some(Side::Destination));
         let m = e.to_string();
@@ -379,13 +425,17 @@ mod tests {
             m.contains("destination nbd://x: WRITE at offset 4096 length 512"),
             "{m}"
         );
-        // A failed BLOCK_STATUS is not an error.
+        assert_eq!(b.in_flight(), 0);
+        // A failed BLOCK_STATUS is reported the same way.
         let s = b.cookie(0);
         b.insert(s, p(0, Kind::Status));
         let ev = b
             .complete("src", Side::Source, s, server_error(libc::EINVAL))
             .unwrap();
-        assert!(matches!(ev, ConnEvent::StatusDone { ok: false, .. }));
+        assert!(
+            matches!(ev, ConnEvent::Failed(ref f) if f.is_status()),
+            "{ev:?}"
+        );
     }
 
     #[test]

@@ -15,7 +15,8 @@ mod splice_mode;
 #[cfg(test)]
 mod splice_test;
 
-pub use redial::Retry;
+pub use book::FailedRequest;
+pub use redial::{backoff, Retry};
 
 use super::align::Extent;
 use super::dirty::DirtyExtent;
@@ -27,7 +28,7 @@ use crate::proto::reply::{Chunk, Parse, ReplyParser};
 use crate::proto::request::{self, Request};
 use crate::proto::{consts, HeaderMode, Negotiated};
 use crate::tls::conn::TlsConn;
-use book::{Kind, Pending, RequestBook};
+use book::{Kind, Pending, Ranges, RequestBook};
 use recv::RecvBuf;
 use send::{SendItem, SendQueue};
 use splice_mode::{PipeRest, SpliceIn, DIRECT_BUDGET};
@@ -65,6 +66,9 @@ pub enum ConnEvent {
     /// The BLOCK_STATUS for [offset, offset+len) completed (or failed,
     /// when `ok` is false: the range is then treated as data).
     StatusDone { ok: bool },
+    /// The server answered a request with an error: the lane sends it
+    /// again (`resend`) or fails (a BLOCK_STATUS: reads its range).
+    Failed(Box<FailedRequest>),
 }
 
 /// Completion index of a connection's send (in the user_data's low bits).
@@ -102,6 +106,9 @@ pub struct NbdConn {
     recv_busy: bool,
     /// Reconnecting after a lost connection (`--retries`), when on.
     retry: Option<Box<Retry>>,
+    /// Requests answered with an error may be sent again (`--retries`):
+    /// payloads are held until the reply, READ chunks handed on counted.
+    resend: bool,
     /// nbds://: sends encrypted, receives decrypted (crate::tls::conn).
     tls: Option<TlsConn>,
     /// Bytes the TLS receive in flight decrypts into (at the receive
@@ -145,6 +152,7 @@ impl NbdConn {
             sync_flags: 0,
             recv_busy: false,
             retry: None,
+            resend: false,
             tls: None,
             tls_target: 0,
         }
@@ -153,6 +161,52 @@ impl NbdConn {
     /// Runs this connection through its TLS session (never in splice mode).
     pub fn set_tls(&mut self, sess: crate::tls::TlsSession) {
         self.tls = Some(TlsConn::new(sess, self.fd));
+    }
+
+    /// Lets the lane send again requests the server answered with an
+    /// error (`--retries`).
+    pub fn enable_resend(&mut self) {
+        self.resend = true;
+    }
+
+    /// Whether a request may be sent again (after a reconnect or an
+    /// error reply): its payload is then held until the reply, and READ
+    /// chunks already handed on are not handed on twice.
+    fn resumable(&self) -> bool {
+        self.retry.is_some() || self.resend
+    }
+
+    /// Sends again a request the server answered with an error (the
+    /// lane's decision): the same command at the same offset, with its
+    /// payload, under a new cookie.
+    pub fn resend(&mut self, f: FailedRequest) -> Result<()> {
+        let mut p = f.pending;
+        p.failures += 1;
+        self.requeue(p, f.delivered)
+    }
+
+    /// Queues `p` again (a resend, or a request of a lost connection on
+    /// the new one), keeping the READ ranges it handed on already.
+    fn requeue(&mut self, p: Pending, delivered: Option<Ranges>) -> Result<()> {
+        let flags = if p.cmd == consts::NBD_CMD_READ {
+            self.read_flags
+        } else {
+            p.flags
+        };
+        let req = Request {
+            cmd: p.cmd,
+            flags,
+            cookie: self.book.cookie(p.slot),
+            offset: p.offset,
+            length: p.len,
+        };
+        let cookie = req.cookie;
+        self.queue(req, p.slot, p.kind, p.payload, p.block)?;
+        self.book.set_failures(cookie, p.failures);
+        if let Some(d) = delivered {
+            self.book.set_delivered(cookie, d);
+        }
+        Ok(())
     }
 
     /// Posts the first receive.
@@ -247,11 +301,11 @@ impl NbdConn {
         self.parser
             .register(&req)
             .map_err(|e| self.err(e.to_string()))?;
-        // A connection that may be resumed keeps the payload's block until
-        // the reply, to send it again.
-        let (held, block) = match self.retry {
-            Some(_) => (block, None),
-            None => (None, block),
+        // A connection that may send a request again keeps the payload's
+        // block until the reply.
+        let (held, block) = match self.resumable() {
+            true => (block, None),
+            false => (None, block),
         };
         self.book.insert(
             req.cookie,
@@ -264,6 +318,7 @@ impl NbdConn {
                 flags: req.flags,
                 payload: payload.clone(),
                 block: held,
+                failures: 0,
             },
         );
         let mut hdr = [0u8; 32];
@@ -562,14 +617,14 @@ impl NbdConn {
                     cookie,
                     offset,
                     payload,
-                } if self.retry.is_some() => {
+                } if self.resumable() => {
                     self.resumable_data(cookie, offset, payload.start, payload.len(), events)?
                 }
                 Chunk::Hole {
                     cookie,
                     offset,
                     len,
-                } if self.retry.is_some() => self.resumable_hole(cookie, offset, len, events)?,
+                } if self.resumable() => self.resumable_hole(cookie, offset, len, events)?,
                 Chunk::Data {
                     cookie,
                     offset,
@@ -626,8 +681,12 @@ impl NbdConn {
             }
             self.recv.head += len;
             if let Some(c) = done {
-                let held = self.book.held_block(c.cookie);
-                events.extend(held.map(|block| ConnEvent::Release { block }));
+                // A request that failed keeps its payload's block: the
+                // lane may send it again.
+                if c.result.is_ok() {
+                    let held = self.book.held_block(c.cookie);
+                    events.extend(held.map(|block| ConnEvent::Release { block }));
+                }
                 let ev = self
                     .book
                     .complete(&self.name, self.side, c.cookie, c.result)?;

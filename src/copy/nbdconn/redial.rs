@@ -11,18 +11,17 @@
 // and every request in the book is sent again in the order it was
 // issued (READ, WRITE and WRITE_ZEROES are idempotent; a FLUSH is only
 // in flight when no write of its lane is).  A server's error reply is not
-// a lost connection and is never retried.
+// a lost connection: the lane decides about it (worker::resend).
 
 use super::{ConnEvent, NbdConn, RECV, SEND};
 use crate::config::RETRY_DELAY_CAP;
 use crate::copy::stats::Shared;
-use crate::endpoint::nbd::{Dialing, Redial};
+use crate::endpoint::nbd::{Dialing, Link, Redial};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::proto::reply::ReplyParser;
-use crate::proto::request::Request;
 use crate::proto::{consts, HeaderMode, Negotiated};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 /// The reconnect state of one connection.
@@ -42,7 +41,7 @@ pub struct Retry {
     completed_then: u64,
     /// The socket of a connection made here (the first one is the
     /// endpoint's).
-    sock: Option<OwnedFd>,
+    sock: Option<Link>,
     /// A reconnect running on a helper thread (the worker goes on).
     dialing: Option<Dialing>,
     /// The loss is being handled (attempts counted since it happened).
@@ -282,23 +281,7 @@ impl NbdConn {
         self.send.clear();
         self.broken = false;
         for (p, delivered) in self.book.take_all() {
-            let flags = if p.cmd == consts::NBD_CMD_READ {
-                self.read_flags
-            } else {
-                p.flags
-            };
-            let req = Request {
-                cmd: p.cmd,
-                flags,
-                cookie: self.book.cookie(p.slot),
-                offset: p.offset,
-                length: p.len,
-            };
-            let cookie = req.cookie;
-            self.queue(req, p.slot, p.kind, p.payload, p.block)?;
-            if let Some(d) = delivered {
-                self.book.set_delivered(cookie, d);
-            }
+            self.requeue(p, delivered)?;
         }
         Ok(())
     }

@@ -4,7 +4,7 @@
 //! A worker's state, shared by its parts: the `Worker` and the ids its operations carry.
 //
 // The parts of a worker (`event_loop`, `fileio`, `dispatch`,
-// `splice_lane`, `reconnect`) each add methods to `Worker`; they import
+// `splice_lane`, `reconnect`, `resend`) each add methods to `Worker`; they import
 // this module and `lane`, never each other.
 
 use crate::copy::nbdconn::ConnEvent;
@@ -46,8 +46,11 @@ pub(super) struct Worker<'a> {
     pub(super) cqes: Vec<Completion>,
     pub(super) events: Vec<ConnEvent>,
     pub(super) last_progress: Instant,
-    /// A lane waits for the rate limit: how long (the ring wait's bound).
+    /// A lane waits for the rate limit, or a request to be sent again:
+    /// how long (the ring wait's bound).
     pub(super) rate_wait: Option<Duration>,
+    /// Requests answered with EIO, waiting to be sent again (`resend`).
+    pub(super) parked: Vec<super::resend::Parked>,
     /// This worker runs one lane: a wait for its destination holds up
     /// nothing else (the splice path then waits rather than copy).
     pub(super) single_lane: bool,

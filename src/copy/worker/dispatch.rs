@@ -405,6 +405,8 @@ impl Worker<'_> {
                     "internal error: write event on a source connection",
                 ))
             }
+            // Handled by `resend` before the events reach here.
+            ConnEvent::Failed(f) => Err(f.error),
         }
     }
 
@@ -423,6 +425,7 @@ impl Worker<'_> {
                 Self::flush_done(lane);
                 Ok(())
             }
+            ConnEvent::Failed(f) => Err(f.error),
             ConnEvent::Release { block } => {
                 if let SrcIo::Nbd(c) = &mut lane.src {
                     c.release(block);

@@ -13,6 +13,7 @@ use super::core::{
     K_SRC_READ, K_SRC_SEEK,
 };
 use super::lane::{DstIo, Lane, SrcIo};
+use crate::copy::nbdconn::ConnEvent;
 use crate::copy::splice;
 use crate::copy::stats::Shared;
 use crate::copy::workqueue::WorkQueue;
@@ -49,6 +50,7 @@ pub fn run_worker(
         events: Vec::with_capacity(64),
         last_progress: Instant::now(),
         rate_wait: None,
+        parked: Vec::new(),
         single_lane: lanes.len() == 1,
     };
     if let Err(e) = w.run(&mut lanes) {
@@ -122,6 +124,7 @@ impl Worker<'_> {
                 return Ok(());
             }
             self.redial_lost(lanes)?;
+            self.resend_due(lanes)?;
             for (i, lane) in lanes.iter_mut().enumerate() {
                 if let SrcIo::Nbd(c) = &mut lane.src {
                     c.kick(&mut self.engine, user_data(i, K_SRC_NBD, 0))?;
@@ -329,7 +332,9 @@ impl Worker<'_> {
                     let mut r2 = Ok(());
                     for ev in events.drain(..) {
                         if r2.is_ok() {
-                            r2 = if is_src {
+                            r2 = if let ConnEvent::Failed(f) = ev {
+                                self.request_failed(lane_id, is_src, lane, *f)
+                            } else if is_src {
                                 self.src_event(lane_id, lane, ev)
                             } else {
                                 self.dst_event(lane, ev)

@@ -11,7 +11,8 @@
 // found in the source's extents) are zeroed or skipped without reading.
 // Data that turns out to be all zeroes in `sparse`-sized blocks is zeroed
 // too (`zero`, `dispatch`).  File I/O lives in `fileio`, the splice data
-// path in `splice_lane`, the loop itself in `event_loop`.
+// path in `splice_lane`, the loop itself in `event_loop`, error replies
+// sent again in `resend`.
 
 mod core;
 mod cursor;
@@ -20,6 +21,7 @@ mod event_loop;
 mod fileio;
 mod lane;
 mod reconnect;
+mod resend;
 mod splice_lane;
 mod state;
 mod zero;
