@@ -10,7 +10,7 @@
 // back with another size, one that never comes back, cancelling during
 // the backoff, error replies, and the default (no retries).
 
-mod common;
+use crate::common;
 
 use common::{cmp, die_with_parent, free_port, nbdcpy_bin, pattern, require, write_file, TempDir};
 use std::path::{Path, PathBuf};
