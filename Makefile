@@ -48,7 +48,7 @@ RUST_SRCS  := $(shell find src -type f) Cargo.toml $(wildcard Cargo.lock) build.
 EXAMPLES   := $(patsubst %.c,%,$(wildcard examples/*.c))
 MULTIARCH  := $(shell $(CC) -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
 
-.PHONY: check-valgrind-panic all lib cli fuzz check check-rust check-c check-header check-style check-valgrind \
+.PHONY: check-valgrind-panic all lib cli fuzz check check-quick check-tests check-rust check-c check-header check-style check-valgrind \
         check-warnings check-symbols check-install check-spdx check-deb header \
         check-header-prefix check-libnbd \
         test-deps deps demo install uninstall bench bench-engines bench-dirty bench-ranges deb deb-deps clean dist check-dist
@@ -111,10 +111,44 @@ $(B)/no-io-uring: tests/helpers/no-io-uring.c
 header: $(STAMP)
 	cp -f $(B)/nbdcpy.h.gen include/nbdcpy.h
 
-# Everything CI runs.  Installs its test servers first where apt-get exists.
-check: test-deps check-spdx check-style all check-warnings check-header check-header-prefix \
-       check-symbols check-rust check-c check-valgrind check-install $(if $(LIBNBD_SRC),check-libnbd)
-	@echo "make check: all passed"
+# Everything CI runs.  Installs its test servers first where apt-get
+# exists.  The stages run in this order, each timed ("== STAGE: N s").
+CHECK_STAGES := test-deps check-spdx check-tests check-style all check-warnings check-header \
+       check-header-prefix check-symbols check-rust check-c check-valgrind check-install \
+       $(if $(LIBNBD_SRC),check-libnbd)
+# Where valgrind runs (check-valgrind), the C tests' shared builds run
+# under it only, not natively as well (the same code and engines): the
+# static builds run natively (their timing checks) and so does the
+# io_uring-blocked run.
+CHECK_C_VARIANTS := $(if $(or $(shell command -v valgrind),$(NBDCPY_REQUIRE_SERVERS)),static,shared static)
+check:
+	@t0=$$(date +%s); for s in $(CHECK_STAGES); do t=$$(date +%s); \
+	  $(MAKE) --no-print-directory $$s C_VARIANTS="$(CHECK_C_VARIANTS)" || \
+	    { echo "make check: $$s failed"; exit 1; }; \
+	  echo "== $$s: $$(( $$(date +%s) - t )) s"; done; \
+	echo "make check: all passed in $$(( $$(date +%s) - t0 )) s"
+
+# The edit-test loop (about 2 minutes once built): formatting, the unit
+# tests and a few integration modules on one engine, built without LTO
+# (the test-release profile: build/ then holds that build until the next
+# plain `make`).  `make check` is what must pass before a commit.
+QUICK_ENGINE ?= io_uring
+QUICK_TESTS ?= local_copy:: nbd_copy:: cli:: fuzz_smoke::
+check-quick: check-tests
+	$(CARGO) fmt --all -- --check
+	$(MAKE) --no-print-directory all CARGO_PROFILE=test-release
+	NBDCPY_BIN=$(CURDIR)/$(B)/nbdcpy $(CARGO) test --profile test-release $(CARGOFLAGS) --lib -- --test-threads=2
+	NBDCPY_TEST_ENGINE=$(QUICK_ENGINE) NBDCPY_BIN=$(CURDIR)/$(B)/nbdcpy \
+	  $(CARGO) test --profile test-release $(CARGOFLAGS) --test integration -- --test-threads=2 $(QUICK_TESTS)
+	@echo "make check-quick: passed (engine $(QUICK_ENGINE); make check runs everything)"
+
+# The integration tests are one crate: every tests/*.rs must be a module
+# of tests/main.rs (cargo builds nothing else; see docs/testing.md).
+check-tests:
+	@missing=""; for f in tests/*.rs; do m=$$(basename $$f .rs); [ $$m = main ] && continue; \
+	  grep -q "^mod $$m;" tests/main.rs || missing="$$missing $$f"; done; \
+	[ -z "$$missing" ] || { echo "not in tests/main.rs (add 'mod NAME;' there, and in the file"; \
+	  echo "'use crate::common;' instead of 'mod common;'):$$missing"; exit 1; }
 
 check-style:
 	$(CARGO) fmt --all -- --check
@@ -179,18 +213,32 @@ check-symbols: $(LIBSO) $(B)/nbdcpy
 	  grep -q "^ $$f@$$v " debian/libnbdcpy0.symbols || { echo "$$f@$$v missing in debian/libnbdcpy0.symbols"; exit 1; }; done; \
 	echo "check-symbols: $$(echo $$syms | wc -w) symbols in their map nodes ($$(cut -d@ -f3 $(B)/syms.got | sort -u | tr '\n' ' ')), command's symbols versioned"
 
-# The unit and doc tests once; the integration tests (tests/*.rs) once
-# per engine: NBDCPY_TEST_ENGINE tells tests/common which one to set
-# (the library never reads it).  Every engine runs even if one fails.
+# The unit and doc tests once; the integration tests (tests/main.rs,
+# one binary) once per engine: NBDCPY_TEST_ENGINE tells tests/common
+# which one to set (the library never reads it).  The modules of
+# ENGINE_FREE_TESTS do not depend on it (they pick their engine
+# themselves, or copy nothing): they run once, with
+# NBDCPY_TEST_ENGINE=none, which makes tests/common panic if one of them
+# asks for the suite's engine.  Every engine runs even if one fails.
+# TEST_PROFILE=test-release builds the tests without LTO (Cargo.toml):
+# measured, with one test binary that costs more than it saves in `make
+# check` (the dependencies are built a second time), so the default is
+# the profile of the library the C tests use.
 TEST_ENGINES ?= io_uring epoll
-CARGO_TEST := $(CARGO) test --profile $(CARGO_PROFILE) $(CARGOFLAGS)
-check-rust: all
+TEST_PROFILE ?= $(CARGO_PROFILE)
+ENGINE_FREE_TESTS := container:: fuzz_smoke::
+CARGO_TEST := $(CARGO) test --profile $(TEST_PROFILE) $(CARGOFLAGS)
+check-rust: all check-tests
 	NBDCPY_BIN=$(CURDIR)/$(B)/nbdcpy $(CARGO_TEST) --lib -- --test-threads=2
 	$(CARGO_TEST) --doc -- --test-threads=2
-	@failed=""; for e in $(TEST_ENGINES); do \
+	@failed=""; echo "== integration tests that do not depend on the engine: $(ENGINE_FREE_TESTS)"; \
+	NBDCPY_TEST_ENGINE=none NBDCPY_BIN=$(CURDIR)/$(B)/nbdcpy \
+	  $(CARGO_TEST) --test integration -- --test-threads=2 $(ENGINE_FREE_TESTS) || failed=" engine-free"; \
+	for e in $(TEST_ENGINES); do \
 	  echo "== integration tests, engine $$e"; \
 	  NBDCPY_TEST_ENGINE=$$e NBDCPY_BIN=$(CURDIR)/$(B)/nbdcpy \
-	    $(CARGO_TEST) --test '*' -- --test-threads=2 || failed="$$failed $$e"; done; \
+	    $(CARGO_TEST) --test integration -- --test-threads=2 $(ENGINE_FREE_TESTS:%=--skip %) || \
+	    failed="$$failed $$e"; done; \
 	[ -z "$$failed" ] || { echo "check-rust: integration tests failed on:$$failed"; exit 1; }
 
 # libnbd's own nbdcopy tests (copy/*.sh of a libnbd source tree, e.g.
@@ -202,8 +250,9 @@ check-libnbd: $(B)/nbdcpy
 	@test -n "$(LIBNBD_SRC)" || { echo "check-libnbd: set LIBNBD_SRC=DIR (a libnbd source tree)"; exit 2; }
 	tests/check-libnbd.sh "$(LIBNBD_SRC)" $(B)/nbdcpy
 
+C_VARIANTS ?= shared static
 check-c: all
-	$(MAKE) -C c-tests check B=$(CURDIR)/$(B) TEST_ENGINES="$(TEST_ENGINES)"
+	$(MAKE) -C c-tests check B=$(CURDIR)/$(B) TEST_ENGINES="$(TEST_ENGINES)" VARIANTS="$(C_VARIANTS)"
 
 # Stage an install; build the examples and a smoke test against it with
 # pkg-config; run them and the nbdcopy compat test from the staged tree.
@@ -237,7 +286,7 @@ check-valgrind: all
 # no invalid read or write, nbdcpy_run fails, the next copy succeeds.
 PANIC_TEST := ffi::panic_test::a_worker_panic_mid_copy_is_an_error_and_the_next_copy_works
 check-valgrind-panic:
-	@set -e; bin=$$($(CARGO) test --profile $(CARGO_PROFILE) $(CARGOFLAGS) --lib --no-run \
+	@set -e; bin=$$($(CARGO) test --profile $(TEST_PROFILE) $(CARGOFLAGS) --lib --no-run \
 	    --message-format=json 2>/dev/null | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | head -1); \
 	[ -n "$$bin" ] || { echo "check-valgrind-panic: cannot build the unit tests"; exit 1; }; \
 	echo "== worker panic mid-copy (valgrind)"; \
@@ -355,8 +404,10 @@ check-dist: dist
 	echo "check-dist: the vendored tarball builds offline"
 
 # Debian packages, built from a copy of the tree's files in build/deb/
-# (dpkg-buildpackage writes into the parent directory), with their own
-# cargo target directory.  Where Rust comes from rustup rather than Debian
+# (dpkg-buildpackage writes into the parent directory), in the same
+# cargo target directory: the crates it depends on are built once (the
+# package's own crate is compiled again, from the copy; its output
+# there, $(REL)/libnbdcpy.a, is then the copy's, of the same files).  Where Rust comes from rustup rather than Debian
 # packages, the build profile pkg.nbdcpy.rustup drops the rustc and cargo
 # build dependencies.  deb-deps installs the packaging tools with apt-get.
 DEB_PROFILES ?= $(shell dpkg -s rustc >/dev/null 2>&1 || echo -Ppkg.nbdcpy.rustup)
@@ -376,7 +427,7 @@ deb:
 	git ls-files -z --cached --others --exclude-standard | \
 	  xargs -0 cp -P --parents -t $(B)/deb/nbdcpy-$(VERSION)
 	cd $(B)/deb/nbdcpy-$(VERSION) && \
-	  CARGO_TARGET_DIR=$(abspath $(CARGO_TARGET_DIR))/deb \
+	  CARGO_TARGET_DIR=$(abspath $(CARGO_TARGET_DIR)) \
 	  dpkg-buildpackage -b -us -uc $(DEB_PROFILES)
 	lintian --fail-on error $(B)/deb/*.changes
 	@ls -1 $(B)/deb/*.deb
