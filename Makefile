@@ -37,6 +37,8 @@ B          := build
 REL        := $(CARGO_TARGET_DIR)/$(if $(filter dev test,$(CARGO_PROFILE)),debug,$(CARGO_PROFILE))
 LIBSO      := $(B)/libnbdcpy.so.$(VERSION)
 MAP        := src/ffi/nbdcpy.map
+# The exported functions, as the map lists them.
+MAP_FUNCS   = $(shell sed -n 's/^ *\(nbdcpy_[a-z0-9_]*\);/\1/p' $(MAP))
 # One stamp per profile, so switching CARGO_PROFILE runs cargo again.
 STAMP      := $(B)/cargo-$(CARGO_PROFILE).stamp
 # build/profile changes when CARGO_PROFILE does: the products in build/ follow it.
@@ -48,7 +50,7 @@ RUST_SRCS  := $(shell find src -type f) Cargo.toml $(wildcard Cargo.lock) build.
 EXAMPLES   := $(patsubst %.c,%,$(wildcard examples/*.c))
 MULTIARCH  := $(shell $(CC) -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
 
-.PHONY: check-valgrind-panic all lib cli fuzz check check-quick check-tests check-rust check-c check-header check-style check-valgrind \
+.PHONY: check-valgrind-panic all lib cli fuzz check check-quick check-tests check-layout check-man check-rust check-c check-header check-style check-valgrind \
         check-warnings check-symbols check-install check-spdx check-deb header \
         check-header-prefix check-libnbd \
         test-deps deps demo install uninstall bench bench-engines bench-dirty bench-ranges deb deb-deps clean dist check-dist
@@ -113,7 +115,7 @@ header: $(STAMP)
 
 # Everything CI runs.  Installs its test servers first where apt-get
 # exists.  The stages run in this order, each timed ("== STAGE: N s").
-CHECK_STAGES := test-deps check-spdx check-tests check-style all check-warnings check-header \
+CHECK_STAGES := test-deps check-spdx check-tests check-layout check-man check-style all check-warnings check-header \
        check-header-prefix check-symbols check-rust check-c check-valgrind check-install \
        $(if $(LIBNBD_SRC),check-libnbd)
 # Where valgrind runs (check-valgrind), the C tests' shared builds run
@@ -141,6 +143,18 @@ check-quick: check-tests
 	NBDCPY_TEST_ENGINE=$(QUICK_ENGINE) NBDCPY_BIN=$(CURDIR)/$(B)/nbdcpy \
 	  $(CARGO) test --profile test-release $(CARGOFLAGS) --test integration -- --test-threads=2 $(QUICK_TESTS)
 	@echo "make check-quick: passed (engine $(QUICK_ENGINE); make check runs everything)"
+
+# docs/architecture.md's layout table names every module of src/ (every
+# directory and .rs file), so it stays true when modules come and go.
+check-layout:
+	tests/check-layout.sh docs/architecture.md src
+
+# nbdcpy(3)'s NAME lists every exported function of the map (each has a
+# man page linking to it: make install).
+check-man:
+	@name=$$(sed -n '/^\.SH NAME/,/^\.SH/p' nbdcpy.3 | tr -d '\\' | tr ', ' '\n\n'); missing=""; \
+	for f in $(MAP_FUNCS); do printf '%s\n' $$name | grep -qx "$$f" || missing="$$missing $$f"; done; \
+	[ -z "$$missing" ] || { echo "not in nbdcpy.3's NAME section:$$missing"; exit 1; }
 
 # The integration tests are one crate: every tests/*.rs must be a module
 # of tests/main.rs (cargo builds nothing else; see docs/testing.md).
@@ -263,6 +277,7 @@ check-install: all
 	test -L $$st$$lib/libnbdcpy.so.0; \
 	test -L $$st$$lib/libnbdcpy.so; \
 	test -f $$st/usr/share/man/man3/nbdcpy.3; \
+	for f in $(MAP_FUNCS); do grep -qx '.so man3/nbdcpy.3' $$st/usr/share/man/man3/$$f.3; done; \
 	readelf -d $$st$$lib/libnbdcpy.so.$(VERSION) | grep -q 'SONAME.*libnbdcpy.so.0'; \
 	export PKG_CONFIG_SYSROOT_DIR=$$st PKG_CONFIG_LIBDIR=$$st$$lib/pkgconfig; \
 	pkg-config --exact-version=$(VERSION) nbdcpy; \
@@ -363,6 +378,10 @@ install: $(LIBSO) $(B)/libnbdcpy.a $(B)/nbdcpy.install
 	  $(DESTDIR)$(LIBEXECDIR)/nbdcpy/compat/nbdcopy
 	install -m 0644 nbdcpy.1 $(DESTDIR)$(MANDIR)/man1/
 	install -m 0644 nbdcpy.3 $(DESTDIR)$(MANDIR)/man3/
+	@# One page per exported function, a link to nbdcpy(3) (whose NAME lists
+	@# them all: check-man), taken from the map so new functions have one.
+	for f in $(MAP_FUNCS); do \
+	  echo '.so man3/nbdcpy.3' > $(DESTDIR)$(MANDIR)/man3/$$f.3 || exit 1; done
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
 	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' \
 	    nbdcpy.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/nbdcpy.pc
@@ -371,7 +390,8 @@ uninstall:
 	rm -f $(DESTDIR)$(LIBDIR)/libnbdcpy.so* $(DESTDIR)$(LIBDIR)/libnbdcpy.a \
 	  $(DESTDIR)$(INCLUDEDIR)/nbdcpy.h $(DESTDIR)$(BINDIR)/nbdcpy \
 	  $(DESTDIR)$(PKGCONFIGDIR)/nbdcpy.pc $(DESTDIR)$(MANDIR)/man1/nbdcpy.1 \
-	  $(DESTDIR)$(MANDIR)/man3/nbdcpy.3 $(DESTDIR)$(LIBEXECDIR)/nbdcpy/compat/nbdcopy
+	  $(DESTDIR)$(MANDIR)/man3/nbdcpy.3 $(DESTDIR)$(LIBEXECDIR)/nbdcpy/compat/nbdcopy \
+	  $(MAP_FUNCS:%=$(DESTDIR)$(MANDIR)/man3/%.3)
 	-rmdir $(DESTDIR)$(LIBEXECDIR)/nbdcpy/compat $(DESTDIR)$(LIBEXECDIR)/nbdcpy
 
 # A source tarball with the crates vendored, nbdcpy.spec's Source0
@@ -440,6 +460,7 @@ check-deb: deb
 	lib=$$root/usr/lib/$(MULTIARCH); \
 	test -f $$root/usr/share/man/man1/nbdcpy.1.gz; \
 	test -f $$root/usr/share/man/man3/nbdcpy.3.gz; \
+	for f in $(MAP_FUNCS); do test -f $$root/usr/share/man/man3/$$f.3.gz; done; \
 	LD_LIBRARY_PATH=$$lib $$root/usr/bin/nbdcpy --version; \
 	head -c 3M /dev/urandom > $$root/src.img; \
 	LD_LIBRARY_PATH=$$lib $$root/usr/bin/nbdcpy $$root/src.img $$root/dst.img; \
