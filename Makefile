@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 # Copyright (C) 2026 The nbdcpy authors
-# nbdcpy: build, test, install.  Wraps cargo; see README.md.
+# nbdcpy: build, test, install.  Wraps cargo; see README.md and docs/.
 #
 # Standard variables are honoured: CC, CFLAGS, CPPFLAGS, LDFLAGS (the
 # command and the shared library link), CARGO, RUSTFLAGS (from the
@@ -308,7 +308,7 @@ check-valgrind-panic:
 	valgrind -q --fair-sched=yes --error-exitcode=99 "$$bin" --exact $(PANIC_TEST) --test-threads=1
 
 # Every tracked source file carries an SPDX-License-Identifier line in its
-# first 15 lines (see README "Licence"): add
+# first 15 lines (see docs/packaging.md, "Licence"): add
 #   SPDX-License-Identifier: LGPL-2.1-or-later
 #   Copyright (C) <year> The nbdcpy authors
 # in the file's comment syntax.  Documentation, data and Debian control
@@ -395,7 +395,7 @@ uninstall:
 	-rmdir $(DESTDIR)$(LIBEXECDIR)/nbdcpy/compat $(DESTDIR)$(LIBEXECDIR)/nbdcpy
 
 # A source tarball with the crates vendored, nbdcpy.spec's Source0
-# (README "Building offline"): the files of the commit HEAD, vendor/ and
+# (docs/building.md, "Building offline"): the files of the commit HEAD, vendor/ and
 # .cargo/config.toml pointing cargo at it, in nbdcpy-VERSION/.  cargo
 # fetches the crates from crates.io, or with VENDORFLAGS=--offline takes
 # them from its local registry cache.  check-dist builds the tarball's
