@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 # Copyright (C) 2026 The nbdcpy authors
-# nbdcpy: build, test, install.  Wraps cargo; see README.md.
+# nbdcpy: build, test, install.  Wraps cargo; see README.md and docs/.
 #
 # Standard variables are honoured: CC, CFLAGS, CPPFLAGS, LDFLAGS (the
 # command and the shared library link), CARGO, RUSTFLAGS (from the
@@ -44,6 +44,8 @@ B          := build
 REL        := $(CARGO_TARGET_DIR)/$(if $(filter dev test,$(CARGO_PROFILE)),debug,$(CARGO_PROFILE))
 LIBSO      := $(B)/libnbdcpy.so.$(VERSION)
 MAP        := src/ffi/nbdcpy.map
+# The exported functions, as the map lists them.
+MAP_FUNCS   = $(shell sed -n 's/^ *\(nbdcpy_[a-z0-9_]*\);/\1/p' $(MAP))
 # One stamp per profile, so switching CARGO_PROFILE runs cargo again.
 STAMP      := $(B)/cargo-$(CARGO_PROFILE).stamp
 # build/profile changes when CARGO_PROFILE does: the products in build/ follow it.
@@ -55,7 +57,7 @@ RUST_SRCS  := $(shell find src -type f) Cargo.toml $(wildcard Cargo.lock) build.
 EXAMPLES   := $(patsubst %.c,%,$(wildcard examples/*.c))
 MULTIARCH  := $(shell $(CC) -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
 
-.PHONY: check-valgrind-panic all lib cli fuzz check check-rust check-c check-header check-style check-valgrind \
+.PHONY: check-valgrind-panic all lib cli fuzz check check-quick check-tests check-layout check-man check-rust check-c check-header check-style check-valgrind \
         check-warnings check-symbols check-version check-install check-spdx check-deb header \
         check-header-prefix check-libnbd check-python check-go python-wheel bench-drivers \
         test-deps deps demo install uninstall bench bench-engines bench-dirty bench-ranges deb deb-deps clean dist check-dist
@@ -118,11 +120,57 @@ $(B)/no-io-uring: tests/helpers/no-io-uring.c
 header: $(STAMP)
 	cp -f $(B)/nbdcpy.h.gen include/nbdcpy.h
 
-# Everything CI runs.  Installs its test servers first where apt-get exists.
-check: test-deps check-spdx check-style all check-warnings check-header check-header-prefix \
-       check-symbols check-version check-rust check-c check-valgrind check-install check-python check-go \
+# Everything CI runs.  Installs its test servers first where apt-get
+# exists.  The stages run in this order, each timed ("== STAGE: N s").
+CHECK_STAGES := test-deps check-spdx check-tests check-layout check-man check-style all check-warnings check-header \
+       check-header-prefix check-symbols check-version check-rust check-c check-valgrind check-install \
+       check-python check-go \
        $(if $(LIBNBD_SRC),check-libnbd)
-	@echo "make check: all passed"
+# Where valgrind runs (check-valgrind), the C tests' shared builds run
+# under it only, not natively as well (the same code and engines): the
+# static builds run natively (their timing checks) and so does the
+# io_uring-blocked run.
+CHECK_C_VARIANTS := $(if $(or $(shell command -v valgrind),$(NBDCPY_REQUIRE_SERVERS)),static,shared static)
+check:
+	@t0=$$(date +%s); for s in $(CHECK_STAGES); do t=$$(date +%s); \
+	  $(MAKE) --no-print-directory $$s C_VARIANTS="$(CHECK_C_VARIANTS)" || \
+	    { echo "make check: $$s failed"; exit 1; }; \
+	  echo "== $$s: $$(( $$(date +%s) - t )) s"; done; \
+	echo "make check: all passed in $$(( $$(date +%s) - t0 )) s"
+
+# The edit-test loop (about 2 minutes once built): formatting, the unit
+# tests and a few integration modules on one engine, built without LTO
+# (the test-release profile: build/ then holds that build until the next
+# plain `make`).  `make check` is what must pass before a commit.
+QUICK_ENGINE ?= io_uring
+QUICK_TESTS ?= local_copy:: nbd_copy:: cli:: fuzz_smoke::
+check-quick: check-tests
+	$(CARGO) fmt --all -- --check
+	$(MAKE) --no-print-directory all CARGO_PROFILE=test-release
+	NBDCPY_BIN=$(CURDIR)/$(B)/nbdcpy $(CARGO) test --profile test-release $(CARGOFLAGS) --lib -- --test-threads=2
+	NBDCPY_TEST_ENGINE=$(QUICK_ENGINE) NBDCPY_BIN=$(CURDIR)/$(B)/nbdcpy \
+	  $(CARGO) test --profile test-release $(CARGOFLAGS) --test integration -- --test-threads=2 $(QUICK_TESTS)
+	@echo "make check-quick: passed (engine $(QUICK_ENGINE); make check runs everything)"
+
+# docs/architecture.md's layout table names every module of src/ (every
+# directory and .rs file), so it stays true when modules come and go.
+check-layout:
+	tests/check-layout.sh docs/architecture.md src
+
+# nbdcpy(3)'s NAME lists every exported function of the map (each has a
+# man page linking to it: make install).
+check-man:
+	@name=$$(sed -n '/^\.SH NAME/,/^\.SH/p' nbdcpy.3 | tr -d '\\' | tr ', ' '\n\n'); missing=""; \
+	for f in $(MAP_FUNCS); do printf '%s\n' $$name | grep -qx "$$f" || missing="$$missing $$f"; done; \
+	[ -z "$$missing" ] || { echo "not in nbdcpy.3's NAME section:$$missing"; exit 1; }
+
+# The integration tests are one crate: every tests/*.rs must be a module
+# of tests/main.rs (cargo builds nothing else; see docs/testing.md).
+check-tests:
+	@missing=""; for f in tests/*.rs; do m=$$(basename $$f .rs); [ $$m = main ] && continue; \
+	  grep -q "^mod $$m;" tests/main.rs || missing="$$missing $$f"; done; \
+	[ -z "$$missing" ] || { echo "not in tests/main.rs (add 'mod NAME;' there, and in the file"; \
+	  echo "'use crate::common;' instead of 'mod common;'):$$missing"; exit 1; }
 
 check-style:
 	$(CARGO) fmt --all -- --check
@@ -203,18 +251,32 @@ check-version: $(B)/nbdcpy
 	for x in a b c; do if tests/check-version.sh $$t/$$x >/dev/null; then \
 	  echo "check-version: the check passed a tree with a wrong version ($$x)"; exit 1; fi; done
 
-# The unit and doc tests once; the integration tests (tests/*.rs) once
-# per engine: NBDCPY_TEST_ENGINE tells tests/common which one to set
-# (the library never reads it).  Every engine runs even if one fails.
+# The unit and doc tests once; the integration tests (tests/main.rs,
+# one binary) once per engine: NBDCPY_TEST_ENGINE tells tests/common
+# which one to set (the library never reads it).  The modules of
+# ENGINE_FREE_TESTS do not depend on it (they pick their engine
+# themselves, or copy nothing): they run once, with
+# NBDCPY_TEST_ENGINE=none, which makes tests/common panic if one of them
+# asks for the suite's engine.  Every engine runs even if one fails.
+# TEST_PROFILE=test-release builds the tests without LTO (Cargo.toml):
+# measured, with one test binary that costs more than it saves in `make
+# check` (the dependencies are built a second time), so the default is
+# the profile of the library the C tests use.
 TEST_ENGINES ?= io_uring epoll
-CARGO_TEST := $(CARGO) test --profile $(CARGO_PROFILE) $(CARGOFLAGS)
-check-rust: all
+TEST_PROFILE ?= $(CARGO_PROFILE)
+ENGINE_FREE_TESTS := container:: fuzz_smoke::
+CARGO_TEST := $(CARGO) test --profile $(TEST_PROFILE) $(CARGOFLAGS)
+check-rust: all check-tests
 	NBDCPY_BIN=$(CURDIR)/$(B)/nbdcpy $(CARGO_TEST) --lib -- --test-threads=2
 	$(CARGO_TEST) --doc -- --test-threads=2
-	@failed=""; for e in $(TEST_ENGINES); do \
+	@failed=""; echo "== integration tests that do not depend on the engine: $(ENGINE_FREE_TESTS)"; \
+	NBDCPY_TEST_ENGINE=none NBDCPY_BIN=$(CURDIR)/$(B)/nbdcpy \
+	  $(CARGO_TEST) --test integration -- --test-threads=2 $(ENGINE_FREE_TESTS) || failed=" engine-free"; \
+	for e in $(TEST_ENGINES); do \
 	  echo "== integration tests, engine $$e"; \
 	  NBDCPY_TEST_ENGINE=$$e NBDCPY_BIN=$(CURDIR)/$(B)/nbdcpy \
-	    $(CARGO_TEST) --test '*' -- --test-threads=2 || failed="$$failed $$e"; done; \
+	    $(CARGO_TEST) --test integration -- --test-threads=2 $(ENGINE_FREE_TESTS:%=--skip %) || \
+	    failed="$$failed $$e"; done; \
 	[ -z "$$failed" ] || { echo "check-rust: integration tests failed on:$$failed"; exit 1; }
 
 # libnbd's own nbdcopy tests (copy/*.sh of a libnbd source tree, e.g.
@@ -226,8 +288,9 @@ check-libnbd: $(B)/nbdcpy
 	@test -n "$(LIBNBD_SRC)" || { echo "check-libnbd: set LIBNBD_SRC=DIR (a libnbd source tree)"; exit 2; }
 	tests/check-libnbd.sh "$(LIBNBD_SRC)" $(B)/nbdcpy
 
+C_VARIANTS ?= shared static
 check-c: all
-	$(MAKE) -C c-tests check B=$(CURDIR)/$(B) TEST_ENGINES="$(TEST_ENGINES)"
+	$(MAKE) -C c-tests check B=$(CURDIR)/$(B) TEST_ENGINES="$(TEST_ENGINES)" VARIANTS="$(C_VARIANTS)"
 
 # The bindings (bindings/python, bindings/go) against the library in
 # $(B): their tests on each engine, then their examples (a copy checked
@@ -294,6 +357,7 @@ check-install: all
 	test -L $$st$$lib/libnbdcpy.so.0; \
 	test -L $$st$$lib/libnbdcpy.so; \
 	test -f $$st/usr/share/man/man3/nbdcpy.3; \
+	for f in $(MAP_FUNCS); do grep -qx '.so man3/nbdcpy.3' $$st/usr/share/man/man3/$$f.3; done; \
 	readelf -d $$st$$lib/libnbdcpy.so.$(VERSION) | grep -q 'SONAME.*libnbdcpy.so.0'; \
 	export PKG_CONFIG_SYSROOT_DIR=$$st PKG_CONFIG_LIBDIR=$$st$$lib/pkgconfig; \
 	pkg-config --exact-version=$(VERSION) nbdcpy; \
@@ -317,14 +381,14 @@ check-valgrind: all
 # no invalid read or write, nbdcpy_run fails, the next copy succeeds.
 PANIC_TEST := ffi::panic_test::a_worker_panic_mid_copy_is_an_error_and_the_next_copy_works
 check-valgrind-panic:
-	@set -e; bin=$$($(CARGO) test --profile $(CARGO_PROFILE) $(CARGOFLAGS) --lib --no-run \
+	@set -e; bin=$$($(CARGO) test --profile $(TEST_PROFILE) $(CARGOFLAGS) --lib --no-run \
 	    --message-format=json 2>/dev/null | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | head -1); \
 	[ -n "$$bin" ] || { echo "check-valgrind-panic: cannot build the unit tests"; exit 1; }; \
 	echo "== worker panic mid-copy (valgrind)"; \
 	valgrind -q --fair-sched=yes --error-exitcode=99 "$$bin" --exact $(PANIC_TEST) --test-threads=1
 
 # Every tracked source file carries an SPDX-License-Identifier line in its
-# first 15 lines (see README "Licence"): add
+# first 15 lines (see docs/packaging.md, "Licence"): add
 #   SPDX-License-Identifier: LGPL-2.1-or-later
 #   Copyright (C) <year> The nbdcpy authors
 # in the file's comment syntax.  Documentation, data and Debian control
@@ -394,6 +458,10 @@ install: $(LIBSO) $(B)/libnbdcpy.a $(B)/nbdcpy.install
 	  $(DESTDIR)$(LIBEXECDIR)/nbdcpy/compat/nbdcopy
 	install -m 0644 nbdcpy.1 $(DESTDIR)$(MANDIR)/man1/
 	install -m 0644 nbdcpy.3 $(DESTDIR)$(MANDIR)/man3/
+	@# One page per exported function, a link to nbdcpy(3) (whose NAME lists
+	@# them all: check-man), taken from the map so new functions have one.
+	for f in $(MAP_FUNCS); do \
+	  echo '.so man3/nbdcpy.3' > $(DESTDIR)$(MANDIR)/man3/$$f.3 || exit 1; done
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
 	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' \
 	    nbdcpy.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/nbdcpy.pc
@@ -407,12 +475,13 @@ uninstall:
 	rm -f $(DESTDIR)$(LIBDIR)/libnbdcpy.so* $(DESTDIR)$(LIBDIR)/libnbdcpy.a \
 	  $(DESTDIR)$(INCLUDEDIR)/nbdcpy.h $(DESTDIR)$(BINDIR)/nbdcpy \
 	  $(DESTDIR)$(PKGCONFIGDIR)/nbdcpy.pc $(DESTDIR)$(MANDIR)/man1/nbdcpy.1 \
-	  $(DESTDIR)$(MANDIR)/man3/nbdcpy.3 $(DESTDIR)$(LIBEXECDIR)/nbdcpy/compat/nbdcopy
+	  $(DESTDIR)$(MANDIR)/man3/nbdcpy.3 $(DESTDIR)$(LIBEXECDIR)/nbdcpy/compat/nbdcopy \
+	  $(MAP_FUNCS:%=$(DESTDIR)$(MANDIR)/man3/%.3)
 	rm -rf $(DESTDIR)$(GODIR) $(DESTDIR)$(PYTHONDIR)/nbdcpy
 	-rmdir $(DESTDIR)$(LIBEXECDIR)/nbdcpy/compat $(DESTDIR)$(LIBEXECDIR)/nbdcpy
 
 # A source tarball with the crates vendored, nbdcpy.spec's Source0
-# (README "Building offline"): the files of the commit HEAD, vendor/ and
+# (docs/building.md, "Building offline"): the files of the commit HEAD, vendor/ and
 # .cargo/config.toml pointing cargo at it, in nbdcpy-VERSION/.  cargo
 # fetches the crates from crates.io, or with VENDORFLAGS=--offline takes
 # them from its local registry cache.  check-dist builds the tarball's
@@ -441,8 +510,10 @@ check-dist: dist
 	echo "check-dist: the vendored tarball builds offline"
 
 # Debian packages, built from a copy of the tree's files in build/deb/
-# (dpkg-buildpackage writes into the parent directory), with their own
-# cargo target directory.  Where Rust comes from rustup rather than Debian
+# (dpkg-buildpackage writes into the parent directory), in the same
+# cargo target directory: the crates it depends on are built once (the
+# package's own crate is compiled again, from the copy; its output
+# there, $(REL)/libnbdcpy.a, is then the copy's, of the same files).  Where Rust comes from rustup rather than Debian
 # packages, the build profile pkg.nbdcpy.rustup drops the rustc and cargo
 # build dependencies.  deb-deps installs the packaging tools with apt-get.
 DEB_PROFILES ?= $(shell dpkg -s rustc >/dev/null 2>&1 || echo -Ppkg.nbdcpy.rustup)
@@ -462,7 +533,7 @@ deb:
 	git ls-files -z --cached --others --exclude-standard | \
 	  xargs -0 cp -P --parents -t $(B)/deb/nbdcpy-$(VERSION)
 	cd $(B)/deb/nbdcpy-$(VERSION) && \
-	  CARGO_TARGET_DIR=$(abspath $(CARGO_TARGET_DIR))/deb \
+	  CARGO_TARGET_DIR=$(abspath $(CARGO_TARGET_DIR)) \
 	  dpkg-buildpackage -b -us -uc $(DEB_PROFILES)
 	lintian --fail-on error $(B)/deb/*.changes
 	@ls -1 $(B)/deb/*.deb
@@ -475,6 +546,7 @@ check-deb: deb
 	lib=$$root/usr/lib/$(MULTIARCH); \
 	test -f $$root/usr/share/man/man1/nbdcpy.1.gz; \
 	test -f $$root/usr/share/man/man3/nbdcpy.3.gz; \
+	for f in $(MAP_FUNCS); do test -f $$root/usr/share/man/man3/$$f.3.gz; done; \
 	LD_LIBRARY_PATH=$$lib $$root/usr/bin/nbdcpy --version; \
 	head -c 3M /dev/urandom > $$root/src.img; \
 	LD_LIBRARY_PATH=$$lib $$root/usr/bin/nbdcpy $$root/src.img $$root/dst.img; \

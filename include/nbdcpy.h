@@ -498,7 +498,7 @@ int nbdcpy_config_set_command(struct nbdcpy_config *config, int side, const char
 
 // Frees a config.  NULL is allowed.  A pointer that is not a live config
 // (freed already, or never one) is detected and ignored, and
-// nbdcpy_get_error() then says so (see the README, "Handles").
+// nbdcpy_get_error() then says so (see docs/c-api.md, "Handles").
 //
 // Any pointer value is accepted.
 void nbdcpy_config_free(struct nbdcpy_config *config);

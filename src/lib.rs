@@ -3,12 +3,11 @@
 
 //! nbdcpy: a fast NBD disk image copier on io_uring (or epoll), with a C API.
 //
-// nbdcpy: a fast NBD disk image copier on io_uring, with a C API.
-//
 // Layers (dependencies point down): `ffi` (C ABI) -> `copy` (the job and
-// its io_uring workers) -> `endpoint` (what can be copied from/to) ->
-// `engine` (io_uring and epoll engines, the buffers they own), `sys` (safe system call wrappers) and
-// `proto` (sans-I/O NBD).
+// its worker threads, each on the copy's one engine) -> `endpoint` (what
+// can be copied from/to) -> `engine` (the io_uring and epoll engines, the
+// buffers they own), `tls`, `sys` (safe system call wrappers) and `proto`
+// (sans-I/O NBD).  docs/architecture.md has the layout and the rules.
 
 pub(crate) mod blkhash;
 pub mod config;

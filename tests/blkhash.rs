@@ -8,7 +8,7 @@
 //! source in well under a second, and --verify catching a destination
 //! that silently drops a write.
 
-mod common;
+use crate::common;
 use common::*;
 use std::path::Path;
 use std::process::{Command, Output};

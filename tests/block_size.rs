@@ -6,7 +6,7 @@
 //! device with 4 KiB sectors) get only aligned requests, on both sides and
 //! every data path; an explicit request size reaches the server whole.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 
 //! --checkpoint: copies killed at random instants resume to the right bytes; mismatches, damage and failed flushes are refused or never recorded.
 
-mod common;
+use crate::common;
 use common::*;
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -324,7 +324,7 @@ fn verbose_prints_the_library_log() {
     assert!(stderr(&o).contains("bogus"));
 }
 
-mod common;
+use crate::common;
 
 /// After a moment, no process mentions any `needle` in its command line
 /// (servers are gone); else fails with the needle's message.

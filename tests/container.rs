@@ -15,7 +15,7 @@
 // (SKIP line) only where seccomp filters cannot be installed, and fail
 // instead under NBDCPY_REQUIRE_SERVERS=1.
 
-mod common;
+use crate::common;
 use common::*;
 use std::io::Write;
 use std::path::{Path, PathBuf};

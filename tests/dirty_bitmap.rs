@@ -7,7 +7,7 @@
 //! onto the full copy.  The result is checked with qemu-img compare, and
 //! qemu's own trace of block reads shows that clean areas were not read.
 
-mod common;
+use crate::common;
 use common::*;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};

@@ -5,7 +5,7 @@
 //! (libnbd's nbdcopy is the reference) must give the same exit status and
 //! the same destination contents.
 
-mod common;
+use crate::common;
 use common::*;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};

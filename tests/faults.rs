@@ -6,7 +6,7 @@
 //! mid-copy, and a full destination.  Never exit 0, always name the
 //! offset and the side, never hang, never report as copied what was not.
 
-mod common;
+use crate::common;
 use common::hostile::{Hostile, Mode};
 use common::*;
 use nbdcpy::testing::Side::{self, Destination, Source};

@@ -6,7 +6,7 @@
 //! scripted server in common/hostile.rs ends in a clear error within a
 //! bounded time, and the destination outside the copied range is intact.
 
-mod common;
+use crate::common;
 use common::hostile::{pattern_byte, Hostile, Mode, ALL_BAD, SLOW_OP};
 use common::*;
 use nbdcpy::testing::Side;

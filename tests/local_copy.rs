@@ -4,7 +4,7 @@
 //! Local copies through the library: regular files of awkward sizes,
 //! many lanes and tiny requests, streams and null:.  Verified with `cmp`.
 
-mod common;
+use crate::common;
 
 use nbdcpy::testing::Spec;
 use nbdcpy::Job;

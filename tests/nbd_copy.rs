@@ -5,7 +5,7 @@
 //! with structured replies and with --no-sr, nbd-server with simple
 //! replies), as source and destination, verified by independent readers.
 
-mod common;
+use crate::common;
 use common::*;
 
 const MIB: usize = 1 << 20;

@@ -7,7 +7,7 @@
 // logging nbdkit-eval destination receives; nbdcopy hands out the work
 // in 128 MiB pieces and zeroes each piece's holes on its own.
 
-mod common;
+use crate::common;
 use common::*;
 use std::process::{Command, Stdio};
 

@@ -10,7 +10,7 @@
 //! the export's backing file).  Also: a file copied onto itself is refused,
 //! an NBD export copied onto itself is allowed and unchanged.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::io::Write;

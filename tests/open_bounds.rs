@@ -5,7 +5,7 @@
 //! command fail within --timeout, and Ctrl-C ends a connect that would
 //! wait forever; a server subprocess that never answers is reaped.
 
-mod common;
+use crate::common;
 
 use common::TempDir;
 use std::os::unix::net::UnixListener;

@@ -6,7 +6,7 @@
 //! cancel), sees the abort as the client's last option; nbdkit's own log
 //! says so.
 
-mod common;
+use crate::common;
 
 use common::TempDir;
 use std::io::{Read, Write};

@@ -7,7 +7,7 @@
 //! directory, measured with mincore (and fincore where installed), the
 //! data checked with qemu-img compare.
 
-mod common;
+use crate::common;
 
 use common::{nbdkit, TempDir};
 use std::os::fd::AsRawFd;

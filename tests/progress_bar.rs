@@ -3,7 +3,7 @@
 
 //! The command's `-p` bar read as migration tools read nbdcopy's, and its `-v` lines in nbdcopy's form.
 
-mod common;
+use crate::common;
 use common::*;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};

@@ -9,7 +9,7 @@
 // multi-conn; lists from files and stdin; every malformed input leaves the
 // destination unchanged.  Checked with std::fs, cmp and qemu-img.
 
-mod common;
+use crate::common;
 use common::*;
 use std::io::Write;
 use std::path::{Path, PathBuf};

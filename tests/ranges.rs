@@ -6,7 +6,7 @@
 //! full of other data: the range lands where asked, everything outside it
 //! is untouched (read back independently: std::fs, qemu-img).
 
-mod common;
+use crate::common;
 use common::*;
 
 const M: usize = 1 << 20;

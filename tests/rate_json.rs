@@ -4,7 +4,7 @@
 //! `--rate=SIZE` (measured against real servers, progress included) and
 //! `--json[=FD]` (parsed by Python's json module, success and failures).
 
-mod common;
+use crate::common;
 
 use common::{nbdkit, qemu_nbd, require, write_file, TempDir};
 use std::collections::HashMap;

@@ -10,7 +10,7 @@
 // `retried_requests` and print one -v line for each; without, the first
 // EIO fails it cleanly; ENOSPC fails at once even with --retries.
 
-mod common;
+use crate::common;
 
 use common::{cmp, nbdkit, pattern, require, write_file, TempDir};
 use std::path::Path;

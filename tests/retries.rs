@@ -11,7 +11,7 @@
 // the backoff, error replies (other than EIO, request_retries.rs), and
 // the default (no retries).
 
-mod common;
+use crate::common;
 
 use common::{cmp, die_with_parent, free_port, nbdcpy_bin, pattern, require, write_file, TempDir};
 use std::path::{Path, PathBuf};

@@ -11,7 +11,7 @@
 // nc (netcat-openbsd) bridges.  Copies are checked with cmp(1); after
 // each run no process naming the test's directory is left.
 
-mod common;
+use crate::common;
 
 use common::{cmp, die_with_parent, free_port, nbdkit, pattern, require, write_file, TempDir};
 use std::path::{Path, PathBuf};

@@ -9,7 +9,7 @@
 //! Certificates are made here with openssl; copies are checked with cmp
 //! on the servers' files.
 
-mod common;
+use crate::common;
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -853,7 +853,7 @@ pub unsafe extern "C" fn nbdcpy_config_set_command(
 
 /// Frees a config.  NULL is allowed.  A pointer that is not a live config
 /// (freed already, or never one) is detected and ignored, and
-/// nbdcpy_get_error() then says so (see the README, "Handles").
+/// nbdcpy_get_error() then says so (see docs/c-api.md, "Handles").
 ///
 /// Any pointer value is accepted.
 #[no_mangle]

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 /// Whether the kernel offers kernel TLS (the `tls` module).  This
 /// kernel-side record layer is not used yet: sessions always encrypt in
-/// user space (see README).
+/// user space (see docs/tls.md).
 pub fn ktls_available() -> bool {
     std::path::Path::new("/proc/net/tls_stat").exists()
 }

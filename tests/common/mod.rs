@@ -89,11 +89,17 @@ pub fn nbdcpy_bin() -> Option<PathBuf> {
 /// or epoll (`make check-rust` runs the integration tests once with
 /// each); None when unset (no `engine` key set: the library's default).
 /// The variable belongs to this harness only: the library never reads it.
+/// `none` is the run of the modules that `make check` runs once
+/// (ENGINE_FREE_TESTS in the Makefile): a test there that asks for the
+/// suite's engine fails, as it must run on each.
 pub fn test_engine() -> Option<&'static str> {
     match std::env::var("NBDCPY_TEST_ENGINE").as_deref() {
         Err(_) | Ok("") => None,
         Ok("io_uring") => Some("io_uring"),
         Ok("epoll") => Some("epoll"),
+        Ok("none") => panic!(
+            "this test uses the suite's engine: remove its module from ENGINE_FREE_TESTS (Makefile)"
+        ),
         Ok(v) => panic!("NBDCPY_TEST_ENGINE must be io_uring or epoll, not '{v}'"),
     }
 }
