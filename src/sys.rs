@@ -54,15 +54,28 @@ pub fn send(fd: RawFd, buf: &[u8], flags: libc::c_int) -> io::Result<usize> {
 #[derive(Clone, Copy, Debug)]
 pub struct FdStream(pub RawFd);
 
+/// Runs `f` again while it fails with EINTR: a blocking socket call with
+/// SO_RCVTIMEO/SO_SNDTIMEO is not restarted after a signal handler even
+/// with SA_RESTART (signal(7)), and the host's handlers (SIGCHLD,
+/// SIGWINCH...) may run on any thread.
+fn retry_eintr<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match f() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
+}
+
 impl io::Read for FdStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        recv(self.0, buf, 0)
+        retry_eintr(|| recv(self.0, buf, 0))
     }
 }
 
 impl io::Write for FdStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        send(self.0, buf, 0)
+        retry_eintr(|| send(self.0, buf, 0))
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -717,6 +730,46 @@ pub fn resident_pages(fd: RawFd, offset: u64, len: u64, out: &mut Vec<u8>) -> io
 mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
+
+    extern "C" fn no_op(_: libc::c_int) {}
+
+    /// A host's signal handler running on the thread blocked in a
+    /// FdStream read (the TLS handshake's) does not fail the read.
+    #[test]
+    fn fd_stream_read_survives_a_signal() {
+        use std::io::Read;
+        // SAFETY: a handler that does nothing, for a signal whose default
+        // is to be ignored (nothing else in the tests uses SIGWINCH);
+        // sigaction is given valid, initialised structures.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = no_op as extern "C" fn(libc::c_int) as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            assert_eq!(
+                libc::sigaction(libc::SIGWINCH, &sa, std::ptr::null_mut()),
+                0
+            );
+        }
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        b.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 5];
+            let n = FdStream(b.as_raw_fd()).read(&mut buf);
+            n.map(|n| buf[..n].to_vec())
+        });
+        let tid = std::os::unix::thread::JoinHandleExt::as_pthread_t(&reader);
+        // The reader blocks in recv; interrupt it a few times, then send.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        for _ in 0..5 {
+            // SAFETY: tid names a thread not joined yet (its pthread_t
+            // stays valid until the join below).
+            unsafe { libc::pthread_kill(tid, libc::SIGWINCH) };
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        send(a.as_raw_fd(), b"hello", 0).unwrap();
+        assert_eq!(reader.join().unwrap().unwrap(), b"hello");
+    }
 
     #[test]
     fn pipe_send_and_splice() {
