@@ -270,7 +270,6 @@ impl Engine {
         })
     }
 
-    #[cfg(test)]
     pub fn kind(&self) -> EngineKind {
         match self {
             Engine::Uring(_) => EngineKind::IoUring,
