@@ -55,12 +55,12 @@ impl Chunk {
                 }
             }
             Some(p) => match p.prepend(hdr) {
-                Some(joined) => Chunk {
+                Ok(joined) => Chunk {
                     head,
                     head_len: 0,
                     body: Some(joined),
                 },
-                None => {
+                Err(p) => {
                     head[..hdr.len()].copy_from_slice(hdr);
                     Chunk {
                         head,

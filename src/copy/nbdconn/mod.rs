@@ -253,6 +253,10 @@ impl NbdConn {
             Some(_) => (block, None),
             None => (None, block),
         };
+        // The book's copy of a payload has no room: the header goes in
+        // front of the one sent.
+        let mut payload = payload;
+        let kept = payload.as_mut().map(Span::share);
         self.book.insert(
             req.cookie,
             Pending {
@@ -262,7 +266,7 @@ impl NbdConn {
                 kind,
                 cmd: req.cmd,
                 flags: req.flags,
-                payload: payload.clone(),
+                payload: kept,
                 block: held,
             },
         );

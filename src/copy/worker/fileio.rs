@@ -204,7 +204,7 @@ impl Worker<'_> {
         fd: RawFd,
         stream: bool,
     ) -> Result<()> {
-        let op = &lane.ops[oi as usize];
+        let op = &mut lane.ops[oi as usize];
         if lane.params.direct_file_writes && !stream {
             if let OpKind::Write | OpKind::WriteZeroes = op.kind {
                 // Page-cache writes that io_uring would hand to an io-wq
@@ -338,9 +338,9 @@ impl Worker<'_> {
 impl WriteOp {
     /// What is left to write: the rest of the data, or (zeroing by
     /// writes) up to 32 MiB of zeroes.
-    fn rest(&self) -> Span {
-        match &self.data {
-            Some(d) => d.sub(self.done as usize, d.len(), 0),
+    fn rest(&mut self) -> Span {
+        match &mut self.data {
+            Some(d) => d.sub(self.done as usize, d.len()),
             None => Span::zeroes((self.len - self.done).min(32 << 20) as usize),
         }
     }
