@@ -316,11 +316,6 @@ impl BlockPool {
         &self.blocks[id as usize]
     }
 
-    /// Where the bytes never handed to a span start in block `id`.
-    pub fn spanned(&self, id: u32) -> usize {
-        self.spanned[id as usize]
-    }
-
     /// Bytes [start, end) of block `id` (exactly those: a receive may
     /// be writing the block's tail).
     pub fn slice(&self, id: u32, start: usize, end: usize) -> &[u8] {

@@ -253,10 +253,14 @@ impl NbdConn {
             Some(_) => (block, None),
             None => (None, block),
         };
-        // The book's copy of a payload has no room: the header goes in
-        // front of the one sent.
+        // A connection that may be resumed keeps a copy of the payload
+        // (without room: the header goes in front of the one sent); one
+        // that may not keeps none, so the buffer is free once sent.
         let mut payload = payload;
-        let kept = payload.as_mut().map(Span::share);
+        let kept = match self.retry {
+            Some(_) => payload.as_mut().map(Span::share),
+            None => None,
+        };
         self.book.insert(
             req.cookie,
             Pending {

@@ -313,6 +313,8 @@ impl Worker<'_> {
             return self.push_file_op(lane_id, lane, oi, fd, stream);
         }
         let (slot_id, offset, len, block) = (op.slot, op.offset, op.len, op.block.take());
+        // The data's buffer is free for reuse once nothing holds it.
+        op.data = None;
         lane.free_ops.push(oi);
         if !matches!(kind, OpKind::Fallocate(_)) && !stream {
             lane.cache.wrote(offset, len)?;
