@@ -326,12 +326,14 @@ fn verbose_prints_the_library_log() {
 
 use crate::common;
 
-/// After a moment, no process mentions any `needle` in its command line
+/// Within 5 s no process mentions any `needle` in its command line
 /// (servers are gone); else fails with the needle's message.
 fn assert_none_left(needles: &[(&Path, &str)]) {
-    std::thread::sleep(std::time::Duration::from_millis(100));
     for (needle, msg) in needles {
-        assert!(procs_with(&needle.to_string_lossy()).is_empty(), "{msg}");
+        let gone = common::poll_until(std::time::Duration::from_secs(5), || {
+            procs_with(&needle.to_string_lossy()).is_empty()
+        });
+        assert!(gone, "{msg}: {:?}", procs_with(&needle.to_string_lossy()));
     }
 }
 
@@ -483,7 +485,12 @@ fn ctrl_c_cancels_cleanly() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(800));
+    // The server wrote its pidfile: it serves, and the copy is under way
+    // (or about to be).
+    let started = common::poll_until(std::time::Duration::from_secs(10), || {
+        std::fs::metadata(&marker).is_ok_and(|m| m.len() > 0)
+    });
+    assert!(started, "the server did not write {}", marker.display());
     // SAFETY: signalling our own child.
     unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
     let t0 = std::time::Instant::now();

@@ -15,6 +15,17 @@ use std::time::{Duration, Instant};
 
 /// Runs a copy and returns (result, bytes_done, size).
 fn run(src: &str, dst: &str, opts: &[(&str, &str)]) -> (nbdcpy::Result<()>, u64, u64) {
+    run_seen(src, dst, opts, &mut |_| {})
+}
+
+/// `run`, calling `seen` with the bytes done at each progress report
+/// (every 10 ms).
+fn run_seen(
+    src: &str,
+    dst: &str,
+    opts: &[(&str, &str)],
+    seen: &mut dyn FnMut(u64),
+) -> (nbdcpy::Result<()>, u64, u64) {
     let mut cfg = common::config();
     for (k, v) in opts {
         cfg.set(k, Some(v)).unwrap();
@@ -28,7 +39,10 @@ fn run(src: &str, dst: &str, opts: &[(&str, &str)]) -> (nbdcpy::Result<()>, u64,
         Err(e) => return (Err(e), 0, 0),
     };
     let t0 = Instant::now();
-    let r = job.run(Duration::from_millis(50), &mut |_| true);
+    let r = job.run(Duration::from_millis(10), &mut |s| {
+        seen(s.bytes_done.load(Relaxed));
+        true
+    });
     let s = job.shared();
     // The evidence table (cargo test --test faults -- --nocapture).
     eprintln!(
@@ -152,12 +166,19 @@ fn server_killed_mid_copy() {
     let d = TempDir::new("kill");
     let mut s = nbdkit(&d, &["--filter=delay", "pattern", "1G", "rdelay=20ms"]);
     let uri = s.uri();
+    let (tx, rx) = std::sync::mpsc::channel();
     let h = std::thread::spawn(move || {
         let t0 = Instant::now();
-        let r = run(&uri, "null:", &[]);
+        let r = run_seen(&uri, "null:", &[], &mut |done| {
+            if done > 0 {
+                let _ = tx.send(());
+            }
+        });
         (r, t0.elapsed())
     });
-    std::thread::sleep(Duration::from_millis(400));
+    // The kill comes once data has moved (the copy is under way).
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("no data copied within 20 s");
     let killed = Instant::now();
     s.kill_now();
     let ((r, done, size), _) = h.join().unwrap();

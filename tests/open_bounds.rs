@@ -56,14 +56,21 @@ fn interrupt_ends_a_hanging_connect() {
     };
     let d = TempDir::new("open-int");
     let sock = d.file("silent.sock");
-    let _l = UnixListener::bind(&sock).unwrap();
+    let l = UnixListener::bind(&sock).unwrap();
+    l.set_nonblocking(true).unwrap();
     let uri = format!("nbd+unix:///?socket={}", sock.display());
     let mut c = common::nbdcpy_cmd()
         .args(["--timeout=0", &uri, "null:"])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // The command has connected (and waits for a greeting that never comes).
+    let mut conn = None;
+    let came = common::poll_until(Duration::from_secs(10), || {
+        conn = l.accept().ok();
+        conn.is_some()
+    });
+    assert!(came, "the command did not connect");
     assert!(
         c.try_wait().unwrap().is_none(),
         "no answer: still connecting"
@@ -98,6 +105,6 @@ fn silent_subprocess_is_reaped() {
     assert_eq!(o.status.code(), Some(1));
     assert!(t0.elapsed() < Duration::from_secs(4));
     assert!(String::from_utf8_lossy(&o.stderr).contains("did not answer within 1 second "));
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(!marker.exists(), "the server subprocess is still running");
+    let gone = common::poll_until(Duration::from_secs(5), || !marker.exists());
+    assert!(gone, "the server subprocess is still running");
 }

@@ -218,6 +218,26 @@ impl CopyRun {
         })
     }
 
+    /// Waits (at most 10 s) until the copy is under way: every
+    /// connection is open and its worker threads ("nbdcpy-worker") run.
+    fn wait_copying(&mut self) {
+        let pid = self.child.id();
+        let on = common::poll_until(Duration::from_secs(10), || {
+            common::has_thread(pid, "nbdcpy-worker")
+        });
+        assert!(on, "no worker within 10 s");
+        assert!(self.running(), "the copy ended early");
+    }
+
+    /// Waits (at most `limit`) until the command has a reconnect under
+    /// way (its helper thread "nbdcpy-redial" waits or dials).
+    fn wait_redialing(&mut self, limit: Duration) {
+        let pid = self.child.id();
+        let redial = common::poll_until(limit, || common::has_thread(pid, "nbdcpy-redial"));
+        assert!(redial, "no reconnect within {limit:?}");
+        assert!(self.running(), "the copy ended early");
+    }
+
     /// The command copying `from` to `to` with `opts`, then two requests
     /// of 64 KiB at a time.
     fn start_small(dir: &TempDir, opts: &[&str], from: &str, to: &str) -> Option<CopyRun> {
@@ -283,6 +303,7 @@ fn counter(stderr: &str, what: &str) -> u64 {
 /// started again after a random pause.  Returns how many kills happened
 /// while the copy ran.
 fn chaos(run: &mut CopyRun, srvs: &mut [&mut Srv], kills: usize, rng: &mut Rng) -> usize {
+    run.wait_copying();
     let mut n = 0;
     for k in 0..kills {
         std::thread::sleep(rng.ms(150, 600));
@@ -332,10 +353,9 @@ fn survives_kills(mut run: CopyRun, s: &mut Srv, src: &Path, dst: &Path) {
     check_ok(st, &err, kills, src, dst);
 }
 
-/// Waits 300 ms into `run` (which must still be running), then kills `s`.
+/// Waits until `run` is under way (and still running), then kills `s`.
 fn kill_mid_copy(run: &mut CopyRun, s: &mut Srv) {
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(run.running());
+    run.wait_copying();
     s.kill();
 }
 
@@ -463,10 +483,9 @@ fn sigint_during_the_backoff_cancels() {
     let Some(mut run) = CopyRun::start_small(&dir, &opts, &s.uri(), dst.to_str().unwrap()) else {
         return;
     };
-    std::thread::sleep(Duration::from_millis(300));
-    s.kill();
-    std::thread::sleep(Duration::from_millis(700));
-    assert!(run.running(), "waits to reconnect");
+    kill_mid_copy(&mut run, &mut s);
+    // It noticed and waits to reconnect (20 s before the first attempt).
+    run.wait_redialing(Duration::from_secs(10));
     // SAFETY: signalling the child this test started.
     unsafe { libc::kill(run.child.id() as i32, libc::SIGINT) };
     let sent = Instant::now();
@@ -517,11 +536,10 @@ fn without_retries_a_lost_connection_fails_the_copy() {
         return;
     };
     let mut s = Srv::slow_reads(&dir, &src);
-    let Some(run) = CopyRun::start_small(&dir, &[], &s.uri(), dst.to_str().unwrap()) else {
+    let Some(mut run) = CopyRun::start_small(&dir, &[], &s.uri(), dst.to_str().unwrap()) else {
         return;
     };
-    std::thread::sleep(Duration::from_millis(300));
-    s.kill();
+    kill_mid_copy(&mut run, &mut s);
     s.start();
     let (st, err) = run.wait(Duration::from_secs(30));
     assert_eq!(st.code(), Some(1), "{err}");
@@ -538,15 +556,14 @@ fn a_stalled_server_is_reconnected_after_the_timeout() {
     let Some(mut run) = CopyRun::start_small(&dir, &opts, &s.uri(), dst.to_str().unwrap()) else {
         return;
     };
-    std::thread::sleep(Duration::from_millis(300));
+    run.wait_copying();
     // The server stops answering (its connections stay open) ...
     let pid = s.child.as_ref().unwrap().id() as i32;
     // SAFETY: signalling the server this test started.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
-    // ... past the timeout (the first reconnect hangs in its handshake),
-    // then is replaced by a new one.
-    std::thread::sleep(Duration::from_millis(2000));
-    assert!(run.running(), "waits for the server");
+    // ... past the timeout (the stall is taken as a loss: a reconnect
+    // starts, and hangs in its handshake), then is replaced by a new one.
+    run.wait_redialing(Duration::from_secs(10));
     s.kill();
     s.start();
     let (st, err) = run.wait(Duration::from_secs(60));

@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub mod ckptfile;
 pub mod compat;
 pub mod dirty;
+pub mod gate;
 pub mod integrity;
 pub mod nbdconn;
 pub mod plan;
@@ -29,8 +30,9 @@ use crate::endpoint::file::FileKind;
 use crate::endpoint::nbd::{FastZero, NbdEndpoint};
 use crate::endpoint::pagecache::{FileCache, LaneCache};
 use crate::endpoint::{Endpoint, Side, Spec};
-use crate::engine::{Choice, EngineKind};
+use crate::engine::Choice;
 use crate::error::{Error, Result};
+use gate::EngineGate;
 use plan::{EndFacts, Plan};
 use stats::Shared;
 use std::os::fd::AsRawFd;
@@ -436,10 +438,10 @@ impl Job {
         progress: &mut dyn FnMut(&Shared) -> bool,
     ) -> Result<()> {
         // The engine first: a forced io_uring that cannot run fails
-        // before the destination is touched.
+        // before the destination is touched.  The workers then follow
+        // this choice together or fall back together (`gate`), and the
+        // engine they ran is the one logged and reported.
         let engine = Choice::decide(self.cfg.engine)?;
-        self.log().emit(Level::Info, || engine.describe());
-        let _ = self.shared.engine.set(engine.kind);
         let src_size = self.src_size();
         if self.cfg.blkhash.is_some() || self.cfg.verify || self.readback.is_some() {
             let mut h = crate::blkhash::BlockHasher::new(
@@ -548,14 +550,12 @@ impl Job {
                 lane.ckpt = Some(checkpoint::LaneCheckpoint::new(c.tracker.clone()));
             }
         }
-        let fallback = self.cfg.engine == crate::config::EngineChoice::Auto;
-        let engine = (engine.kind, fallback);
         let mut ckpt = self.ckpt.take();
         let r = self.run_workers(
             lanes,
             plan.workers as usize,
             &q,
-            engine,
+            &engine,
             (interval, progress),
             ckpt.as_mut(),
         );
@@ -810,7 +810,7 @@ impl Job {
         lanes: Vec<Lane>,
         workers: usize,
         q: &WorkQueue,
-        (kind, fallback): (EngineKind, bool),
+        engine: &Choice,
         (interval, progress): (Duration, &mut dyn FnMut(&Shared) -> bool),
         mut ckpt: Option<&mut checkpoint::Session>,
     ) -> Result<()> {
@@ -819,25 +819,51 @@ impl Job {
             per_worker[i % workers].push(lane);
         }
         let shared = &*self.shared;
+        let fallback = self.cfg.engine == crate::config::EngineChoice::Auto;
+        let gate = &EngineGate::new(engine.kind, fallback, shared);
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         std::thread::scope(|s| {
-            for lanes in per_worker {
+            let mut started = 0;
+            let mut spawn_err = None;
+            for (index, lanes) in per_worker.into_iter().enumerate() {
                 let done_tx = done_tx.clone();
-                std::thread::Builder::new()
+                let spawned = std::thread::Builder::new()
                     .name("nbdcpy-worker".into())
                     .spawn_scoped(s, move || {
                         signals::library_thread_start();
                         // A panic in a worker becomes an error, never an abort.
                         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            worker::run_worker(lanes, q, shared, kind, fallback)
+                            worker::run_worker(lanes, q, shared, gate, index)
                         }));
                         if r.is_err() {
                             shared.fail(Error::new(libc::EIO, "internal error: worker panicked"));
                         }
                         let _ = done_tx.send(());
-                    })
-                    .map_err(|e| Error::os("cannot start worker thread", e))?;
+                    });
+                match spawned {
+                    Ok(_) => started += 1,
+                    Err(e) => {
+                        spawn_err = Some(Error::os("cannot start worker thread", e));
+                        break;
+                    }
+                }
             }
+            // Every worker has its engine (or none) before data moves.
+            match gate.decide(started, spawn_err.is_some()) {
+                Ok(ran) => {
+                    // Without a worker's fallback, the job's choice (and
+                    // why auto did not pick io_uring, if it did not).
+                    let ran = if ran.fallback_reason.is_none() {
+                        engine
+                    } else {
+                        &ran
+                    };
+                    self.log().emit(Level::Info, || ran.describe());
+                    let _ = shared.engine.set(ran.kind);
+                }
+                Err(e) => shared.fail(spawn_err.take().unwrap_or(e)),
+            }
+            let workers = started;
             // Wake at once when a worker ends; otherwise report progress
             // once per `interval`, whether or not the size is known.
             let mut running = workers;

@@ -27,12 +27,17 @@ impl Limiter {
     /// `rate` bytes per second (> 0); `burst` is raised to at least one
     /// request of `request` bytes.
     pub fn new(rate: u64, burst: u64, request: u64) -> Limiter {
+        Limiter::starting(rate, burst, request, Instant::now())
+    }
+
+    /// `new`, started (empty) at `start`: the clock is the caller's.
+    fn starting(rate: u64, burst: u64, request: u64, start: Instant) -> Limiter {
         Limiter {
             rate: rate.max(1) as f64,
             burst: burst.max(request).max(1) as f64,
             state: Mutex::new(State {
                 tokens: 0.0,
-                last: Instant::now(),
+                last: start,
             }),
         }
     }
@@ -40,19 +45,28 @@ impl Limiter {
     /// Whether a read of up to `len` bytes may start now.  None: go (then
     /// charge it with [`take`](Self::take)); Some(d): ask again in `d`.
     pub fn wait_for(&self, len: u64) -> Option<Duration> {
-        let s = self.refill();
-        let need = (len as f64).min(self.burst);
-        (s.tokens < need).then(|| Duration::from_secs_f64((need - s.tokens) / self.rate))
+        self.wait_for_at(len, Instant::now())
     }
 
     /// Charges a read of `len` bytes.
     pub fn take(&self, len: u64) {
-        self.refill().tokens -= len as f64;
+        self.take_at(len, Instant::now())
     }
 
-    fn refill(&self) -> std::sync::MutexGuard<'_, State> {
+    /// `wait_for` at time `now`.
+    fn wait_for_at(&self, len: u64, now: Instant) -> Option<Duration> {
+        let s = self.refill(now);
+        let need = (len as f64).min(self.burst);
+        (s.tokens < need).then(|| Duration::from_secs_f64((need - s.tokens) / self.rate))
+    }
+
+    /// `take` at time `now`.
+    fn take_at(&self, len: u64, now: Instant) {
+        self.refill(now).tokens -= len as f64;
+    }
+
+    fn refill(&self, now: Instant) -> std::sync::MutexGuard<'_, State> {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
         let dt = now.saturating_duration_since(s.last).as_secs_f64();
         s.last = now;
         s.tokens = (s.tokens + dt * self.rate).min(self.burst);
@@ -76,46 +90,51 @@ pub fn request_size(want: u64, rate: u64, explicit: bool) -> u64 {
 mod tests {
     use super::*;
 
+    // The tests run on their own clock: `t0` plus the time they say.
+
     #[test]
     fn bucket_limits_and_bursts() {
-        let l = Limiter::new(1 << 20, 512 << 10, 256 << 10);
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let l = Limiter::starting(1 << 20, 512 << 10, 256 << 10, t0);
         // Starts empty: the first read waits a quarter second.
-        let d = l.wait_for(256 << 10).expect("empty: must wait");
-        assert!(d > Duration::from_millis(200) && d <= Duration::from_millis(260));
-        std::thread::sleep(d + Duration::from_millis(5));
-        assert!(l.wait_for(256 << 10).is_none());
-        l.take(256 << 10);
-        assert!(l.wait_for(256 << 10).is_some());
+        let d = l.wait_for_at(256 << 10, t0).expect("empty: must wait");
+        assert_eq!(d, Duration::from_millis(250));
+        assert!(l.wait_for_at(256 << 10, at(249)).is_some(), "not yet");
+        assert!(l.wait_for_at(256 << 10, at(250)).is_none());
+        l.take_at(256 << 10, at(250));
+        assert!(l.wait_for_at(256 << 10, at(250)).is_some());
         // Unused time accrues at most one burst (two requests).
-        std::thread::sleep(Duration::from_millis(800));
         for _ in 0..2 {
-            assert!(l.wait_for(256 << 10).is_none());
-            l.take(256 << 10);
+            assert!(l.wait_for_at(256 << 10, at(5000)).is_none());
+            l.take_at(256 << 10, at(5000));
         }
-        assert!(l.wait_for(256 << 10).is_some(), "the burst is spent");
+        assert!(
+            l.wait_for_at(256 << 10, at(5000)).is_some(),
+            "the burst is spent"
+        );
     }
 
     #[test]
     fn steady_rate() {
-        // 4 MiB/s with 64 KiB requests for 0.5 s: about 2 MiB, never more.
-        let l = Limiter::new(4 << 20, 128 << 10, 64 << 10);
+        // 4 MiB/s with 64 KiB requests for 10 s: 40 MiB, never more
+        // (asking again as soon as told).
         let t0 = Instant::now();
-        let mut bytes = 0u64;
-        while t0.elapsed() < Duration::from_millis(500) {
-            match l.wait_for(64 << 10) {
+        let l = Limiter::starting(4 << 20, 128 << 10, 64 << 10, t0);
+        let (mut now, mut bytes) = (t0, 0u64);
+        while now < t0 + Duration::from_secs(10) {
+            match l.wait_for_at(64 << 10, now) {
                 None => {
-                    l.take(64 << 10);
+                    l.take_at(64 << 10, now);
                     bytes += 64 << 10;
                 }
-                Some(d) => std::thread::sleep(d.min(Duration::from_millis(5))),
+                Some(d) => now += d,
             }
+            let most = (now - t0).as_secs_f64() * (4 << 20) as f64;
+            assert!(bytes as f64 <= most + 1.0, "{bytes} by {:?}", now - t0);
         }
-        let most = t0.elapsed().as_secs_f64() * (4 << 20) as f64;
-        let got = bytes as f64;
-        assert!(
-            got <= most && got >= most * 0.9 - (64 << 10) as f64,
-            "{got} vs {most}"
-        );
+        let most = 10.0 * (4 << 20) as f64;
+        assert!(bytes as f64 >= most - (128 << 10) as f64, "{bytes}");
     }
 
     #[test]

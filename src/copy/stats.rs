@@ -39,6 +39,13 @@ pub struct Shared {
     /// that brings this to zero (0: never).
     #[cfg(test)]
     pub panic_at_completion: AtomicU64,
+    /// Fault injection (tests only): this worker (counted from 1; 0:
+    /// none) cannot set up its io_uring (`copy::gate`).
+    #[cfg(test)]
+    pub fail_ring: std::sync::atomic::AtomicUsize,
+    /// The engine each worker ran (tests only).
+    #[cfg(test)]
+    pub engines_ran: Mutex<Vec<crate::engine::EngineKind>>,
     /// Other system calls made for I/O (direct pwrite of file data, and
     /// every operation of the epoll engine).
     pub syscalls_direct: AtomicU64,

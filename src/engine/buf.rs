@@ -139,9 +139,21 @@ impl AlignedBuf {
         self.ptr.as_ptr().wrapping_add(at)
     }
 
+    /// The whole buffer (only where nothing writes any of it: a buffer
+    /// shared with a receive in flight is read by [`range`](Self::range)).
     pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: ptr is valid for len initialised bytes for self's lifetime.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+        self.range(0, self.len)
+    }
+
+    /// Bytes [start, end), made from the raw pointer over exactly that
+    /// range: a receive writing elsewhere in the buffer is never under a
+    /// `&[u8]`.
+    pub fn range(&self, start: usize, end: usize) -> &[u8] {
+        assert!(start <= end && end <= self.len, "range outside the buffer");
+        // SAFETY: inside the allocation, initialised (zeroed or a Vec's
+        // bytes) for self's lifetime; the bytes of a range that is read
+        // are written by nobody meanwhile (the writers below).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(start), end - start) }
     }
 
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
@@ -183,29 +195,39 @@ impl Drop for AlignedBuf {
     }
 }
 
-/// A buffer written only where nobody else looks: exclusive when not
-/// shared, else through the owner's promise.
-///
-/// The owner of a slot buffer (its lane) writes it only while the slot is
-/// busy with no operation or span on the bytes written.
-pub fn write_exclusive(buf: &mut IoBuf, start: usize, end: usize) -> &mut [u8] {
-    assert!(start <= end && end <= buf.len(), "range outside the buffer");
+/// Makes `buf` this handle's alone before it is written again: when a
+/// span or an operation of its previous use still holds it, a fresh
+/// (zeroed) buffer of the same size takes its place and the old one
+/// lives on with them.  True when it was replaced.
+pub fn make_unique(buf: &mut IoBuf) -> bool {
     if Arc::get_mut(buf).is_some() {
-        // Borrow again to satisfy the borrow checker's view of get_mut.
-        return &mut Arc::get_mut(buf).expect("unique").as_mut_slice()[start..end];
+        return false;
     }
-    // SAFETY: spans of the slot's previous use may still be held (a
-    // request book keeps a payload until its reply), but the slot is
-    // only reused once every operation and part of it finished, so no
-    // one reads or writes these bytes now.
-    unsafe { buf.range_mut(start, end) }
+    *buf = AlignedBuf::shared(buf.len());
+    true
+}
+
+/// Bytes [start, end) of `buf` for writing: only when no span or
+/// operation holds the buffer (checked: Arc::get_mut); None otherwise.
+pub fn write_exclusive(buf: &mut IoBuf, start: usize, end: usize) -> Option<&mut [u8]> {
+    assert!(start <= end && end <= buf.len(), "range outside the buffer");
+    Some(&mut Arc::get_mut(buf)?.as_mut_slice()[start..end])
 }
 
 /// A bounded pool of equal-size buffers with reference counts: a buffer is
 /// reused only when no operation refers to it any more.
+///
+/// The reference counts decide reuse only; soundness does not rest on
+/// them: a block taken is checked to be the pool's alone (else replaced
+/// by a fresh one), spans of a block are made only by the pool, and the
+/// pool writes a block only past every byte it handed to a span
+/// (`spanned`).
 pub struct BlockPool {
     blocks: Vec<IoBuf>,
     refs: Vec<u32>,
+    /// Per block: the end of the bytes handed to spans (room included)
+    /// since the block was last the pool's alone; never written.
+    spanned: Vec<usize>,
     free: Vec<u32>,
     block_size: usize,
 }
@@ -215,6 +237,7 @@ impl BlockPool {
         BlockPool {
             blocks: Vec::new(),
             refs: Vec::new(),
+            spanned: Vec::new(),
             free: Vec::new(),
             block_size,
         }
@@ -224,18 +247,48 @@ impl BlockPool {
         self.block_size
     }
 
-    /// Takes a free block (allocating one if none is free) with one reference.
+    /// Takes a free block (allocating one if none is free) with one
+    /// reference.  A block whose count says free but that a span or an
+    /// operation still holds is not reused: a fresh one takes its place.
     pub fn take(&mut self) -> u32 {
         let id = match self.free.pop() {
-            Some(id) => id,
+            Some(id) => {
+                make_unique(&mut self.blocks[id as usize]);
+                id
+            }
             None => {
                 self.blocks.push(AlignedBuf::shared(self.block_size));
                 self.refs.push(0);
+                self.spanned.push(0);
                 (self.blocks.len() - 1) as u32
             }
         };
         self.refs[id as usize] = 1;
+        self.spanned[id as usize] = 0;
         id
+    }
+
+    /// Block `id` may be written from its start again: true when nothing
+    /// but the pool holds it (no span, no operation; checked).
+    pub fn rewind(&mut self, id: u32) -> bool {
+        let unique = Arc::get_mut(&mut self.blocks[id as usize]).is_some();
+        if unique {
+            self.spanned[id as usize] = 0;
+        }
+        unique
+    }
+
+    /// A span of `len` bytes at `at` of block `id` with up to `room`
+    /// bytes before them as its room (cut to the bytes no earlier span
+    /// holds); those bytes are never written by the pool again until the
+    /// block is its alone.  Spans of a block are made in the order of
+    /// their bytes.
+    pub fn span(&mut self, id: u32, at: usize, len: usize, room: usize) -> Span {
+        let end = &mut self.spanned[id as usize];
+        assert!(at >= *end, "span over bytes already handed out");
+        let room = room.min(at - *end);
+        *end = at + len;
+        Span::with_room(&self.blocks[id as usize], at, len, room)
     }
 
     pub fn hold(&mut self, id: u32) {
@@ -257,35 +310,55 @@ impl BlockPool {
         self.refs[id as usize]
     }
 
-    /// The block itself (to hand an operation or a span a share of it).
+    /// The block itself (to hand a receive a share of it, past its
+    /// `spanned` bytes).
     pub fn buf(&self, id: u32) -> &IoBuf {
         &self.blocks[id as usize]
     }
 
-    pub fn slice(&self, id: u32) -> &[u8] {
-        self.blocks[id as usize].as_slice()
+    /// Bytes [start, end) of block `id` (exactly those: a receive may
+    /// be writing the block's tail).
+    pub fn slice(&self, id: u32, start: usize, end: usize) -> &[u8] {
+        self.blocks[id as usize].range(start, end)
     }
 
-    /// Bytes [start, end) of block `id`, for writing.  The pool's users
-    /// keep the rule that makes this sound: bytes are written only at a
-    /// held block's unreceived end, where no span or operation but the
-    /// one receive the caller owns points.
+    /// Bytes [start, end) of block `id`, for writing: only past every
+    /// byte handed to a span (checked).  The one rule left to the caller
+    /// (the connection): no receive it posted on these bytes is in
+    /// flight (it writes them only instead of posting one).
     pub fn range_mut(&mut self, id: u32, start: usize, end: usize) -> &mut [u8] {
         assert!(start <= end && end <= self.block_size);
-        // SAFETY: the pool's rule above; &mut self keeps the pool from
-        // handing out the same range twice at once.
+        assert!(
+            start >= self.spanned[id as usize],
+            "write over bytes a span holds"
+        );
+        // SAFETY: inside the block; no span covers these bytes (checked
+        // above: spans are made only by `span`, below `spanned`), and
+        // &mut self keeps the pool from handing out the range twice.
         unsafe { self.blocks[id as usize].range_mut(start, end) }
     }
 
     /// Copies [start, end) of block `from` to the start of block `to`
-    /// (distinct blocks; `to` freshly taken, so unused).
+    /// (distinct blocks; `to` freshly taken: the pool's alone, checked).
     pub fn copy_to_fresh(&mut self, from: u32, start: usize, end: usize, to: u32) {
         assert!(from != to && start <= end && end <= self.block_size);
-        let (src, dst) = (&self.blocks[from as usize], &self.blocks[to as usize]);
-        // SAFETY: `to` was just taken (one reference, no span, no
-        // operation); the bytes of `from` are only read.
-        let out = unsafe { dst.range_mut(0, end - start) };
-        out.copy_from_slice(&src.as_slice()[start..end]);
+        let (from, to) = (from as usize, to as usize);
+        if make_unique(&mut self.blocks[to]) {
+            self.spanned[to] = 0;
+        }
+        assert_eq!(self.spanned[to], 0, "a fresh block has no spans");
+        // Two blocks of the pool: split the borrow.
+        let (src, dst) = if from < to {
+            let (a, b) = self.blocks.split_at_mut(to);
+            (&a[from], &mut b[0])
+        } else {
+            let (a, b) = self.blocks.split_at_mut(from);
+            (&b[0], &mut a[to])
+        };
+        let out = Arc::get_mut(dst)
+            .expect("unique: just checked")
+            .as_mut_slice();
+        out[..end - start].copy_from_slice(src.range(start, end));
     }
 }
 
@@ -294,12 +367,20 @@ impl BlockPool {
 /// bytes at `start`, with `room` bytes in front of them where a request
 /// header may be put.  The span holds a share of its buffer, so its bytes
 /// stay allocated for as long as it lives.
-#[derive(Clone)]
+///
+/// The room is a capability held by one span only: a span is not
+/// `Clone`; [`share`](Self::share) and [`sub`](Self::sub) give spans
+/// without room and mark the bytes seen by more than one span (`shared`);
+/// [`prepend`](Self::prepend) consumes the span; [`carve`](Self::carve)
+/// hands the bytes between pieces on as their rooms only while no other
+/// span sees them.
 pub struct Span {
     buf: IoBuf,
     start: usize,
     len: usize,
     room: usize,
+    /// Another span may read these bytes: none of them is ever room.
+    shared: bool,
 }
 
 impl std::fmt::Debug for Span {
@@ -326,6 +407,7 @@ impl Span {
             start,
             len,
             room,
+            shared: false,
         }
     }
 
@@ -346,6 +428,7 @@ impl Span {
     }
 
     /// Writable bytes in front of the data.
+    #[cfg(test)]
     pub fn room(&self) -> usize {
         self.room
     }
@@ -355,42 +438,109 @@ impl Span {
         (&self.buf, self.start)
     }
 
+    /// The span's bytes, exactly (never a slice over its whole buffer).
     pub fn as_slice(&self) -> &[u8] {
-        &self.buf.as_slice()[self.start..self.start + self.len]
+        self.buf.range(self.start, self.start + self.len)
     }
 
-    /// The bytes [start, end) of this span, with `room` bytes in front of
-    /// them that the caller knows are free (at most what lies before them
-    /// in this span's buffer).
-    pub fn sub(&self, start: usize, end: usize, room: usize) -> Span {
-        assert!(start <= end && end <= self.len && room <= start + self.room);
+    /// The same bytes for one more reader (a request book keeping a
+    /// payload to send it again): without room, and from now on neither
+    /// span's bytes are room for anything.
+    pub fn share(&mut self) -> Span {
+        self.shared = true;
+        Span {
+            buf: self.buf.clone(),
+            start: self.start,
+            len: self.len,
+            room: 0,
+            shared: true,
+        }
+    }
+
+    /// The bytes [start, end) of this span, without room (shared, as by
+    /// [`share`](Self::share)).
+    pub fn sub(&mut self, start: usize, end: usize) -> Span {
+        assert!(start <= end && end <= self.len, "sub-span outside the span");
+        self.shared = true;
         Span {
             buf: self.buf.clone(),
             start: self.start + start,
             len: end - start,
-            room,
+            room: 0,
+            shared: true,
+        }
+    }
+
+    /// Cuts this span into pieces, in order (see [`Pieces`]).
+    pub fn carve(self) -> Pieces {
+        Pieces {
+            whole: self,
+            next: 0,
+            first: true,
         }
     }
 
     /// Writes `hdr` into the room just in front of the data and returns
-    /// the span of header and data together; None when the room is too
-    /// small.
-    pub fn prepend(&self, hdr: &[u8]) -> Option<Span> {
+    /// the span of header and data together; the span itself when the
+    /// room is too small.
+    pub fn prepend(self, hdr: &[u8]) -> std::result::Result<Span, Span> {
         if hdr.len() > self.room {
-            return None;
+            return Err(self);
         }
         let at = self.start - hdr.len();
-        // SAFETY: the room in front of a span is, by the rule of whoever
-        // made the span, bytes nothing else uses (parsed reply headers,
-        // a slot's header room, the zero run a header may cover).
+        // SAFETY: the room in front of a span is bytes only this span may
+        // write and no span or operation reads: made so by the span's
+        // owner (`with_room`: parsed reply headers, a slot's header room),
+        // handed on only by `carve` (bytes no other span sees), never
+        // copied (no Clone; `share` and `sub` give no room), and consumed
+        // here.
         let out = unsafe { self.buf.range_mut(at, self.start) };
         out.copy_from_slice(hdr);
-        Some(Span {
-            buf: self.buf.clone(),
+        Ok(Span {
+            buf: self.buf,
             start: at,
             len: hdr.len() + self.len,
             room: self.room - hdr.len(),
+            shared: self.shared,
         })
+    }
+}
+
+/// A span cut into pieces in order ([`Span::carve`]): each piece's room
+/// is the bytes between the previous piece and it (bytes no piece
+/// holds), the first piece's also the span's own room.  Bytes another
+/// span sees (`shared`) are never room: a piece then has only the
+/// span's own room, if it is the first.
+pub struct Pieces {
+    whole: Span,
+    /// Where the previous piece ended (0 before the first).
+    next: usize,
+    first: bool,
+}
+
+impl Pieces {
+    /// The bytes [start, end) of the span, after every piece cut before.
+    pub fn piece(&mut self, start: usize, end: usize) -> Span {
+        let w = &self.whole;
+        assert!(
+            self.next <= start && start <= end && end <= w.len,
+            "pieces out of order or outside the span"
+        );
+        let gap = if w.shared { 0 } else { start - self.next };
+        let room = match (self.first, w.shared) {
+            (true, false) => gap + w.room,
+            (true, true) if start == 0 => w.room,
+            _ => gap,
+        };
+        self.next = end;
+        self.first = false;
+        Span {
+            buf: w.buf.clone(),
+            start: w.start + start,
+            len: end - start,
+            room,
+            shared: w.shared,
+        }
     }
 }
 
@@ -439,15 +589,37 @@ mod tests {
         let buf = AlignedBuf::shared(128);
         let s = Span::of_buf(&buf, 64, 32);
         assert_eq!((s.len(), s.room()), (32, 64));
-        let t = s.sub(8, 16, 8);
-        assert_eq!((t.len(), t.room()), (8, 8));
-        let h = t.prepend(&[7u8; 8]).unwrap();
-        assert_eq!(h.len(), 16);
-        assert_eq!(&h.as_slice()[..8], &[7u8; 8]);
-        assert!(h.prepend(&[1]).is_none(), "no room left");
+        let mut p = s.carve();
+        let t = p.piece(8, 16);
+        assert_eq!(
+            (t.len(), t.room()),
+            (8, 72),
+            "the bytes before it and the span's room"
+        );
+        let u = p.piece(20, 32);
+        assert_eq!(
+            (u.len(), u.room()),
+            (12, 4),
+            "the gap since the previous piece"
+        );
+        let h = t.prepend(&[7u8; 72]).unwrap();
+        assert_eq!(h.len(), 80);
+        assert_eq!(&h.as_slice()[..72], &[7u8; 72]);
+        let h = h.prepend(&[1]).expect_err("no room left");
         assert!(Span::zeroes(4096).as_slice().iter().all(|&b| b == 0));
+        // Shared bytes are nobody's room.
+        let mut s = Span::of_buf(&buf, 64, 32);
+        let kept = s.share();
+        assert_eq!(kept.room(), 0);
+        let mut p = s.carve();
+        assert_eq!(p.piece(0, 8).room(), 64, "the span's own room stays");
+        assert_eq!(p.piece(16, 24).room(), 0, "shared bytes are no room");
+        let mut s = Span::of_buf(&buf, 64, 32);
+        let part = s.sub(4, 8);
+        assert_eq!(part.room(), 0);
+        assert_eq!(s.carve().piece(4, 8).room(), 0, "after sub, shared");
         // The span outlives the caller's handle: the bytes stay.
         drop(buf);
-        assert_eq!(h.as_slice().len(), 16);
+        assert_eq!(h.as_slice().len(), 80);
     }
 }

@@ -55,12 +55,12 @@ impl Chunk {
                 }
             }
             Some(p) => match p.prepend(hdr) {
-                Some(joined) => Chunk {
+                Ok(joined) => Chunk {
                     head,
                     head_len: 0,
                     body: Some(joined),
                 },
-                None => {
+                Err(p) => {
                     head[..hdr.len()].copy_from_slice(hdr);
                     Chunk {
                         head,
@@ -270,7 +270,6 @@ impl Engine {
         })
     }
 
-    #[cfg(test)]
     pub fn kind(&self) -> EngineKind {
         match self {
             Engine::Uring(_) => EngineKind::IoUring,

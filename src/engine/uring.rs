@@ -52,11 +52,6 @@ pub struct UringEngine {
     leaked: bool,
 }
 
-// SAFETY: the raw pointers inside (msghdr/iovec) point into buffers owned
-// by the same slab entry (shares of IoBufs, boxed Msg); the engine moves
-// to its worker thread as a whole and is used there only.
-unsafe impl Send for UringEngine {}
-
 /// user_data reserved for the drain's own cancel requests.
 const DRAIN_CANCEL: u64 = u64::MAX;
 

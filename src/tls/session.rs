@@ -62,7 +62,7 @@ impl Read for Wire {
             };
         }
         let n = buf.len().min(self.rx_end - self.rx_start);
-        buf[..n].copy_from_slice(&self.rx.as_slice()[self.rx_start..self.rx_start + n]);
+        buf[..n].copy_from_slice(self.rx.range(self.rx_start, self.rx_start + n));
         self.rx_start += n;
         Ok(n)
     }

@@ -47,6 +47,31 @@ impl Drop for TempDir {
     }
 }
 
+/// Polls `cond` every 10 ms until it holds (true) or `limit` passed
+/// (false): tests wait for the state they need, never for a guessed time.
+pub fn poll_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let t0 = Instant::now();
+    loop {
+        if cond() {
+            return true;
+        }
+        if t0.elapsed() >= limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether process `pid` has a thread named `name` (/proc/PID/task/*/comm).
+pub fn has_thread(pid: u32, name: &str) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks
+        .flatten()
+        .any(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name))
+}
+
 /// Whether a command is on PATH.
 pub fn have(cmd: &str) -> bool {
     Command::new("sh")

@@ -41,7 +41,7 @@ impl Kind {
 }
 
 /// One request awaiting its reply.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Pending {
     /// The lane slot it belongs to (unused for FLUSH and BLOCK_STATUS).
     pub slot: u32,

@@ -307,6 +307,14 @@ impl NbdConn {
             true => (block, None),
             false => (None, block),
         };
+        // A connection that may be resumed keeps a copy of the payload
+        // (without room: the header goes in front of the one sent); one
+        // that may not keeps none, so the buffer is free once sent.
+        let mut payload = payload;
+        let kept = match self.retry {
+            Some(_) => payload.as_mut().map(Span::share),
+            None => None,
+        };
         self.book.insert(
             req.cookie,
             Pending {
@@ -316,7 +324,7 @@ impl NbdConn {
                 kind,
                 cmd: req.cmd,
                 flags: req.flags,
-                payload: payload.clone(),
+                payload: kept,
                 block: held,
                 failures: 0,
             },

@@ -44,7 +44,7 @@ impl RecvBuf {
 
     /// The unparsed bytes.
     pub fn unparsed(&self) -> &[u8] {
-        &self.pool.slice(self.cur)[self.head..self.tail]
+        self.pool.slice(self.cur, self.head, self.tail)
     }
 
     /// `len` bytes at `start` of the unparsed bytes, the `start` bytes
@@ -61,7 +61,7 @@ impl RecvBuf {
         // user releases it); the parsed bytes in front are not used any
         // more, so they are the span's room.
         let at = self.head + start;
-        let span = Span::with_room(self.pool.buf(self.cur), at, len, start);
+        let span = self.pool.span(self.cur, at, len, start);
         (span, self.cur)
     }
 
@@ -74,7 +74,8 @@ impl RecvBuf {
     /// Starts over at the block's beginning when everything was parsed
     /// and nobody else uses the block.
     fn rewind_if_idle(&mut self) {
-        if self.head == self.tail && self.pool.refs(self.cur) == 1 {
+        // (The counts say idle; the pool checks nothing holds the block.)
+        if self.head == self.tail && self.pool.refs(self.cur) == 1 && self.pool.rewind(self.cur) {
             self.head = 0;
             self.tail = 0;
         }

@@ -13,7 +13,7 @@ use super::state::{OpKind, ZeroMode, HEADER_ROOM};
 use super::zero::zero_runs;
 use crate::copy::nbdconn::ConnEvent;
 use crate::copy::stats::Shared;
-use crate::engine::buf::{write_exclusive, Span};
+use crate::engine::buf::{make_unique, write_exclusive, Span};
 use crate::engine::Op;
 use crate::error::{Error, Result, Side};
 
@@ -46,12 +46,22 @@ impl Worker<'_> {
         };
         let at = HEADER_ROOM + (off - slot.offset) as usize;
         if !slot.staged {
+            // A span of the slot's previous use may still hold the buffer
+            // (until its batch is sent): then the slot gets a fresh one.
+            make_unique(buf);
             // What no chunk covers reads as zero.
-            write_exclusive(buf, HEADER_ROOM, HEADER_ROOM + slot.len as usize).fill(0);
+            if let Some(b) = write_exclusive(buf, HEADER_ROOM, HEADER_ROOM + slot.len as usize) {
+                b.fill(0);
+            }
             slot.staged = true;
         }
-        // The slot is busy assembling: nothing but this reads its bytes.
-        let dst = write_exclusive(buf, at, at + len as usize);
+        // The slot is busy assembling: nothing but this holds its buffer.
+        let Some(dst) = write_exclusive(buf, at, at + len as usize) else {
+            return Err(Error::new(
+                libc::EIO,
+                "internal error: a slot being assembled is shared",
+            ));
+        };
         match data {
             Some((span, block)) => {
                 dst.copy_from_slice(span.as_slice());
@@ -107,23 +117,17 @@ impl Worker<'_> {
         lane.slots[slot_id as usize].parts += 1;
         let mut r = Ok(());
         // A data run after a zero run may put its header over the zero
-        // run's bytes (they are not sent); the first keeps the span's room.
-        let mut free_before = data.room();
+        // run's bytes (they are not sent): the pieces' rooms.
+        let mut pieces = data.carve();
         for run in &runs {
             if r.is_err() {
                 break;
             }
             let roff = off + run.start as u64;
             if run.zero {
-                free_before = run.len();
                 r = self.dst_zero(lane_id, lane, slot_id, roff, run.len() as u64);
             } else {
-                let room = if run.start == 0 {
-                    data.room()
-                } else {
-                    free_before
-                };
-                let part = data.sub(run.start, run.end, room);
+                let part = pieces.piece(run.start, run.end);
                 r = self.dst_write(
                     lane_id,
                     lane,

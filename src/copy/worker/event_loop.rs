@@ -13,35 +13,36 @@ use super::core::{
     K_SRC_READ, K_SRC_SEEK,
 };
 use super::lane::{DstIo, Lane, SrcIo};
+use crate::copy::gate::EngineGate;
 use crate::copy::nbdconn::ConnEvent;
 use crate::copy::splice;
 use crate::copy::stats::Shared;
 use crate::copy::workqueue::WorkQueue;
-use crate::engine::{Completion, Engine, EngineKind, Op};
+use crate::engine::{Completion, Op};
 use crate::error::{Error, Result, Side};
 use std::time::{Duration, Instant};
 
-/// Runs lanes on an engine of `kind` until they finish, fail or are
-/// cancelled.  `fallback`: an io_uring that cannot be set up on this
-/// thread is replaced by epoll (the job's engine is "auto").
+/// Runs lanes, as worker `index`, on the engine `gate` decides for the
+/// whole job, until they finish, fail or are cancelled.
 pub fn run_worker(
     mut lanes: Vec<Lane>,
     q: &WorkQueue,
     shared: &Shared,
-    kind: EngineKind,
-    fallback: bool,
+    gate: &EngineGate,
+    index: usize,
 ) {
     let entries = lanes.iter().map(|l| l.slots.len() * 2 + 8).sum::<usize>();
-    let engine = match Engine::new(kind, entries as u32) {
-        Ok(e) => e,
-        Err(_) if fallback && kind == EngineKind::IoUring => {
-            match Engine::new(EngineKind::Epoll, entries as u32) {
-                Ok(e) => e,
-                Err(e) => return shared.fail(e),
-            }
-        }
+    let engine = match gate.engine(index, entries as u32) {
+        Ok(Some(e)) => e,
+        Ok(None) => return, // the job reports why
         Err(e) => return shared.fail(e),
     };
+    #[cfg(test)]
+    shared
+        .engines_ran
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(engine.kind());
     let mut w = Worker {
         engine,
         q,

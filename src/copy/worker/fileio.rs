@@ -204,7 +204,7 @@ impl Worker<'_> {
         fd: RawFd,
         stream: bool,
     ) -> Result<()> {
-        let op = &lane.ops[oi as usize];
+        let op = &mut lane.ops[oi as usize];
         if lane.params.direct_file_writes && !stream {
             if let OpKind::Write | OpKind::WriteZeroes = op.kind {
                 // Page-cache writes that io_uring would hand to an io-wq
@@ -313,6 +313,8 @@ impl Worker<'_> {
             return self.push_file_op(lane_id, lane, oi, fd, stream);
         }
         let (slot_id, offset, len, block) = (op.slot, op.offset, op.len, op.block.take());
+        // The data's buffer is free for reuse once nothing holds it.
+        op.data = None;
         lane.free_ops.push(oi);
         if !matches!(kind, OpKind::Fallocate(_)) && !stream {
             lane.cache.wrote(offset, len)?;
@@ -338,9 +340,9 @@ impl Worker<'_> {
 impl WriteOp {
     /// What is left to write: the rest of the data, or (zeroing by
     /// writes) up to 32 MiB of zeroes.
-    fn rest(&self) -> Span {
-        match &self.data {
-            Some(d) => d.sub(self.done as usize, d.len(), 0),
+    fn rest(&mut self) -> Span {
+        match &mut self.data {
+            Some(d) => d.sub(self.done as usize, d.len()),
             None => Span::zeroes((self.len - self.done).min(32 << 20) as usize),
         }
     }
