@@ -477,6 +477,12 @@ fn mismatches_are_refused_before_writing() {
         );
         unchanged(want);
     }
+    // A new destination path: refused, and not created.
+    let fresh = dir.file("fresh.img");
+    let err = run_fails(&s(&[&ckarg, sp, fresh.to_str().unwrap()]));
+    assert!(err.contains("was made for another copy"), "{err}");
+    assert!(!fresh.exists(), "refused run created {}", fresh.display());
+    unchanged("new destination");
     // The source's size changed (the same path).
     let f = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
     f.set_len(32 * MIB as u64).unwrap();
@@ -535,6 +541,55 @@ fn mismatches_are_refused_before_writing() {
     run_ok(&s(&[&ckarg, sp, dp]));
     assert!(cmp(&src, &dst));
     assert!(!ck.exists());
+}
+
+/// Two copies with one FILE: the second is refused at once, and nothing
+/// it would write changes; the first goes on and ends right.
+#[test]
+fn a_checkpoint_in_use_is_refused() {
+    if nbdcpy_bin().is_none() {
+        return;
+    }
+    let dir = TempDir::new("ckpt-lock");
+    let size = 32 * MIB;
+    let src = dir.file("src.img");
+    write_file(&src, &pattern(size, 11));
+    let (dst, dst2) = (dir.file("dst.img"), dir.file("dst2.img"));
+    let ck = dir.file("ck");
+    let ckarg = format!("--checkpoint={}", ck.display());
+    let (sp, dp) = (src.to_str().unwrap(), dst.to_str().unwrap());
+    let first = nbdcpy_cmd()
+        .args([&ckarg, "--rate=16M", sp, dp])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !ck.exists() && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(ck.exists(), "the first copy made no checkpoint");
+    let t = Instant::now();
+    let err = run_fails(&s(&[&ckarg, sp, dst2.to_str().unwrap()]));
+    assert!(t.elapsed() < Duration::from_secs(5), "not refused at once");
+    assert!(
+        err.contains(&format!(
+            "checkpoint {} is in use by another copy",
+            ck.display()
+        )),
+        "{err}"
+    );
+    assert!(!dst2.exists(), "the refused copy created its destination");
+    let out = first.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(cmp(&src, &dst));
+    assert!(!ck.exists());
+    // The lock went with FILE; a later copy with the FILE runs.
+    run_ok(&s(&[&ckarg, sp, dst2.to_str().unwrap()]));
+    assert!(cmp(&src, &dst2));
 }
 
 /// A range list from a `[ CMD ]` source (nbdkit by socket activation),
