@@ -141,6 +141,11 @@ impl LaneCheckpoint {
         !self.flushing && !self.done.is_empty() && self.tracker.epoch.load(Relaxed) > self.epoch
     }
 
+    /// Whether the lane finished work no flush has covered yet.
+    pub fn has_unflushed(&self) -> bool {
+        !self.done.is_empty()
+    }
+
     /// A checkpoint flush starts: it covers what is done now.
     pub fn begin_flush(&mut self) {
         self.epoch = self.tracker.epoch.load(Relaxed);
