@@ -261,6 +261,12 @@ pub fn fcntl_int(fd: RawFd, cmd: libc::c_int, arg: libc::c_int) -> io::Result<li
     check(unsafe { libc::fcntl(fd, cmd, arg) })
 }
 
+/// flock(2): `op` is LOCK_EX, LOCK_SH or LOCK_UN, with LOCK_NB or not.
+pub fn flock(fd: RawFd, op: libc::c_int) -> io::Result<()> {
+    // SAFETY: flock takes a descriptor and an int, no memory.
+    check(unsafe { libc::flock(fd, op) }).map(|_| ())
+}
+
 /// The effective user id.
 pub fn geteuid() -> u32 {
     // SAFETY: geteuid takes no arguments and cannot fail.

@@ -322,6 +322,86 @@ fn sigint_and_sigterm_leave_a_consistent_checkpoint() {
     }
 }
 
+/// SIGINT to a copy into an NBD export with no checkpoint interval (only
+/// every GiB): the clean stop flushes the destination, so FILE records
+/// (nearly) all that --progress=FD had reported done before the signal.
+#[test]
+fn a_clean_stop_flushes_an_nbd_destination() {
+    if !require("nbdkit") || nbdcpy_bin().is_none() {
+        return;
+    }
+    use std::io::BufRead;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let dir = TempDir::new("ckpt-stopflush");
+    let size = 32 * MIB;
+    let src = dir.file("src.img");
+    write_file(&src, &pattern(size, 12));
+    let ndst = dir.file("nbd.img");
+    garbage(&ndst, size);
+    let server = nbdkit(&dir, &["file", ndst.to_str().unwrap()]);
+    let ck = dir.file("ck");
+    let ckarg = format!("--checkpoint={}", ck.display());
+    let uri = server.uri();
+    let args = s(&[
+        "-C",
+        "2",
+        &ckarg,
+        "--checkpoint-interval=0",
+        "--rate=8M",
+        src.to_str().unwrap(),
+        &uri,
+    ]);
+    let (r, w) = nix_pipe();
+    let raw = w.as_raw_fd();
+    let mut c = nbdcpy_cmd();
+    c.arg("--progress=3").args(&args).stderr(Stdio::null());
+    // SAFETY: dup2 is async-signal-safe; it runs in the child before exec.
+    unsafe {
+        c.pre_exec(move || {
+            if libc::dup2(raw, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = c.spawn().unwrap();
+    drop(w);
+    let last = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let l2 = last.clone();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(std::fs::File::from(r)).lines() {
+            let Ok(line) = line else { break };
+            if let Some(p) = line.strip_suffix("/100").and_then(|p| p.parse().ok()) {
+                l2.store(p, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(2000));
+    let pct = last.load(std::sync::atomic::Ordering::SeqCst);
+    signal(child.id(), libc::SIGINT);
+    assert!(!child.wait().unwrap().success(), "ended before the signal");
+    reader.join().unwrap();
+    assert!(pct >= 10, "progress before the signal: {pct}%");
+    let reported = pct * size as u64 / 100;
+    let out = output_ok(nbdcpy_cmd().arg("-v").args(&args), "nbdcpy");
+    let log = String::from_utf8_lossy(&out.stderr);
+    let n: u64 = log
+        .lines()
+        .find_map(|l| l.split("resuming: ").nth(1))
+        .and_then(|t| t.split(' ').next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no resuming line:\n{log}"));
+    eprintln!("reported {pct}% ({reported} bytes) before SIGINT; resumed {n} bytes");
+    let slack = MIB as u64;
+    assert!(
+        n + slack >= reported,
+        "resumed {n} bytes, but {pct}% ({reported} bytes) was reported done before SIGINT"
+    );
+    assert!(cmp(&src, &ndst));
+    assert!(!ck.exists());
+}
+
 /// Every flush fails (nbdkit 1.32's error filter cannot fail flushes:
 /// an eval plugin over a file whose flush fails once MARK exists): the
 /// copy fails, and FILE never records work after the flushes failed; the
@@ -477,6 +557,12 @@ fn mismatches_are_refused_before_writing() {
         );
         unchanged(want);
     }
+    // A new destination path: refused, and not created.
+    let fresh = dir.file("fresh.img");
+    let err = run_fails(&s(&[&ckarg, sp, fresh.to_str().unwrap()]));
+    assert!(err.contains("was made for another copy"), "{err}");
+    assert!(!fresh.exists(), "refused run created {}", fresh.display());
+    unchanged("new destination");
     // The source's size changed (the same path).
     let f = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
     f.set_len(32 * MIB as u64).unwrap();
@@ -535,6 +621,55 @@ fn mismatches_are_refused_before_writing() {
     run_ok(&s(&[&ckarg, sp, dp]));
     assert!(cmp(&src, &dst));
     assert!(!ck.exists());
+}
+
+/// Two copies with one FILE: the second is refused at once, and nothing
+/// it would write changes; the first goes on and ends right.
+#[test]
+fn a_checkpoint_in_use_is_refused() {
+    if nbdcpy_bin().is_none() {
+        return;
+    }
+    let dir = TempDir::new("ckpt-lock");
+    let size = 32 * MIB;
+    let src = dir.file("src.img");
+    write_file(&src, &pattern(size, 11));
+    let (dst, dst2) = (dir.file("dst.img"), dir.file("dst2.img"));
+    let ck = dir.file("ck");
+    let ckarg = format!("--checkpoint={}", ck.display());
+    let (sp, dp) = (src.to_str().unwrap(), dst.to_str().unwrap());
+    let first = nbdcpy_cmd()
+        .args([&ckarg, "--rate=16M", sp, dp])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !ck.exists() && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(ck.exists(), "the first copy made no checkpoint");
+    let t = Instant::now();
+    let err = run_fails(&s(&[&ckarg, sp, dst2.to_str().unwrap()]));
+    assert!(t.elapsed() < Duration::from_secs(5), "not refused at once");
+    assert!(
+        err.contains(&format!(
+            "checkpoint {} is in use by another copy",
+            ck.display()
+        )),
+        "{err}"
+    );
+    assert!(!dst2.exists(), "the refused copy created its destination");
+    let out = first.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(cmp(&src, &dst));
+    assert!(!ck.exists());
+    // The lock went with FILE; a later copy with the FILE runs.
+    run_ok(&s(&[&ckarg, sp, dst2.to_str().unwrap()]));
+    assert!(cmp(&src, &dst2));
 }
 
 /// A range list from a `[ CMD ]` source (nbdkit by socket activation),

@@ -141,6 +141,11 @@ impl LaneCheckpoint {
         !self.flushing && !self.done.is_empty() && self.tracker.epoch.load(Relaxed) > self.epoch
     }
 
+    /// Whether the lane finished work no flush has covered yet.
+    pub fn has_unflushed(&self) -> bool {
+        !self.done.is_empty()
+    }
+
     /// A checkpoint flush starts: it covers what is done now.
     pub fn begin_flush(&mut self) {
         self.epoch = self.tracker.epoch.load(Relaxed);
@@ -187,6 +192,70 @@ pub struct Session {
     last_ask: Instant,
     last_bytes: u64,
     written: u64,
+    /// FILE.lock, locked (flock) for the copy's life.
+    lock: Lock,
+}
+
+/// The exclusive lock of FILE.lock: one copy at a time uses a FILE.
+struct Lock {
+    path: PathBuf,
+    _file: std::fs::File,
+}
+
+impl Lock {
+    /// Locks FILE.lock (created if missing), at once or not at all.
+    fn take(path: &Path) -> Result<Lock> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        let mut lp = path.as_os_str().to_owned();
+        lp.push(".lock");
+        let lp = PathBuf::from(lp);
+        let ctx = |e| {
+            Error::os(
+                format!(
+                    "checkpoint {}: cannot lock {}",
+                    path.display(),
+                    lp.display()
+                ),
+                e,
+            )
+        };
+        loop {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .mode(0o644)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(&lp)
+                .map_err(ctx)?;
+            match crate::sys::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) {
+                Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
+                    return Err(Error::new(
+                        libc::EBUSY,
+                        format!(
+                            "checkpoint {} is in use by another copy (it holds {} locked)",
+                            path.display(),
+                            lp.display()
+                        ),
+                    ))
+                }
+                Err(e) => return Err(ctx(e)),
+                Ok(()) => {}
+            }
+            // A copy that ended removed the lock file we opened: lock the
+            // one at the path now.
+            let mine = f.metadata().map_err(ctx)?;
+            match std::fs::metadata(&lp) {
+                Ok(m) if m.dev() == mine.dev() && m.ino() == mine.ino() => {
+                    return Ok(Lock { path: lp, _file: f })
+                }
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(ctx(e)),
+            }
+        }
+    }
 }
 
 fn load_error(path: &Path, why: impl std::fmt::Display) -> Error {
@@ -204,6 +273,7 @@ impl Session {
         read_source: &mut ReadSource<'_>,
     ) -> Result<Session> {
         let p = PathBuf::from(path);
+        let lock = Lock::take(&p)?;
         let resumed = match std::fs::read(&p) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(Error::os(format!("checkpoint {path}: cannot read it"), e)),
@@ -254,6 +324,7 @@ impl Session {
             last_ask: Instant::now(),
             last_bytes: 0,
             written: u64::MAX,
+            lock,
         })
     }
 
@@ -377,13 +448,18 @@ impl Session {
     }
 
     /// After a successful copy: FILE is removed.
+    /// FILE.lock goes too (still locked: a copy waiting for it locks a
+    /// new one).
     pub fn remove(&self) -> Result<()> {
         match std::fs::remove_file(&self.path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::os(
                 format!("checkpoint {}: cannot remove it", self.path.display()),
                 e,
             )),
-            _ => Ok(()),
+            _ => {
+                let _ = std::fs::remove_file(&self.lock.path);
+                Ok(())
+            }
         }
     }
 }
@@ -461,9 +537,20 @@ mod tests {
         l.done(0, 8192);
         l.all_flushed();
         s.save().unwrap();
+        // FILE is locked while its session lives.
+        let e = Session::open(path, Duration::ZERO, id.clone(), &mut read)
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string()
+                .contains(&format!("checkpoint {path} is in use by another copy")),
+            "{e}"
+        );
+        drop(s);
         let again = Session::open(path, Duration::ZERO, id, &mut read).unwrap();
         assert_eq!(again.resumed(), Some(&[(0u64, 8192u64)][..]));
         assert!(!again.tracker.samples.lock().unwrap().is_empty());
+        drop(again);
         let other = vec![("source-size".to_string(), (32u64 << 20).to_string())];
         let e = Session::open(path, Duration::ZERO, other.clone(), &mut read)
             .err()

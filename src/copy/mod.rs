@@ -26,7 +26,7 @@ pub mod workqueue;
 
 use crate::config::Config;
 use crate::endpoint::connect::Limits;
-use crate::endpoint::file::FileKind;
+use crate::endpoint::file::{FileId, FileKind};
 use crate::endpoint::nbd::{FastZero, NbdEndpoint};
 use crate::endpoint::pagecache::{FileCache, LaneCache};
 use crate::endpoint::{Endpoint, Side, Spec};
@@ -171,7 +171,19 @@ impl Job {
             Limits::new(timeout, Arc::new(move || sh.cancelled()))
         };
         let src = Endpoint::open(&src_spec, Side::Source, &cfg, &lim)?;
+        // A destination file this open creates is removed again if the job
+        // is refused (a checkpoint mismatch, sizes...): it stays unchanged.
+        let new_path = match &dst_spec {
+            Spec::Path(p) => std::fs::symlink_metadata(p)
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+                .then(|| p.clone()),
+            _ => None,
+        };
         let dst = Endpoint::open(&dst_spec, Side::Destination, &cfg, &lim)?;
+        let mut created = Created(new_path.zip(match &dst {
+            Endpoint::File(f) => f.id,
+            _ => None,
+        }));
         // Nothing has been written yet (a destination file is only
         // truncated when the copy runs).
         if let (Endpoint::File(s), Endpoint::File(d)) = (&src, &dst) {
@@ -267,6 +279,7 @@ impl Job {
         };
         // A resumed copy's progress starts at what is done.
         job.resume_list()?;
+        created.0 = None;
         Ok(job)
     }
 
@@ -895,6 +908,25 @@ impl Job {
             }
             Ok::<(), Error>(())
         })
+    }
+}
+
+/// A destination file the job created, removed when the job is dropped
+/// before it is made (None once it is).
+struct Created(Option<(String, FileId)>);
+
+impl Drop for Created {
+    fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        let Some((path, id)) = self.0.take() else {
+            return;
+        };
+        // Only the empty file this job made, not one put there since.
+        if let (Ok(m), FileId::Inode { dev, ino }) = (std::fs::symlink_metadata(&path), id) {
+            if m.dev() == dev && m.ino() == ino && m.len() == 0 && m.is_file() {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
     }
 }
 

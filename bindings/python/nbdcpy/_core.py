@@ -365,12 +365,10 @@ class Copy:
         finally:
             _config_free(cfg)
         try:
-            # Connected on the caller's thread: a [ CMD ] server belongs
-            # to the thread that started it until the library no longer
-            # ties it to one (its PR_SET_PDEATHSIG).  Ctrl-C here takes
-            # effect when the connect returns (bounded by "timeout").
-            if _connect(self._h) != 0:
-                raise _last_error()
+            # Connected like run(): on the main thread on a worker thread,
+            # so Ctrl-C cancels the connect (nbdcpy_cancel) at once.  A
+            # [ CMD ] server lives as long as the handle, not the thread.
+            self._call(_connect)
         except BaseException:
             self.close()
             raise
@@ -382,9 +380,10 @@ class Copy:
         return h
 
     def _call(self, fn: Any) -> None:
-        """Runs fn(handle) (nbdcpy_run) with the GIL released.  On the main thread it runs on a worker thread, so that
-        Ctrl-C (KeyboardInterrupt) cancels it: the copy is stopped and
-        waited for before the exception goes on."""
+        """Runs fn(handle) (nbdcpy_connect, nbdcpy_run) with the GIL
+        released.  On the main thread it runs on a worker thread, so that
+        Ctrl-C (KeyboardInterrupt) cancels it: the connect or copy is
+        stopped and waited for before the exception goes on."""
         h = self._handle()
         if threading.current_thread() is not threading.main_thread():
             if fn(h) != 0:

@@ -127,6 +127,72 @@ def test_command_source(tmp_path: Path) -> None:
     assert dst.read_bytes() == pattern(0, 3 * MiB)
 
 
+def test_command_connected_on_a_thread_that_exits(tmp_path: Path) -> None:
+    """A [ CMD ] server whose handle is made and connected on one thread
+    (which then exits) serves the run on another."""
+    need("nbdkit")
+    need("cmp")
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    random_file(src, 4 * MiB)
+    with open(dst, "wb") as f:
+        f.truncate(4 * MiB)
+    made: List[nbdcpy.Copy] = []
+    errors: List[BaseException] = []
+
+    def connect() -> None:
+        try:
+            made.append(nbdcpy.Copy(src, ["nbdkit", "file", str(dst)], **opts()))
+        except BaseException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=connect)
+    t.start()
+    t.join()
+    assert not errors, errors
+    time.sleep(0.3)  # the connecting thread is gone for a while
+    c = made[0]
+    try:
+        ran: List[BaseException] = []
+
+        def run() -> None:
+            try:
+                c.run()
+            except BaseException as e:
+                ran.append(e)
+
+        r = threading.Thread(target=run)
+        r.start()
+        r.join()
+        assert not ran, ran
+        assert c.stats().bytes_done == 4 * MiB
+    finally:
+        c.close()
+    # Checked by cmp, after the server has been stopped by close().
+    assert subprocess.run(["cmp", str(src), str(dst)]).returncode == 0
+
+
+def test_keyboard_interrupt_cancels_a_connect(tmp_path: Path) -> None:
+    """Ctrl-C while connecting (a server that never answers) stops the
+    connect at once, long before the timeout."""
+    assert threading.current_thread() is threading.main_thread()
+    lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = tmp_path / "silent.sock"
+    lst.bind(str(sock))
+    lst.listen(1)  # accepts (by the kernel), never says a word
+    uri = f"nbd+unix:///?socket={sock}"
+    t = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT))
+    start = time.monotonic()
+    t.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            nbdcpy.Copy(uri, "null:", **opts(timeout=60))
+    finally:
+        t.cancel()
+        lst.close()
+    assert time.monotonic() - start < 10
+    assert not [x for x in threading.enumerate() if x.name == "nbdcpy"]
+
+
 def test_eight_copies_from_eight_threads(tmp_path: Path) -> None:
     errors: List[BaseException] = []
     size = 4 * MiB

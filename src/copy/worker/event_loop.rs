@@ -22,6 +22,10 @@ use crate::engine::{Completion, Op};
 use crate::error::{Error, Result, Side};
 use std::time::{Duration, Instant};
 
+/// The longest a clean stop of a `--checkpoint` copy waits for the
+/// destination's flushes (less when the `timeout` option is shorter).
+const STOP_FLUSH: Duration = Duration::from_secs(5);
+
 /// Runs lanes, as worker `index`, on the engine `gate` decides for the
 /// whole job, until they finish, fail or are cancelled.
 pub fn run_worker(
@@ -56,6 +60,9 @@ pub fn run_worker(
     };
     if let Err(e) = w.run(&mut lanes) {
         shared.fail(e);
+    }
+    if shared.stopping() {
+        w.stop_flush(&mut lanes);
     }
     // Cancel and reap all operations before the connections say goodbye.
     // (The operations hold their buffers: even if this never ran, as on a
@@ -162,6 +169,85 @@ impl Worker<'_> {
                     Error::new(libc::EIO, format!("unexpected completion {u:#x}"))
                 })?;
                 self.complete(lane_id, lane, kind, idx, res)?;
+            }
+            self.cqes = cqes;
+        }
+    }
+
+    /// A clean stop (error, cancel, signal) of a `--checkpoint` copy: each
+    /// lane whose NBD destination connection is still healthy flushes
+    /// what it finished, so that FILE records it.  Bounded by the
+    /// `timeout` option and `STOP_FLUSH`; a lane whose flush fails or
+    /// whose connection breaks records nothing more.
+    fn stop_flush(&mut self, lanes: &mut [Lane]) {
+        let bound = lanes
+            .first()
+            .and_then(|l| l.params.timeout)
+            .map_or(STOP_FLUSH, |t| t.min(STOP_FLUSH));
+        let deadline = Instant::now() + bound;
+        let healthy = |lane: &Lane| matches!(&lane.dst, DstIo::Nbd(c) if c.can_issue());
+        // Per lane: waiting for a flush, and flushes it may still start
+        // (one more after a checkpoint flush that was under way).
+        let mut waiting = vec![false; lanes.len()];
+        let mut more = vec![0u8; lanes.len()];
+        for (i, lane) in lanes.iter_mut().enumerate() {
+            let Some(c) = &lane.ckpt else { continue };
+            if !healthy(lane) || lane.flushing {
+                continue; // a final flush under way records all when it ends
+            }
+            if c.flushing {
+                (waiting[i], more[i]) = (true, 1);
+            } else if c.has_unflushed() {
+                waiting[i] = self.checkpoint_flush(i, lane).is_ok();
+            }
+        }
+        while waiting.iter().any(|&w| w) && Instant::now() < deadline {
+            for (i, lane) in lanes.iter_mut().enumerate() {
+                if !waiting[i] {
+                    continue;
+                }
+                let flushing = lane.ckpt.as_ref().is_some_and(|c| c.flushing);
+                let unflushed = lane.ckpt.as_ref().is_some_and(|c| c.has_unflushed());
+                if !healthy(lane) {
+                    waiting[i] = false;
+                } else if !flushing {
+                    waiting[i] = more[i] > 0 && unflushed && self.checkpoint_flush(i, lane).is_ok();
+                    more[i] = 0;
+                }
+                if let (true, DstIo::Nbd(c)) = (waiting[i], &mut lane.dst) {
+                    if c.kick(&mut self.engine, user_data(i, K_DST_NBD, 0))
+                        .is_err()
+                    {
+                        waiting[i] = false;
+                    }
+                }
+            }
+            if !waiting.iter().any(|&w| w) {
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self
+                .engine
+                .wait(left.clamp(Duration::from_millis(1), Duration::from_millis(50)))
+                .is_err()
+            {
+                break;
+            }
+            self.cqes.clear();
+            self.engine.reap(&mut self.cqes);
+            let cqes = std::mem::take(&mut self.cqes);
+            for &Completion { user_data: u, res } in &cqes {
+                let (lane_id, kind, idx) = decode_user_data(u);
+                let Some(lane) = lanes.get_mut(lane_id) else {
+                    continue;
+                };
+                // An error ends that lane's part: what its flushes made
+                // durable so far is what FILE gets.
+                if self.complete(lane_id, lane, kind, idx, res).is_err() {
+                    if let Some(w) = waiting.get_mut(lane_id) {
+                        *w = false;
+                    }
+                }
             }
             self.cqes = cqes;
         }
