@@ -57,7 +57,7 @@ RUST_SRCS  := $(shell find src -type f) Cargo.toml $(wildcard Cargo.lock) build.
 EXAMPLES   := $(patsubst %.c,%,$(wildcard examples/*.c))
 MULTIARCH  := $(shell $(CC) -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
 
-.PHONY: check-valgrind-panic all lib cli fuzz check check-quick check-tests check-layout check-man check-rust check-c check-header check-style check-valgrind \
+.PHONY: check-valgrind-panic all lib cli fuzz check check-quick check-tests check-layout check-imports check-man check-rust check-c check-header check-style check-valgrind \
         check-warnings check-symbols check-version check-install check-spdx check-deb header \
         check-header-prefix check-libnbd check-python check-go python-wheel bench-drivers \
         test-deps deps demo install uninstall bench bench-engines bench-dirty bench-ranges deb deb-deps clean dist check-dist
@@ -122,7 +122,7 @@ header: $(STAMP)
 
 # Everything CI runs.  Installs its test servers first where apt-get
 # exists.  The stages run in this order, each timed ("== STAGE: N s").
-CHECK_STAGES := test-deps check-spdx check-tests check-layout check-man check-style all check-warnings check-header \
+CHECK_STAGES := test-deps check-spdx check-tests check-layout check-imports check-man check-style all check-warnings check-header \
        check-header-prefix check-symbols check-version check-rust check-c check-valgrind check-install \
        check-python check-go \
        $(if $(LIBNBD_SRC),check-libnbd)
@@ -156,6 +156,15 @@ check-quick: check-tests
 # directory and .rs file), so it stays true when modules come and go.
 check-layout:
 	tests/check-layout.sh docs/architecture.md src
+
+# No circle between the crate's top-level modules (config, copy,
+# endpoint, engine...): the script must also find one, or it checks nothing.
+check-imports:
+	python3 tests/check-imports.py src
+	@t=$$(mktemp -d); trap 'rm -rf $$t' EXIT; mkdir -p $$t/a $$t/b; \
+	printf 'use crate::b::X;\n' > $$t/a/mod.rs; printf 'use crate::a::Y;\n' > $$t/b/mod.rs; \
+	if python3 tests/check-imports.py $$t >/dev/null; then \
+	  echo "check-imports: the check passed a crate with a circle"; exit 1; fi
 
 # nbdcpy(3)'s NAME lists every exported function of the map (each has a
 # man page linking to it: make install).

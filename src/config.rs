@@ -6,7 +6,9 @@
 // Copy options: nbdcopy's long option names, their defaults, and parsing of
 // values (including nbdcopy's human sizes such as "1M" and "256k").
 
+pub use crate::engine::EngineChoice;
 use crate::error::{Error, Result};
+pub use crate::size::parse_size;
 
 /// Largest READ/WRITE payload the NBD protocol guarantees (32 MiB).
 pub const MAX_REQUEST_SIZE: u64 = 32 << 20;
@@ -116,7 +118,7 @@ pub struct Config {
     pub ranges_file: Option<String>,
     /// The areas given with `nbdcpy_config_set_ranges` (sorted and
     /// merged); wins over `ranges_file`.
-    pub ranges: Option<std::sync::Arc<crate::copy::rangelist::RangeList>>,
+    pub ranges: Option<std::sync::Arc<crate::rangelist::RangeList>>,
     /// Where the private directories for the sockets of `[ CMD ]` servers
     /// are made (key "socket-dir"; None, the default: `TMPDIR`, else
     /// /tmp).
@@ -143,16 +145,6 @@ pub enum PageCacheMode {
     Drop,
     /// Leave whatever the copy read and wrote cached.
     Keep,
-}
-
-/// The "engine" option: which I/O engine runs the copy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum EngineChoice {
-    /// io_uring, or epoll when the ring cannot be made.
-    #[default]
-    Auto,
-    IoUring,
-    Epoll,
 }
 
 /// The longest wait between two reconnect attempts (or `retry_delay`,
@@ -557,32 +549,6 @@ fn parse_u32_in(name: &str, s: &str, min: u32, max: u32) -> Result<u32> {
         ));
     }
     Ok(v)
-}
-
-/// Parses a size the way nbdcopy does: a decimal number with an optional
-/// suffix b/k/M/G/T/P/E (powers of 1024; case-insensitive, optional
-/// trailing "B", "iB").
-pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
-    let t = s.trim();
-    let digits = t.bytes().take_while(|b| b.is_ascii_digit()).count();
-    if digits == 0 {
-        return Err("not a size".into());
-    }
-    let n: u64 = t[..digits].parse().map_err(|_| "number too large")?;
-    let suffix = t[digits..].trim_start();
-    let shift = match suffix.to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "s" => 9,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        "t" | "tb" | "tib" => 40,
-        "p" | "pb" | "pib" => 50,
-        "e" | "eb" | "eib" => 60,
-        _ => return Err(format!("unknown size suffix \"{suffix}\"")),
-    };
-    n.checked_mul(1u64 << shift)
-        .ok_or_else(|| "size too large".to_string())
 }
 
 #[cfg(test)]

@@ -17,6 +17,8 @@ pub(crate) mod engine;
 pub mod error;
 pub mod ffi;
 pub(crate) mod proto;
+pub(crate) mod rangelist;
+pub(crate) mod size;
 pub(crate) mod sys;
 pub(crate) mod tls;
 

@@ -17,7 +17,7 @@ pub mod hasher;
 pub use digest::{Digest, Hash};
 pub use hasher::BlockHasher;
 
-use crate::config::parse_size;
+use crate::size::parse_size;
 
 /// Block size when the spec names none (nbdcopy's and blksum's).
 pub const DEFAULT_BLOCK_SIZE: u64 = 64 << 10;

@@ -15,7 +15,7 @@ pub mod gate;
 pub mod integrity;
 pub mod nbdconn;
 pub mod plan;
-pub mod rangelist;
+pub mod rangeplan;
 pub mod ranges;
 pub mod rate;
 pub mod signals;
@@ -32,6 +32,7 @@ use crate::endpoint::pagecache::{FileCache, LaneCache};
 use crate::endpoint::{Endpoint, Side, Spec};
 use crate::engine::Choice;
 use crate::error::{Error, Result};
+use crate::rangelist;
 use gate::EngineGate;
 use plan::{EndFacts, Plan};
 use stats::Shared;
@@ -158,7 +159,7 @@ impl Job {
         shared: Arc<Shared>,
     ) -> Result<Job> {
         // The whole range list is read and checked before anything opens.
-        let list = rangelist::load(&cfg, &src_spec)?;
+        let list = rangeplan::load(&cfg, &src_spec)?;
         let mut cfg = cfg;
         if let Some(l) = &list {
             cfg.ranges = Some(l.clone());
@@ -217,7 +218,7 @@ impl Job {
         dirty::check_options(&cfg, matches!(&src, Endpoint::Nbd(_)), dst_stream)?;
         let align = plan::plan(&EndFacts::of(&src), &EndFacts::of(&dst), &cfg, 1).align;
         let window = match &list {
-            Some(l) => rangelist::plan_window(l, &src_spec, &dst_spec, &src, &dst, align)?,
+            Some(l) => rangeplan::plan_window(l, &src_spec, &dst_spec, &src, &dst, align)?,
             None => ranges::Window::plan(
                 &cfg,
                 &ranges::Ends {
@@ -502,7 +503,7 @@ impl Job {
             ranges::plan_inputs(EndFacts::of(&self.src), &self.window, &self.cfg);
         plan_cfg.small_areas = self.list.as_ref().is_some_and(|l| {
             !l.areas().is_empty()
-                && l.total() / (l.areas().len() as u64) < rangelist::STATUS_MIN_MEAN_AREA
+                && l.total() / (l.areas().len() as u64) < rangeplan::STATUS_MIN_MEAN_AREA
         });
         if self.readback.is_some() || self.list.is_some() {
             // A --verify read-back: only the source's length; a range
@@ -723,7 +724,7 @@ impl Job {
             sparse: plan.sparse,
             allocated: cfg.allocated,
             dst_is_zero,
-            extents: !cfg.no_extents && rangelist::wants_extents(self.list.as_deref(), &self.src),
+            extents: !cfg.no_extents && rangeplan::wants_extents(self.list.as_deref(), &self.src),
             zero_piece: plan.zero_piece,
             direct_file_writes: plan.direct_file_writes,
             file_lock: plan.file_lock.then(|| Arc::new(std::sync::Mutex::new(()))),

@@ -3,7 +3,7 @@
 
 //! The shared work queue: the source's byte range (or a range list's areas) handed to lanes in large pieces.
 
-use super::rangelist;
+use crate::rangelist;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 

@@ -24,12 +24,21 @@ pub mod buf;
 mod epoll;
 mod uring;
 
-use crate::config::EngineChoice;
 use crate::error::{Error, Result};
 use buf::{IoBuf, Span};
 use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The "engine" option: which I/O engine runs the copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EngineChoice {
+    /// io_uring, or epoll when the ring cannot be made.
+    #[default]
+    Auto,
+    IoUring,
+    Epoll,
+}
 
 /// One request header (at most 32 bytes) and the payload after it: one
 /// contiguous span when the header could be written in front of the

@@ -623,14 +623,14 @@ pub unsafe extern "C" fn nbdcpy_config_set_ranges(
         };
         let mut list = Vec::with_capacity(areas.len());
         for (i, r) in areas.iter().enumerate() {
-            crate::copy::rangelist::check_area(r.offset, r.length)
+            crate::rangelist::check_area(r.offset, r.length)
                 .map_err(|e| Error::invalid(format!("nbdcpy_config_set_ranges: area {i}: {e}")))?;
-            list.push(crate::copy::rangelist::Area {
+            list.push(crate::rangelist::Area {
                 offset: r.offset,
                 length: r.length,
             });
         }
-        let list = std::sync::Arc::new(crate::copy::rangelist::RangeList::new(list)?);
+        let list = std::sync::Arc::new(crate::rangelist::RangeList::new(list)?);
         with_config(config, |c| {
             c.cfg.ranges = Some(list);
             c.cfg.ranges_file = None;

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: LGPL-2.1-or-later
 // Copyright (C) 2026 The nbdcpy authors
 
-//! Range lists (`--ranges=FILE`, `nbdcpy_config_set_ranges`): areas read, checked, sorted and merged, then handed out to lanes.
+//! Range lists (`--ranges=FILE`, `nbdcpy_config_set_ranges`): areas read, checked, sorted and merged, then handed out in pieces; a leaf every layer may use.
 //
 // A range list is one more source of extents, like the dirty bitmap: the
 // areas are parsed and checked (each by itself), sorted and merged (an
@@ -10,10 +10,8 @@
 // lanes' usual extent handling (SEEK_DATA, BLOCK_STATUS, zero detection)
 // applies inside each piece.
 
-use super::ranges::Window;
-use crate::config::{parse_size, Config};
-use crate::endpoint::{Endpoint, Spec};
 use crate::error::{Error, Result};
+use crate::size::parse_size;
 use std::sync::{Arc, Mutex};
 
 /// One area to copy: `length` bytes at `offset` (the same offset in the
@@ -152,15 +150,18 @@ impl RangeList {
         }
     }
 
-    /// The smallest window holding every area (to the same offsets).
-    pub fn window(&self) -> Window {
+    /// The smallest [start, end) holding every area.
+    pub fn bounds(&self) -> (u64, u64) {
         let start = self.areas.first().map_or(0, |a| a.offset);
         let end = self.areas.last().map_or(0, Area::end);
-        Window {
-            start,
-            end,
-            dst_start: start,
-            partial: true,
+        (start, end)
+    }
+
+    /// The mean length of the areas (0 for an empty list).
+    pub fn mean_area(&self) -> u64 {
+        match self.areas.len() {
+            0 => 0,
+            n => self.total / n as u64,
         }
     }
 
@@ -214,104 +215,6 @@ impl RangeList {
     }
 }
 
-/// The job's range list, if it has one: the list given with
-/// `nbdcpy_config_set_ranges`, or the file of `ranges-file` read now.
-/// Refuses the options a range list cannot be combined with.
-pub fn load(cfg: &Config, src: &Spec) -> Result<Option<Arc<RangeList>>> {
-    let list = match (&cfg.ranges, &cfg.ranges_file) {
-        (Some(l), _) => l.clone(),
-        (None, Some(path)) => {
-            if path == "-" && matches!(src, Spec::Stdio) {
-                return Err(Error::invalid(
-                    "--ranges=- reads the list from standard input, which is the source",
-                ));
-            }
-            Arc::new(RangeList::read(path)?)
-        }
-        (None, None) => return Ok(None),
-    };
-    let mut clash = Vec::new();
-    if cfg.offset != 0 {
-        clash.push("--offset");
-    }
-    if cfg.length.is_some() {
-        clash.push("--length");
-    }
-    if cfg.destination_offset.is_some() {
-        clash.push("--destination-offset");
-    }
-    if cfg.dirty_bitmap.is_some() {
-        clash.push("--dirty-bitmap");
-    }
-    if cfg.blkhash.is_some() {
-        clash.push("--blkhash (the block hash is defined over a whole image)");
-    }
-    if !clash.is_empty() {
-        return Err(Error::invalid(format!(
-            "--ranges cannot be combined with {}",
-            clash.join(", ")
-        )));
-    }
-    Ok(Some(list))
-}
-
-/// The window of a job with a range list, after checking what it needs
-/// of both ends: a source and a destination that can seek, and every area
-/// inside both (a regular file's present size: it is never extended).
-pub fn plan_window(
-    list: &RangeList,
-    src_spec: &Spec,
-    dst_spec: &Spec,
-    src: &Endpoint,
-    dst: &Endpoint,
-    align: u64,
-) -> Result<Window> {
-    let Some(src_size) = src.size() else {
-        return Err(Error::invalid(format!(
-            "--ranges: source {src_spec} is a stream; a range list needs a source that can seek"
-        )));
-    };
-    let dst_size = match dst {
-        Endpoint::Null => None,
-        Endpoint::File(f) if f.is_stream() => {
-            return Err(Error::invalid(format!(
-                "--ranges: destination {dst_spec} is a stream; a range list needs a \
-                 destination that can seek"
-            )))
-        }
-        Endpoint::File(f) => Some(f.size.unwrap_or(0)),
-        Endpoint::Nbd(n) => Some(n.info.size),
-    };
-    list.check_ends(
-        &src_spec.to_string(),
-        &dst_spec.to_string(),
-        src_size,
-        dst_size,
-        align,
-    )?;
-    Ok(list.window())
-}
-
-/// Mean area length from which an NBD source is asked for block status
-/// per area (below it, a BLOCK_STATUS round trip costs more than reading
-/// an area's holes, which zero detection then turns into zeroing).
-pub const STATUS_MIN_MEAN_AREA: u64 = 1 << 20;
-
-/// Whether the lanes learn the source's extents (SEEK_DATA, BLOCK_STATUS)
-/// inside the areas of `list` (None: no range list, as configured).  A
-/// lane has one BLOCK_STATUS in flight and claims the next area only when
-/// it is answered, so for small areas of an NBD source the round trips
-/// would bound the copy: their holes are read instead (and zeroed on the
-/// destination by zero detection).  Files always: SEEK_DATA is local.
-pub fn wants_extents(list: Option<&RangeList>, src: &Endpoint) -> bool {
-    match (list, src) {
-        (Some(l), Endpoint::Nbd(_)) if !l.areas.is_empty() => {
-            l.total / l.areas.len() as u64 >= STATUS_MIN_MEAN_AREA
-        }
-        _ => true,
-    }
-}
-
 /// Hands out the areas in pieces of at most `piece` bytes, in order.
 #[derive(Debug)]
 pub struct Claims {
@@ -357,8 +260,7 @@ mod tests {
         let l = RangeList::new(vec![a(100, 10), a(0, 5), a(5, 5), a(105, 20), a(50, 1)]).unwrap();
         assert_eq!(l.areas(), &[a(0, 10), a(50, 1), a(100, 25)]);
         assert_eq!(l.total(), 36);
-        assert_eq!(l.window().start, 0);
-        assert_eq!(l.window().end, 125);
+        assert_eq!(l.bounds(), (0, 125));
         assert_eq!(l.packed_offset(0), 0);
         assert_eq!(l.packed_offset(50), 10);
         assert_eq!(l.packed_offset(110), 21);
