@@ -351,7 +351,7 @@ impl UringEngine {
     fn drain_within(&mut self, limit: Duration, sink: &mut dyn FnMut(Completion)) -> bool {
         let deadline = Instant::now() + limit;
         let mut out = Vec::new();
-        self.early.drain(..).for_each(|c| sink(c));
+        self.early.drain(..).for_each(&mut *sink);
         let mut cancelled = false;
         while self.in_flight > 0 {
             if !cancelled {

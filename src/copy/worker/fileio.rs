@@ -33,7 +33,9 @@ impl Worker<'_> {
             .as_ref()
             .ok_or_else(|| Error::new(libc::EIO, "internal error: slot without buffer"))?;
         let filled = slot.filled as usize;
-        let _ = fd; // the number is the lane's; the operation names its registration
+        // `fd` is the lane's number (for system calls made here); the
+        // operation names the engine's registration of it.
+        debug_assert!(matches!(lane.src, SrcIo::File { fd: f, .. } if f == fd));
         let op = Op::Read {
             fd: lane.src_fd,
             buf: buf.clone(),
