@@ -7,8 +7,10 @@
 // operation is tried when it is pushed: file I/O (pread, pwrite,
 // fallocate, fsync) is done at once; socket receives and sends use
 // MSG_DONTWAIT and, when they would block, wait for readiness (one-shot
-// epoll registration, re-armed per wait, so a closed and reused
-// descriptor number is never missed); reads and writes of streams
+// epoll registration of the engine's own duplicate, keyed by the
+// registration token, re-armed per wait; unregistering cancels what
+// waits and removes the epoll registration before the duplicate is
+// closed, so a reused number never meets a waiting operation); reads and writes of streams
 // (pipes, terminals) first ask poll whether they can go without
 // blocking.  Results are queued as the same completions io_uring gives
 // (bytes or -errno; a send may complete short, as it may there).
@@ -16,7 +18,7 @@
 // only hands back what waits.
 
 use super::buf::IoBuf;
-use super::{gather, Completion, Op};
+use super::{gather, Completion, Fd, FdTable, Op};
 use crate::error::{Error, Result};
 use crate::sys;
 use std::collections::VecDeque;
@@ -40,7 +42,9 @@ pub struct EpollEngine {
     events: Vec<libc::epoll_event>,
     /// Waiting descriptors epoll cannot watch (never seen in practice:
     /// regular files do not block): retried at every wait.
-    unwatched: Vec<RawFd>,
+    unwatched: Vec<Fd>,
+    /// The descriptors operations name.
+    pub(super) fds: FdTable,
     /// epoll_wait calls (for stats).
     pub enters: u64,
     /// System calls made for operations (for stats).
@@ -84,6 +88,7 @@ impl EpollEngine {
             done: VecDeque::new(),
             events: vec![libc::epoll_event { events: 0, u64: 0 }; 64],
             unwatched: Vec::new(),
+            fds: FdTable::default(),
             enters: 0,
             syscalls: 0,
         })
@@ -97,7 +102,7 @@ impl EpollEngine {
         match self.attempt(&op) {
             Try::Done(res) => self.done.push_back(Completion { user_data, res }),
             Try::Wait(want) => {
-                let fd = op_fd(&op).unwrap_or(-1);
+                let fd = op.fd().unwrap_or(Fd::NONE);
                 self.waiting.push(Waiting {
                     user_data,
                     op,
@@ -114,61 +119,68 @@ impl EpollEngine {
         const IN: u32 = libc::EPOLLIN as u32;
         const OUT: u32 = libc::EPOLLOUT as u32;
         let nosig = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+        // The number stays the registration's while this runs: only
+        // `unregister` closes it.
+        let fd = match op.fd().map(|t| self.fds.raw(t)) {
+            None => -1,
+            Some(Some(fd)) => fd,
+            Some(None) => return Try::Done(-libc::EBADF),
+        };
         let r = match op {
             Op::Nop => return Try::Done(0),
-            Op::Recv { fd, buf, at, len } => {
+            Op::Recv { buf, at, len, .. } => {
                 // SAFETY: the op's maker reserved these bytes for it.
                 let out = unsafe { op_target(buf, *at, *len) };
                 self.syscalls += 1;
-                match res_of(sys::recv(*fd, out, libc::MSG_DONTWAIT)) {
+                match res_of(sys::recv(fd, out, libc::MSG_DONTWAIT)) {
                     Some(r) => r,
                     None => return Try::Wait(IN),
                 }
             }
             Op::Read {
-                fd,
                 buf,
                 at,
                 len,
                 offset,
+                ..
             } => {
-                if offset.is_none() && !ready(*fd, libc::POLLIN) {
+                if offset.is_none() && !ready(fd, libc::POLLIN) {
                     return Try::Wait(IN);
                 }
                 // SAFETY: the op's maker reserved these bytes for it.
                 let out = unsafe { op_target(buf, *at, *len) };
                 self.syscalls += 1;
                 let r = match offset {
-                    Some(o) => sys::pread(*fd, out, *o),
-                    None => sys::read(*fd, out),
+                    Some(o) => sys::pread(fd, out, *o),
+                    None => sys::read(fd, out),
                 };
                 match res_of(r) {
                     Some(r) => r,
                     None => return Try::Wait(IN),
                 }
             }
-            Op::Write { fd, data, offset } => {
-                if offset.is_none() && !ready(*fd, libc::POLLOUT) {
+            Op::Write { data, offset, .. } => {
+                if offset.is_none() && !ready(fd, libc::POLLOUT) {
                     return Try::Wait(OUT);
                 }
                 self.syscalls += 1;
                 let r = match offset {
-                    Some(o) => sys::pwrite(*fd, data.as_slice(), *o),
-                    None => sys::write(*fd, data.as_slice()),
+                    Some(o) => sys::pwrite(fd, data.as_slice(), *o),
+                    None => sys::write(fd, data.as_slice()),
                 };
                 match res_of(r) {
                     Some(r) => r,
                     None => return Try::Wait(OUT),
                 }
             }
-            Op::Send { fd, data } => {
+            Op::Send { data, .. } => {
                 self.syscalls += 1;
-                match res_of(sys::send(*fd, data.as_slice(), nosig)) {
+                match res_of(sys::send(fd, data.as_slice(), nosig)) {
                     Some(r) => r,
                     None => return Try::Wait(OUT),
                 }
             }
-            Op::SendBatch { fd, batch, skip } => {
+            Op::SendBatch { batch, skip, .. } => {
                 let mut slices = Vec::new();
                 gather(batch, *skip, &mut slices);
                 let iov: Vec<std::io::IoSlice<'_>> = slices
@@ -177,26 +189,23 @@ impl EpollEngine {
                     .map(|s| std::io::IoSlice::new(s))
                     .collect();
                 self.syscalls += 1;
-                match res_of(sys::sendmsg(*fd, &iov, libc::MSG_DONTWAIT)) {
+                match res_of(sys::sendmsg(fd, &iov, libc::MSG_DONTWAIT)) {
                     Some(r) => r,
                     None => return Try::Wait(OUT),
                 }
             }
             Op::Fallocate {
-                fd,
-                offset,
-                len,
-                mode,
+                offset, len, mode, ..
             } => {
                 self.syscalls += 1;
-                match sys::fallocate(*fd, *mode, *offset, *len) {
+                match sys::fallocate(fd, *mode, *offset, *len) {
                     Ok(()) => 0,
                     Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
                 }
             }
-            Op::Fsync { fd } => {
+            Op::Fsync { .. } => {
                 self.syscalls += 1;
-                match sys::fsync(*fd) {
+                match sys::fsync(fd) {
                     Ok(()) => 0,
                     Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
                 }
@@ -208,19 +217,25 @@ impl EpollEngine {
         Try::Done(r)
     }
 
-    /// (Re-)arms the one-shot registration of `fd` for what its waiting
+    /// (Re-)arms the one-shot registration of `t` for what its waiting
     /// operations want.
-    fn arm(&mut self, fd: RawFd) -> Result<()> {
+    fn arm(&mut self, t: Fd) -> Result<()> {
+        let Some(fd) = self.fds.raw(t) else {
+            // Not registered (any more): what waits on it is cancelled.
+            self.cancel(t);
+            return Ok(());
+        };
         let want = self
             .waiting
             .iter()
-            .filter(|w| op_fd(&w.op) == Some(fd))
+            .filter(|w| w.op.fd() == Some(t))
             .fold(0, |a, w| a | w.want);
         let ev = want | (libc::EPOLLONESHOT as u32) | (libc::EPOLLRDHUP as u32);
         let ep = self.ep.as_raw_fd();
-        let r = match sys::epoll_ctl(ep, libc::EPOLL_CTL_MOD, fd, ev, fd as u64) {
+        let key = t.key();
+        let r = match sys::epoll_ctl(ep, libc::EPOLL_CTL_MOD, fd, ev, key) {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                sys::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, ev, fd as u64)
+                sys::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, ev, key)
             }
             r => r,
         };
@@ -229,8 +244,8 @@ impl EpollEngine {
             // Not pollable (a regular file): always ready; retried at
             // the next wait, which does not block then.
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-                if !self.unwatched.contains(&fd) {
-                    self.unwatched.push(fd);
+                if !self.unwatched.contains(&t) {
+                    self.unwatched.push(t);
                 }
                 Ok(())
             }
@@ -256,9 +271,9 @@ impl EpollEngine {
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => 0,
             Err(e) => return Err(Error::os("epoll_wait", e)),
         };
-        let mut fired: Vec<(RawFd, u32)> = self.events[..n]
+        let mut fired: Vec<(Fd, u32)> = self.events[..n]
             .iter()
-            .map(|e| (e.u64 as RawFd, e.events))
+            .map(|e| (Fd::from_key(e.u64), e.events))
             .collect();
         // Descriptors epoll cannot watch count as ready.
         let all = (libc::EPOLLIN | libc::EPOLLOUT) as u32;
@@ -272,12 +287,12 @@ impl EpollEngine {
 
     /// Retries, in order, the waiting operations of descriptors that
     /// fired; re-arms those still waiting.
-    fn retry(&mut self, fired: &[(RawFd, u32)]) -> Result<()> {
+    fn retry(&mut self, fired: &[(Fd, u32)]) -> Result<()> {
         let errs = (libc::EPOLLERR | libc::EPOLLHUP | libc::EPOLLRDHUP) as u32;
-        let mut rearm: Vec<RawFd> = Vec::new();
+        let mut rearm: Vec<Fd> = Vec::new();
         let waiting = std::mem::take(&mut self.waiting);
         for w in waiting {
-            let fd = op_fd(&w.op).unwrap_or(-1);
+            let fd = w.op.fd().unwrap_or(Fd::NONE);
             let hit = fired
                 .iter()
                 .any(|&(f, ev)| f == fd && (ev & (w.want | errs)) != 0);
@@ -315,11 +330,43 @@ impl EpollEngine {
             }
         }
         for fd in rearm {
-            if self.waiting.iter().any(|w| op_fd(&w.op) == Some(fd)) {
+            if self.waiting.iter().any(|w| w.op.fd() == Some(fd)) {
                 self.arm(fd)?;
             }
         }
         Ok(())
+    }
+
+    /// Ends the registration `t`: what waits on it completes cancelled,
+    /// epoll forgets it, and its duplicate is closed, in that order.
+    pub fn unregister(&mut self, t: Fd) -> Result<()> {
+        let Some(fd) = self.fds.raw(t) else {
+            return Ok(());
+        };
+        self.cancel(t);
+        self.unwatched.retain(|&u| u != t);
+        match sys::epoll_ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, 0, 0) {
+            Ok(()) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::EPERM)) => {}
+            Err(e) => return Err(Error::os("epoll_ctl", e)),
+        }
+        self.fds.close(t);
+        Ok(())
+    }
+
+    /// Completes the operations waiting on `t` as cancelled.
+    fn cancel(&mut self, t: Fd) {
+        let done = &mut self.done;
+        self.waiting.retain(|w| {
+            let mine = w.op.fd() == Some(t);
+            if mine {
+                done.push_back(Completion {
+                    user_data: w.user_data,
+                    res: -libc::ECANCELED,
+                });
+            }
+            !mine
+        });
     }
 
     pub fn reap(&mut self, out: &mut Vec<Completion>) {
@@ -338,21 +385,6 @@ impl EpollEngine {
             });
         }
         true
-    }
-}
-
-/// The descriptor an operation uses.
-fn op_fd(op: &Op) -> Option<RawFd> {
-    match op {
-        Op::Recv { fd, .. }
-        | Op::Read { fd, .. }
-        | Op::Write { fd, .. }
-        | Op::Send { fd, .. }
-        | Op::SendBatch { fd, .. }
-        | Op::Fallocate { fd, .. }
-        | Op::Fsync { fd }
-        | Op::Poll { fd, .. } => Some(*fd),
-        Op::Nop => None,
     }
 }
 

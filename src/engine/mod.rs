@@ -26,7 +26,8 @@ mod uring;
 
 use crate::error::{Error, Result};
 use buf::{IoBuf, Span};
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -119,14 +120,14 @@ pub fn gather<'a>(chunks: &'a [Chunk], mut skip: usize, out: &mut Vec<&'a [u8]>)
 pub enum Op {
     /// Receive up to `len` bytes into `buf[at..]` (a socket).
     Recv {
-        fd: RawFd,
+        fd: Fd,
         buf: IoBuf,
         at: usize,
         len: usize,
     },
     /// Read up to `len` bytes into `buf[at..]`.
     Read {
-        fd: RawFd,
+        fd: Fd,
         buf: IoBuf,
         at: usize,
         len: usize,
@@ -134,42 +135,188 @@ pub enum Op {
     },
     /// Write `data`.
     Write {
-        fd: RawFd,
+        fd: Fd,
         data: Span,
         offset: Option<u64>,
     },
     /// Send `data` on a socket.
     Send {
-        fd: RawFd,
+        fd: Fd,
         data: Span,
     },
     /// Send the chunks of `batch` (without the first `skip` bytes) on a
     /// socket, as one vectored send.
     SendBatch {
-        fd: RawFd,
+        fd: Fd,
         batch: Arc<Vec<Chunk>>,
         skip: usize,
     },
     /// fallocate(mode) over [offset, offset+len).
     Fallocate {
-        fd: RawFd,
+        fd: Fd,
         offset: u64,
         len: u64,
         mode: i32,
     },
     Fsync {
-        fd: RawFd,
+        fd: Fd,
     },
     /// Completes when `fd` is ready for `events` (POLLIN and/or POLLOUT),
     /// with the events that are (errors and hang-ups included): for
     /// system calls made outside the engine, such as splice, that would
     /// block.
     Poll {
-        fd: RawFd,
+        fd: Fd,
         events: u32,
     },
     /// Completes at once with 0 (a result that is already known).
     Nop,
+}
+
+impl Op {
+    /// The registered descriptor the operation uses.
+    fn fd(&self) -> Option<Fd> {
+        match self {
+            Op::Recv { fd, .. }
+            | Op::Read { fd, .. }
+            | Op::Write { fd, .. }
+            | Op::Send { fd, .. }
+            | Op::SendBatch { fd, .. }
+            | Op::Fallocate { fd, .. }
+            | Op::Fsync { fd }
+            | Op::Poll { fd, .. } => Some(*fd),
+            Op::Nop => None,
+        }
+    }
+}
+
+/// A descriptor registered with one engine (`Engine::register`).  The
+/// engine holds its own duplicate until `Engine::unregister` and every
+/// operation naming it has completed, so the number an operation uses
+/// cannot be closed and reused under it; operations name it by slot and
+/// a generation no other registration of any engine has, so a token
+/// kept past its `unregister` (or taken to another engine) completes
+/// with -EBADF instead of reaching another descriptor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fd {
+    slot: u32,
+    gen: u32,
+}
+
+impl Fd {
+    /// Registered nowhere: operations on it complete with -EBADF.
+    pub const NONE: Fd = Fd {
+        slot: u32::MAX,
+        gen: 0,
+    };
+
+    /// The token as epoll's event data.
+    fn key(self) -> u64 {
+        (self.gen as u64) << 32 | self.slot as u64
+    }
+
+    fn from_key(k: u64) -> Fd {
+        Fd {
+            slot: k as u32,
+            gen: (k >> 32) as u32,
+        }
+    }
+}
+
+/// Generations of registrations, unique across the engines of the
+/// process (0 is never one).
+static GENERATIONS: AtomicU32 = AtomicU32::new(1);
+
+struct Slot {
+    file: Option<OwnedFd>,
+    gen: u32,
+    /// Not unregistered yet.
+    open: bool,
+    /// Operations naming it that the kernel may still run (io_uring).
+    ops: u32,
+}
+
+/// The descriptors an engine holds for its operations.
+#[derive(Default)]
+struct FdTable {
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+}
+
+impl FdTable {
+    fn register(&mut self, fd: RawFd) -> Result<Fd> {
+        let file = crate::sys::dup_cloexec(fd)
+            .map_err(|e| Error::os("registering a descriptor with the engine (dup)", e))?;
+        let gen = loop {
+            let g = GENERATIONS.fetch_add(1, Relaxed);
+            if g != 0 {
+                break g;
+            }
+        };
+        let s = Slot {
+            file: Some(file),
+            gen,
+            open: true,
+            ops: 0,
+        };
+        let slot = match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = s;
+                i
+            }
+            None => {
+                self.slots.push(s);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        Ok(Fd { slot, gen })
+    }
+
+    /// The engine's number for `t`, while it is registered.
+    fn raw(&self, t: Fd) -> Option<RawFd> {
+        let s = self.slots.get(t.slot as usize)?;
+        if !s.open || s.gen != t.gen {
+            return None;
+        }
+        s.file.as_ref().map(AsRawFd::as_raw_fd)
+    }
+
+    /// `raw`, counting an operation that uses it until `end`.
+    fn begin(&mut self, t: Fd) -> Option<RawFd> {
+        let r = self.raw(t)?;
+        self.slots[t.slot as usize].ops += 1;
+        Some(r)
+    }
+
+    /// An operation `begin` counted has completed.
+    fn end(&mut self, t: Fd) {
+        let Some(s) = self.slots.get_mut(t.slot as usize) else {
+            return;
+        };
+        if s.gen == t.gen {
+            s.ops = s.ops.saturating_sub(1);
+            self.release(t.slot);
+        }
+    }
+
+    /// Unregisters `t` (false when it was not registered); its duplicate
+    /// is closed once no counted operation uses it.
+    fn close(&mut self, t: Fd) -> bool {
+        if self.raw(t).is_none() {
+            return false;
+        }
+        self.slots[t.slot as usize].open = false;
+        self.release(t.slot);
+        true
+    }
+
+    fn release(&mut self, slot: u32) {
+        let s = &mut self.slots[slot as usize];
+        if !s.open && s.ops == 0 && s.file.is_some() {
+            s.file = None;
+            self.free.push(slot);
+        }
+    }
 }
 
 /// A finished operation: the user_data it was pushed with, and its
@@ -283,6 +430,35 @@ impl Engine {
         match self {
             Engine::Uring(_) => EngineKind::IoUring,
             Engine::Epoll(_) => EngineKind::Epoll,
+        }
+    }
+
+    /// Registers (a duplicate of) the open descriptor `fd` for
+    /// operations; the caller may close `fd` at any time after.
+    pub fn register(&mut self, fd: RawFd) -> Result<Fd> {
+        match self {
+            Engine::Uring(e) => e.fds.register(fd),
+            Engine::Epoll(e) => e.fds.register(fd),
+        }
+    }
+
+    /// Ends the registration of `fd`: its operations still waiting
+    /// complete (cancelled, or with their result if they finish first)
+    /// and later ones on `fd` complete with -EBADF.  The engine closes
+    /// its duplicate once the kernel has none of them.
+    pub fn unregister(&mut self, fd: Fd) -> Result<()> {
+        match self {
+            Engine::Uring(e) => e.unregister(fd),
+            Engine::Epoll(e) => e.unregister(fd),
+        }
+    }
+
+    /// The engine's number for `fd` while it is registered (for tests).
+    #[cfg(test)]
+    pub fn raw_fd(&self, fd: Fd) -> Option<RawFd> {
+        match self {
+            Engine::Uring(e) => e.fds.raw(fd),
+            Engine::Epoll(e) => e.fds.raw(fd),
         }
     }
 

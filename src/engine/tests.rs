@@ -59,9 +59,10 @@ fn receive_waits_for_data_then_completes() {
     for mut e in engines() {
         let (a, mut b) = UnixStream::pair().unwrap();
         let buf = AlignedBuf::shared(64);
+        let reg0 = e.register(a.as_raw_fd()).unwrap();
         e.push(
             Op::Recv {
-                fd: a.as_raw_fd(),
+                fd: reg0,
                 buf: buf.clone(),
                 at: 8,
                 len: 16,
@@ -91,9 +92,10 @@ fn receive_waits_for_data_then_completes() {
         assert_eq!(&buf.as_slice()[8..13], b"hello");
         // The peer hangs up: a receive completes with 0.
         drop(b);
+        let reg1 = e.register(a.as_raw_fd()).unwrap();
         e.push(
             Op::Recv {
-                fd: a.as_raw_fd(),
+                fd: reg1,
                 buf: buf.clone(),
                 at: 0,
                 len: 16,
@@ -128,10 +130,11 @@ fn batch_send_of_more_than_the_socket_takes_completes_short_or_whole() {
             all
         });
         let mut sent = 0;
+        let reg2 = e.register(a.as_raw_fd()).unwrap();
         while sent < total {
             e.push(
                 Op::SendBatch {
-                    fd: a.as_raw_fd(),
+                    fd: reg2,
                     batch: batch.clone(),
                     skip: sent,
                 },
@@ -144,6 +147,8 @@ fn batch_send_of_more_than_the_socket_takes_completes_short_or_whole() {
             sent += c[0].res as usize;
         }
         assert_eq!(sent, total);
+        // The engine's duplicate would keep the socket open.
+        e.unregister(reg2).unwrap();
         drop(a);
         let all = reader.join().unwrap();
         assert_eq!(all.len(), total);
@@ -171,9 +176,10 @@ fn file_reads_are_short_at_the_end_and_writes_land() {
         let mut src_mut = src;
         Arc::get_mut(&mut src_mut).unwrap().as_mut_slice()[..5].copy_from_slice(b"abcde");
         let data = Span::with_room(&src_mut, 0, 5, 0);
+        let reg3 = e.register(f.as_raw_fd()).unwrap();
         e.push(
             Op::Write {
-                fd: f.as_raw_fd(),
+                fd: reg3,
                 data,
                 offset: Some(10),
             },
@@ -188,9 +194,10 @@ fn file_reads_are_short_at_the_end_and_writes_land() {
             }]
         );
         let dst = AlignedBuf::shared(64);
+        let reg4 = e.register(f.as_raw_fd()).unwrap();
         e.push(
             Op::Read {
-                fd: f.as_raw_fd(),
+                fd: reg4,
                 buf: dst.clone(),
                 at: 0,
                 len: 64,
@@ -207,7 +214,8 @@ fn file_reads_are_short_at_the_end_and_writes_land() {
             }]
         );
         assert_eq!(&dst.as_slice()[..7], b"\0\0abcde");
-        e.push(Op::Fsync { fd: f.as_raw_fd() }, 3).unwrap();
+        let reg5 = e.register(f.as_raw_fd()).unwrap();
+        e.push(Op::Fsync { fd: reg5 }, 3).unwrap();
         assert_eq!(
             collect(&mut e, 1),
             vec![Completion {
@@ -218,7 +226,7 @@ fn file_reads_are_short_at_the_end_and_writes_land() {
         // A bad descriptor is an error result, not a failure to push.
         e.push(
             Op::Read {
-                fd: -1,
+                fd: Fd::NONE,
                 buf: dst.clone(),
                 at: 0,
                 len: 8,
@@ -243,9 +251,10 @@ fn stream_reads_wait_for_a_pipe() {
     for mut e in engines() {
         let (r, w) = crate::sys::pipe_with(libc::O_CLOEXEC).unwrap();
         let buf = AlignedBuf::shared(64);
+        let reg6 = e.register(r.as_raw_fd()).unwrap();
         e.push(
             Op::Read {
-                fd: r.as_raw_fd(),
+                fd: reg6,
                 buf: buf.clone(),
                 at: 0,
                 len: 64,
@@ -283,9 +292,10 @@ fn drain_cancels_a_blocked_receive_and_returns_the_buffer() {
     for mut e in list {
         let (a, _b) = UnixStream::pair().unwrap();
         let buf = AlignedBuf::shared(16);
+        let reg7 = e.register(a.as_raw_fd()).unwrap();
         e.push(
             Op::Recv {
-                fd: a.as_raw_fd(),
+                fd: reg7,
                 buf: buf.clone(),
                 at: 0,
                 len: 16,
@@ -321,9 +331,10 @@ fn an_engine_dropped_with_operations_in_flight_keeps_their_buffers_alive() {
     for mut e in engines() {
         let (a, mut b) = UnixStream::pair().unwrap();
         let buf = AlignedBuf::shared(16);
+        let reg8 = e.register(a.as_raw_fd()).unwrap();
         e.push(
             Op::Recv {
-                fd: a.as_raw_fd(),
+                fd: reg8,
                 buf: buf.clone(),
                 at: 0,
                 len: 16,
@@ -354,7 +365,7 @@ fn auto_is_a_probe() {
 fn poll_completes_when_the_socket_is_ready_with_its_events() {
     for mut e in engines() {
         let (a, mut b) = UnixStream::pair().unwrap();
-        let fd = a.as_raw_fd();
+        let fd = e.register(a.as_raw_fd()).unwrap();
         let (pin, pout) = (libc::POLLIN as u32, libc::POLLOUT as u32);
         e.push(Op::Poll { fd, events: pin }, 1).unwrap();
         e.wait(Duration::from_millis(30)).unwrap();
@@ -388,5 +399,154 @@ fn poll_completes_when_the_socket_is_ready_with_its_events() {
         assert_eq!(drained.len(), 1, "{:?}", e.kind());
         assert_eq!(drained[0].user_data, 3);
         assert_eq!(e.in_flight(), 0);
+    }
+}
+
+/// A socket pair one of whose ends has the number `want` (the pairs
+/// made on the way are kept open in `keep`, so the lowest free numbers
+/// move up to it).
+fn pair_at(want: i32, keep: &mut Vec<UnixStream>) -> Option<(UnixStream, UnixStream)> {
+    for _ in 0..256 {
+        let (x, y) = UnixStream::pair().unwrap();
+        if x.as_raw_fd() == want {
+            return Some((x, y));
+        }
+        if y.as_raw_fd() == want {
+            return Some((y, x));
+        }
+        keep.push(x);
+        keep.push(y);
+    }
+    None
+}
+
+#[test]
+fn a_closed_and_reused_number_never_reaches_an_operation() {
+    for mut e in engines() {
+        let k = e.kind();
+        let mut keep = Vec::new();
+        // The caller closes its socket while a receive waits: the engine's
+        // duplicate keeps the socket (and its number) for the operation,
+        // so a socket that takes the caller's number is not read.
+        let (a, mut pa) = UnixStream::pair().unwrap();
+        let a_num = a.as_raw_fd();
+        let ta = e.register(a_num).unwrap();
+        let buf = AlignedBuf::shared(16);
+        e.push(
+            Op::Recv {
+                fd: ta,
+                buf: buf.clone(),
+                at: 0,
+                len: 16,
+            },
+            1,
+        )
+        .unwrap();
+        e.wait(Duration::from_millis(10)).unwrap();
+        drop(a);
+        let (b, mut pb) = pair_at(a_num, &mut keep).expect("number reused");
+        pb.write_all(b"BBBB").unwrap();
+        e.wait(Duration::from_millis(30)).unwrap();
+        let mut out = Vec::new();
+        e.reap(&mut out);
+        assert!(out.is_empty(), "{k:?}: {out:?}");
+        pa.write_all(b"AAAA").unwrap();
+        assert_eq!(
+            collect(&mut e, 1),
+            vec![Completion {
+                user_data: 1,
+                res: 4
+            }],
+            "{k:?}"
+        );
+        assert_eq!(&buf.as_slice()[..4], b"AAAA", "{k:?}");
+        drop((b, pb));
+
+        // Unregistered while a receive waits: the receive is cancelled,
+        // and once the engine's own number is reused by another socket
+        // with data, the old token reaches nothing.
+        let buf = AlignedBuf::shared(16);
+        e.push(
+            Op::Recv {
+                fd: ta,
+                buf: buf.clone(),
+                at: 0,
+                len: 16,
+            },
+            2,
+        )
+        .unwrap();
+        e.wait(Duration::from_millis(10)).unwrap();
+        let old = e.raw_fd(ta).unwrap();
+        e.unregister(ta).unwrap();
+        assert_eq!(e.raw_fd(ta), None);
+        let got = collect(&mut e, 1);
+        assert_eq!(got.len(), 1, "{k:?}");
+        assert_eq!(got[0].user_data, 2);
+        assert_eq!(got[0].res, -libc::ECANCELED, "{k:?}");
+        assert_eq!(e.in_flight(), 0, "{k:?}");
+        let (b, mut pb) = pair_at(old, &mut keep).expect("number reused");
+        pb.write_all(b"BBBB").unwrap();
+        e.push(
+            Op::Recv {
+                fd: ta,
+                buf: buf.clone(),
+                at: 0,
+                len: 16,
+            },
+            3,
+        )
+        .unwrap();
+        e.push(
+            Op::Poll {
+                fd: ta,
+                events: libc::POLLIN as u32,
+            },
+            4,
+        )
+        .unwrap();
+        let mut got = collect(&mut e, 2);
+        got.sort_by_key(|c| c.user_data);
+        assert_eq!(
+            got,
+            vec![
+                Completion {
+                    user_data: 3,
+                    res: -libc::EBADF
+                },
+                Completion {
+                    user_data: 4,
+                    res: -libc::EBADF
+                }
+            ],
+            "{k:?}"
+        );
+        assert_eq!(&buf.as_slice()[..4], &[0u8; 4], "{k:?}");
+        // B's data is still B's.
+        let mut x = [0u8; 4];
+        (&b).read_exact(&mut x).unwrap();
+        assert_eq!(&x, b"BBBB");
+        // A registration is this engine's alone: another engine's token
+        // with the same slot is refused.
+        let tb = e.register(b.as_raw_fd()).unwrap();
+        let mut other = Engine::new(EngineKind::Epoll, 8).unwrap();
+        let _ = other.register(b.as_raw_fd()).unwrap();
+        other
+            .push(
+                Op::Poll {
+                    fd: tb,
+                    events: libc::POLLOUT as u32,
+                },
+                5,
+            )
+            .unwrap();
+        assert_eq!(
+            collect(&mut other, 1),
+            vec![Completion {
+                user_data: 5,
+                res: -libc::EBADF
+            }]
+        );
+        e.unregister(tb).unwrap();
     }
 }

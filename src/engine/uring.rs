@@ -11,7 +11,7 @@
 // entry, and an engine that cannot drain leaks its entries and its ring
 // instead of freeing memory the kernel may still use.
 
-use super::{buf::IoBuf, gather, Completion, Op};
+use super::{buf::IoBuf, gather, Completion, Fd, FdTable, Op};
 use crate::error::{Error, Result};
 use io_uring::{opcode, squeue, types, IoUring};
 use std::mem::ManuallyDrop;
@@ -27,8 +27,9 @@ struct Msg {
 /// An operation in the ring and everything it keeps alive.
 struct InFlight {
     user_data: u64,
-    /// Owns the buffers (held until the completion is reaped).
-    _op: Op,
+    /// Owns the buffers (held until the completion is reaped) and names
+    /// the registration whose duplicate stays open until then.
+    op: Op,
     msg: Option<Box<Msg>>,
 }
 
@@ -50,6 +51,11 @@ pub struct UringEngine {
     pub enters: u64,
     /// Operations that could not be drained: never free them.
     leaked: bool,
+    /// The descriptors operations name.
+    pub(super) fds: FdTable,
+    /// Completions known at push (an operation on a descriptor not
+    /// registered), handed out by the next reap.
+    early: Vec<Completion>,
 }
 
 /// user_data reserved for the drain's own cancel requests.
@@ -96,6 +102,8 @@ impl UringEngine {
             msgs: Vec::new(),
             enters: 0,
             leaked: false,
+            fds: FdTable::default(),
+            early: Vec::new(),
         };
         e.cancel_any = e.probe_cancel_any()?;
         Ok(e)
@@ -133,11 +141,24 @@ impl UringEngine {
     }
 
     pub fn in_flight(&self) -> usize {
-        self.in_flight
+        self.in_flight + self.early.len()
     }
 
     /// Queues `op`; submits first when the submission queue is full.
     pub fn push(&mut self, op: Op, user_data: u64) -> Result<()> {
+        // The duplicate stays open while the entry lives (`reap` ends
+        // the count), queued or submitted.
+        let fd = match op.fd().map(|t| self.fds.begin(t)) {
+            None => -1,
+            Some(Some(fd)) => fd,
+            Some(None) => {
+                self.early.push(Completion {
+                    user_data,
+                    res: -libc::EBADF,
+                });
+                return Ok(());
+            }
+        };
         let idx = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -146,23 +167,23 @@ impl UringEngine {
             }
         };
         let mut msg = None;
-        let sqe = self.build(&op, &mut msg).user_data(idx as u64);
-        self.slab[idx as usize] = Some(InFlight {
-            user_data,
-            _op: op,
-            msg,
-        });
+        let sqe = self.build(&op, fd, &mut msg).user_data(idx as u64);
+        let t = op.fd();
+        self.slab[idx as usize] = Some(InFlight { user_data, op, msg });
         // SAFETY: every pointer in `sqe` points into memory the slab
         // entry just stored owns (shares of IoBufs inside the op, the
         // boxed Msg), which stays allocated and in place until the
         // completion for `idx` is reaped (`reap` drops the entry) or, if
-        // it never is, forever (`Drop` leaks what it cannot drain).  Fds
-        // are held by the kernel's own file references once submitted.
+        // it never is, forever (`Drop` leaks what it cannot drain).  The
+        // fd number is the engine's duplicate, open until then too.
         let r = unsafe { self.push_entry(&sqe) };
         if r.is_err() {
             // Not in the ring: the entry can go.
             self.slab[idx as usize] = None;
             self.free.push(idx);
+            if let Some(t) = t {
+                self.fds.end(t);
+            }
             return r;
         }
         self.in_flight += 1;
@@ -170,7 +191,8 @@ impl UringEngine {
     }
 
     /// The SQE for `op` (its pointers derived from the op's own buffers).
-    fn build(&mut self, op: &Op, msg: &mut Option<Box<Msg>>) -> squeue::Entry {
+    fn build(&mut self, op: &Op, fd: i32, msg: &mut Option<Box<Msg>>) -> squeue::Entry {
+        let fd = types::Fd(fd);
         fn at(buf: &IoBuf, at: usize, len: usize) -> *mut u8 {
             assert!(at.checked_add(len).is_some_and(|e| e <= buf.len()));
             buf.ptr_at(at)
@@ -178,33 +200,30 @@ impl UringEngine {
         let off = |o: Option<u64>| o.unwrap_or(u64::MAX);
         match op {
             Op::Recv {
-                fd,
-                buf,
-                at: a,
-                len,
-            } => opcode::Recv::new(types::Fd(*fd), at(buf, *a, *len), *len as u32).build(),
+                buf, at: a, len, ..
+            } => opcode::Recv::new(fd, at(buf, *a, *len), *len as u32).build(),
             Op::Read {
-                fd,
                 buf,
                 at: a,
                 len,
                 offset,
-            } => opcode::Read::new(types::Fd(*fd), at(buf, *a, *len), *len as u32)
+                ..
+            } => opcode::Read::new(fd, at(buf, *a, *len), *len as u32)
                 .offset(off(*offset))
                 .build(),
-            Op::Write { fd, data, offset } => {
+            Op::Write { data, offset, .. } => {
                 let (b, s) = data.parts();
-                opcode::Write::new(types::Fd(*fd), at(b, s, data.len()), data.len() as u32)
+                opcode::Write::new(fd, at(b, s, data.len()), data.len() as u32)
                     .offset(off(*offset))
                     .build()
             }
-            Op::Send { fd, data } => {
+            Op::Send { data, .. } => {
                 let (b, s) = data.parts();
-                opcode::Send::new(types::Fd(*fd), at(b, s, data.len()), data.len() as u32)
+                opcode::Send::new(fd, at(b, s, data.len()), data.len() as u32)
                     .flags(libc::MSG_NOSIGNAL | libc::MSG_WAITALL)
                     .build()
             }
-            Op::SendBatch { fd, batch, skip } => {
+            Op::SendBatch { batch, skip, .. } => {
                 let mut m = self.msgs.pop().unwrap_or_else(|| {
                     Box::new(Msg {
                         // SAFETY: msghdr is plain data; all-zero is valid.
@@ -221,23 +240,20 @@ impl UringEngine {
                 }));
                 m.hdr.msg_iov = m.iov.as_mut_ptr();
                 m.hdr.msg_iovlen = m.iov.len() as _;
-                let e = opcode::SendMsg::new(types::Fd(*fd), &m.hdr as *const libc::msghdr)
+                let e = opcode::SendMsg::new(fd, &m.hdr as *const libc::msghdr)
                     .flags((libc::MSG_NOSIGNAL | libc::MSG_WAITALL) as u32)
                     .build();
                 *msg = Some(m);
                 e
             }
             Op::Fallocate {
-                fd,
-                offset,
-                len,
-                mode,
-            } => opcode::Fallocate::new(types::Fd(*fd), *len)
+                offset, len, mode, ..
+            } => opcode::Fallocate::new(fd, *len)
                 .offset(*offset)
                 .mode(*mode)
                 .build(),
-            Op::Fsync { fd } => opcode::Fsync::new(types::Fd(*fd)).build(),
-            Op::Poll { fd, events } => opcode::PollAdd::new(types::Fd(*fd), *events).build(),
+            Op::Fsync { .. } => opcode::Fsync::new(fd).build(),
+            Op::Poll { events, .. } => opcode::PollAdd::new(fd, *events).build(),
             Op::Nop => opcode::Nop::new().build(),
         }
     }
@@ -273,7 +289,7 @@ impl UringEngine {
     /// Submits everything queued and waits until at least one completion is
     /// available or `timeout` passes (one io_uring_enter).
     pub fn submit_and_wait(&mut self, timeout: Duration) -> Result<()> {
-        if !self.uring.completion().is_empty() {
+        if !self.early.is_empty() || !self.uring.completion().is_empty() {
             return self.submit(0);
         }
         let ts = types::Timespec::from(timeout);
@@ -296,6 +312,7 @@ impl UringEngine {
     /// Moves the available completions into `out`, dropping what their
     /// operations held.
     pub fn reap(&mut self, out: &mut Vec<Completion>) {
+        out.append(&mut self.early);
         let mut cq = self.uring.completion();
         cq.sync();
         for cqe in &mut cq {
@@ -309,6 +326,9 @@ impl UringEngine {
             };
             self.in_flight -= 1;
             self.free.push(idx as u32);
+            if let Some(t) = entry.op.fd() {
+                self.fds.end(t);
+            }
             if let Some(m) = entry.msg {
                 self.msgs.push(m);
             }
@@ -331,6 +351,7 @@ impl UringEngine {
     fn drain_within(&mut self, limit: Duration, sink: &mut dyn FnMut(Completion)) -> bool {
         let deadline = Instant::now() + limit;
         let mut out = Vec::new();
+        self.early.drain(..).for_each(&mut *sink);
         let mut cancelled = false;
         while self.in_flight > 0 {
             if !cancelled {
@@ -355,6 +376,27 @@ impl UringEngine {
             }
         }
         true
+    }
+
+    /// Ends the registration `t`: its operations in the ring are
+    /// cancelled (a cancel that finds one done changes nothing) and its
+    /// duplicate is closed when the last of them is reaped; later pushes
+    /// naming `t` complete with -EBADF.
+    pub fn unregister(&mut self, t: Fd) -> Result<()> {
+        if !self.fds.close(t) {
+            return Ok(());
+        }
+        let live: Vec<u64> = (0..self.slab.len())
+            .filter(|&i| self.slab[i].as_ref().is_some_and(|e| e.op.fd() == Some(t)))
+            .map(|i| i as u64)
+            .collect();
+        for idx in live {
+            let e = opcode::AsyncCancel::new(idx)
+                .build()
+                .user_data(DRAIN_CANCEL);
+            self.push_cancel(&e)?;
+        }
+        Ok(())
     }
 
     /// Asks the kernel to cancel every operation in flight.

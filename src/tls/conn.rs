@@ -10,9 +10,8 @@
 
 use super::session::{Decrypted, TlsSession};
 use crate::engine::buf::{AlignedBuf, IoBuf, Span};
-use crate::engine::{gather, Chunk, Engine, Op};
+use crate::engine::{gather, Chunk, Engine, Fd, Op};
 use crate::error::Result;
-use std::os::fd::RawFd;
 use std::sync::Arc;
 
 /// Parts smaller than this are gathered into one record with their
@@ -21,7 +20,8 @@ const GATHER: usize = 16 << 10;
 
 pub struct TlsConn {
     sess: TlsSession,
-    fd: RawFd,
+    /// The socket, as registered with the worker's engine.
+    fd: Fd,
     /// Plaintext already decrypted for the receive posted as a NOP.
     ready: Option<usize>,
     /// Ciphertext of the send in flight (shared with it), and how much
@@ -35,7 +35,7 @@ pub struct TlsConn {
 
 impl TlsConn {
     /// Takes a handshaken session over to memory buffers.
-    pub fn new(mut sess: TlsSession, fd: RawFd) -> TlsConn {
+    pub fn new(mut sess: TlsSession, fd: Fd) -> TlsConn {
         sess.use_memory();
         TlsConn {
             sess,
@@ -46,6 +46,12 @@ impl TlsConn {
             spare: Vec::new(),
             gather: Vec::with_capacity(GATHER),
         }
+    }
+
+    /// Names the socket as registered with the engine (before the
+    /// first operation).
+    pub fn set_fd(&mut self, fd: Fd) {
+        self.fd = fd;
     }
 
     /// Posts a receive whose plaintext goes to `target`: a NOP when

@@ -22,7 +22,7 @@ use super::align::Extent;
 use super::dirty::DirtyExtent;
 use super::splice::WaitLimits;
 use crate::engine::buf::Span;
-use crate::engine::Engine;
+use crate::engine::{Engine, Fd};
 use crate::error::{Error, Result, Side};
 use crate::proto::reply::{Chunk, Parse, ReplyParser};
 use crate::proto::request::{self, Request};
@@ -84,7 +84,12 @@ pub struct NbdConn {
     /// The end of the copy this connection is: every error it raises
     /// is about that side.
     pub side: Side,
+    /// The socket, for the system calls made here (splice mode, the
+    /// shutdown of a lost connection); its owner closes it.
     fd: RawFd,
+    /// ... as registered with the worker's engine (`attach`): what
+    /// operations name.
+    efd: Fd,
     info: Negotiated,
     parser: ReplyParser,
     book: RequestBook,
@@ -140,6 +145,7 @@ impl NbdConn {
             name,
             side,
             fd,
+            efd: Fd::NONE,
             parser: ReplyParser::new(&info),
             info,
             book: RequestBook::default(),
@@ -160,7 +166,7 @@ impl NbdConn {
 
     /// Runs this connection through its TLS session (never in splice mode).
     pub fn set_tls(&mut self, sess: crate::tls::TlsSession) {
-        self.tls = Some(TlsConn::new(sess, self.fd));
+        self.tls = Some(TlsConn::new(sess, self.efd));
     }
 
     /// Lets the lane send again requests the server answered with an
@@ -211,7 +217,23 @@ impl NbdConn {
 
     /// Posts the first receive.
     pub fn start(&mut self, engine: &mut Engine, base: u64) -> Result<()> {
+        if self.efd == Fd::NONE {
+            self.attach(engine)?;
+        }
         self.post_recv(engine, base)
+    }
+
+    /// Registers the socket with the worker's engine (its operations
+    /// name the registration, never the number).
+    fn attach(&mut self, engine: &mut Engine) -> Result<()> {
+        engine.unregister(self.efd)?;
+        self.efd = engine
+            .register(self.fd)
+            .map_err(|e| e.at(self.side, &self.name))?;
+        if let Some(t) = self.tls.as_mut() {
+            t.set_fd(self.efd);
+        }
+        Ok(())
     }
 
     pub fn can_issue(&self) -> bool {
@@ -428,8 +450,11 @@ impl NbdConn {
 
     /// Posts the send of the rest of the batch (encrypted with TLS).
     fn post_send(&mut self, engine: &mut Engine, base: u64) -> Result<()> {
+        if self.efd == Fd::NONE {
+            self.attach(engine)?; // a send before `start`
+        }
         match self.tls.as_mut() {
-            None => self.send.post(engine, self.fd, base | SEND),
+            None => self.send.post(engine, self.efd, base | SEND),
             Some(t) => {
                 self.send.busy = true;
                 let (chunks, skip) = self.send.batch();
@@ -445,7 +470,7 @@ impl NbdConn {
         let Some(t) = self.tls.as_mut() else {
             let who = (self.name.as_str(), self.side);
             self.recv
-                .post(engine, self.fd, base | RECV, first, greedy, who)?;
+                .post(engine, self.efd, base | RECV, first, greedy, who)?;
             self.recv_busy = true;
             return Ok(());
         };

@@ -8,9 +8,8 @@
 // fresh block only when it would not fit before the block's end.
 
 use crate::engine::buf::{BlockPool, IoBuf, Span};
-use crate::engine::{Engine, Op};
+use crate::engine::{Engine, Fd, Op};
 use crate::error::{Error, Result, Side};
-use std::os::fd::RawFd;
 
 /// Receive buffers: pool block `cur`, bytes [head, tail) not yet parsed.
 pub struct RecvBuf {
@@ -88,7 +87,7 @@ impl RecvBuf {
     pub fn post(
         &mut self,
         engine: &mut Engine,
-        fd: RawFd,
+        fd: Fd,
         user_data: u64,
         first: usize,
         greedy: bool,

@@ -191,6 +191,10 @@ impl NbdConn {
         let Some(r) = self.retry.as_mut() else {
             return Ok(false);
         };
+        // The old socket's completions carry the same user_data as the
+        // new one's will: wait until they are all in.  (Fd reuse is not
+        // the reason: operations name the engine's registration, which
+        // `attach` ends, never a number.)
         if r.lost.is_none() || self.send.busy || self.recv_busy {
             return Ok(false);
         }
@@ -227,11 +231,14 @@ impl NbdConn {
                         .on(self.side));
                     }
                     r.completed_then = self.book.completed;
+                    // The engine holds its own duplicate of the old socket
+                    // until its operations are reaped: closing the old
+                    // one (the previous redialled socket, if any) here
+                    // cannot hand its number to them.
                     self.fd = sock.as_raw_fd();
-                    // The previous redialled socket (if any) has nothing in
-                    // the engine.
                     r.sock = Some(sock);
                     let whole_reads = r.whole_reads;
+                    self.attach(engine)?;
                     if let Some(sess) = sess {
                         // nbds://: the old session went with the old socket.
                         self.set_tls(sess);

@@ -9,10 +9,9 @@
 // engine's operation (which holds it until its completion is reaped).
 
 use crate::engine::buf::Span;
-use crate::engine::{gather, Chunk, Engine, Op};
+use crate::engine::{gather, Chunk, Engine, Fd, Op};
 use crate::error::Result;
 use std::io::IoSlice;
-use std::os::fd::RawFd;
 use std::sync::Arc;
 
 /// sendmsg takes at most IOV_MAX (1024) iovecs; items use up to two.
@@ -130,7 +129,7 @@ impl SendQueue {
     }
 
     /// Submits one vectored send of the unsent part of the batch.
-    pub fn post(&mut self, engine: &mut Engine, fd: RawFd, user_data: u64) -> Result<()> {
+    pub fn post(&mut self, engine: &mut Engine, fd: Fd, user_data: u64) -> Result<()> {
         let op = Op::SendBatch {
             fd,
             batch: self.batch.clone(),

@@ -263,7 +263,7 @@ impl NbdConn {
     /// Waits for the rest of the payload through the engine, when
     /// `pipe_step` found none.
     pub(super) fn poll_payload(&mut self, engine: &mut Engine, base: u64) -> Result<()> {
-        let fd = self.fd;
+        let fd = self.efd;
         let Some(sp) = self.splice.as_mut() else {
             return Ok(());
         };

@@ -289,8 +289,8 @@ impl Worker<'_> {
         lane.flushing = true;
         match &mut lane.dst {
             DstIo::Null | DstIo::File { stream: true, .. } => Self::flush_done(lane),
-            DstIo::File { fd, .. } => {
-                let fd = *fd;
+            DstIo::File { .. } => {
+                let fd = lane.dst_fd;
                 self.engine
                     .push(Op::Fsync { fd }, user_data(lane_id, K_DST_FSYNC, 0))?;
             }
@@ -313,8 +313,8 @@ impl Worker<'_> {
         c.begin_flush();
         match &mut lane.dst {
             DstIo::Null | DstIo::File { stream: true, .. } => c.flushed(),
-            DstIo::File { fd, .. } => {
-                let fd = *fd;
+            DstIo::File { .. } => {
+                let fd = lane.dst_fd;
                 self.engine
                     .push(Op::Fsync { fd }, user_data(lane_id, K_DST_FSYNC, 0))?;
             }

@@ -90,6 +90,7 @@ pub fn run_worker(
 impl Worker<'_> {
     fn run(&mut self, lanes: &mut [Lane]) -> Result<()> {
         for (i, lane) in lanes.iter_mut().enumerate() {
+            lane.attach(&mut self.engine)?;
             if let SrcIo::Nbd(c) = &mut lane.src {
                 c.start(&mut self.engine, user_data(i, K_SRC_NBD, 0))?;
             }
@@ -352,6 +353,15 @@ impl Worker<'_> {
         }
         let Some(fd) = lane.seek.to_arm() else {
             return Ok(());
+        };
+        let fd = match lane.seek.reg {
+            Some(t) => t,
+            None => {
+                // The helper (and its eventfd) lives as long as the lane.
+                let t = self.engine.register(fd)?;
+                lane.seek.reg = Some(t);
+                t
+            }
         };
         let op = Op::Read {
             fd,

@@ -33,8 +33,11 @@ impl Worker<'_> {
             .as_ref()
             .ok_or_else(|| Error::new(libc::EIO, "internal error: slot without buffer"))?;
         let filled = slot.filled as usize;
+        // `fd` is the lane's number (for system calls made here); the
+        // operation names the engine's registration of it.
+        debug_assert!(matches!(lane.src, SrcIo::File { fd: f, .. } if f == fd));
         let op = Op::Read {
-            fd,
+            fd: lane.src_fd,
             buf: buf.clone(),
             at: HEADER_ROOM + filled,
             len: (slot.len - slot.filled) as usize,
@@ -227,14 +230,14 @@ impl Worker<'_> {
         let u = user_data(lane_id, K_DST_WRITE, oi as u64);
         let e = match op.kind {
             OpKind::Write | OpKind::WriteZeroes => Op::Write {
-                fd,
+                fd: lane.dst_fd,
                 data: op.rest(),
                 offset,
             },
             OpKind::Fallocate(mode) => {
                 lane.slow_file_ops += 1;
                 Op::Fallocate {
-                    fd,
+                    fd: lane.dst_fd,
                     offset: op.offset,
                     len: op.len,
                     mode,

@@ -11,6 +11,8 @@ use super::zero::Run;
 use crate::copy::align::Extent;
 use crate::copy::nbdconn::NbdConn;
 use crate::engine::buf::{AlignedBuf, IoBuf};
+use crate::engine::{Engine, Fd};
+use crate::error::{Result, Side};
 use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::RawFd;
 use std::time::Duration;
@@ -155,9 +157,27 @@ pub struct Lane {
     pub cache: crate::endpoint::pagecache::LaneCache,
     /// `--checkpoint`: what this lane finished and flushed (None: off).
     pub ckpt: Option<crate::copy::checkpoint::LaneCheckpoint>,
+    /// The file source and destination as registered with the worker's
+    /// engine (`attach`): what their operations name.
+    pub(super) src_fd: Fd,
+    pub(super) dst_fd: Fd,
 }
 
 impl Lane {
+    /// Registers the lane's files with the worker's engine, before any
+    /// operation on them.
+    pub(super) fn attach(&mut self, engine: &mut Engine) -> Result<()> {
+        if let SrcIo::File { fd, name, .. } = &self.src {
+            self.src_fd = engine.register(*fd).map_err(|e| e.at(Side::Source, name))?;
+        }
+        if let DstIo::File { fd, name, .. } = &self.dst {
+            self.dst_fd = engine
+                .register(*fd)
+                .map_err(|e| e.at(Side::Destination, name))?;
+        }
+        Ok(())
+    }
+
     pub fn new(src: SrcIo, dst: DstIo, p: LaneParams) -> Lane {
         let file_src = matches!(src, SrcIo::File { .. });
         let n = p.requests.max(1);
@@ -182,6 +202,8 @@ impl Lane {
         Lane {
             src,
             dst,
+            src_fd: Fd::NONE,
+            dst_fd: Fd::NONE,
             slots,
             free_slots: (0..n as u32).rev().collect(),
             ops: Vec::new(),

@@ -80,6 +80,8 @@ pub(super) struct FileSeek {
     pub(super) counter: IoBuf,
     /// A read of the helper's eventfd is in the engine.
     pub(super) armed: bool,
+    /// The eventfd as registered with the worker's engine.
+    pub(super) reg: Option<crate::engine::Fd>,
 }
 
 impl FileSeek {
@@ -90,6 +92,7 @@ impl FileSeek {
             walker: ExtentWalker::default(),
             counter: AlignedBuf::shared(8),
             armed: false,
+            reg: None,
         }
     }
 
